@@ -1,0 +1,10 @@
+//! Carebell's domain: identifiers, entities and the state machines of calls and operators as
+//! pure functions. No I/O, no tokio, no prost.
+
+mod call;
+mod ids;
+mod operator;
+
+pub use call::{CallKind, CallState, Disposition, OfferState, TransitionError};
+pub use ids::{DeviceId, IdError, RequestId, Username};
+pub use operator::{OperatorStatus, StatusError};

@@ -1,0 +1,65 @@
+//! The one table from protocol error codes to WebSocket close codes and gRPC status codes.
+//!
+//! Both transports report the same failure the same way: a tablet on either sees the same
+//! `ErrorCode` in an `Error` envelope, then (if the error is fatal) the transport's own close.
+
+use crate::device::v1::ErrorCode;
+
+/// A WebSocket close code (RFC 6455 section 7.4, 4000-4999 for this application).
+pub type CloseCode = u16;
+
+/// The WebSocket close code that ends a connection for `code`, or `None` when the error is not
+/// fatal and the connection stays open.
+pub fn close_code_for(code: ErrorCode) -> Option<CloseCode> {
+    match code {
+        ErrorCode::MalformedFrame => Some(1002),
+        ErrorCode::TextFrame => Some(1003),
+        ErrorCode::FrameTooLarge => Some(1009),
+        ErrorCode::NotAuthenticated => Some(4401),
+        ErrorCode::ProtocolViolation => Some(4400),
+        ErrorCode::Unavailable => Some(1013),
+        ErrorCode::Internal => Some(1011),
+        // Forward compatibility: a newer device may send messages this server does not know;
+        // a bad argument is the request's fault, not the session's.
+        ErrorCode::UnknownMessage | ErrorCode::InvalidArgument | ErrorCode::Unspecified => None,
+    }
+}
+
+/// WebSocket close code used after a `Rejected` handshake answer.
+pub const CLOSE_AUTH_REJECTED: CloseCode = 4403;
+/// WebSocket close code used after a `GoAway`.
+pub const CLOSE_GOING_AWAY: CloseCode = 1001;
+/// WebSocket close code used when the handshake or heartbeat supervision times out.
+pub const CLOSE_TIMEOUT: CloseCode = 4408;
+
+/// The gRPC status code that ends a device stream for `code`, or `None` when the stream stays open.
+pub fn grpc_code_for(code: ErrorCode) -> Option<tonic::Code> {
+    close_code_for(code)?;
+    Some(match code {
+        ErrorCode::MalformedFrame | ErrorCode::TextFrame | ErrorCode::ProtocolViolation => {
+            tonic::Code::InvalidArgument
+        }
+        ErrorCode::FrameTooLarge => tonic::Code::ResourceExhausted,
+        ErrorCode::NotAuthenticated => tonic::Code::Unauthenticated,
+        ErrorCode::Unavailable => tonic::Code::Unavailable,
+        _ => tonic::Code::Internal,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fatal_codes_have_both_a_close_code_and_a_grpc_status() {
+        for raw in 0..=9 {
+            let code = ErrorCode::try_from(raw).unwrap();
+            assert_eq!(close_code_for(code).is_some(), grpc_code_for(code).is_some(), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_messages_keep_the_connection_open() {
+        assert_eq!(close_code_for(ErrorCode::UnknownMessage), None);
+    }
+}

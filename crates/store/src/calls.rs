@@ -1,0 +1,836 @@
+//! Calls, alarms and offers: the transactions that decide who is offered what and who wins.
+//!
+//! Lock order, everywhere: the call row first, then its offers, then operator rows. Every path
+//! that changes an offer locks its call first, so an acceptance and a ring timeout for the same
+//! offer are serialized by PostgreSQL and exactly one of them takes effect.
+
+use carebell_domain::{CallKind, CallState, Disposition};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::{Postgres, Row, Transaction};
+use std::time::Duration;
+use uuid::Uuid;
+
+use crate::outbox::{push_outbox, CallUpdatePayload};
+use crate::{append_event, notify, Notification, Result, Store, StoreError};
+
+/// The result of a (possibly repeated) call request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedCall {
+    pub call_id: Uuid,
+    pub state: CallState,
+    /// False when the request was a resend of one already stored.
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelOutcome {
+    pub call_id: Uuid,
+    /// The call's state after the cancel: `abandoned`, or what it already was when too late.
+    pub state: CallState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlarmOutcome {
+    pub alarm_row_id: Uuid,
+    pub created: bool,
+    pub call_id: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedCall {
+    pub call_id: Uuid,
+    pub device_id: String,
+    pub resident_id: Uuid,
+}
+
+/// One offer made during a dispatch round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOffer {
+    pub offer_id: Uuid,
+    pub call_id: Uuid,
+    pub operator_id: Uuid,
+}
+
+/// What one dispatch round did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DispatchRound {
+    pub expired: Vec<Uuid>,
+    pub offered: Vec<NewOffer>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CallRow {
+    pub id: Uuid,
+    pub device_id: String,
+    pub resident_id: Uuid,
+    pub request_id: String,
+    pub kind: String,
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    pub answered_at: Option<DateTime<Utc>>,
+    pub answered_by: Option<Uuid>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub disposition: Option<String>,
+}
+
+/// An offer with what a console needs to show it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OfferRow {
+    pub offer_id: Uuid,
+    pub call_id: Uuid,
+    pub operator_id: Uuid,
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub resident_id: Uuid,
+    pub resident_name: String,
+    pub device_id: String,
+    pub kind: String,
+    pub call_created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EventRow {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub call_id: Option<Uuid>,
+    pub offer_id: Option<Uuid>,
+    pub operator_id: Option<Uuid>,
+    pub device_id: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+const OFFER_COLUMNS: &str = "o.id AS offer_id, o.call_id, o.operator_id, o.state, o.created_at,
+     o.expires_at, o.decided_at, c.resident_id, r.full_name AS resident_name, c.device_id,
+     c.kind, c.created_at AS call_created_at
+     FROM offers o JOIN calls c ON c.id = o.call_id JOIN residents r ON r.id = c.resident_id";
+
+fn parse_state(raw: &str) -> Result<CallState> {
+    Ok(raw.parse::<CallState>()?)
+}
+
+/// Inserts a call unless the device already made this request; returns the call either way.
+async fn insert_call(
+    tx: &mut Transaction<'_, Postgres>,
+    device_id: &str,
+    request_id: &str,
+    kind: CallKind,
+) -> Result<CreatedCall> {
+    let resident_id: Uuid = sqlx::query_scalar("SELECT resident_id FROM devices WHERE id = $1")
+        .bind(device_id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "device",
+            id: device_id.to_owned(),
+        })?;
+    let inserted: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO calls (id, device_id, resident_id, request_id, kind, priority, state)
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued')
+         ON CONFLICT (device_id, request_id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(Uuid::new_v4())
+    .bind(device_id)
+    .bind(resident_id)
+    .bind(request_id)
+    .bind(kind.as_str())
+    .bind(kind.priority())
+    .fetch_optional(&mut **tx)
+    .await?;
+
+    let Some(call_id) = inserted else {
+        let row = sqlx::query("SELECT id, state FROM calls WHERE device_id = $1 AND request_id = $2")
+            .bind(device_id)
+            .bind(request_id)
+            .fetch_one(&mut **tx)
+            .await?;
+        return Ok(CreatedCall {
+            call_id: row.try_get("id")?,
+            state: parse_state(row.try_get("state")?)?,
+            created: false,
+        });
+    };
+
+    append_event(
+        tx,
+        "call.created",
+        Some(call_id),
+        None,
+        None,
+        Some(device_id),
+        json!({ "kind": kind.as_str(), "request_id": request_id, "resident_id": resident_id }),
+    )
+    .await?;
+    push_outbox(
+        tx,
+        device_id,
+        &CallUpdatePayload {
+            request_id: request_id.to_owned(),
+            call_id,
+            state: CallState::Queued.as_str().to_owned(),
+            operator_display_name: String::new(),
+            reason: String::new(),
+        },
+    )
+    .await?;
+    notify(tx, &Notification::Dispatch).await?;
+    Ok(CreatedCall {
+        call_id,
+        state: CallState::Queued,
+        created: true,
+    })
+}
+
+/// Withdraws every live offer of a locked call, telling the operators why.
+async fn withdraw_offers(
+    tx: &mut Transaction<'_, Postgres>,
+    call_id: Uuid,
+    reason: &str,
+) -> Result<()> {
+    let withdrawn = sqlx::query(
+        "UPDATE offers SET state = 'withdrawn', decided_at = clock_timestamp()
+         WHERE call_id = $1 AND state = 'offered'
+         RETURNING id, operator_id",
+    )
+    .bind(call_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in withdrawn {
+        let offer_id: Uuid = row.try_get("id")?;
+        let operator_id: Uuid = row.try_get("operator_id")?;
+        append_event(
+            tx,
+            "offer.withdrawn",
+            Some(call_id),
+            Some(offer_id),
+            Some(operator_id),
+            None,
+            json!({ "reason": reason }),
+        )
+        .await?;
+        notify(
+            tx,
+            &Notification::OfferWithdrawn {
+                offer_id,
+                operator_id,
+                call_id,
+                reason: reason.to_owned(),
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Stores a call request idempotently; the caller acknowledges the device only after this
+    /// returns.
+    pub async fn create_call(
+        &self,
+        device_id: &str,
+        request_id: &str,
+        kind: CallKind,
+    ) -> Result<CreatedCall> {
+        let mut tx = self.pool.begin().await?;
+        let created = insert_call(&mut tx, device_id, request_id, kind).await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    /// Stores an alarm idempotently by the device's own alarm id. When `raise_call` is set the
+    /// alarm also queues an emergency call, in the same transaction.
+    pub async fn record_alarm(
+        &self,
+        device_id: &str,
+        alarm_id: &str,
+        kind: &str,
+        raised_at: Option<DateTime<Utc>>,
+        detail: &str,
+        raise_call: bool,
+    ) -> Result<AlarmOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let inserted: Option<Uuid> = sqlx::query_scalar(
+            "INSERT INTO alarms (id, device_id, alarm_id, kind, raised_at, detail)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (device_id, alarm_id) DO NOTHING
+             RETURNING id",
+        )
+        .bind(Uuid::new_v4())
+        .bind(device_id)
+        .bind(alarm_id)
+        .bind(kind)
+        .bind(raised_at)
+        .bind(detail)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|error| match error.as_database_error() {
+            Some(db) if db.is_foreign_key_violation() => StoreError::NotFound {
+                what: "device",
+                id: device_id.to_owned(),
+            },
+            _ => StoreError::Database(error),
+        })?;
+
+        let Some(alarm_row_id) = inserted else {
+            let row = sqlx::query("SELECT id, call_id FROM alarms WHERE device_id = $1 AND alarm_id = $2")
+                .bind(device_id)
+                .bind(alarm_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(AlarmOutcome {
+                alarm_row_id: row.try_get("id")?,
+                created: false,
+                call_id: row.try_get("call_id")?,
+            });
+        };
+
+        append_event(
+            &mut tx,
+            "alarm.raised",
+            None,
+            None,
+            None,
+            Some(device_id),
+            json!({ "alarm_id": alarm_id, "kind": kind }),
+        )
+        .await?;
+        let mut call_id = None;
+        if raise_call {
+            let request_id = format!("alarm-{alarm_id}");
+            let call = insert_call(&mut tx, device_id, &request_id, CallKind::Emergency).await?;
+            sqlx::query("UPDATE alarms SET call_id = $1 WHERE id = $2")
+                .bind(call.call_id)
+                .bind(alarm_row_id)
+                .execute(&mut *tx)
+                .await?;
+            call_id = Some(call.call_id);
+        }
+        tx.commit().await?;
+        Ok(AlarmOutcome {
+            alarm_row_id,
+            created: true,
+            call_id,
+        })
+    }
+
+    /// The senior cancelled before an answer: the call is abandoned and its offers withdrawn.
+    /// Too late (already answered or finished) leaves the call as it is.
+    pub async fn cancel_call(&self, device_id: &str, request_id: &str) -> Result<CancelOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT id, state FROM calls WHERE device_id = $1 AND request_id = $2 FOR UPDATE",
+        )
+        .bind(device_id)
+        .bind(request_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "call request",
+            id: request_id.to_owned(),
+        })?;
+        let call_id: Uuid = row.try_get("id")?;
+        let state = parse_state(row.try_get("state")?)?;
+        if state.transition(CallState::Abandoned).is_err() {
+            tx.commit().await?;
+            return Ok(CancelOutcome { call_id, state });
+        }
+        withdraw_offers(&mut tx, call_id, "cancelled").await?;
+        sqlx::query(
+            "UPDATE calls SET state = 'abandoned', ended_at = clock_timestamp() WHERE id = $1",
+        )
+        .bind(call_id)
+        .execute(&mut *tx)
+        .await?;
+        append_event(
+            &mut tx,
+            "call.abandoned",
+            Some(call_id),
+            None,
+            None,
+            Some(device_id),
+            json!({ "previous_state": state.as_str() }),
+        )
+        .await?;
+        push_outbox(
+            &mut tx,
+            device_id,
+            &CallUpdatePayload {
+                request_id: request_id.to_owned(),
+                call_id,
+                state: CallState::Abandoned.as_str().to_owned(),
+                operator_display_name: String::new(),
+                reason: "cancelled".to_owned(),
+            },
+        )
+        .await?;
+        notify(
+            &mut tx,
+            &Notification::CallChanged {
+                call_id,
+                operator_id: None,
+                state: CallState::Abandoned.as_str().to_owned(),
+                disposition: None,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(CancelOutcome {
+            call_id,
+            state: CallState::Abandoned,
+        })
+    }
+
+    /// Expires offers whose ring timeout has passed (database clock), putting their calls back in
+    /// the queue. Safe to run on every node at once.
+    pub async fn expire_offers(&self, limit: i64) -> Result<Vec<Uuid>> {
+        let mut tx = self.pool.begin().await?;
+        let due = sqlx::query(
+            "SELECT o.id, o.call_id, o.operator_id
+             FROM offers o JOIN calls c ON c.id = o.call_id
+             WHERE o.state = 'offered' AND o.expires_at <= clock_timestamp()
+             ORDER BY o.expires_at
+             LIMIT $1
+             FOR UPDATE OF c SKIP LOCKED",
+        )
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut expired = Vec::with_capacity(due.len());
+        for row in due {
+            let offer_id: Uuid = row.try_get("id")?;
+            let call_id: Uuid = row.try_get("call_id")?;
+            let operator_id: Uuid = row.try_get("operator_id")?;
+            // The call is locked now; re-check the offer so that an acceptance that committed
+            // first keeps its win.
+            let changed = sqlx::query(
+                "UPDATE offers SET state = 'expired', decided_at = clock_timestamp()
+                 WHERE id = $1 AND state = 'offered' AND expires_at <= clock_timestamp()",
+            )
+            .bind(offer_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if changed == 0 {
+                continue;
+            }
+            sqlx::query("UPDATE calls SET state = 'queued' WHERE id = $1 AND state = 'offered'")
+                .bind(call_id)
+                .execute(&mut *tx)
+                .await?;
+            append_event(
+                &mut tx,
+                "offer.expired",
+                Some(call_id),
+                Some(offer_id),
+                Some(operator_id),
+                None,
+                json!({}),
+            )
+            .await?;
+            notify(
+                &mut tx,
+                &Notification::OfferWithdrawn {
+                    offer_id,
+                    operator_id,
+                    call_id,
+                    reason: "expired".to_owned(),
+                },
+            )
+            .await?;
+            expired.push(offer_id);
+        }
+        if !expired.is_empty() {
+            notify(&mut tx, &Notification::Dispatch).await?;
+        }
+        tx.commit().await?;
+        Ok(expired)
+    }
+
+    /// Offers the most urgent waiting call to the available operator idle longest (preferring
+    /// operators not yet offered this call). Returns `None` when there is no waiting call or no
+    /// free operator. Safe to run on every node at once.
+    pub async fn offer_next_call(&self, ring_timeout: Duration) -> Result<Option<NewOffer>> {
+        let mut tx = self.pool.begin().await?;
+        let Some(call) = sqlx::query(
+            "SELECT id, device_id, request_id FROM calls WHERE state = 'queued'
+             ORDER BY priority DESC, created_at, id
+             LIMIT 1
+             FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let call_id: Uuid = call.try_get("id")?;
+        let device_id: String = call.try_get("device_id")?;
+        let request_id: String = call.try_get("request_id")?;
+
+        let Some(operator_id) = sqlx::query_scalar::<_, Uuid>(
+            "SELECT op.id FROM operators op
+             WHERE op.status = 'available'
+               AND NOT EXISTS (SELECT 1 FROM offers o WHERE o.operator_id = op.id AND o.state = 'offered')
+             ORDER BY (SELECT count(*) FROM offers o WHERE o.call_id = $1 AND o.operator_id = op.id),
+                      op.status_since, op.id
+             LIMIT 1
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(call_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+
+        let offer_id = Uuid::new_v4();
+        let ring_ms = i64::try_from(ring_timeout.as_millis()).unwrap_or(i64::MAX);
+        sqlx::query(
+            "INSERT INTO offers (id, call_id, operator_id, state, created_at, expires_at)
+             VALUES ($1, $2, $3, 'offered', clock_timestamp(),
+                     clock_timestamp() + make_interval(secs => $4::double precision / 1000.0))",
+        )
+        .bind(offer_id)
+        .bind(call_id)
+        .bind(operator_id)
+        .bind(ring_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE calls SET state = 'offered' WHERE id = $1")
+            .bind(call_id)
+            .execute(&mut *tx)
+            .await?;
+        append_event(
+            &mut tx,
+            "offer.created",
+            Some(call_id),
+            Some(offer_id),
+            Some(operator_id),
+            None,
+            json!({ "ring_timeout_ms": ring_ms }),
+        )
+        .await?;
+        let n_offers: i64 = sqlx::query_scalar("SELECT count(*) FROM offers WHERE call_id = $1")
+            .bind(call_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if n_offers == 1 {
+            push_outbox(
+                &mut tx,
+                &device_id,
+                &CallUpdatePayload {
+                    request_id,
+                    call_id,
+                    state: CallState::Offered.as_str().to_owned(),
+                    operator_display_name: String::new(),
+                    reason: String::new(),
+                },
+            )
+            .await?;
+        }
+        notify(
+            &mut tx,
+            &Notification::Offer {
+                offer_id,
+                operator_id,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(NewOffer {
+            offer_id,
+            call_id,
+            operator_id,
+        }))
+    }
+
+    /// One dispatch round: expire what has timed out, then offer waiting calls until there is no
+    /// waiting call or no free operator (at most `max_offers`).
+    pub async fn dispatch_round(
+        &self,
+        ring_timeout: Duration,
+        max_offers: usize,
+    ) -> Result<DispatchRound> {
+        let expired = self.expire_offers(100).await?;
+        let mut offered = Vec::new();
+        while offered.len() < max_offers {
+            match self.offer_next_call(ring_timeout).await? {
+                Some(offer) => offered.push(offer),
+                None => break,
+            }
+        }
+        Ok(DispatchRound { expired, offered })
+    }
+
+    /// An operator accepts an offer. Exactly one of this and the offer's ring timeout wins: the
+    /// acceptance holds only if the offer is still open by the database clock.
+    pub async fn accept_offer(&self, offer_id: Uuid, operator_id: Uuid) -> Result<AcceptedCall> {
+        let mut tx = self.pool.begin().await?;
+        let offer = sqlx::query("SELECT call_id, operator_id FROM offers WHERE id = $1")
+            .bind(offer_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "offer",
+                id: offer_id.to_string(),
+            })?;
+        let call_id: Uuid = offer.try_get("call_id")?;
+        if offer.try_get::<Uuid, _>("operator_id")? != operator_id {
+            return Err(StoreError::NotYourOffer);
+        }
+        let call = sqlx::query(
+            "SELECT device_id, resident_id, request_id FROM calls WHERE id = $1 FOR UPDATE",
+        )
+        .bind(call_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let won = sqlx::query(
+            "UPDATE offers SET state = 'accepted', decided_at = clock_timestamp()
+             WHERE id = $1 AND state = 'offered' AND expires_at > clock_timestamp()",
+        )
+        .bind(offer_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if won == 0 {
+            let state: String = sqlx::query_scalar("SELECT state FROM offers WHERE id = $1")
+                .bind(offer_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            // An offer past its deadline that the dispatcher has not swept yet is expired all
+            // the same.
+            let state = if state == "offered" {
+                "expired".to_owned()
+            } else {
+                state
+            };
+            return Err(StoreError::OfferNotOpen { state });
+        }
+        let device_id: String = call.try_get("device_id")?;
+        let resident_id: Uuid = call.try_get("resident_id")?;
+        let request_id: String = call.try_get("request_id")?;
+        sqlx::query(
+            "UPDATE calls SET state = 'answered', answered_by = $2, answered_at = clock_timestamp()
+             WHERE id = $1",
+        )
+        .bind(call_id)
+        .bind(operator_id)
+        .execute(&mut *tx)
+        .await?;
+        let display_name: String = sqlx::query_scalar(
+            "UPDATE operators SET status = 'on_call', status_since = clock_timestamp()
+             WHERE id = $1 RETURNING display_name",
+        )
+        .bind(operator_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        append_event(
+            &mut tx,
+            "offer.accepted",
+            Some(call_id),
+            Some(offer_id),
+            Some(operator_id),
+            None,
+            json!({}),
+        )
+        .await?;
+        append_event(
+            &mut tx,
+            "call.answered",
+            Some(call_id),
+            None,
+            Some(operator_id),
+            Some(&device_id),
+            json!({}),
+        )
+        .await?;
+        push_outbox(
+            &mut tx,
+            &device_id,
+            &CallUpdatePayload {
+                request_id,
+                call_id,
+                state: CallState::Answered.as_str().to_owned(),
+                operator_display_name: display_name,
+                reason: String::new(),
+            },
+        )
+        .await?;
+        notify(
+            &mut tx,
+            &Notification::CallChanged {
+                call_id,
+                operator_id: Some(operator_id),
+                state: CallState::Answered.as_str().to_owned(),
+                disposition: None,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(AcceptedCall {
+            call_id,
+            device_id,
+            resident_id,
+        })
+    }
+
+    /// The operator holding a call ends it with a disposition and becomes available again.
+    pub async fn end_call(
+        &self,
+        call_id: Uuid,
+        operator_id: Uuid,
+        disposition: Disposition,
+        note: &str,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let call = sqlx::query(
+            "SELECT state, answered_by, device_id, request_id FROM calls WHERE id = $1 FOR UPDATE",
+        )
+        .bind(call_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "call",
+            id: call_id.to_string(),
+        })?;
+        let state: String = call.try_get("state")?;
+        let answered_by: Option<Uuid> = call.try_get("answered_by")?;
+        if answered_by != Some(operator_id) {
+            return Err(StoreError::CallNotHeld { state });
+        }
+        parse_state(&state)?.transition(CallState::Ended)?;
+        let device_id: String = call.try_get("device_id")?;
+        let request_id: String = call.try_get("request_id")?;
+        sqlx::query(
+            "UPDATE calls SET state = 'ended', ended_at = clock_timestamp(), disposition = $2,
+             note = $3 WHERE id = $1",
+        )
+        .bind(call_id)
+        .bind(disposition.as_str())
+        .bind(note)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE operators SET status = 'available', status_since = clock_timestamp()
+             WHERE id = $1 AND status = 'on_call'",
+        )
+        .bind(operator_id)
+        .execute(&mut *tx)
+        .await?;
+        append_event(
+            &mut tx,
+            "call.ended",
+            Some(call_id),
+            None,
+            Some(operator_id),
+            Some(&device_id),
+            json!({ "disposition": disposition.as_str() }),
+        )
+        .await?;
+        push_outbox(
+            &mut tx,
+            &device_id,
+            &CallUpdatePayload {
+                request_id,
+                call_id,
+                state: CallState::Ended.as_str().to_owned(),
+                operator_display_name: String::new(),
+                reason: disposition.as_str().to_owned(),
+            },
+        )
+        .await?;
+        notify(
+            &mut tx,
+            &Notification::CallChanged {
+                call_id,
+                operator_id: Some(operator_id),
+                state: CallState::Ended.as_str().to_owned(),
+                disposition: Some(disposition.as_str().to_owned()),
+            },
+        )
+        .await?;
+        notify(&mut tx, &Notification::Dispatch).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Withdraws an operator's live offer (the operator went away or offline); its call goes
+    /// back to the queue. Call this before taking the operator's row, to keep the lock order
+    /// (call, then offers, then operator) that prevents deadlocks with an acceptance.
+    pub(crate) async fn withdraw_operator_offer(
+        tx: &mut Transaction<'_, Postgres>,
+        operator_id: Uuid,
+    ) -> Result<()> {
+        let live: Option<Uuid> = sqlx::query_scalar(
+            "SELECT call_id FROM offers WHERE operator_id = $1 AND state = 'offered'",
+        )
+        .bind(operator_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some(call_id) = live else {
+            return Ok(());
+        };
+        sqlx::query("SELECT 1 FROM calls WHERE id = $1 FOR UPDATE")
+            .bind(call_id)
+            .execute(&mut **tx)
+            .await?;
+        withdraw_offers(tx, call_id, "operator unavailable").await?;
+        sqlx::query("UPDATE calls SET state = 'queued' WHERE id = $1 AND state = 'offered'")
+            .bind(call_id)
+            .execute(&mut **tx)
+            .await?;
+        notify(tx, &Notification::Dispatch).await?;
+        Ok(())
+    }
+
+    pub async fn call(&self, call_id: Uuid) -> Result<CallRow> {
+        sqlx::query_as::<_, CallRow>(
+            "SELECT id, device_id, resident_id, request_id, kind, state, created_at, answered_at,
+                    answered_by, ended_at, disposition
+             FROM calls WHERE id = $1",
+        )
+        .bind(call_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "call",
+            id: call_id.to_string(),
+        })
+    }
+
+    /// One offer with the details a console shows.
+    pub async fn offer(&self, offer_id: Uuid) -> Result<OfferRow> {
+        sqlx::query_as::<_, OfferRow>(&format!("SELECT {OFFER_COLUMNS} WHERE o.id = $1"))
+            .bind(offer_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "offer",
+                id: offer_id.to_string(),
+            })
+    }
+
+    /// The live offer of an operator, if any (for a console that (re)subscribes).
+    pub async fn live_offer_for(&self, operator_id: Uuid) -> Result<Option<OfferRow>> {
+        Ok(sqlx::query_as::<_, OfferRow>(&format!(
+            "SELECT {OFFER_COLUMNS} WHERE o.operator_id = $1 AND o.state = 'offered'"
+        ))
+        .bind(operator_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Every offer of a call, oldest first.
+    pub async fn call_offers(&self, call_id: Uuid) -> Result<Vec<OfferRow>> {
+        Ok(sqlx::query_as::<_, OfferRow>(&format!(
+            "SELECT {OFFER_COLUMNS} WHERE o.call_id = $1 ORDER BY o.created_at, o.id"
+        ))
+        .bind(call_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

@@ -1,0 +1,165 @@
+//! PostgreSQL, the source of truth: migrations, and every read and write the system makes.
+//!
+//! Decisions that must hold across nodes (who is offered a call, who wins an acceptance, when a
+//! ring times out) are single transactions here, ordered by row locks and timed by the database
+//! clock. Every transaction that changes something a connected client must hear about ends with
+//! a `pg_notify` on [`NOTIFY_CHANNEL`], delivered by PostgreSQL only after the commit.
+
+mod admin;
+mod calls;
+mod operators;
+mod outbox;
+mod residents;
+
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+pub use admin::{NewDevice, NewResident};
+pub use calls::{
+    AcceptedCall, AlarmOutcome, CallRow, CancelOutcome, CreatedCall, DispatchRound, EventRow,
+    NewOffer, OfferRow,
+};
+pub use operators::{OperatorCredentials, OperatorSession};
+pub use outbox::{CallUpdatePayload, OutboxItem};
+pub use residents::{DeviceSummaryRow, ResidentRecord};
+
+/// The PostgreSQL channel every node listens on.
+pub const NOTIFY_CHANNEL: &str = "carebell";
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("the offer is no longer open: it was {state}")]
+    OfferNotOpen { state: String },
+    #[error("the offer was made to another operator")]
+    NotYourOffer,
+    #[error("the call is {state} and not held by this operator")]
+    CallNotHeld { state: String },
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Transition(#[from] carebell_domain::TransitionError),
+}
+
+/// What a node must tell its connected clients after a commit. Sent with `pg_notify`, so every
+/// node hears it and each delivers only to the clients it holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Notification {
+    /// New work is waiting: a dispatcher should run a round.
+    Dispatch,
+    /// A new offer for an operator.
+    Offer { offer_id: Uuid, operator_id: Uuid },
+    /// An offer is gone (expired, taken, call cancelled).
+    OfferWithdrawn {
+        offer_id: Uuid,
+        operator_id: Uuid,
+        call_id: Uuid,
+        reason: String,
+    },
+    /// A call changed state; the operator holding it (if any) should hear it.
+    CallChanged {
+        call_id: Uuid,
+        operator_id: Option<Uuid>,
+        state: String,
+        disposition: Option<String>,
+    },
+    /// A device has new messages in its outbox.
+    DeviceOutbox { device_id: String },
+}
+
+/// The handle on PostgreSQL shared by every part of a node.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connects a pool; fails fast (within `connect_timeout`) if the database is unreachable.
+    pub async fn connect(database_url: &str, max_connections: u32) -> Result<Self> {
+        let options = PgConnectOptions::from_str(database_url)?.application_name("carebell");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies the migrations embedded in this crate; safe to run on every start and from
+    /// several nodes at once (sqlx takes an advisory lock).
+    pub async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// All events of one call, oldest first.
+    pub async fn call_events(&self, call_id: Uuid) -> Result<Vec<EventRow>> {
+        Ok(sqlx::query_as::<_, EventRow>(
+            "SELECT id, at, kind, call_id, offer_id, operator_id, device_id, detail
+             FROM events WHERE call_id = $1 ORDER BY id",
+        )
+        .bind(call_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+/// Appends one event to the log inside the caller's transaction.
+pub(crate) async fn append_event(
+    tx: &mut Transaction<'_, Postgres>,
+    kind: &str,
+    call_id: Option<Uuid>,
+    offer_id: Option<Uuid>,
+    operator_id: Option<Uuid>,
+    device_id: Option<&str>,
+    detail: serde_json::Value,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO events (kind, call_id, offer_id, operator_id, device_id, detail)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(kind)
+    .bind(call_id)
+    .bind(offer_id)
+    .bind(operator_id)
+    .bind(device_id)
+    .bind(detail)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Queues a notification that PostgreSQL delivers to every listening node after the commit.
+pub(crate) async fn notify(
+    tx: &mut Transaction<'_, Postgres>,
+    notification: &Notification,
+) -> Result<()> {
+    let payload = serde_json::to_string(notification)
+        .map_err(|error| StoreError::Refused(format!("unserializable notification: {error}")))?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(NOTIFY_CHANNEL)
+        .bind(payload)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

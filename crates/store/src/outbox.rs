@@ -1,0 +1,94 @@
+//! The device outbox: messages that must reach a tablet, kept until it acknowledges them, so
+//! they survive a dropped connection, a reconnect to another node and a node crash.
+
+use serde::{Deserialize, Serialize};
+use sqlx::{Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::{notify, Notification, Result, Store, StoreError};
+
+/// A call update for the tablet, as stored in the outbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CallUpdatePayload {
+    pub request_id: String,
+    pub call_id: Uuid,
+    pub state: String,
+    pub operator_display_name: String,
+    pub reason: String,
+}
+
+/// One message waiting for a device's acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub payload: CallUpdatePayload,
+}
+
+pub(crate) async fn push_outbox(
+    tx: &mut Transaction<'_, Postgres>,
+    device_id: &str,
+    payload: &CallUpdatePayload,
+) -> Result<()> {
+    let payload = serde_json::to_value(payload)
+        .map_err(|error| StoreError::Refused(format!("unserializable call update: {error}")))?;
+    sqlx::query("INSERT INTO device_outbox (device_id, kind, payload) VALUES ($1, 'call_update', $2)")
+        .bind(device_id)
+        .bind(payload)
+        .execute(&mut **tx)
+        .await?;
+    notify(
+        tx,
+        &Notification::DeviceOutbox {
+            device_id: device_id.to_owned(),
+        },
+    )
+    .await
+}
+
+impl Store {
+    /// Unacknowledged messages for a device after `after_id`, oldest first.
+    pub async fn pending_outbox(
+        &self,
+        device_id: &str,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxItem>> {
+        let rows = sqlx::query(
+            "SELECT id, payload FROM device_outbox
+             WHERE device_id = $1 AND acked_at IS NULL AND id > $2
+             ORDER BY id LIMIT $3",
+        )
+        .bind(device_id)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let payload: serde_json::Value = row.try_get("payload")?;
+                Ok(OutboxItem {
+                    id: row.try_get("id")?,
+                    payload: serde_json::from_value(payload).map_err(|error| {
+                        StoreError::Refused(format!("unreadable outbox payload: {error}"))
+                    })?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks messages as acknowledged by the device that owns them.
+    pub async fn ack_outbox(&self, device_id: &str, ids: &[i64]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        Ok(sqlx::query(
+            "UPDATE device_outbox SET acked_at = now()
+             WHERE device_id = $1 AND id = ANY($2) AND acked_at IS NULL",
+        )
+        .bind(device_id)
+        .bind(ids)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+}
