@@ -1,1 +1,51 @@
-//! placeholder
+//! The dispatch engine: when to run the routing decisions (which live in `store` as single
+//! transactions on the database clock), and the node-local hub that hands what PostgreSQL
+//! announces to the sessions this node holds.
+//!
+//! Knows nothing of tonic or tungstenite: sessions subscribe to the [`Hub`] and translate.
+
+mod dispatcher;
+mod hub;
+
+pub use dispatcher::{Dispatcher, DispatcherConfig};
+pub use hub::{DeviceRegistration, Hub, OperatorEvent, OperatorSubscription};
+
+/// Forwards everything PostgreSQL announces on the Carebell channel to `hub` until `shutdown`.
+/// Reconnects (with a pause) when the listening connection fails.
+pub async fn run_listener(
+    store: carebell_store::Store,
+    hub: std::sync::Arc<Hub>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let mut listener = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            listener = store.listen() => match listener {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for notifications; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                    }
+                }
+            },
+        };
+        // Whatever happened while we were not listening, look again.
+        hub.resync();
+        loop {
+            let heard = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                heard = listener.recv() => heard,
+            };
+            match heard {
+                Ok(carebell_store::Heard::Notification(notification)) => hub.deliver(notification),
+                Ok(carebell_store::Heard::Resync) => hub.resync(),
+                Err(error) => {
+                    tracing::error!(%error, "notification listener failed; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}

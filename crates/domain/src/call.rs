@@ -156,7 +156,10 @@ mod tests {
     #[test]
     fn names_round_trip() {
         for disposition in Disposition::ALL {
-            assert_eq!(disposition.as_str().parse::<Disposition>(), Ok(*disposition));
+            assert_eq!(
+                disposition.as_str().parse::<Disposition>(),
+                Ok(*disposition)
+            );
         }
         assert!("bogus".parse::<Disposition>().is_err());
     }

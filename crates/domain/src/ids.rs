@@ -85,7 +85,10 @@ mod tests {
             DeviceId::parse("x'; DROP TABLE devices; --"),
             Err(IdError::BadCharacter { what: "device id" })
         );
-        assert_eq!(DeviceId::parse(""), Err(IdError::Empty { what: "device id" }));
+        assert_eq!(
+            DeviceId::parse(""),
+            Err(IdError::Empty { what: "device id" })
+        );
         assert!(DeviceId::parse("tab-0a1b2c").is_ok());
     }
 

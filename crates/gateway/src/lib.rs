@@ -1,1 +1,15 @@
-//! placeholder
+//! The only crate that knows tonic and tungstenite: device links over WebSocket and gRPC, the
+//! operator console API, TLS and listening sockets.
+//!
+//! Both device transports feed the same transport-agnostic session (`device::session`), so a
+//! tablet behaves the same whichever it uses.
+
+pub mod console;
+pub mod device;
+mod errors;
+pub mod net;
+pub mod tls;
+
+pub use console::{ConsoleService, ConsoleSettings};
+pub use device::{DeviceContext, DeviceSettings};
+pub use errors::status_from_store;

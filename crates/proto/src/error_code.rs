@@ -32,18 +32,17 @@ pub const CLOSE_GOING_AWAY: CloseCode = 1001;
 /// WebSocket close code used when the handshake or heartbeat supervision times out.
 pub const CLOSE_TIMEOUT: CloseCode = 4408;
 
-/// The gRPC status code that ends a device stream for `code`, or `None` when the stream stays open.
-pub fn grpc_code_for(code: ErrorCode) -> Option<tonic::Code> {
-    close_code_for(code)?;
-    Some(match code {
-        ErrorCode::MalformedFrame | ErrorCode::TextFrame | ErrorCode::ProtocolViolation => {
-            tonic::Code::InvalidArgument
-        }
-        ErrorCode::FrameTooLarge => tonic::Code::ResourceExhausted,
-        ErrorCode::NotAuthenticated => tonic::Code::Unauthenticated,
-        ErrorCode::Unavailable => tonic::Code::Unavailable,
-        _ => tonic::Code::Internal,
-    })
+/// The gRPC status that ends a device stream where the WebSocket transport would close with
+/// `code`: the same table, read from the other side.
+pub fn grpc_code_for_close(code: CloseCode) -> tonic::Code {
+    match code {
+        CLOSE_AUTH_REJECTED | 4401 => tonic::Code::Unauthenticated,
+        CLOSE_TIMEOUT => tonic::Code::DeadlineExceeded,
+        CLOSE_GOING_AWAY | 1013 => tonic::Code::Unavailable,
+        1009 => tonic::Code::ResourceExhausted,
+        1011 => tonic::Code::Internal,
+        _ => tonic::Code::InvalidArgument,
+    }
 }
 
 #[cfg(test)]
@@ -51,11 +50,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fatal_codes_have_both_a_close_code_and_a_grpc_status() {
+    fn each_fatal_code_maps_to_a_distinct_failure_status() {
         for raw in 0..=9 {
             let code = ErrorCode::try_from(raw).unwrap();
-            assert_eq!(close_code_for(code).is_some(), grpc_code_for(code).is_some(), "{code:?}");
+            if let Some(close) = close_code_for(code) {
+                assert_ne!(grpc_code_for_close(close), tonic::Code::Ok, "{code:?}");
+            }
         }
+        assert_eq!(
+            grpc_code_for_close(close_code_for(ErrorCode::NotAuthenticated).unwrap()),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            grpc_code_for_close(close_code_for(ErrorCode::FrameTooLarge).unwrap()),
+            tonic::Code::ResourceExhausted
+        );
     }
 
     #[test]

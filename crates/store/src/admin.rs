@@ -25,7 +25,9 @@ pub struct NewDevice {
 
 fn refuse_constraint(error: sqlx::Error, what: &str) -> StoreError {
     match error.as_database_error() {
-        Some(db) if db.is_unique_violation() => StoreError::Refused(format!("{what} already exists")),
+        Some(db) if db.is_unique_violation() => {
+            StoreError::Refused(format!("{what} already exists"))
+        }
         Some(db) if db.is_check_violation() => {
             StoreError::Refused(format!("{what} has a field that is empty or too long"))
         }

@@ -143,11 +143,12 @@ async fn insert_call(
     .await?;
 
     let Some(call_id) = inserted else {
-        let row = sqlx::query("SELECT id, state FROM calls WHERE device_id = $1 AND request_id = $2")
-            .bind(device_id)
-            .bind(request_id)
-            .fetch_one(&mut **tx)
-            .await?;
+        let row =
+            sqlx::query("SELECT id, state FROM calls WHERE device_id = $1 AND request_id = $2")
+                .bind(device_id)
+                .bind(request_id)
+                .fetch_one(&mut **tx)
+                .await?;
         return Ok(CreatedCall {
             call_id: row.try_get("id")?,
             state: parse_state(row.try_get("state")?)?,
@@ -276,11 +277,13 @@ impl Store {
         })?;
 
         let Some(alarm_row_id) = inserted else {
-            let row = sqlx::query("SELECT id, call_id FROM alarms WHERE device_id = $1 AND alarm_id = $2")
-                .bind(device_id)
-                .bind(alarm_id)
-                .fetch_one(&mut *tx)
-                .await?;
+            let row = sqlx::query(
+                "SELECT id, call_id FROM alarms WHERE device_id = $1 AND alarm_id = $2",
+            )
+            .bind(device_id)
+            .bind(alarm_id)
+            .fetch_one(&mut *tx)
+            .await?;
             tx.commit().await?;
             return Ok(AlarmOutcome {
                 alarm_row_id: row.try_get("id")?,

@@ -163,3 +163,43 @@ pub(crate) async fn notify(
         .await?;
     Ok(())
 }
+
+/// A subscription to [`NOTIFY_CHANNEL`] on its own connection.
+pub struct Listener {
+    inner: sqlx::postgres::PgListener,
+}
+
+/// What the listener heard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    Notification(Notification),
+    /// The listening connection was lost and re-made: notifications may have been missed, so
+    /// everyone should re-read what they care about.
+    Resync,
+}
+
+impl Store {
+    pub async fn listen(&self) -> Result<Listener> {
+        let mut inner = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        inner.listen(NOTIFY_CHANNEL).await?;
+        Ok(Listener { inner })
+    }
+}
+
+impl Listener {
+    /// Waits for the next notification. Reconnects by itself after a lost connection and then
+    /// reports [`Heard::Resync`]. Unparseable payloads are logged and skipped.
+    pub async fn recv(&mut self) -> Result<Heard> {
+        loop {
+            match self.inner.try_recv().await? {
+                None => return Ok(Heard::Resync),
+                Some(message) => match serde_json::from_str(message.payload()) {
+                    Ok(notification) => return Ok(Heard::Notification(notification)),
+                    Err(error) => {
+                        tracing::warn!(%error, "ignoring an unparseable notification");
+                    }
+                },
+            }
+        }
+    }
+}

@@ -26,7 +26,10 @@ pub struct OperatorSession {
 }
 
 impl Store {
-    pub async fn operator_credentials(&self, username: &str) -> Result<Option<OperatorCredentials>> {
+    pub async fn operator_credentials(
+        &self,
+        username: &str,
+    ) -> Result<Option<OperatorCredentials>> {
         let row = sqlx::query(
             "SELECT id, display_name, password_hash FROM operators WHERE username = $1",
         )
@@ -62,8 +65,16 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         let mut tx = self.pool.begin().await?;
-        append_event(&mut tx, "operator.signed_in", None, None, Some(operator_id), None, json!({}))
-            .await?;
+        append_event(
+            &mut tx,
+            "operator.signed_in",
+            None,
+            None,
+            Some(operator_id),
+            None,
+            json!({}),
+        )
+        .await?;
         tx.commit().await?;
         Ok(expires_at)
     }
@@ -132,11 +143,13 @@ impl Store {
             tx.commit().await?;
             return Ok(status);
         }
-        sqlx::query("UPDATE operators SET status = $2, status_since = clock_timestamp() WHERE id = $1")
-            .bind(operator_id)
-            .bind(status.as_str())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE operators SET status = $2, status_since = clock_timestamp() WHERE id = $1",
+        )
+        .bind(operator_id)
+        .bind(status.as_str())
+        .execute(&mut *tx)
+        .await?;
         append_event(
             &mut tx,
             "operator.status",

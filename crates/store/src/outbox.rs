@@ -31,11 +31,13 @@ pub(crate) async fn push_outbox(
 ) -> Result<()> {
     let payload = serde_json::to_value(payload)
         .map_err(|error| StoreError::Refused(format!("unserializable call update: {error}")))?;
-    sqlx::query("INSERT INTO device_outbox (device_id, kind, payload) VALUES ($1, 'call_update', $2)")
-        .bind(device_id)
-        .bind(payload)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO device_outbox (device_id, kind, payload) VALUES ($1, 'call_update', $2)",
+    )
+    .bind(device_id)
+    .bind(payload)
+    .execute(&mut **tx)
+    .await?;
     notify(
         tx,
         &Notification::DeviceOutbox {

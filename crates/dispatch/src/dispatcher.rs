@@ -1,0 +1,95 @@
+//! The dispatcher loop: one closed `Event` enum, one loop that matches on it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use carebell_store::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::Hub;
+
+#[derive(Debug, Clone)]
+pub struct DispatcherConfig {
+    /// How long an offer rings before it goes to the next operator.
+    pub ring_timeout: Duration,
+    /// How often to look for expired offers even when nothing was announced. Bounds how late
+    /// after its deadline a ring timeout takes effect.
+    pub sweep_interval: Duration,
+    /// Most offers made in one round, so one node does not hold the loop for long.
+    pub max_offers_per_round: usize,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        Self {
+            ring_timeout: Duration::from_secs(20),
+            sweep_interval: Duration::from_millis(250),
+            max_offers_per_round: 64,
+        }
+    }
+}
+
+enum Event {
+    Wanted,
+    Sweep,
+    Shutdown,
+}
+
+pub struct Dispatcher {
+    store: Store,
+    hub: Arc<Hub>,
+    config: DispatcherConfig,
+}
+
+impl Dispatcher {
+    pub fn new(store: Store, hub: Arc<Hub>, config: DispatcherConfig) -> Self {
+        Self { store, hub, config }
+    }
+
+    /// Runs dispatch rounds until `shutdown`. Every node runs one; the store's transactions
+    /// (row locks with SKIP LOCKED) keep them from deciding the same thing twice.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut failures: u32 = 0;
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => Event::Shutdown,
+                _ = self.hub.dispatch_wanted() => Event::Wanted,
+                _ = tokio::time::sleep(self.config.sweep_interval) => Event::Sweep,
+            };
+            match event {
+                Event::Shutdown => return,
+                Event::Wanted | Event::Sweep => {
+                    match self
+                        .store
+                        .dispatch_round(self.config.ring_timeout, self.config.max_offers_per_round)
+                        .await
+                    {
+                        Ok(round) => {
+                            failures = 0;
+                            if !round.offered.is_empty() || !round.expired.is_empty() {
+                                tracing::debug!(
+                                    n_offered = round.offered.len(),
+                                    n_expired = round.expired.len(),
+                                    "dispatch round"
+                                );
+                            }
+                            if round.offered.len() == self.config.max_offers_per_round {
+                                // There may be more to do; go again at once.
+                                self.hub.want_dispatch();
+                            }
+                        }
+                        Err(error) => {
+                            failures = failures.saturating_add(1);
+                            tracing::error!(%error, failures, "dispatch round failed");
+                            let backoff = Duration::from_millis(100 * u64::from(failures.min(20)));
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return,
+                                _ = tokio::time::sleep(backoff) => {}
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The node-local hub: which operators' consoles and which devices this node holds, and the
+//! delivery of database notifications to them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use carebell_store::Notification;
+use tokio::sync::{broadcast, Notify};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// What an operator's console must hear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperatorEvent {
+    Offer {
+        offer_id: Uuid,
+    },
+    OfferWithdrawn {
+        offer_id: Uuid,
+        call_id: Uuid,
+        reason: String,
+    },
+    CallChanged {
+        call_id: Uuid,
+        state: String,
+        disposition: Option<String>,
+    },
+    /// Notifications may have been missed: re-read the live offer.
+    Resync,
+}
+
+struct DeviceSlot {
+    session: u64,
+    outbox_changed: Arc<Notify>,
+    kicked: CancellationToken,
+}
+
+/// Capacity of each operator's event channel. An operator receives a handful of events per
+/// call; a console that falls 64 behind is broken, and is told to resync rather than allowed
+/// to grow memory without bound.
+const OPERATOR_CHANNEL_CAPACITY: usize = 64;
+
+#[derive(Default)]
+pub struct Hub {
+    // std mutexes: held for map operations only, never across an await.
+    operators: Mutex<HashMap<Uuid, broadcast::Sender<OperatorEvent>>>,
+    devices: Mutex<HashMap<String, DeviceSlot>>,
+    next_session: AtomicU64,
+    dispatch_wanted: Notify,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The maps stay consistent across a panic in another holder (each operation is a single
+    // insert or remove), so a poisoned lock is still safe to use.
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// An operator console's subscription; dropping it unsubscribes.
+pub struct OperatorSubscription {
+    hub: Arc<Hub>,
+    operator_id: Uuid,
+    pub events: broadcast::Receiver<OperatorEvent>,
+}
+
+impl Drop for OperatorSubscription {
+    fn drop(&mut self) {
+        let mut operators = lock(&self.hub.operators);
+        // Our receiver is still alive during drop, so "only us" is a count of one.
+        if operators
+            .get(&self.operator_id)
+            .is_some_and(|sender| sender.receiver_count() <= 1)
+        {
+            operators.remove(&self.operator_id);
+        }
+    }
+}
+
+impl OperatorSubscription {
+    /// Whether another console of the same operator is still subscribed on this node.
+    pub fn others_remain(&self) -> bool {
+        lock(&self.hub.operators)
+            .get(&self.operator_id)
+            .is_some_and(|sender| sender.receiver_count() > 1)
+    }
+}
+
+/// A device session's registration; dropping it unregisters (if still the newest session).
+pub struct DeviceRegistration {
+    hub: Arc<Hub>,
+    device_id: String,
+    session: u64,
+    /// Woken when the device's outbox has new messages.
+    pub outbox_changed: Arc<Notify>,
+    /// Cancelled when a newer session of the same device registers on this node.
+    pub kicked: CancellationToken,
+}
+
+impl Drop for DeviceRegistration {
+    fn drop(&mut self) {
+        let mut devices = lock(&self.hub.devices);
+        if devices
+            .get(&self.device_id)
+            .is_some_and(|slot| slot.session == self.session)
+        {
+            devices.remove(&self.device_id);
+        }
+    }
+}
+
+impl Hub {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn subscribe_operator(self: &Arc<Self>, operator_id: Uuid) -> OperatorSubscription {
+        let mut operators = lock(&self.operators);
+        let events = operators
+            .entry(operator_id)
+            .or_insert_with(|| broadcast::channel(OPERATOR_CHANNEL_CAPACITY).0)
+            .subscribe();
+        OperatorSubscription {
+            hub: Arc::clone(self),
+            operator_id,
+            events,
+        }
+    }
+
+    /// Registers a device session, kicking an older session of the same device on this node.
+    pub fn register_device(self: &Arc<Self>, device_id: &str) -> DeviceRegistration {
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let outbox_changed = Arc::new(Notify::new());
+        let kicked = CancellationToken::new();
+        let previous = lock(&self.devices).insert(
+            device_id.to_owned(),
+            DeviceSlot {
+                session,
+                outbox_changed: Arc::clone(&outbox_changed),
+                kicked: kicked.clone(),
+            },
+        );
+        if let Some(previous) = previous {
+            previous.kicked.cancel();
+        }
+        DeviceRegistration {
+            hub: Arc::clone(self),
+            device_id: device_id.to_owned(),
+            session,
+            outbox_changed,
+            kicked,
+        }
+    }
+
+    pub fn n_devices(&self) -> usize {
+        lock(&self.devices).len()
+    }
+
+    /// Resolves when a dispatch round is wanted (new work, a free operator).
+    pub async fn dispatch_wanted(&self) {
+        self.dispatch_wanted.notified().await;
+    }
+
+    pub fn want_dispatch(&self) {
+        self.dispatch_wanted.notify_one();
+    }
+
+    fn send_to_operator(&self, operator_id: Uuid, event: OperatorEvent) {
+        if let Some(sender) = lock(&self.operators).get(&operator_id) {
+            // No receivers is fine: the console is gone and will resync when it returns.
+            let _ = sender.send(event);
+        }
+    }
+
+    /// Hands one database notification to whoever on this node must hear it.
+    pub fn deliver(&self, notification: Notification) {
+        match notification {
+            Notification::Dispatch => self.want_dispatch(),
+            Notification::Offer {
+                offer_id,
+                operator_id,
+            } => self.send_to_operator(operator_id, OperatorEvent::Offer { offer_id }),
+            Notification::OfferWithdrawn {
+                offer_id,
+                operator_id,
+                call_id,
+                reason,
+            } => self.send_to_operator(
+                operator_id,
+                OperatorEvent::OfferWithdrawn {
+                    offer_id,
+                    call_id,
+                    reason,
+                },
+            ),
+            Notification::CallChanged {
+                call_id,
+                operator_id,
+                state,
+                disposition,
+            } => {
+                if let Some(operator_id) = operator_id {
+                    self.send_to_operator(
+                        operator_id,
+                        OperatorEvent::CallChanged {
+                            call_id,
+                            state,
+                            disposition,
+                        },
+                    );
+                }
+            }
+            Notification::DeviceOutbox { device_id } => {
+                if let Some(slot) = lock(&self.devices).get(&device_id) {
+                    slot.outbox_changed.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Notifications may have been lost: everyone re-reads.
+    pub fn resync(&self) {
+        self.want_dispatch();
+        for slot in lock(&self.devices).values() {
+            slot.outbox_changed.notify_one();
+        }
+        for sender in lock(&self.operators).values() {
+            let _ = sender.send(OperatorEvent::Resync);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_session_of_the_same_device_kicks_the_old_one() {
+        let hub = Hub::new();
+        let first = hub.register_device("tab-1");
+        let second = hub.register_device("tab-1");
+        assert!(first.kicked.is_cancelled());
+        assert!(!second.kicked.is_cancelled());
+        drop(first);
+        assert_eq!(
+            hub.n_devices(),
+            1,
+            "the old session must not unregister the new one"
+        );
+        drop(second);
+        assert_eq!(hub.n_devices(), 0);
+    }
+
+    #[tokio::test]
+    async fn offers_reach_only_their_operator() {
+        let hub = Hub::new();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut sub_a = hub.subscribe_operator(a);
+        let mut sub_b = hub.subscribe_operator(b);
+        let offer_id = Uuid::new_v4();
+        hub.deliver(Notification::Offer {
+            offer_id,
+            operator_id: a,
+        });
+        assert_eq!(
+            sub_a.events.recv().await.unwrap(),
+            OperatorEvent::Offer { offer_id }
+        );
+        assert!(sub_b.events.try_recv().is_err());
+    }
+
+    #[test]
+    fn an_operator_with_two_consoles_stays_subscribed_until_both_drop() {
+        let hub = Hub::new();
+        let op = Uuid::new_v4();
+        let first = hub.subscribe_operator(op);
+        let second = hub.subscribe_operator(op);
+        assert!(first.others_remain());
+        drop(first);
+        assert!(!second.others_remain());
+        assert!(lock(&hub.operators).contains_key(&op));
+        drop(second);
+        assert!(!lock(&hub.operators).contains_key(&op));
+    }
+}

@@ -1,0 +1,441 @@
+//! The operator console API (`carebell.console.v1.Console`): sign-in, status, the live feed of
+//! offers and call changes, accept, end with a disposition, and the audited resident look-up.
+
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use carebell_dispatch::{Hub, OperatorEvent};
+use carebell_domain::{Disposition as DomainDisposition, OperatorStatus as DomainStatus};
+use carebell_presence::{Kind, Presence};
+use carebell_proto::console::v1::console_event::Event;
+use carebell_proto::console::v1::console_server::{Console, ConsoleServer};
+use carebell_proto::console::v1::{
+    AcceptRequest, AcceptResponse, CallChanged, CallKind, ConsoleEvent, DeviceSummary, Disposition,
+    EndCallRequest, EndCallResponse, GetResidentRequest, Offer, OfferWithdrawn, OperatorStatus,
+    ResidentRecord, SetStatusRequest, SetStatusResponse, SignInRequest, SignInResponse,
+    SubscribeRequest,
+};
+use carebell_store::{OfferRow, OperatorSession, Store};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::status_from_store;
+
+/// Longest username or password accepted at sign-in (argon2 on megabytes is a DoS vector).
+const MAX_CREDENTIAL_BYTES: usize = 256;
+/// Longest note on a call's end.
+const MAX_NOTE_BYTES: usize = 4000;
+/// Console events buffered per subscription; a console that falls behind resyncs.
+const EVENT_BUFFER: usize = 32;
+
+#[derive(Debug, Clone)]
+pub struct ConsoleSettings {
+    pub session_ttl: Duration,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        Self {
+            session_ttl: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
+pub struct ConsoleService {
+    store: Store,
+    hub: Arc<Hub>,
+    presence: Presence,
+    settings: ConsoleSettings,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl ConsoleService {
+    pub fn new(
+        store: Store,
+        hub: Arc<Hub>,
+        presence: Presence,
+        settings: ConsoleSettings,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Self {
+        Self {
+            store,
+            hub,
+            presence,
+            settings,
+            shutdown,
+            tracker,
+        }
+    }
+
+    pub fn into_server(self) -> ConsoleServer<Self> {
+        ConsoleServer::new(self)
+    }
+
+    async fn authenticate<T>(&self, request: &Request<T>) -> Result<OperatorSession, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .ok_or_else(|| Status::unauthenticated("sign in first: no authorization header"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated("the authorization header must be 'Bearer <token>'")
+            })?;
+        self.store
+            .session(&token_hash(token))
+            .await
+            .map_err(status_from_store)?
+            .ok_or_else(|| {
+                Status::unauthenticated("the session is unknown or has expired; sign in again")
+            })
+    }
+}
+
+fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// A hash of a random password, verified against when the username is unknown, so that a
+/// wrong username costs as much time as a wrong password.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let mut password = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut password);
+        let salt = SaltString::generate(&mut rand::thread_rng());
+        Argon2::default()
+            .hash_password(&password, &salt)
+            .map(|hash| hash.to_string())
+            // Hashing random bytes with a fresh salt cannot fail; if it ever did, an empty
+            // string makes every unknown-user check fail, which is the safe direction.
+            .unwrap_or_default()
+    })
+}
+
+/// Hashes a password with argon2id and a random salt, as a PHC string.
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    let salt = SaltString::generate(&mut rand::thread_rng());
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
+}
+
+fn parse_uuid(raw: &str, what: &str) -> Result<Uuid, Status> {
+    Uuid::parse_str(raw).map_err(|_| Status::invalid_argument(format!("{what} is not a valid id")))
+}
+
+fn millis(at: chrono::DateTime<chrono::Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+fn event(event: Event) -> ConsoleEvent {
+    ConsoleEvent {
+        at_ms: chrono::Utc::now().timestamp_millis(),
+        event: Some(event),
+    }
+}
+
+fn offer_event(offer: &OfferRow) -> ConsoleEvent {
+    let kind = if offer.kind == "emergency" {
+        CallKind::Emergency
+    } else {
+        CallKind::Call
+    };
+    event(Event::Offer(Offer {
+        offer_id: offer.offer_id.to_string(),
+        call_id: offer.call_id.to_string(),
+        resident_id: offer.resident_id.to_string(),
+        resident_name: offer.resident_name.clone(),
+        device_id: offer.device_id.clone(),
+        kind: kind as i32,
+        expires_at_ms: millis(offer.expires_at),
+        call_created_at_ms: millis(offer.call_created_at),
+    }))
+}
+
+impl ConsoleService {
+    async fn resident_record(
+        &self,
+        resident_id: Uuid,
+        actor: &OperatorSession,
+    ) -> Result<ResidentRecord, Status> {
+        let record = self
+            .store
+            .read_resident(resident_id, &format!("operator:{}", actor.operator_id))
+            .await
+            .map_err(status_from_store)?;
+        let mut devices = Vec::with_capacity(record.devices.len());
+        for device in record.devices {
+            // Presence is advisory: if Redis is down the record still shows, with "offline".
+            let online = self
+                .presence
+                .lookup(Kind::Device, &device.device_id)
+                .await
+                .ok()
+                .flatten()
+                .is_some();
+            devices.push(DeviceSummary {
+                device_id: device.device_id,
+                online,
+                last_seen_ms: device.last_seen_at.map(millis).unwrap_or_default(),
+            });
+        }
+        Ok(ResidentRecord {
+            resident_id: record.resident_id.to_string(),
+            full_name: record.full_name,
+            address: record.address,
+            phone: record.phone,
+            station_name: record.station_name,
+            dialect: record.dialect,
+            medical_notes: record.medical_notes,
+            devices,
+        })
+    }
+}
+
+type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ConsoleEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Console for ConsoleService {
+    async fn sign_in(
+        &self,
+        request: Request<SignInRequest>,
+    ) -> Result<Response<SignInResponse>, Status> {
+        let SignInRequest { username, password } = request.into_inner();
+        if username.len() > MAX_CREDENTIAL_BYTES || password.len() > MAX_CREDENTIAL_BYTES {
+            return Err(Status::invalid_argument("username or password is too long"));
+        }
+        let credentials = self
+            .store
+            .operator_credentials(&username)
+            .await
+            .map_err(status_from_store)?;
+        let stored_hash = credentials
+            .as_ref()
+            .map(|credentials| credentials.password_hash.clone())
+            .unwrap_or_else(|| dummy_hash().to_owned());
+        let verified = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&stored_hash)
+                .and_then(|hash| Argon2::default().verify_password(password.as_bytes(), &hash))
+                .is_ok()
+        })
+        .await
+        .map_err(|_| Status::internal("password check failed"))?;
+        let credentials = match credentials {
+            Some(credentials) if verified => credentials,
+            _ => return Err(Status::unauthenticated("invalid username or password")),
+        };
+        let mut token_bytes = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut token_bytes);
+        let token: String = token_bytes
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        let expires_at = self
+            .store
+            .create_session(
+                credentials.operator_id,
+                &token_hash(&token),
+                self.settings.session_ttl,
+            )
+            .await
+            .map_err(status_from_store)?;
+        Ok(Response::new(SignInResponse {
+            token,
+            operator_id: credentials.operator_id.to_string(),
+            display_name: credentials.display_name,
+            expires_at_ms: millis(expires_at),
+        }))
+    }
+
+    async fn set_status(
+        &self,
+        request: Request<SetStatusRequest>,
+    ) -> Result<Response<SetStatusResponse>, Status> {
+        let session = self.authenticate(&request).await?;
+        let wanted = match OperatorStatus::try_from(request.get_ref().status) {
+            Ok(OperatorStatus::Available) => DomainStatus::Available,
+            Ok(OperatorStatus::Away) => DomainStatus::Away,
+            Ok(OperatorStatus::Offline) => DomainStatus::Offline,
+            Ok(OperatorStatus::OnCall) => DomainStatus::OnCall,
+            _ => return Err(Status::invalid_argument("unknown operator status")),
+        };
+        let wanted = wanted
+            .selectable()
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        self.store
+            .set_operator_status(session.operator_id, wanted)
+            .await
+            .map_err(status_from_store)?;
+        let status = match wanted {
+            DomainStatus::Available => OperatorStatus::Available,
+            _ => OperatorStatus::Away,
+        };
+        Ok(Response::new(SetStatusResponse {
+            status: status as i32,
+        }))
+    }
+
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let session = self.authenticate(&request).await?;
+        let operator_id = session.operator_id;
+        let mut subscription = self.hub.subscribe_operator(operator_id);
+        let (events_tx, events_rx) = mpsc::channel::<Result<ConsoleEvent, Status>>(EVENT_BUFFER);
+        let store = self.store.clone();
+        let presence = self.presence.clone();
+        let shutdown = self.shutdown.clone();
+        presence.connected(Kind::Operator, &operator_id.to_string());
+
+        self.tracker.spawn(async move {
+            // Resume: an offer ringing for this operator right now is shown at once.
+            let mut resync = true;
+            let mut client_left = false;
+            loop {
+                if resync {
+                    resync = false;
+                    match store.live_offer_for(operator_id).await {
+                        Ok(Some(offer)) => {
+                            if events_tx.send(Ok(offer_event(&offer))).await.is_err() {
+                                client_left = true;
+                                break;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(error) => tracing::warn!(%error, "cannot read the live offer"),
+                    }
+                }
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = events_tx.closed() => { client_left = true; break; }
+                    next = subscription.events.recv() => next,
+                };
+                let console_event = match next {
+                    Ok(OperatorEvent::Offer { offer_id }) => match store.offer(offer_id).await {
+                        Ok(offer) if offer.state == "offered" => Some(offer_event(&offer)),
+                        Ok(_) => None,
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot read an offer");
+                            None
+                        }
+                    },
+                    Ok(OperatorEvent::OfferWithdrawn { offer_id, call_id, reason }) => {
+                        Some(event(Event::OfferWithdrawn(OfferWithdrawn {
+                            offer_id: offer_id.to_string(),
+                            call_id: call_id.to_string(),
+                            reason,
+                        })))
+                    }
+                    Ok(OperatorEvent::CallChanged { call_id, state, disposition }) => {
+                        Some(event(Event::CallChanged(CallChanged {
+                            call_id: call_id.to_string(),
+                            state,
+                            disposition: disposition.unwrap_or_default(),
+                        })))
+                    }
+                    Ok(OperatorEvent::Resync) | Err(RecvError::Lagged(_)) => {
+                        resync = true;
+                        None
+                    }
+                    Err(RecvError::Closed) => break,
+                };
+                if let Some(console_event) = console_event {
+                    if events_tx.send(Ok(console_event)).await.is_err() {
+                        client_left = true;
+                        break;
+                    }
+                }
+            }
+            presence.disconnected(Kind::Operator, &operator_id.to_string());
+            // A console that went away takes its operator offline (unless another console of
+            // theirs is still here), so calls are not offered into the void. On shutdown the
+            // console reconnects to another node instead.
+            if client_left && !subscription.others_remain() {
+                if let Err(error) = store.operator_disconnected(operator_id).await {
+                    tracing::warn!(%error, %operator_id, "cannot mark a disconnected operator offline");
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(events_rx))))
+    }
+
+    async fn accept(
+        &self,
+        request: Request<AcceptRequest>,
+    ) -> Result<Response<AcceptResponse>, Status> {
+        let session = self.authenticate(&request).await?;
+        let offer_id = parse_uuid(&request.get_ref().offer_id, "offer_id")?;
+        let accepted = self
+            .store
+            .accept_offer(offer_id, session.operator_id)
+            .await
+            .map_err(status_from_store)?;
+        tracing::info!(call_id = %accepted.call_id, operator_id = %session.operator_id, "call answered");
+        let resident = self.resident_record(accepted.resident_id, &session).await?;
+        Ok(Response::new(AcceptResponse {
+            call_id: accepted.call_id.to_string(),
+            resident: Some(resident),
+        }))
+    }
+
+    async fn end_call(
+        &self,
+        request: Request<EndCallRequest>,
+    ) -> Result<Response<EndCallResponse>, Status> {
+        let session = self.authenticate(&request).await?;
+        let EndCallRequest {
+            call_id,
+            disposition,
+            note,
+        } = request.into_inner();
+        let call_id = parse_uuid(&call_id, "call_id")?;
+        let disposition = match Disposition::try_from(disposition) {
+            Ok(Disposition::AccidentalPress) => DomainDisposition::AccidentalPress,
+            Ok(Disposition::Companionship) => DomainDisposition::Companionship,
+            Ok(Disposition::Information) => DomainDisposition::Information,
+            Ok(Disposition::ServiceRequest) => DomainDisposition::ServiceRequest,
+            Ok(Disposition::HealthConcern) => DomainDisposition::HealthConcern,
+            Ok(Disposition::Emergency) => DomainDisposition::Emergency,
+            _ => return Err(Status::invalid_argument("a disposition is required")),
+        };
+        if note.len() > MAX_NOTE_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the note is longer than {MAX_NOTE_BYTES} bytes"
+            )));
+        }
+        self.store
+            .end_call(call_id, session.operator_id, disposition, &note)
+            .await
+            .map_err(status_from_store)?;
+        Ok(Response::new(EndCallResponse {}))
+    }
+
+    async fn get_resident(
+        &self,
+        request: Request<GetResidentRequest>,
+    ) -> Result<Response<ResidentRecord>, Status> {
+        let session = self.authenticate(&request).await?;
+        let resident_id = parse_uuid(&request.get_ref().resident_id, "resident_id")?;
+        Ok(Response::new(
+            self.resident_record(resident_id, &session).await?,
+        ))
+    }
+}

@@ -1,0 +1,52 @@
+//! Device links: the session logic shared by both transports, and the two transports.
+
+mod grpc;
+mod session;
+mod ws;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use carebell_dispatch::Hub;
+use carebell_presence::Presence;
+use carebell_store::Store;
+use tokio_util::sync::CancellationToken;
+
+pub use grpc::DeviceLinkService;
+pub use ws::WsListener;
+
+/// The device protocol's tunables.
+#[derive(Debug, Clone)]
+pub struct DeviceSettings {
+    /// Sent in `Welcome`; the device heartbeats at this interval.
+    pub heartbeat_interval: Duration,
+    /// A session silent for this many heartbeat intervals is closed.
+    pub missed_heartbeats: f64,
+    pub max_frame_bytes: usize,
+    /// Connect, TLS, upgrade and authentication must finish within this.
+    pub handshake_timeout: Duration,
+    /// On shutdown, devices are told to reconnect after a random delay in this window.
+    pub go_away_window: Duration,
+}
+
+impl Default for DeviceSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(30),
+            missed_heartbeats: 2.5,
+            max_frame_bytes: carebell_proto::MAX_FRAME_BYTES,
+            handshake_timeout: Duration::from_secs(10),
+            go_away_window: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything a device session needs; cloned into each connection.
+#[derive(Clone)]
+pub struct DeviceContext {
+    pub store: Store,
+    pub hub: Arc<Hub>,
+    pub presence: Presence,
+    pub settings: Arc<DeviceSettings>,
+    pub shutdown: CancellationToken,
+}

@@ -1,0 +1,580 @@
+//! One authenticated device session, whatever the transport: handshake, sequence numbers and
+//! acknowledgements, the outbox resend, heartbeat supervision and the handling of every message.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use carebell_domain::{CallKind, DeviceId, RequestId};
+use carebell_presence::Kind;
+use carebell_proto::device::v1::{
+    envelope::Body, AlarmKind, CallState, CallUpdate, Challenge, Envelope, Error as ErrorMessage,
+    ErrorCode, GoAway, RejectReason, Rejected, Welcome,
+};
+use carebell_proto::{
+    auth_message, CloseCode, CLOSE_AUTH_REJECTED, CLOSE_GOING_AWAY, CLOSE_TIMEOUT,
+};
+use carebell_store::{OutboxItem, StoreError};
+use ed25519_dalek::{Signature, VerifyingKey};
+use rand::{Rng, RngCore};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::DeviceContext;
+
+/// What a transport hands the session.
+pub(crate) enum Incoming {
+    Envelope(Envelope),
+    /// A frame that could not be an envelope (malformed, too large, text).
+    Bad(ErrorCode, String),
+    Closed,
+}
+
+/// The transport was closed under us.
+#[derive(Debug)]
+pub(crate) struct TransportClosed;
+
+/// How a session reads and writes envelopes, and how it ends a connection.
+pub(crate) trait DeviceTransport: Send {
+    fn recv(&mut self) -> impl Future<Output = Incoming> + Send;
+    fn send(
+        &mut self,
+        envelope: Envelope,
+    ) -> impl Future<Output = Result<(), TransportClosed>> + Send;
+    /// Ends the connection with a WebSocket close code (or the matching gRPC status).
+    fn close(&mut self, code: CloseCode, reason: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// Longest detail text accepted on an alarm.
+const MAX_ALARM_DETAIL_BYTES: usize = 1024;
+/// Outbox messages fetched per read.
+const OUTBOX_BATCH: i64 = 100;
+
+struct Link<T> {
+    transport: T,
+    next_seq: u64,
+    /// Highest sequence number received from the device and fully processed.
+    last_received: u64,
+}
+
+impl<T: DeviceTransport> Link<T> {
+    async fn send_body(&mut self, body: Body) -> Result<u64, TransportClosed> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.transport
+            .send(Envelope {
+                seq,
+                ack: self.last_received,
+                body: Some(body),
+            })
+            .await?;
+        Ok(seq)
+    }
+
+    async fn send_ack(&mut self) -> Result<(), TransportClosed> {
+        self.transport
+            .send(Envelope {
+                seq: 0,
+                ack: self.last_received,
+                body: None,
+            })
+            .await
+    }
+
+    /// Reports an error; closes the connection when the table says the error is fatal.
+    /// Returns whether the session may go on.
+    async fn error(&mut self, code: ErrorCode, message: &str, ref_seq: u64) -> bool {
+        let sent = self
+            .send_body(Body::Error(ErrorMessage {
+                code: code as i32,
+                message: message.to_owned(),
+                ref_seq,
+            }))
+            .await;
+        match carebell_proto::close_code_for(code) {
+            Some(close_code) => {
+                self.transport.close(close_code, message).await;
+                false
+            }
+            None => sent.is_ok(),
+        }
+    }
+
+    async fn reject(&mut self, reason: RejectReason, message: &str) {
+        let _ = self
+            .send_body(Body::Rejected(Rejected {
+                reason: reason as i32,
+                message: message.to_owned(),
+            }))
+            .await;
+        self.transport.close(CLOSE_AUTH_REJECTED, message).await;
+    }
+}
+
+/// Runs one connection from the first frame to the close.
+pub(crate) async fn run<T: DeviceTransport>(context: DeviceContext, transport: T, peer: String) {
+    let mut link = Link {
+        transport,
+        next_seq: 1,
+        last_received: 0,
+    };
+    let Some(device_id) = handshake(&context, &mut link).await else {
+        return;
+    };
+    let span = tracing::info_span!("device", device_id = %device_id, %peer);
+    tracing::info!(parent: &span, "device authenticated");
+    context.presence.connected(Kind::Device, device_id.as_str());
+    if let Err(error) = context.store.touch_device(device_id.as_str()).await {
+        tracing::warn!(parent: &span, %error, "could not record last-seen");
+    }
+    let registration = context.hub.register_device(device_id.as_str());
+    let mut session = Session {
+        context: &context,
+        device_id: &device_id,
+        link,
+        inflight: BTreeMap::new(),
+        last_outbox_sent: 0,
+    };
+    let reason = session.run(&registration).instrument(span.clone()).await;
+    tracing::info!(parent: &span, reason, "device session ended");
+    drop(registration);
+    context
+        .presence
+        .disconnected(Kind::Device, device_id.as_str());
+    if let Err(error) = context.store.touch_device(device_id.as_str()).await {
+        tracing::warn!(parent: &span, %error, "could not record last-seen");
+    }
+}
+
+/// Reads the next envelope within `deadline`, answering bad frames. `None` ends the connection.
+async fn recv_handshake<T: DeviceTransport>(
+    link: &mut Link<T>,
+    deadline: Instant,
+) -> Option<Envelope> {
+    match tokio::time::timeout_at(deadline, link.transport.recv()).await {
+        Err(_) => {
+            link.transport
+                .close(CLOSE_TIMEOUT, "authentication did not finish in time")
+                .await;
+            None
+        }
+        Ok(Incoming::Closed) => None,
+        Ok(Incoming::Bad(code, message)) => {
+            link.error(code, &message, 0).await;
+            // A bad frame before authentication always ends the connection: there is no
+            // session to keep.
+            link.transport.close(CLOSE_AUTH_REJECTED, &message).await;
+            None
+        }
+        Ok(Incoming::Envelope(envelope)) => {
+            link.last_received = envelope.seq.max(link.last_received);
+            Some(envelope)
+        }
+    }
+}
+
+/// Hello → Challenge → Proof → Welcome. Returns the authenticated device, or `None` after
+/// rejecting and closing.
+async fn handshake<T: DeviceTransport>(
+    context: &DeviceContext,
+    link: &mut Link<T>,
+) -> Option<DeviceId> {
+    let deadline = Instant::now() + context.settings.handshake_timeout;
+    let first = recv_handshake(link, deadline).await?;
+    let hello = match first.body {
+        Some(Body::Hello(hello)) => hello,
+        _ => {
+            link.error(
+                ErrorCode::NotAuthenticated,
+                "not authenticated: the first message must be Hello",
+                first.seq,
+            )
+            .await;
+            return None;
+        }
+    };
+    let Some(version) = hello
+        .protocol_versions
+        .iter()
+        .copied()
+        .filter(|version| carebell_proto::SUPPORTED_PROTOCOL_VERSIONS.contains(version))
+        .max()
+    else {
+        link.reject(
+            RejectReason::UnsupportedVersion,
+            "no common protocol version; this server speaks version 1",
+        )
+        .await;
+        return None;
+    };
+
+    // The challenge goes out whether or not the device exists, so a prober cannot tell.
+    let mut nonce = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut nonce);
+    link.send_body(Body::Challenge(Challenge {
+        nonce: nonce.to_vec(),
+        protocol_version: version,
+    }))
+    .await
+    .ok()?;
+
+    let second = recv_handshake(link, deadline).await?;
+    let proof = match second.body {
+        Some(Body::Proof(proof)) => proof,
+        _ => {
+            link.error(
+                ErrorCode::NotAuthenticated,
+                "not authenticated: expected Proof after Challenge",
+                second.seq,
+            )
+            .await;
+            return None;
+        }
+    };
+
+    let device_id = DeviceId::parse(&hello.device_id).ok();
+    let public_key = match &device_id {
+        Some(device_id) => match context.store.device_public_key(device_id.as_str()).await {
+            Ok(key) => key,
+            Err(error) => {
+                tracing::error!(%error, "cannot look up a device key");
+                link.error(
+                    ErrorCode::Unavailable,
+                    "the server cannot check credentials now; retry",
+                    second.seq,
+                )
+                .await;
+                return None;
+            }
+        },
+        None => None,
+    };
+    let verified = match (&device_id, public_key) {
+        (Some(device_id), Some(public_key)) => {
+            verify(device_id, &public_key, &nonce, &proof.signature)
+        }
+        _ => false,
+    };
+    let Some(device_id) = device_id.filter(|_| verified) else {
+        tracing::info!(claimed = %hello.device_id.chars().take(64).collect::<String>(), "device authentication failed");
+        link.reject(RejectReason::BadCredentials, "authentication failed")
+            .await;
+        return None;
+    };
+
+    let settings = &context.settings;
+    link.send_body(Body::Welcome(Welcome {
+        session_id: uuid::Uuid::new_v4().to_string(),
+        heartbeat_interval_ms: u32::try_from(settings.heartbeat_interval.as_millis())
+            .unwrap_or(u32::MAX),
+        server_time_ms: chrono::Utc::now().timestamp_millis(),
+        max_frame_bytes: u32::try_from(settings.max_frame_bytes).unwrap_or(u32::MAX),
+        protocol_version: version,
+    }))
+    .await
+    .ok()?;
+    Some(device_id)
+}
+
+fn verify(device_id: &DeviceId, public_key: &[u8; 32], nonce: &[u8], signature: &[u8]) -> bool {
+    let Ok(key) = VerifyingKey::from_bytes(public_key) else {
+        return false;
+    };
+    let Ok(signature) = Signature::from_slice(signature) else {
+        return false;
+    };
+    key.verify_strict(&auth_message(device_id.as_str(), nonce), &signature)
+        .is_ok()
+}
+
+struct Session<'a, T> {
+    context: &'a DeviceContext,
+    device_id: &'a DeviceId,
+    link: Link<T>,
+    /// Our sequence number → the outbox message it carried, until the device acknowledges.
+    inflight: BTreeMap<u64, i64>,
+    last_outbox_sent: i64,
+}
+
+/// What the session should do after handling one message.
+enum Next {
+    Continue,
+    End(&'static str),
+}
+
+impl<T: DeviceTransport> Session<'_, T> {
+    async fn run(&mut self, registration: &carebell_dispatch::DeviceRegistration) -> &'static str {
+        let settings = &self.context.settings;
+        let silence_limit = settings
+            .heartbeat_interval
+            .mul_f64(settings.missed_heartbeats);
+        let mut silent_until = Instant::now() + silence_limit;
+        // Resumption: whatever the device has not acknowledged goes out again.
+        if let Next::End(reason) = self.send_outbox().await {
+            return reason;
+        }
+        loop {
+            tokio::select! {
+                incoming = self.link.transport.recv() => {
+                    silent_until = Instant::now() + silence_limit;
+                    let next = match incoming {
+                        Incoming::Closed => Next::End("closed by the device"),
+                        Incoming::Bad(code, message) => {
+                            if self.link.error(code, &message, 0).await { Next::Continue } else { Next::End("bad frame") }
+                        }
+                        Incoming::Envelope(envelope) => self.handle(envelope).await,
+                    };
+                    if let Next::End(reason) = next {
+                        return reason;
+                    }
+                }
+                _ = registration.outbox_changed.notified() => {
+                    if let Next::End(reason) = self.send_outbox().await {
+                        return reason;
+                    }
+                }
+                _ = tokio::time::sleep_until(silent_until) => {
+                    self.link.transport.close(CLOSE_TIMEOUT, "no heartbeat").await;
+                    return "heartbeat supervision timed out";
+                }
+                _ = registration.kicked.cancelled() => {
+                    self.link.transport.close(CLOSE_GOING_AWAY, "replaced by a newer connection of this device").await;
+                    return "replaced by a newer connection";
+                }
+                _ = self.context.shutdown.cancelled() => {
+                    let window = u64::try_from(self.context.settings.go_away_window.as_millis()).unwrap_or(u64::MAX).max(1);
+                    let delay = rand::thread_rng().gen_range(0..window);
+                    let _ = self.link.send_body(Body::GoAway(GoAway {
+                        reconnect_after_ms: u32::try_from(delay).unwrap_or(u32::MAX),
+                        reason: "server shutting down".to_owned(),
+                    })).await;
+                    self.link.transport.close(CLOSE_GOING_AWAY, "server shutting down").await;
+                    return "server shutting down";
+                }
+            }
+        }
+    }
+
+    /// Sends every outbox message not yet sent on this connection.
+    async fn send_outbox(&mut self) -> Next {
+        loop {
+            let items = match self
+                .context
+                .store
+                .pending_outbox(self.device_id.as_str(), self.last_outbox_sent, OUTBOX_BATCH)
+                .await
+            {
+                Ok(items) => items,
+                Err(error) => return self.unavailable(error, 0).await,
+            };
+            let n_items = items.len();
+            for item in items {
+                let OutboxItem { id, payload } = item;
+                let state = match payload.state.as_str() {
+                    "queued" => CallState::Queued,
+                    "offered" => CallState::Ringing,
+                    "answered" => CallState::Answered,
+                    "ended" => CallState::Ended,
+                    "abandoned" => CallState::Abandoned,
+                    _ => CallState::Unspecified,
+                };
+                let body = Body::CallUpdate(CallUpdate {
+                    update_id: u64::try_from(id).unwrap_or_default(),
+                    request_id: payload.request_id,
+                    call_id: payload.call_id.to_string(),
+                    state: state as i32,
+                    operator_display_name: payload.operator_display_name,
+                    reason: payload.reason,
+                });
+                match self.link.send_body(body).await {
+                    Ok(seq) => {
+                        self.inflight.insert(seq, id);
+                        self.last_outbox_sent = id;
+                    }
+                    Err(TransportClosed) => return Next::End("transport closed"),
+                }
+            }
+            if i64::try_from(n_items).unwrap_or(i64::MAX) < OUTBOX_BATCH {
+                return Next::Continue;
+            }
+        }
+    }
+
+    async fn unavailable(&mut self, error: StoreError, ref_seq: u64) -> Next {
+        tracing::error!(%error, "database unavailable during a device session");
+        self.link
+            .error(
+                ErrorCode::Unavailable,
+                "the server cannot store this now; reconnect and resend",
+                ref_seq,
+            )
+            .await;
+        Next::End("database unavailable")
+    }
+
+    async fn handle(&mut self, envelope: Envelope) -> Next {
+        if envelope.ack > 0 {
+            let still_open = self.inflight.split_off(&(envelope.ack + 1));
+            let acked: Vec<i64> = std::mem::replace(&mut self.inflight, still_open)
+                .into_values()
+                .collect();
+            if let Err(error) = self
+                .context
+                .store
+                .ack_outbox(self.device_id.as_str(), &acked)
+                .await
+            {
+                return self.unavailable(error, 0).await;
+            }
+        }
+        let seq = envelope.seq;
+        let Some(body) = envelope.body else {
+            if seq == 0 {
+                return Next::Continue; // a pure acknowledgement
+            }
+            // A newer device speaking a message this server does not know: say so, keep going.
+            self.link.last_received = seq;
+            let going = self
+                .link
+                .error(
+                    ErrorCode::UnknownMessage,
+                    "unknown message type; ignored",
+                    seq,
+                )
+                .await;
+            return if going {
+                Next::Continue
+            } else {
+                Next::End("transport closed")
+            };
+        };
+        if seq <= self.link.last_received {
+            self.link
+                .error(
+                    ErrorCode::ProtocolViolation,
+                    "sequence numbers must increase",
+                    seq,
+                )
+                .await;
+            return Next::End("sequence went backwards");
+        }
+
+        let outcome: Result<(), (ErrorCode, String)> = match body {
+            Body::Heartbeat(_) => Ok(()),
+            Body::CallRequest(request) => match RequestId::parse(&request.request_id) {
+                Err(error) => Err((ErrorCode::InvalidArgument, error.to_string())),
+                Ok(request_id) => match self
+                    .context
+                    .store
+                    .create_call(self.device_id.as_str(), request_id.as_str(), CallKind::Call)
+                    .await
+                {
+                    Ok(created) => {
+                        tracing::info!(call_id = %created.call_id, created = created.created, "call request stored");
+                        Ok(())
+                    }
+                    Err(error) => return self.unavailable(error, seq).await,
+                },
+            },
+            Body::CallCancel(cancel) => match RequestId::parse(&cancel.request_id) {
+                Err(error) => Err((ErrorCode::InvalidArgument, error.to_string())),
+                Ok(request_id) => match self
+                    .context
+                    .store
+                    .cancel_call(self.device_id.as_str(), request_id.as_str())
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(StoreError::NotFound { .. }) => Err((
+                        ErrorCode::InvalidArgument,
+                        "no such call request".to_owned(),
+                    )),
+                    Err(error) => return self.unavailable(error, seq).await,
+                },
+            },
+            Body::Alarm(alarm) => match self.check_alarm(&alarm) {
+                Err(message) => Err((ErrorCode::InvalidArgument, message)),
+                Ok(kind) => {
+                    let raised_at = chrono::DateTime::from_timestamp_millis(alarm.raised_at_ms)
+                        .filter(|_| alarm.raised_at_ms > 0);
+                    let raise_call = matches!(
+                        kind,
+                        AlarmKind::Sos | AlarmKind::Fall | AlarmKind::Smoke | AlarmKind::NoActivity
+                    );
+                    match self
+                        .context
+                        .store
+                        .record_alarm(
+                            self.device_id.as_str(),
+                            &alarm.alarm_id,
+                            kind.as_str_name(),
+                            raised_at,
+                            &alarm.detail,
+                            raise_call,
+                        )
+                        .await
+                    {
+                        Ok(outcome) => {
+                            tracing::info!(alarm = %outcome.alarm_row_id, created = outcome.created, "alarm stored");
+                            Ok(())
+                        }
+                        Err(error) => return self.unavailable(error, seq).await,
+                    }
+                }
+            },
+            Body::Error(error) => {
+                tracing::warn!(code = error.code, message = %error.message.chars().take(200).collect::<String>(), "device reported an error");
+                Ok(())
+            }
+            Body::Hello(_) | Body::Proof(_) => {
+                self.link
+                    .error(
+                        ErrorCode::ProtocolViolation,
+                        "already authenticated: a session speaks for one device only",
+                        seq,
+                    )
+                    .await;
+                return Next::End("second authentication attempt");
+            }
+            Body::Challenge(_)
+            | Body::Welcome(_)
+            | Body::Rejected(_)
+            | Body::CallUpdate(_)
+            | Body::Notice(_)
+            | Body::GoAway(_) => {
+                self.link
+                    .error(
+                        ErrorCode::ProtocolViolation,
+                        "this message is sent only by the server",
+                        seq,
+                    )
+                    .await;
+                return Next::End("server-only message from device");
+            }
+        };
+        // Processed (stored, or refused for good): acknowledge so the device stops resending.
+        self.link.last_received = seq;
+        if let Err((code, message)) = outcome {
+            if !self.link.error(code, &message, seq).await {
+                return Next::End("transport closed");
+            }
+        }
+        match self.link.send_ack().await {
+            Ok(()) => Next::Continue,
+            Err(TransportClosed) => Next::End("transport closed"),
+        }
+    }
+
+    fn check_alarm(&self, alarm: &carebell_proto::device::v1::Alarm) -> Result<AlarmKind, String> {
+        RequestId::parse(&alarm.alarm_id)
+            .map_err(|error| error.to_string().replace("request id", "alarm id"))?;
+        if alarm.detail.len() > MAX_ALARM_DETAIL_BYTES {
+            return Err(format!(
+                "alarm detail is longer than {MAX_ALARM_DETAIL_BYTES} bytes"
+            ));
+        }
+        match AlarmKind::try_from(alarm.kind) {
+            Ok(AlarmKind::Unspecified) | Err(_) => Err("unknown alarm kind".to_owned()),
+            Ok(kind) => Ok(kind),
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! The WebSocket transport: TLS (or plaintext when configured `insecure`), the upgrade with the
+//! `carebell.device.v1` subprotocol, one envelope per binary frame.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use carebell_proto::device::v1::{Envelope, ErrorCode};
+use carebell_proto::{decode_envelope, encode_envelope, CloseCode, WS_SUBPROTOCOL};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::task::TaskTracker;
+
+use super::session::{self, DeviceTransport, Incoming, TransportClosed};
+use super::DeviceContext;
+
+/// Per-connection read buffer. tungstenite's default is 128 KiB allocated up front, which is
+/// the whole memory budget of thousands of idle tablets; envelopes are small.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+pub struct WsListener {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    context: DeviceContext,
+}
+
+impl WsListener {
+    /// `tls: None` is plaintext, for the explicit `insecure` setting only.
+    pub fn new(
+        listener: TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        context: DeviceContext,
+    ) -> Self {
+        Self {
+            listener,
+            tls: tls.map(TlsAcceptor::from),
+            context,
+        }
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts until shutdown; each connection is a task on `tracker`. A failing connection is
+    /// logged and closed; it never reaches this loop.
+    pub async fn run(self, tracker: TaskTracker) {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.context.shutdown.cancelled() => return,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let context = self.context.clone();
+            let tls = self.tls.clone();
+            tracker.spawn(async move {
+                handle_connection(context, tls, stream, peer).await;
+            });
+        }
+    }
+}
+
+async fn handle_connection(
+    context: DeviceContext,
+    tls: Option<TlsAcceptor>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = stream.set_nodelay(true);
+    let timeout = context.settings.handshake_timeout;
+    match tls {
+        Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls_stream)) => upgrade(context, tls_stream, peer).await,
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        },
+        None => upgrade(context, stream, peer).await,
+    }
+}
+
+fn websocket_config(max_frame_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_message_size(Some(max_frame_bytes))
+        .max_frame_size(Some(max_frame_bytes))
+}
+
+#[allow(clippy::result_large_err)] // the signature is tungstenite's callback type
+fn check_subprotocol(request: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
+    let offered = request
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|protocol| protocol.trim() == WS_SUBPROTOCOL);
+    if !offered {
+        let mut refusal = ErrorResponse::new(Some(format!(
+            "the WebSocket subprotocol {WS_SUBPROTOCOL} is required"
+        )));
+        *refusal.status_mut() = StatusCode::BAD_REQUEST;
+        return Err(refusal);
+    }
+    response.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static(WS_SUBPROTOCOL),
+    );
+    Ok(response)
+}
+
+async fn upgrade<S>(context: DeviceContext, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let config = websocket_config(context.settings.max_frame_bytes);
+    let timeout = context.settings.handshake_timeout;
+    let upgraded = tokio::time::timeout(
+        timeout,
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check_subprotocol, Some(config)),
+    )
+    .await;
+    let websocket = match upgraded {
+        Ok(Ok(websocket)) => websocket,
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "WebSocket upgrade refused");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "WebSocket upgrade timed out");
+            return;
+        }
+    };
+    let transport = WsTransport {
+        websocket,
+        max_frame_bytes: context.settings.max_frame_bytes,
+        closed: false,
+    };
+    session::run(context, transport, peer.to_string()).await;
+}
+
+struct WsTransport<S> {
+    websocket: WebSocketStream<S>,
+    max_frame_bytes: usize,
+    closed: bool,
+}
+
+impl<S> DeviceTransport for WsTransport<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    async fn recv(&mut self) -> Incoming {
+        if self.closed {
+            return Incoming::Closed;
+        }
+        loop {
+            let message = match self.websocket.next().await {
+                None => return Incoming::Closed,
+                Some(Ok(message)) => message,
+                Some(Err(WsError::Capacity(error))) => {
+                    return Incoming::Bad(
+                        ErrorCode::FrameTooLarge,
+                        format!("frame too large: {error}"),
+                    );
+                }
+                Some(Err(WsError::Utf8(_))) => {
+                    return Incoming::Bad(
+                        ErrorCode::TextFrame,
+                        "text frame with invalid UTF-8".to_owned(),
+                    );
+                }
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "WebSocket read failed");
+                    return Incoming::Closed;
+                }
+            };
+            match message {
+                Message::Binary(bytes) => {
+                    return match decode_envelope(&bytes, self.max_frame_bytes) {
+                        Ok(envelope) => Incoming::Envelope(envelope),
+                        Err(carebell_proto::FrameError::TooLarge { size, limit }) => Incoming::Bad(
+                            ErrorCode::FrameTooLarge,
+                            format!("frame of {size} bytes exceeds the limit of {limit} bytes"),
+                        ),
+                        Err(carebell_proto::FrameError::Malformed(detail)) => Incoming::Bad(
+                            ErrorCode::MalformedFrame,
+                            format!("binary frame is not a protobuf Envelope: {detail}"),
+                        ),
+                    };
+                }
+                Message::Text(_) => {
+                    return Incoming::Bad(
+                        ErrorCode::TextFrame,
+                        "text frames are not part of the protocol; send binary Envelope frames"
+                            .to_owned(),
+                    );
+                }
+                Message::Close(_) => return Incoming::Closed,
+                // Pings are answered by tungstenite; pongs and raw frames carry nothing for us.
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            }
+        }
+    }
+
+    async fn send(&mut self, envelope: Envelope) -> Result<(), TransportClosed> {
+        if self.closed {
+            return Err(TransportClosed);
+        }
+        self.websocket
+            .send(Message::Binary(encode_envelope(&envelope).into()))
+            .await
+            .map_err(|_| TransportClosed)
+    }
+
+    async fn close(&mut self, code: CloseCode, reason: &str) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        // Close reasons are limited to 123 bytes by RFC 6455.
+        let reason: String = reason.chars().take(60).collect();
+        let frame = CloseFrame {
+            code: WsCloseCode::from(code),
+            reason: reason.into(),
+        };
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            self.websocket.close(Some(frame)),
+        )
+        .await;
+    }
+}
