@@ -1,1 +1,14 @@
-//! placeholder
+//! The `carebell` server: settings, telemetry, the application (`Application::build` and
+//! `run_until_stopped`), the administration commands and the demo. `main.rs` only parses the
+//! command line and calls into here.
+
+pub mod admin;
+mod app;
+pub mod cli;
+pub mod console_client;
+pub mod demo;
+pub mod devcert;
+pub mod settings;
+pub mod telemetry;
+
+pub use app::Application;

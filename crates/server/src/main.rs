@@ -1,1 +1,33 @@
-fn main() {}
+//! `carebell`: parse the command line, load and validate settings (exit 64 when they are
+//! wrong, before binding anything), run.
+
+use carebell_server::cli::{self, Cli, Command, Outcome};
+use clap::Parser;
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    // Commands that need no configuration are allowed without one.
+    let settings = match &cli.command {
+        Command::DevCert { .. } => carebell_server::settings::Settings::defaults(),
+        Command::Serve => cli::load_settings(&cli),
+        Command::Migrate | Command::Admin { .. } | Command::Demo { .. } => {
+            cli::load_settings_without_tls(&cli)
+        }
+    };
+    let settings = match settings {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("carebell: {error}");
+            std::process::exit(cli::EXIT_BAD_CONFIG);
+        }
+    };
+    match cli::run(cli, settings).await {
+        Ok(Outcome::Done) | Ok(Outcome::Demo(_)) => {}
+        Ok(Outcome::Printed(text)) => println!("{text}"),
+        Err(error) => {
+            eprintln!("carebell: {error:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -836,4 +836,17 @@ impl Store {
         .fetch_all(&self.pool)
         .await?)
     }
+
+    /// How many calls of these devices are in each state.
+    pub async fn call_state_counts(&self, device_ids: &[String]) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT state, count(*) AS n FROM calls WHERE device_id = ANY($1) GROUP BY state ORDER BY state",
+        )
+        .bind(device_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| Ok((row.try_get("state")?, row.try_get("n")?)))
+            .collect()
+    }
 }

@@ -1,0 +1,205 @@
+//! `carebell admin`: enrol stations, residents and operators, and provision devices.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use carebell_gateway::console::hash_password;
+use carebell_store::{NewDevice, NewResident, Store};
+use clap::Subcommand;
+use ed25519_dalek::SigningKey;
+use firmware_sim::Credentials;
+use uuid::Uuid;
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Add a station (a community service station); prints its id.
+    AddStation {
+        #[arg(long)]
+        name: String,
+    },
+    /// Enrol a resident at a station; prints the resident's id.
+    AddResident {
+        #[arg(long)]
+        station: Uuid,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        address: String,
+        #[arg(long, default_value = "")]
+        phone: String,
+        /// Mandarin, Cantonese, Hakka, Teochew, ...
+        #[arg(long, default_value = "")]
+        dialect: String,
+        #[arg(long, default_value = "")]
+        medical_notes: String,
+    },
+    /// Add an operator; the password comes from CAREBELL_NEW_OPERATOR_PASSWORD (never an
+    /// argument, which other users could read from the process list).
+    AddOperator {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        display_name: String,
+        #[arg(
+            long,
+            env = "CAREBELL_NEW_OPERATOR_PASSWORD",
+            hide_env_values = true,
+            hide = true
+        )]
+        password: String,
+    },
+    /// Register a tablet for a resident: makes its key pair, stores only the public key and
+    /// writes the credentials file (once; an existing file is never overwritten).
+    ProvisionDevice {
+        #[arg(long)]
+        resident: Uuid,
+        /// Where to write the credentials file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Defaults to `tab-` and 12 random hex digits.
+        #[arg(long)]
+        device_id: Option<String>,
+        #[arg(long, default_value = "wss://localhost:8443/")]
+        websocket_url: String,
+        #[arg(long, default_value = "https://localhost:8444")]
+        grpc_url: String,
+        /// PEM file of the CA the tablet should trust (for a private or development CA).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
+    /// Print a resident's record (the read is audited as the administrator's).
+    ShowResident {
+        #[arg(long)]
+        id: Uuid,
+    },
+}
+
+const MIN_PASSWORD_CHARS: usize = 8;
+
+/// Runs one admin command; returns what to print.
+pub async fn run(store: &Store, command: AdminCommand) -> anyhow::Result<String> {
+    match command {
+        AdminCommand::AddStation { name } => {
+            let id = store
+                .add_station(name.trim())
+                .await
+                .context("failed to add the station")?;
+            Ok(id.to_string())
+        }
+        AdminCommand::AddResident {
+            station,
+            name,
+            address,
+            phone,
+            dialect,
+            medical_notes,
+        } => {
+            let id = store
+                .add_resident(&NewResident {
+                    station_id: station,
+                    full_name: name,
+                    address,
+                    phone,
+                    dialect,
+                    medical_notes,
+                })
+                .await
+                .context("failed to add the resident")?;
+            Ok(id.to_string())
+        }
+        AdminCommand::AddOperator {
+            username,
+            display_name,
+            password,
+        } => {
+            let username =
+                carebell_domain::Username::parse(&username).context("invalid username")?;
+            if password.chars().count() < MIN_PASSWORD_CHARS {
+                bail!("the password must have at least {MIN_PASSWORD_CHARS} characters");
+            }
+            let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+                .await
+                .context("failed to hash the password")?
+                .map_err(|error| anyhow::anyhow!("failed to hash the password: {error}"))?;
+            let id = store
+                .add_operator(username.as_str(), display_name.trim(), &hash)
+                .await
+                .context("failed to add the operator")?;
+            Ok(id.to_string())
+        }
+        AdminCommand::ProvisionDevice {
+            resident,
+            out,
+            device_id,
+            websocket_url,
+            grpc_url,
+            ca,
+        } => {
+            let credentials = provision_device(
+                store,
+                resident,
+                device_id.as_deref(),
+                &websocket_url,
+                &grpc_url,
+                ca,
+            )
+            .await?;
+            credentials
+                .save_new(&out)
+                .context("failed to write the credentials file")?;
+            Ok(format!(
+                "{} (credentials in {})",
+                credentials.device_id,
+                out.display()
+            ))
+        }
+        AdminCommand::ShowResident { id } => {
+            let record = store
+                .read_resident(id, "admin:cli")
+                .await
+                .context("failed to read the resident")?;
+            let mut text = format!(
+                "resident {}\nname: {}\naddress: {}\nphone: {}\nstation: {}\ndialect: {}\nmedical notes: {}",
+                record.resident_id, record.full_name, record.address, record.phone, record.station_name, record.dialect, record.medical_notes
+            );
+            for device in record.devices {
+                text.push_str(&format!("\ndevice: {}", device.device_id));
+            }
+            Ok(text)
+        }
+    }
+}
+
+/// Registers a new device for `resident` and returns its credentials (not yet written).
+pub async fn provision_device(
+    store: &Store,
+    resident: Uuid,
+    device_id: Option<&str>,
+    websocket_url: &str,
+    grpc_url: &str,
+    ca: Option<PathBuf>,
+) -> anyhow::Result<Credentials> {
+    let device_id = match device_id {
+        Some(device_id) => carebell_domain::DeviceId::parse(device_id)
+            .context("invalid device id")?
+            .to_string(),
+        None => format!("tab-{}", &Uuid::new_v4().simple().to_string()[..12]),
+    };
+    let signing_key = SigningKey::generate(&mut rand::rngs::OsRng);
+    store
+        .add_device(&NewDevice {
+            device_id: device_id.clone(),
+            resident_id: resident,
+            public_key: signing_key.verifying_key().to_bytes(),
+        })
+        .await
+        .context("failed to register the device")?;
+    let mut credentials = Credentials::new(&device_id, &signing_key, websocket_url, grpc_url);
+    if let Some(ca) = ca {
+        credentials.ca_certificate_pem = Some(
+            std::fs::read_to_string(&ca)
+                .with_context(|| format!("failed to read {}", ca.display()))?,
+        );
+    }
+    Ok(credentials)
+}

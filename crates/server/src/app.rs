@@ -1,0 +1,250 @@
+//! `Application::build` binds everything a node serves; `run_until_stopped` runs it until the
+//! shutdown future resolves, then drains within the grace period.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use carebell_dispatch::{Dispatcher, DispatcherConfig, Hub};
+use carebell_gateway::device::{DeviceLinkService, WsListener};
+use carebell_gateway::tls::PemIdentity;
+use carebell_gateway::{ConsoleService, ConsoleSettings, DeviceContext, DeviceSettings};
+use carebell_presence::{InMemoryBackend, KeySchema, Presence, PresenceBackend, RedisBackend};
+use carebell_store::Store;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::settings::Settings;
+
+pub struct Application {
+    settings: Settings,
+    store: Store,
+    hub: Arc<Hub>,
+    presence: Presence,
+    identity: Option<PemIdentity>,
+    device_context: DeviceContext,
+    websocket: WsListener,
+    websocket_addr: SocketAddr,
+    grpc_listener: TcpListener,
+    grpc_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Application {
+    /// Connects to PostgreSQL (migrating unless told not to), sets up presence and binds both
+    /// listeners. Redis is not contacted here: a node starts whether or not Redis is up.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        // Only the ring provider is compiled in; make it the process default for tonic's TLS.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let store = Store::connect(
+            settings.database_url.expose(),
+            settings.database_max_connections,
+        )
+        .await
+        .context("failed to connect to PostgreSQL")?;
+        if settings.run_migrations {
+            store
+                .migrate()
+                .await
+                .context("failed to apply database migrations")?;
+        }
+        let backend: Arc<dyn PresenceBackend> = match &settings.redis_url {
+            Some(url) => Arc::new(
+                RedisBackend::new(
+                    url.expose(),
+                    KeySchema::new(&settings.redis_key_prefix),
+                    Settings::ms(settings.presence.redis_timeout_ms),
+                )
+                .context("failed to parse the Redis URL")?,
+            ),
+            None => Arc::new(InMemoryBackend::default()),
+        };
+        let presence = Presence::new(&settings.node_id, backend);
+        let hub = Hub::new();
+        let identity = match (&settings.tls.cert_path, &settings.tls.key_path) {
+            (Some(cert), Some(key)) if !settings.insecure => {
+                Some(PemIdentity::read(cert, key).context("failed to read the TLS certificate")?)
+            }
+            _ => None,
+        };
+        let tls_config = identity
+            .as_ref()
+            .map(PemIdentity::server_config)
+            .transpose()
+            .context("failed to build the TLS configuration")?;
+
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let device_context = DeviceContext {
+            store: store.clone(),
+            hub: Arc::clone(&hub),
+            presence: presence.clone(),
+            settings: Arc::new(DeviceSettings {
+                heartbeat_interval: Settings::ms(settings.device.heartbeat_interval_ms),
+                max_frame_bytes: settings.device.max_frame_bytes,
+                handshake_timeout: Settings::ms(settings.device.handshake_timeout_ms),
+                go_away_window: Settings::ms(settings.device.go_away_window_ms),
+                ..DeviceSettings::default()
+            }),
+            shutdown: shutdown.clone(),
+        };
+        let websocket_context = device_context.clone();
+        let websocket_listener =
+            carebell_gateway::net::bind(settings.listen.websocket, settings.listen.backlog)
+                .with_context(|| {
+                    format!(
+                        "failed to bind the WebSocket listener on {}",
+                        settings.listen.websocket
+                    )
+                })?;
+        let websocket_addr = websocket_listener
+            .local_addr()
+            .context("failed to read the WebSocket address")?;
+        let websocket = WsListener::new(websocket_listener, tls_config, websocket_context);
+        let grpc_listener =
+            carebell_gateway::net::bind(settings.listen.grpc, settings.listen.backlog)
+                .with_context(|| {
+                    format!(
+                        "failed to bind the gRPC listener on {}",
+                        settings.listen.grpc
+                    )
+                })?;
+        let grpc_addr = grpc_listener
+            .local_addr()
+            .context("failed to read the gRPC address")?;
+        Ok(Self {
+            settings,
+            store,
+            hub,
+            presence,
+            identity,
+            device_context,
+            websocket,
+            websocket_addr,
+            grpc_listener,
+            grpc_addr,
+            shutdown,
+            tracker,
+        })
+    }
+
+    pub fn websocket_addr(&self) -> SocketAddr {
+        self.websocket_addr
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves until `stop` resolves; then stops accepting, tells devices to go away, and waits
+    /// for sessions to finish, at most the configured grace period.
+    pub async fn run_until_stopped(
+        self,
+        stop: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let Application {
+            settings,
+            store,
+            hub,
+            presence,
+            identity,
+            device_context,
+            websocket,
+            websocket_addr,
+            grpc_listener,
+            grpc_addr,
+            shutdown,
+            tracker,
+        } = self;
+        let scheme = if identity.is_some() {
+            "TLS"
+        } else {
+            "plaintext (insecure)"
+        };
+        tracing::info!(node_id = %settings.node_id, %websocket_addr, %grpc_addr, scheme, "carebell is serving");
+
+        tracker.spawn(websocket.run(tracker.clone()));
+        tracker.spawn(carebell_dispatch::run_listener(
+            store.clone(),
+            Arc::clone(&hub),
+            shutdown.clone(),
+        ));
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            Arc::clone(&hub),
+            DispatcherConfig {
+                ring_timeout: Settings::ms(settings.dispatch.ring_timeout_ms),
+                sweep_interval: Settings::ms(settings.dispatch.sweep_interval_ms),
+                ..DispatcherConfig::default()
+            },
+        );
+        tracker.spawn(dispatcher.run(shutdown.clone()));
+        let refresh = Settings::ms(settings.presence.refresh_interval_ms);
+        tracker.spawn(presence.clone().run_refresher(
+            refresh,
+            Duration::from_millis(100),
+            shutdown.clone().cancelled_owned(),
+        ));
+
+        let console = ConsoleService::new(
+            store.clone(),
+            Arc::clone(&hub),
+            presence.clone(),
+            ConsoleSettings {
+                session_ttl: Duration::from_secs(settings.console.session_ttl_secs),
+            },
+            shutdown.clone(),
+            tracker.clone(),
+        );
+        let devices = DeviceLinkService::new(device_context, tracker.clone());
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .timeout(Duration::from_secs(3600));
+        if let Some(identity) = &identity {
+            builder = builder
+                .tls_config(
+                    tonic::transport::ServerTlsConfig::new().identity(identity.tonic_identity()),
+                )
+                .context("failed to configure gRPC TLS")?;
+        }
+        let grpc_shutdown = shutdown.clone();
+        let grpc = builder
+            .add_service(console.into_server())
+            .add_service(devices.into_server())
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(grpc_listener),
+                grpc_shutdown.cancelled_owned(),
+            );
+        let grpc = tokio::spawn(grpc);
+
+        stop.await;
+        tracing::info!("shutting down: telling devices to go away and draining");
+        shutdown.cancel();
+        tracker.close();
+        let grace = Settings::ms(settings.shutdown_grace_ms);
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                remaining = tracker.len(),
+                "grace period over; abandoning remaining sessions"
+            );
+        }
+        match tokio::time::timeout(grace, grpc).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "gRPC server ended with an error"),
+            Ok(Err(error)) => tracing::warn!(%error, "gRPC server task failed"),
+            Err(_) => tracing::warn!("gRPC server did not stop within the grace period"),
+        }
+        store.pool().close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,166 @@
+//! The command line: `serve`, `migrate`, `admin ...`, `demo`, `dev-cert`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::admin::AdminCommand;
+use crate::demo::{DemoOptions, DemoSummary};
+use crate::devcert::DevCertificates;
+use crate::settings::{Settings, SettingsError};
+use crate::{telemetry, Application};
+
+/// Carebell: the backend of a 24-hour elderly-care hotline.
+#[derive(Debug, Parser)]
+#[command(name = "carebell", version)]
+pub struct Cli {
+    /// A TOML configuration file (then CAREBELL_* environment variables override it).
+    #[arg(long, global = true, env = "CAREBELL_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve devices (WebSocket and gRPC) and consoles (gRPC) until SIGTERM or Ctrl-C.
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Administration: stations, residents, operators, devices.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// A seeded demo with simulated tablets and bot operators, printed as it happens.
+    Demo {
+        /// Stop after this long (e.g. 20s); without it, run until Ctrl-C.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        #[arg(long, default_value_t = 3)]
+        operators: usize,
+        /// Where certificates and tablet credentials are written.
+        #[arg(long, default_value = ".carebell/demo")]
+        state_dir: PathBuf,
+    },
+    /// Write a development CA and a localhost server certificate into a directory.
+    DevCert {
+        #[arg(long, default_value = ".carebell/certs")]
+        out: PathBuf,
+    },
+}
+
+/// Exit status for bad configuration (sysexits EX_USAGE... strictly EX_CONFIG is 78; the
+/// project's convention is 64 for any refusal to start on bad input).
+pub const EXIT_BAD_CONFIG: i32 = 64;
+
+/// What a command ended with.
+pub enum Outcome {
+    Done,
+    Printed(String),
+    Demo(DemoSummary),
+}
+
+/// Loads settings, or the error that means "exit 64".
+pub fn load_settings(cli: &Cli) -> Result<Settings, SettingsError> {
+    Settings::load(cli.config.as_deref())
+}
+
+/// Settings for commands that serve no TLS from configured files (migrate, admin, demo, which
+/// makes its own certificate): everything is validated except the TLS paths.
+pub fn load_settings_without_tls(cli: &Cli) -> Result<Settings, SettingsError> {
+    let mut settings = Settings::load_unvalidated(cli.config.as_deref())?;
+    let configured_insecure = settings.insecure;
+    settings.insecure = true;
+    settings.validate()?;
+    settings.insecure = configured_insecure;
+    Ok(settings)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs a parsed command line with loaded settings.
+pub async fn run(cli: Cli, mut settings: Settings) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Serve => {
+            telemetry::init(settings.log_format, "info");
+            let application = Application::build(settings).await?;
+            application.run_until_stopped(shutdown_signal()).await?;
+            Ok(Outcome::Done)
+        }
+        Command::Migrate => {
+            telemetry::init(settings.log_format, "info");
+            let store = carebell_store::Store::connect(settings.database_url.expose(), 2)
+                .await
+                .context("failed to connect to PostgreSQL")?;
+            store
+                .migrate()
+                .await
+                .context("failed to apply migrations")?;
+            Ok(Outcome::Printed("migrations applied".to_owned()))
+        }
+        Command::Admin { command } => {
+            telemetry::init(settings.log_format, "warn");
+            let store = carebell_store::Store::connect(settings.database_url.expose(), 2)
+                .await
+                .context("failed to connect to PostgreSQL")?;
+            store
+                .migrate()
+                .await
+                .context("failed to apply migrations")?;
+            Ok(Outcome::Printed(crate::admin::run(&store, command).await?))
+        }
+        Command::Demo {
+            duration,
+            operators,
+            state_dir,
+        } => {
+            telemetry::init(settings.log_format, "warn");
+            settings.listen.websocket = "127.0.0.1:0".parse().context("bad address")?;
+            settings.listen.grpc = "127.0.0.1:0".parse().context("bad address")?;
+            let summary = crate::demo::run(
+                settings,
+                DemoOptions {
+                    duration,
+                    n_operators: operators,
+                    state_dir,
+                },
+            )
+            .await?;
+            Ok(Outcome::Demo(summary))
+        }
+        Command::DevCert { out } => {
+            let (cert, key) = DevCertificates::generate()?.write(&out)?;
+            Ok(Outcome::Printed(format!(
+                "wrote {}, {} and {}",
+                out.join("ca.pem").display(),
+                cert.display(),
+                key.display()
+            )))
+        }
+    }
+}

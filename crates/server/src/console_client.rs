@@ -1,0 +1,118 @@
+//! A small console client (sign in, then authenticated calls), used by the demo's bot operators
+//! and by the tests: the same gRPC API a browser console's backend would use.
+
+use carebell_proto::console::v1::console_client::ConsoleClient;
+use carebell_proto::console::v1::{
+    AcceptRequest, AcceptResponse, ConsoleEvent, Disposition, EndCallRequest, GetResidentRequest,
+    OperatorStatus, ResidentRecord, SetStatusRequest, SignInRequest, SubscribeRequest,
+};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Request, Status, Streaming};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the console API: {0}")]
+    Connect(String),
+    #[error(transparent)]
+    Status(#[from] Status),
+}
+
+/// A signed-in operator's connection to the console API.
+#[derive(Clone)]
+pub struct OperatorClient {
+    client: ConsoleClient<Channel>,
+    token: String,
+    pub operator_id: String,
+    pub display_name: String,
+}
+
+/// Opens a channel to `url` (`https://` trusting `ca_pem`, or `http://`).
+pub async fn channel(url: &str, ca_pem: Option<&str>) -> Result<Channel, ClientError> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|error| ClientError::Connect(error.to_string()))?;
+    if url.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new().domain_name("localhost");
+        if let Some(pem) = ca_pem {
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|error| ClientError::Connect(error.to_string()))?;
+    }
+    endpoint
+        .connect()
+        .await
+        .map_err(|error| ClientError::Connect(format!("{error:?}")))
+}
+
+impl OperatorClient {
+    pub async fn sign_in(
+        channel: Channel,
+        username: &str,
+        password: &str,
+    ) -> Result<Self, ClientError> {
+        let mut client = ConsoleClient::new(channel);
+        let response = client
+            .sign_in(SignInRequest {
+                username: username.to_owned(),
+                password: password.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(Self {
+            client,
+            token: response.token,
+            operator_id: response.operator_id,
+            display_name: response.display_name,
+        })
+    }
+
+    fn request<T>(&self, message: T) -> Result<Request<T>, Status> {
+        let mut request = Request::new(message);
+        let value = format!("Bearer {}", self.token)
+            .parse()
+            .map_err(|_| Status::internal("token is not a valid header value"))?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+
+    pub async fn set_status(&mut self, status: OperatorStatus) -> Result<(), Status> {
+        let request = self.request(SetStatusRequest {
+            status: status as i32,
+        })?;
+        self.client.set_status(request).await.map(|_| ())
+    }
+
+    pub async fn subscribe(&mut self) -> Result<Streaming<ConsoleEvent>, Status> {
+        let request = self.request(SubscribeRequest {})?;
+        Ok(self.client.subscribe(request).await?.into_inner())
+    }
+
+    pub async fn accept(&mut self, offer_id: &str) -> Result<AcceptResponse, Status> {
+        let request = self.request(AcceptRequest {
+            offer_id: offer_id.to_owned(),
+        })?;
+        Ok(self.client.accept(request).await?.into_inner())
+    }
+
+    pub async fn end_call(
+        &mut self,
+        call_id: &str,
+        disposition: Disposition,
+        note: &str,
+    ) -> Result<(), Status> {
+        let request = self.request(EndCallRequest {
+            call_id: call_id.to_owned(),
+            disposition: disposition as i32,
+            note: note.to_owned(),
+        })?;
+        self.client.end_call(request).await.map(|_| ())
+    }
+
+    pub async fn get_resident(&mut self, resident_id: &str) -> Result<ResidentRecord, Status> {
+        let request = self.request(GetResidentRequest {
+            resident_id: resident_id.to_owned(),
+        })?;
+        Ok(self.client.get_resident(request).await?.into_inner())
+    }
+}

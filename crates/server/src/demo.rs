@@ -1,0 +1,428 @@
+//! `carebell demo`: a node with a development certificate, a seeded station with residents and
+//! operators, simulated tablets pressing their buttons (mostly by mistake, as in real life) and
+//! bot operators answering, all over the real protocol and printed as it happens.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use carebell_proto::console::v1::console_event::Event;
+use carebell_proto::console::v1::{CallKind, Disposition, OperatorStatus};
+use carebell_proto::device::v1::CallState;
+use carebell_store::NewResident;
+use firmware_sim::{Tablet, TabletConfig, TabletEvent, TransportKind};
+use rand::Rng;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::provision_device;
+use crate::console_client::{self, OperatorClient};
+use crate::devcert::DevCertificates;
+use crate::settings::Settings;
+use crate::Application;
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Stop after this long; `None` runs until Ctrl-C.
+    pub duration: Option<Duration>,
+    pub n_operators: usize,
+    /// Where the development certificates and tablet credentials go.
+    pub state_dir: PathBuf,
+}
+
+/// What the demo saw, counted from the database at the end.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DemoSummary {
+    pub calls: i64,
+    pub answered: i64,
+    pub ended: i64,
+    pub abandoned: i64,
+}
+
+/// The seed: residents of the Yantian "Li Secretary" programme (names and addresses invented).
+const RESIDENTS: &[(&str, &str, &str, &str)] = &[
+    (
+        "潘阿姨",
+        "广东省深圳市盐田区海山街道田东社区海涛路12号3栋502",
+        "Cantonese",
+        "高血压，每日服药",
+    ),
+    (
+        "李伯",
+        "广东省深圳市盐田区沙头角街道东和社区沙深路88号",
+        "Hakka",
+        "独居，行动不便",
+    ),
+    (
+        "陈奶奶",
+        "广东省深圳市盐田区梅沙街道东海岸社区环梅路5号",
+        "Teochew",
+        "糖尿病",
+    ),
+    (
+        "王爷爷",
+        "广东省深圳市盐田区盐田街道永安社区永安北路3号1单元",
+        "Mandarin",
+        "去年跌倒过一次",
+    ),
+    (
+        "Mrs. Chan",
+        "Flat 8, Haishan Road 21, Yantian, Shenzhen",
+        "English",
+        "hearing aid",
+    ),
+    (
+        "黄婆婆",
+        "广东省深圳市盐田区海山街道鹏湾社区鹏湾路9号",
+        "Cantonese",
+        "",
+    ),
+];
+
+const OPERATORS: &[&str] = &["李秘书 小张", "李秘书 小王", "李秘书 小陈", "李秘书 小刘"];
+const DEMO_PASSWORD: &str = "demo-password";
+
+fn stamp(start: Instant) -> String {
+    format!("{:>6.1}s", start.elapsed().as_secs_f64())
+}
+
+/// Runs the demo; returns the counts once it stops.
+pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result<DemoSummary> {
+    let certificates = DevCertificates::generate()?;
+    let (cert_path, key_path) = certificates.write(&options.state_dir.join("certs"))?;
+    settings.insecure = false;
+    settings.tls.cert_path = Some(cert_path);
+    settings.tls.key_path = Some(key_path);
+    settings.dispatch.ring_timeout_ms = settings.dispatch.ring_timeout_ms.min(6000);
+    settings.shutdown_grace_ms = settings.shutdown_grace_ms.min(3000);
+    settings.validate().context("invalid demo settings")?;
+
+    let application = Application::build(settings).await?;
+    let store = application.store().clone();
+    let websocket_url = format!("wss://localhost:{}/", application.websocket_addr().port());
+    let grpc_url = format!("https://localhost:{}", application.grpc_addr().port());
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(application.run_until_stopped(stop.clone().cancelled_owned()));
+    let start = Instant::now();
+
+    // Seed.
+    let run_tag = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    let station = store
+        .add_station(&format!("盐田区李秘书康养服务中心 ({run_tag})"))
+        .await
+        .context("failed to add the demo station")?;
+    let credentials_dir = options.state_dir.join(format!("tablets-{run_tag}"));
+    std::fs::create_dir_all(&credentials_dir).context("failed to create the tablets directory")?;
+    let ca_path = options.state_dir.join("certs").join("ca.pem");
+    let mut tablets = Vec::new();
+    for (name, address, dialect, notes) in RESIDENTS {
+        let resident = store
+            .add_resident(&NewResident {
+                station_id: station,
+                full_name: (*name).to_owned(),
+                address: (*address).to_owned(),
+                phone: String::new(),
+                dialect: (*dialect).to_owned(),
+                medical_notes: (*notes).to_owned(),
+            })
+            .await
+            .context("failed to add a demo resident")?;
+        let credentials = provision_device(
+            &store,
+            resident,
+            None,
+            &websocket_url,
+            &grpc_url,
+            Some(ca_path.clone()),
+        )
+        .await?;
+        credentials
+            .save_new(&credentials_dir.join(format!("{}.json", credentials.device_id)))
+            .context("failed to write tablet credentials")?;
+        tablets.push(((*name).to_owned(), credentials));
+    }
+    let mut usernames = Vec::new();
+    for (index, display_name) in OPERATORS
+        .iter()
+        .take(options.n_operators.max(1))
+        .enumerate()
+    {
+        let username = format!("demo-{run_tag}-{}", index + 1);
+        let hash =
+            tokio::task::spawn_blocking(|| carebell_gateway::console::hash_password(DEMO_PASSWORD))
+                .await
+                .context("failed to hash a demo password")?
+                .map_err(|error| anyhow::anyhow!("failed to hash a demo password: {error}"))?;
+        store
+            .add_operator(&username, display_name, &hash)
+            .await
+            .context("failed to add a demo operator")?;
+        usernames.push(username);
+    }
+
+    println!("Carebell demo is running.");
+    println!("  WebSocket devices: {websocket_url}   gRPC (devices and console): {grpc_url}");
+    println!(
+        "  operators (password {DEMO_PASSWORD}): {}",
+        usernames.join(", ")
+    );
+    println!(
+        "  tablet credentials: {}  (try: tablet-sim --credentials <file>)",
+        credentials_dir.display()
+    );
+    println!(
+        "  {}",
+        match options.duration {
+            Some(duration) => format!("stopping after {}", humantime::format_duration(duration)),
+            None => "press Ctrl-C to stop".to_owned(),
+        }
+    );
+
+    let ca_pem = Arc::new(certificates.ca_pem.clone());
+    let mut workers = tokio::task::JoinSet::new();
+    for username in usernames {
+        workers.spawn(bot_operator(
+            username,
+            grpc_url.clone(),
+            Arc::clone(&ca_pem),
+            stop.clone(),
+            start,
+        ));
+    }
+    for (index, (name, mut credentials)) in tablets.into_iter().enumerate() {
+        credentials.ca_certificate_pem = Some(certificates.ca_pem.clone());
+        // Every third tablet uses the gRPC transport, to show both.
+        let transport = if index % 3 == 2 {
+            TransportKind::Grpc
+        } else {
+            TransportKind::WebSocket
+        };
+        workers.spawn(senior(
+            name,
+            TabletConfig::new(credentials, transport),
+            stop.clone(),
+            start,
+        ));
+    }
+
+    match options.duration {
+        Some(duration) => {
+            tokio::select! {
+                _ = tokio::time::sleep(duration) => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    println!("{} stopping…", stamp(start));
+    stop.cancel();
+    while workers.join_next().await.is_some() {}
+    let device_ids: Vec<String> = std::fs::read_dir(&credentials_dir)
+        .context("failed to list the tablets")?
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            entry
+                .path()
+                .file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+        })
+        .collect();
+    let counts = store
+        .call_state_counts(&device_ids)
+        .await
+        .context("failed to count calls")?;
+    let mut summary = DemoSummary::default();
+    for (state, count) in counts {
+        summary.calls += count;
+        match state.as_str() {
+            "answered" => summary.answered += count,
+            "ended" => summary.ended += count,
+            "abandoned" => summary.abandoned += count,
+            _ => {}
+        }
+    }
+    server.await.context("the server task failed")??;
+    println!(
+        "demo summary: {} calls, {} answered and ended, {} still answered, {} abandoned",
+        summary.calls, summary.ended, summary.answered, summary.abandoned
+    );
+    Ok(summary)
+}
+
+/// A senior with a tablet: presses now and then, sometimes cancels, rarely long-presses.
+async fn senior(name: String, config: TabletConfig, stop: CancellationToken, start: Instant) {
+    let mut tablet = match Tablet::connect(&config).await {
+        Ok(tablet) => tablet,
+        Err(error) => {
+            println!(
+                "{} [{name}] tablet could not connect: {error}",
+                stamp(start)
+            );
+            return;
+        }
+    };
+    loop {
+        let pause = Duration::from_millis(rand::thread_rng().gen_range(500..5000));
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        let roll: f64 = rand::thread_rng().gen();
+        let request_id = if roll < 0.04 {
+            match tablet.long_press().await {
+                Ok(alarm_id) => {
+                    println!("{} [{name}] long press: SOS", stamp(start));
+                    format!("alarm-{alarm_id}")
+                }
+                Err(_) => break,
+            }
+        } else {
+            match tablet.press().await {
+                Ok(request_id) => {
+                    println!("{} [{name}] presses the button", stamp(start));
+                    request_id
+                }
+                Err(_) => break,
+            }
+        };
+        if roll > 0.90 {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            if tablet.cancel(&request_id).await.is_ok() {
+                println!("{} [{name}] hangs up before an answer", stamp(start));
+            }
+        }
+        // Follow this call to its end.
+        loop {
+            let event = tokio::select! {
+                _ = stop.cancelled() => None,
+                event = tablet.next_event(Duration::from_secs(60)) => event,
+            };
+            let Some(event) = event else { break };
+            match event {
+                TabletEvent::CallUpdate(update) if update.request_id == request_id => {
+                    match CallState::try_from(update.state).unwrap_or(CallState::Unspecified) {
+                        CallState::Answered => println!(
+                            "{} [{name}] tablet shows: answered by {}",
+                            stamp(start),
+                            update.operator_display_name
+                        ),
+                        CallState::Ended => {
+                            println!("{} [{name}] tablet shows: call ended", stamp(start));
+                            break;
+                        }
+                        CallState::Abandoned => break,
+                        _ => {}
+                    }
+                }
+                TabletEvent::Closed { reason, .. } => {
+                    println!("{} [{name}] tablet disconnected: {reason}", stamp(start));
+                    return;
+                }
+                _ => {}
+            }
+        }
+        if stop.is_cancelled() {
+            break;
+        }
+    }
+    tablet.close().await;
+}
+
+/// An operator at a console: available, accepts offers after a moment (now and then too late,
+/// so the call rings at the next operator), talks, and ends with a disposition.
+async fn bot_operator(
+    username: String,
+    grpc_url: String,
+    ca_pem: Arc<String>,
+    stop: CancellationToken,
+    start: Instant,
+) {
+    let result: anyhow::Result<()> = async {
+        let channel = console_client::channel(&grpc_url, Some(&ca_pem)).await?;
+        let mut client = OperatorClient::sign_in(channel, &username, DEMO_PASSWORD).await?;
+        let mut events = client.subscribe().await?;
+        client.set_status(OperatorStatus::Available).await?;
+        let me = client.display_name.clone();
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => break,
+                next = events.message() => next?,
+            };
+            let Some(event) = next else { break };
+            let Some(Event::Offer(offer)) = event.event else {
+                continue;
+            };
+            let emergency = offer.kind == CallKind::Emergency as i32;
+            println!(
+                "{} [console {me}] ringing: {}{}",
+                stamp(start),
+                offer.resident_name,
+                if emergency { " — EMERGENCY" } else { "" }
+            );
+            let slow = rand::thread_rng().gen_bool(0.12);
+            let think = Duration::from_millis(if slow {
+                7000
+            } else {
+                rand::thread_rng().gen_range(300..2000)
+            });
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(think) => {}
+            }
+            let accepted = match client.accept(&offer.offer_id).await {
+                Ok(accepted) => accepted,
+                Err(status) => {
+                    println!(
+                        "{} [console {me}] too late: {}",
+                        stamp(start),
+                        status.message()
+                    );
+                    continue;
+                }
+            };
+            let address = accepted
+                .resident
+                .as_ref()
+                .map(|record| record.address.clone())
+                .unwrap_or_default();
+            println!(
+                "{} [console {me}] answered {} ({address})",
+                stamp(start),
+                offer.resident_name
+            );
+            let talk = Duration::from_millis(rand::thread_rng().gen_range(500..2500));
+            tokio::time::sleep(talk).await;
+            let disposition = if emergency {
+                Disposition::Emergency
+            } else {
+                match rand::thread_rng().gen_range(0..100) {
+                    0..60 => Disposition::AccidentalPress,
+                    60..75 => Disposition::Companionship,
+                    75..90 => Disposition::Information,
+                    90..95 => Disposition::ServiceRequest,
+                    _ => Disposition::HealthConcern,
+                }
+            };
+            client.end_call(&accepted.call_id, disposition, "").await?;
+            println!(
+                "{} [console {me}] ended the call with {}: {}",
+                stamp(start),
+                offer.resident_name,
+                disposition
+                    .as_str_name()
+                    .trim_start_matches("DISPOSITION_")
+                    .to_lowercase()
+            );
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        if !stop.is_cancelled() {
+            println!("{} [console {username}] stopped: {error:#}", stamp(start));
+        }
+    }
+}

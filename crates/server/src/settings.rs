@@ -1,0 +1,276 @@
+//! Configuration: defaults, then an optional TOML file, then `CAREBELL_` environment variables
+//! (`__` between nested keys, e.g. `CAREBELL_DISPATCH__RING_TIMEOUT_MS`). Validated before any
+//! port is bound; `main` exits with 64 (EX_USAGE) when it is wrong.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot load configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// A secret string: usable, never printed.
+#[derive(Clone, Deserialize, Default)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"[redacted]\"")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// This node's name in presence and logs.
+    pub node_id: String,
+    /// `postgres://...`; may contain a password, so it is a secret.
+    pub database_url: Secret,
+    pub database_max_connections: u32,
+    /// Without it, presence is kept in memory and only one node may run.
+    pub redis_url: Option<Secret>,
+    pub redis_key_prefix: String,
+    /// Plaintext WebSocket and gRPC. Only for development behind a trusted proxy.
+    pub insecure: bool,
+    /// Apply migrations when `serve` starts.
+    pub run_migrations: bool,
+    pub log_format: LogFormat,
+    pub shutdown_grace_ms: u64,
+    pub listen: ListenSettings,
+    pub tls: TlsSettings,
+    pub device: DeviceSection,
+    pub dispatch: DispatchSection,
+    pub console: ConsoleSection,
+    pub presence: PresenceSection,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ListenSettings {
+    pub websocket: SocketAddr,
+    pub grpc: SocketAddr,
+    pub backlog: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TlsSettings {
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeviceSection {
+    pub heartbeat_interval_ms: u64,
+    pub max_frame_bytes: usize,
+    pub handshake_timeout_ms: u64,
+    pub go_away_window_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DispatchSection {
+    pub ring_timeout_ms: u64,
+    pub sweep_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConsoleSection {
+    pub session_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PresenceSection {
+    pub refresh_interval_ms: u64,
+    pub redis_timeout_ms: u64,
+}
+
+const DEFAULTS: &str = r#"
+node_id = "carebell-1"
+database_url = "postgres://postgres@127.0.0.1:5432/carebell"
+database_max_connections = 20
+redis_key_prefix = "carebell:"
+insecure = false
+run_migrations = true
+log_format = "pretty"
+shutdown_grace_ms = 10000
+
+[listen]
+websocket = "0.0.0.0:8443"
+grpc = "0.0.0.0:8444"
+backlog = 4096
+
+[tls]
+
+[device]
+heartbeat_interval_ms = 30000
+max_frame_bytes = 65536
+handshake_timeout_ms = 10000
+go_away_window_ms = 30000
+
+[dispatch]
+ring_timeout_ms = 20000
+sweep_interval_ms = 250
+
+[console]
+session_ttl_secs = 43200
+
+[presence]
+refresh_interval_ms = 10000
+redis_timeout_ms = 500
+"#;
+
+impl Settings {
+    /// Defaults, then `file` (if given), then the environment; validated.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        let settings = Self::load_unvalidated(file)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// As [`Settings::load`], without validation (the caller validates).
+    pub fn load_unvalidated(file: Option<&Path>) -> Result<Self, SettingsError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(file) = file {
+            builder = builder.add_source(
+                config::File::from(file)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let settings: Settings = builder
+            .add_source(
+                config::Environment::with_prefix("CAREBELL")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        Ok(settings)
+    }
+
+    /// The defaults alone (for tests and the demo, which then adjust fields).
+    pub fn defaults() -> Result<Self, SettingsError> {
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |message: String| Err(SettingsError::Invalid(message));
+        if self.node_id.is_empty() || self.node_id.len() > 64 {
+            return invalid("node_id must be 1 to 64 characters".to_owned());
+        }
+        if !self.database_url.expose().starts_with("postgres://")
+            && !self.database_url.expose().starts_with("postgresql://")
+        {
+            return invalid("database_url must be a postgres:// URL".to_owned());
+        }
+        if let Some(redis_url) = &self.redis_url {
+            if !redis_url.expose().starts_with("redis://")
+                && !redis_url.expose().starts_with("rediss://")
+            {
+                return invalid("redis_url must be a redis:// URL".to_owned());
+            }
+        }
+        if !self.insecure {
+            match (&self.tls.cert_path, &self.tls.key_path) {
+                (Some(cert), Some(key)) => {
+                    for path in [cert, key] {
+                        if !path.is_file() {
+                            return invalid(format!("TLS file {} does not exist", path.display()));
+                        }
+                    }
+                }
+                _ => {
+                    return invalid(
+                        "tls.cert_path and tls.key_path are required (or set insecure = true for plaintext development)"
+                            .to_owned(),
+                    )
+                }
+            }
+        }
+        if !(1024..=1024 * 1024).contains(&self.device.max_frame_bytes) {
+            return invalid("device.max_frame_bytes must be between 1024 and 1048576".to_owned());
+        }
+        if self.device.heartbeat_interval_ms < 1000 {
+            return invalid("device.heartbeat_interval_ms must be at least 1000".to_owned());
+        }
+        if self.dispatch.ring_timeout_ms < 500 {
+            return invalid("dispatch.ring_timeout_ms must be at least 500".to_owned());
+        }
+        if self.dispatch.sweep_interval_ms == 0
+            || self.dispatch.sweep_interval_ms > self.dispatch.ring_timeout_ms
+        {
+            return invalid(
+                "dispatch.sweep_interval_ms must be between 1 and ring_timeout_ms".to_owned(),
+            );
+        }
+        if self.database_max_connections < 2 {
+            return invalid("database_max_connections must be at least 2".to_owned());
+        }
+        if self.presence.refresh_interval_ms < 100 {
+            return invalid("presence.refresh_interval_ms must be at least 100".to_owned());
+        }
+        Ok(())
+    }
+
+    pub fn ms(value: u64) -> Duration {
+        Duration::from_millis(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_parse_and_demand_tls() {
+        let settings = Settings::defaults().unwrap();
+        assert_eq!(settings.device.heartbeat_interval_ms, 30_000);
+        assert!(
+            matches!(settings.validate(), Err(SettingsError::Invalid(message)) if message.contains("tls"))
+        );
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let mut settings = Settings::defaults().unwrap();
+        settings.database_url = Secret::new("postgres://u:hunter2@db/x");
+        assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        let mut settings = Settings::defaults().unwrap();
+        settings.insecure = true;
+        settings.validate().unwrap();
+        settings.device.max_frame_bytes = 10;
+        assert!(settings.validate().is_err());
+    }
+}
