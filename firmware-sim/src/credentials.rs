@@ -109,10 +109,13 @@ impl Credentials {
     /// Writes the file once: refuses to overwrite an existing file, and makes it readable by
     /// its owner only.
     pub fn save_new(&self, path: &Path) -> Result<(), CredentialsError> {
-        let write_error = |source| CredentialsError::Write {
-            path: path.display().to_string(),
-            source,
-        };
+        let file = Self::create_file(path)?;
+        self.write_into(file, path)
+    }
+
+    /// Creates an empty credentials file that did not exist, readable by its owner only, so a
+    /// provisioning step can claim the path before it registers anything.
+    pub fn create_file(path: &Path) -> Result<std::fs::File, CredentialsError> {
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
@@ -120,14 +123,28 @@ impl Credentials {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
-        let mut file = options.open(path).map_err(write_error)?;
+        options
+            .open(path)
+            .map_err(|source| CredentialsError::Write {
+                path: path.display().to_string(),
+                source,
+            })
+    }
+
+    /// Writes these credentials into a file made by [`Credentials::create_file`].
+    pub fn write_into(&self, mut file: std::fs::File, path: &Path) -> Result<(), CredentialsError> {
+        let write_error = |source| CredentialsError::Write {
+            path: path.display().to_string(),
+            source,
+        };
         let text =
             serde_json::to_string_pretty(self).map_err(|error| CredentialsError::Invalid {
                 path: path.display().to_string(),
                 detail: error.to_string(),
             })?;
         file.write_all(text.as_bytes()).map_err(write_error)?;
-        file.write_all(b"\n").map_err(write_error)
+        file.write_all(b"\n").map_err(write_error)?;
+        file.sync_all().map_err(write_error)
     }
 }
 

@@ -11,4 +11,4 @@ mod tablet;
 
 pub use credentials::{Credentials, CredentialsError};
 pub use link::{Link, LinkError, LinkEvent, TransportKind};
-pub use tablet::{Carryover, SimError, Tablet, TabletConfig, TabletEvent};
+pub use tablet::{authenticate, Carryover, SimError, Tablet, TabletConfig, TabletEvent};

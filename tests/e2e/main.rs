@@ -1,1 +1,9 @@
-fn main() {}
+//! End-to-end tests against real PostgreSQL and Redis: one binary, compiled once.
+
+mod admin;
+mod auth;
+mod bad_input;
+mod demo;
+mod dispatch;
+mod flow;
+mod redis_down;

@@ -1,1 +1,313 @@
-//! x
+//! Test support: a fresh PostgreSQL database per test, a random Redis key prefix per test, a
+//! real `carebell` node on port 0 with a development certificate, and helpers to enrol people
+//! and devices. A test that cannot reach PostgreSQL or Redis fails loudly; it never skips.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use carebell_proto::console::v1::console_event::Event;
+use carebell_proto::console::v1::{ConsoleEvent, OperatorStatus};
+use carebell_server::console_client::{self, OperatorClient};
+use carebell_server::devcert::DevCertificates;
+use carebell_server::settings::{Secret, Settings};
+use carebell_server::Application;
+use carebell_store::{NewResident, Store};
+use firmware_sim::{Credentials, TabletConfig, TransportKind};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use carebell_server;
+
+/// The server PostgreSQL databases are created on.
+pub fn admin_database_url() -> String {
+    std::env::var("CAREBELL_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("CAREBELL_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned())
+}
+
+/// Creates an empty database with a random name and returns its URL.
+pub async fn fresh_database() -> String {
+    use sqlx::Connection;
+    let admin_url = admin_database_url();
+    let mut connection = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .unwrap_or_else(|error| panic!("tests need PostgreSQL at {admin_url}: {error}"));
+    let name = format!("carebell_test_{}", Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut connection)
+        .await
+        .expect("failed to create a test database");
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(base, _)| base)
+        .unwrap_or(&admin_url);
+    format!("{base}/{name}")
+}
+
+/// A migrated store on a fresh database.
+pub async fn fresh_store() -> Store {
+    let store = Store::connect(&fresh_database().await, 10)
+        .await
+        .expect("failed to connect to the test database");
+    store
+        .migrate()
+        .await
+        .expect("failed to migrate the test database");
+    store
+}
+
+/// How a test node should be set up.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub ring_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub handshake_timeout: Duration,
+    /// `None`: in-memory presence. `Some(url)`: that Redis (reachable or not).
+    pub redis_url: Option<String>,
+    pub database_url: Option<String>,
+    pub node_id: String,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self {
+            ring_timeout: Duration::from_secs(15),
+            heartbeat_interval: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            redis_url: Some(redis_url()),
+            database_url: None,
+            node_id: "test-node".to_owned(),
+        }
+    }
+}
+
+/// A running node; stopped when dropped (or explicitly with [`TestNode::stop`]).
+pub struct TestNode {
+    pub store: Store,
+    pub websocket_url: String,
+    pub grpc_url: String,
+    pub ca_pem: String,
+    pub redis_prefix: String,
+    pub node_id: String,
+    stop: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let path = std::env::temp_dir().join(format!("carebell-test-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path).expect("failed to create a temporary directory");
+        Self(path)
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()))
+        .with_test_writer()
+        .try_init();
+}
+
+impl TestNode {
+    pub async fn start(options: NodeOptions) -> Self {
+        init_tracing();
+        let dir = TempDir::new();
+        let certificates = DevCertificates::generate().expect("failed to make certificates");
+        let (cert_path, key_path) = certificates
+            .write(&dir.0)
+            .expect("failed to write certificates");
+        let database_url = match options.database_url {
+            Some(url) => url,
+            None => fresh_database().await,
+        };
+        let redis_prefix = format!("test-{}:", Uuid::new_v4().simple());
+        let mut settings = Settings::defaults().expect("defaults parse");
+        settings.node_id = options.node_id.clone();
+        settings.database_url = Secret::new(database_url);
+        settings.database_max_connections = 10;
+        settings.redis_url = options.redis_url.map(Secret::new);
+        settings.redis_key_prefix = redis_prefix.clone();
+        settings.tls.cert_path = Some(cert_path);
+        settings.tls.key_path = Some(key_path);
+        settings.listen.websocket = "127.0.0.1:0".parse().expect("address");
+        settings.listen.grpc = "127.0.0.1:0".parse().expect("address");
+        settings.dispatch.ring_timeout_ms =
+            u64::try_from(options.ring_timeout.as_millis()).expect("ring timeout");
+        settings.dispatch.sweep_interval_ms = 50;
+        settings.device.heartbeat_interval_ms =
+            u64::try_from(options.heartbeat_interval.as_millis()).expect("heartbeat");
+        settings.device.handshake_timeout_ms =
+            u64::try_from(options.handshake_timeout.as_millis()).expect("handshake timeout");
+        settings.presence.refresh_interval_ms = 200;
+        settings.shutdown_grace_ms = 3000;
+        settings.validate().expect("test settings are valid");
+        let application = Application::build(settings)
+            .await
+            .expect("failed to build the application");
+        let store = application.store().clone();
+        let websocket_url = format!("wss://localhost:{}/", application.websocket_addr().port());
+        let grpc_url = format!("https://localhost:{}", application.grpc_addr().port());
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(application.run_until_stopped(stop.clone().cancelled_owned()));
+        Self {
+            store,
+            websocket_url,
+            grpc_url,
+            ca_pem: certificates.ca_pem,
+            redis_prefix,
+            node_id: options.node_id,
+            stop,
+            handle: Some(handle),
+            _dir: dir,
+        }
+    }
+
+    /// Stops the node through its shutdown future and waits for it.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle
+                .await
+                .expect("server task panicked")
+                .expect("server failed");
+        }
+    }
+
+    pub async fn station(&self) -> Uuid {
+        self.store
+            .add_station("测试站")
+            .await
+            .expect("failed to add a station")
+    }
+
+    pub async fn resident(&self, name: &str) -> Uuid {
+        let station = self.station().await;
+        self.store
+            .add_resident(&NewResident {
+                station_id: station,
+                full_name: name.to_owned(),
+                address: "广东省深圳市盐田区".to_owned(),
+                ..NewResident::default()
+            })
+            .await
+            .expect("failed to add a resident")
+    }
+
+    /// Provisions a tablet for `resident_id`; the credentials trust this node's CA.
+    pub async fn provision(&self, resident_id: Uuid) -> Credentials {
+        let mut credentials = carebell_server::admin::provision_device(
+            &self.store,
+            resident_id,
+            None,
+            &self.websocket_url,
+            &self.grpc_url,
+            None,
+        )
+        .await
+        .expect("failed to provision a device");
+        credentials.ca_certificate_pem = Some(self.ca_pem.clone());
+        credentials
+    }
+
+    /// A resident with a provisioned tablet.
+    pub async fn tablet_config(
+        &self,
+        name: &str,
+        transport: TransportKind,
+    ) -> (Uuid, TabletConfig) {
+        let resident = self.resident(name).await;
+        let credentials = self.provision(resident).await;
+        (resident, TabletConfig::new(credentials, transport))
+    }
+
+    /// An operator account; returns the username (password "correct horse").
+    pub async fn operator_account(&self, username: &str, display_name: &str) -> String {
+        let hash = carebell_gateway::console::hash_password(PASSWORD).expect("hash");
+        self.store
+            .add_operator(username, display_name, &hash)
+            .await
+            .expect("failed to add an operator");
+        username.to_owned()
+    }
+
+    pub async fn sign_in(&self, username: &str) -> OperatorClient {
+        let channel = console_client::channel(&self.grpc_url, Some(&self.ca_pem))
+            .await
+            .expect("failed to connect to the console API");
+        OperatorClient::sign_in(channel, username, PASSWORD)
+            .await
+            .expect("sign-in failed")
+    }
+
+    /// A signed-in operator, subscribed, and available.
+    pub async fn available_operator(&self, username: &str, display_name: &str) -> Console {
+        self.operator_account(username, display_name).await;
+        let mut client = self.sign_in(username).await;
+        let events = client.subscribe().await.expect("subscribe failed");
+        client
+            .set_status(OperatorStatus::Available)
+            .await
+            .expect("set status failed");
+        Console { client, events }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub const PASSWORD: &str = "correct horse";
+
+/// A signed-in operator with the live event stream.
+pub struct Console {
+    pub client: OperatorClient,
+    pub events: tonic::Streaming<ConsoleEvent>,
+}
+
+impl Console {
+    /// The next console event within `timeout`.
+    pub async fn next_event(&mut self, timeout: Duration) -> Option<Event> {
+        match tokio::time::timeout(timeout, self.events.message()).await {
+            Ok(Ok(Some(event))) => event.event,
+            _ => None,
+        }
+    }
+
+    /// Waits for an offer, skipping other events.
+    pub async fn next_offer(
+        &mut self,
+        timeout: Duration,
+    ) -> Option<carebell_proto::console::v1::Offer> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event(left).await? {
+                Event::Offer(offer) => return Some(offer),
+                _ => continue,
+            }
+        }
+    }
+}

@@ -135,7 +135,10 @@ pub async fn run(store: &Store, command: AdminCommand) -> anyhow::Result<String>
             grpc_url,
             ca,
         } => {
-            let credentials = provision_device(
+            // Claim the path first: a device is registered only if its credentials can be kept.
+            let file =
+                Credentials::create_file(&out).context("failed to create the credentials file")?;
+            let provisioned = provision_device(
                 store,
                 resident,
                 device_id.as_deref(),
@@ -143,9 +146,17 @@ pub async fn run(store: &Store, command: AdminCommand) -> anyhow::Result<String>
                 &grpc_url,
                 ca,
             )
-            .await?;
+            .await;
+            let credentials = match provisioned {
+                Ok(credentials) => credentials,
+                Err(error) => {
+                    drop(file);
+                    let _ = std::fs::remove_file(&out);
+                    return Err(error);
+                }
+            };
             credentials
-                .save_new(&out)
+                .write_into(file, &out)
                 .context("failed to write the credentials file")?;
             Ok(format!(
                 "{} (credentials in {})",

@@ -102,8 +102,10 @@ pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result
     let store = application.store().clone();
     let websocket_url = format!("wss://localhost:{}/", application.websocket_addr().port());
     let grpc_url = format!("https://localhost:{}", application.grpc_addr().port());
+    // The server outlives the simulated people: it is stopped only after the final count.
+    let server_stop = CancellationToken::new();
+    let server = tokio::spawn(application.run_until_stopped(server_stop.clone().cancelled_owned()));
     let stop = CancellationToken::new();
-    let server = tokio::spawn(application.run_until_stopped(stop.clone().cancelled_owned()));
     let start = Instant::now();
 
     // Seed.
@@ -244,6 +246,7 @@ pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result
             _ => {}
         }
     }
+    server_stop.cancel();
     server.await.context("the server task failed")??;
     println!(
         "demo summary: {} calls, {} answered and ended, {} still answered, {} abandoned",

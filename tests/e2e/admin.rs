@@ -1,0 +1,231 @@
+//! `carebell admin`: what goes in through the command line comes out identical on the console.
+
+use carebell_server::cli::{self, Cli, Outcome};
+use carebell_server::settings::{Secret, Settings};
+use carebell_tests::{NodeOptions, TempDir, TestNode};
+use clap::Parser;
+
+async fn admin(database_url: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut settings = Settings::defaults().unwrap();
+    settings.database_url = Secret::new(database_url);
+    let cli = Cli::try_parse_from(
+        std::iter::once("carebell")
+            .chain(std::iter::once("admin"))
+            .chain(args.iter().copied()),
+    )?;
+    match cli::run(cli, settings).await? {
+        Outcome::Printed(text) => Ok(text),
+        _ => anyhow::bail!("admin printed nothing"),
+    }
+}
+
+#[tokio::test]
+async fn a_resident_with_a_chinese_name_and_address_round_trips_through_admin_and_console() {
+    let database_url = carebell_tests::fresh_database().await;
+    let node = TestNode::start(NodeOptions {
+        database_url: Some(database_url.clone()),
+        ..NodeOptions::default()
+    })
+    .await;
+    let address = "广东省深圳市盐田区海山街道田东社区海涛路12号3栋502室（近福田小学）";
+    let notes = "高血压；对青霉素过敏";
+
+    let station = admin(
+        &database_url,
+        &["add-station", "--name", "盐田区李秘书康养服务中心"],
+    )
+    .await
+    .unwrap();
+    let resident = admin(
+        &database_url,
+        &[
+            "add-resident",
+            "--station",
+            &station,
+            "--name",
+            "潘阿姨",
+            "--address",
+            address,
+            "--dialect",
+            "粤语",
+            "--medical-notes",
+            notes,
+        ],
+    )
+    .await
+    .unwrap();
+    let dir = TempDir::new();
+    let credentials_path = dir.0.join("tablet.json");
+    let credentials_arg = credentials_path.to_string_lossy().into_owned();
+    let provisioned = admin(
+        &database_url,
+        &[
+            "provision-device",
+            "--resident",
+            &resident,
+            "--out",
+            &credentials_arg,
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(provisioned.starts_with("tab-"), "{provisioned}");
+    let again = admin(
+        &database_url,
+        &[
+            "provision-device",
+            "--resident",
+            &resident,
+            "--out",
+            &credentials_arg,
+        ],
+    )
+    .await;
+    assert!(
+        again.is_err(),
+        "an existing credentials file is never overwritten"
+    );
+    let kept = firmware_sim::Credentials::load(&credentials_path)
+        .expect("the first credentials file is intact");
+    assert!(provisioned.starts_with(&kept.device_id));
+
+    admin(
+        &database_url,
+        &[
+            "add-operator",
+            "--username",
+            "pan-desk",
+            "--display-name",
+            "李秘书 小潘",
+            "--password",
+            carebell_tests::PASSWORD,
+        ],
+    )
+    .await
+    .unwrap();
+    let short = admin(
+        &database_url,
+        &[
+            "add-operator",
+            "--username",
+            "weak",
+            "--display-name",
+            "Weak",
+            "--password",
+            "1234",
+        ],
+    )
+    .await;
+    assert!(
+        short.unwrap_err().to_string().contains("at least"),
+        "short passwords are refused"
+    );
+
+    let mut client = node.sign_in("pan-desk").await;
+    let record = client.get_resident(&resident).await.unwrap();
+    assert_eq!(record.full_name, "潘阿姨");
+    assert_eq!(record.address, address);
+    assert_eq!(record.medical_notes, notes);
+    assert_eq!(record.dialect, "粤语");
+    assert_eq!(record.station_name, "盐田区李秘书康养服务中心");
+    assert_eq!(record.devices.len(), 1);
+
+    let resident_id = uuid::Uuid::parse_str(&resident).unwrap();
+    let reads = node
+        .store
+        .audited_reads(resident_id, &format!("operator:{}", client.operator_id))
+        .await
+        .unwrap();
+    assert_eq!(reads, 1, "the console's read of the record is audited");
+}
+
+#[tokio::test]
+async fn bad_admin_input_gets_a_clear_error() {
+    let database_url = carebell_tests::fresh_database().await;
+    let error = admin(
+        &database_url,
+        &["add-resident", "--station", "not-a-uuid", "--name", "x"],
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("invalid"), "{error}");
+    let unknown_station = uuid::Uuid::new_v4().to_string();
+    let error = admin(
+        &database_url,
+        &["add-resident", "--station", &unknown_station, "--name", "x"],
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{error:#}").contains("does not exist"), "{error:#}");
+    let error = admin(&database_url, &["add-station", "--name", ""])
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("empty or too long"),
+        "{error:#}"
+    );
+    let dir = TempDir::new();
+    let out = dir.0.join("x.json").to_string_lossy().into_owned();
+    let error = admin(
+        &database_url,
+        &[
+            "provision-device",
+            "--resident",
+            &unknown_station,
+            "--out",
+            &out,
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{error:#}").contains("does not exist"), "{error:#}");
+    assert!(
+        !dir.0.join("x.json").exists(),
+        "no credentials for a device that was not registered"
+    );
+}
+
+#[tokio::test]
+async fn sign_in_with_a_wrong_password_or_unknown_user_is_refused_alike() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    node.operator_account("real", "Real").await;
+    let channel = carebell_server::console_client::channel(&node.grpc_url, Some(&node.ca_pem))
+        .await
+        .unwrap();
+    for (username, password) in [("real", "wrong password"), ("ghost", "whatever")] {
+        let error = carebell_server::console_client::OperatorClient::sign_in(
+            channel.clone(),
+            username,
+            password,
+        )
+        .await
+        .err()
+        .expect("refused");
+        assert!(
+            error.to_string().contains("invalid username or password"),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn console_calls_without_a_valid_session_are_refused() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let channel = carebell_server::console_client::channel(&node.grpc_url, Some(&node.ca_pem))
+        .await
+        .unwrap();
+    let mut client = carebell_proto::console::v1::console_client::ConsoleClient::new(channel);
+    let mut request = tonic::Request::new(carebell_proto::console::v1::GetResidentRequest {
+        resident_id: uuid::Uuid::new_v4().to_string(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer forged-token".parse().unwrap());
+    let status = client.get_resident(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let status = client
+        .subscribe(carebell_proto::console::v1::SubscribeRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+}

@@ -1,0 +1,308 @@
+//! Bad input: each gets a clear error or close code, and a tablet connected at the same moment
+//! is unaffected.
+
+use std::time::Duration;
+
+use carebell_proto::device::v1::envelope::Body;
+use carebell_proto::device::v1::{CallRequest, CallState, Envelope, ErrorCode, Heartbeat};
+use carebell_tests::{NodeOptions, TestNode};
+use firmware_sim::{authenticate, Link, LinkEvent, Tablet, TabletConfig, TransportKind};
+use prost::Message as _;
+use tokio_tungstenite::tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Reads until the link closes; returns the error codes seen and the close code.
+async fn errors_then_close(link: &mut Link) -> (Vec<i32>, Option<u16>, Option<tonic::Code>) {
+    let mut codes = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, link.recv())
+            .await
+            .expect("the server answers")
+        {
+            Ok(LinkEvent::Envelope(Envelope {
+                body: Some(Body::Error(error)),
+                ..
+            })) => codes.push(error.code),
+            Ok(LinkEvent::Envelope(_)) => continue,
+            Ok(LinkEvent::Closed {
+                code, grpc_code, ..
+            }) => return (codes, code, grpc_code),
+            Err(_) => return (codes, None, None),
+        }
+    }
+}
+
+/// Runs `attack` on one connection while a well-behaved tablet is connected, then checks that
+/// the well-behaved tablet's call still goes through on its original connection.
+async fn bystander_is_unaffected<F, Fut>(attack: F)
+where
+    F: FnOnce(TestNode, TabletConfig) -> Fut,
+    Fut: std::future::Future<Output = TestNode>,
+{
+    let node = TestNode::start(NodeOptions::default()).await;
+    let (_resident, bystander_config) = node.tablet_config("旁人", TransportKind::WebSocket).await;
+    let mut bystander = Tablet::connect(&bystander_config).await.unwrap();
+    let (_other, attacker_config) = node.tablet_config("攻击者", TransportKind::WebSocket).await;
+    let node = attack(node, attacker_config).await;
+    let request_id = bystander
+        .press()
+        .await
+        .expect("the bystander's press still goes through");
+    bystander
+        .wait_for_call(&request_id, CallState::Queued, WAIT)
+        .await
+        .unwrap();
+    assert!(
+        bystander
+            .next_event(Duration::from_millis(100))
+            .await
+            .is_none(),
+        "no disconnect for the bystander"
+    );
+    bystander.close().await;
+    drop(node);
+}
+
+#[tokio::test]
+async fn a_binary_frame_that_is_not_protobuf_is_refused() {
+    bystander_is_unaffected(|node, config| async move {
+        let mut link = config.open_link().await.unwrap();
+        link.send_raw(Message::Binary(vec![0xff, 0xff, 0xff, 0xff, 0x0f].into()))
+            .await
+            .unwrap();
+        let (codes, close, _) = errors_then_close(&mut link).await;
+        assert_eq!(codes, [ErrorCode::MalformedFrame as i32]);
+        assert_eq!(close, Some(1002));
+        node
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_text_frame_is_refused() {
+    bystander_is_unaffected(|node, config| async move {
+        let mut link = config.open_link().await.unwrap();
+        authenticate(&mut link, &config.credentials, "test")
+            .await
+            .unwrap();
+        link.send_raw(Message::Text("{\"press\": true}".into()))
+            .await
+            .unwrap();
+        let (codes, close, _) = errors_then_close(&mut link).await;
+        assert_eq!(codes, [ErrorCode::TextFrame as i32]);
+        assert_eq!(close, Some(1003));
+        node
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_oversized_frame_is_refused() {
+    bystander_is_unaffected(|node, config| async move {
+        let mut link = config.open_link().await.unwrap();
+        authenticate(&mut link, &config.credentials, "test")
+            .await
+            .unwrap();
+        link.send_raw(Message::Binary(vec![0u8; 100 * 1024].into()))
+            .await
+            .unwrap();
+        let (_codes, close, _) = errors_then_close(&mut link).await;
+        assert_eq!(close, Some(1009));
+        node
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_oversized_message_over_grpc_is_refused() {
+    bystander_is_unaffected(|node, mut config| async move {
+        config.transport = TransportKind::Grpc;
+        let mut link = config.open_link().await.unwrap();
+        authenticate(&mut link, &config.credentials, "test")
+            .await
+            .unwrap();
+        let huge = Envelope {
+            seq: 3,
+            ack: 0,
+            body: Some(Body::CallRequest(CallRequest {
+                request_id: "x".repeat(100 * 1024),
+                pressed_at_ms: 0,
+            })),
+        };
+        link.send(huge).await.unwrap();
+        let (_codes, _close, grpc_code) = errors_then_close(&mut link).await;
+        assert!(
+            matches!(
+                grpc_code,
+                Some(tonic::Code::ResourceExhausted) | Some(tonic::Code::OutOfRange)
+            ),
+            "{grpc_code:?}"
+        );
+        node
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_message_before_authentication_is_refused() {
+    bystander_is_unaffected(|node, config| async move {
+        let mut link = config.open_link().await.unwrap();
+        link.send(Envelope {
+            seq: 1,
+            ack: 0,
+            body: Some(Body::CallRequest(CallRequest {
+                request_id: "sneaky".to_owned(),
+                pressed_at_ms: 0,
+            })),
+        })
+        .await
+        .unwrap();
+        let (codes, close, _) = errors_then_close(&mut link).await;
+        assert_eq!(codes, [ErrorCode::NotAuthenticated as i32]);
+        assert_eq!(close, Some(4401));
+        let counts = node
+            .store
+            .call_state_counts(&[config.credentials.device_id.clone()])
+            .await
+            .unwrap();
+        assert!(counts.is_empty(), "nothing was stored");
+        node
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unknown_message_gets_an_error_and_the_session_goes_on() {
+    bystander_is_unaffected(|node, config| async move {
+        let mut link = config.open_link().await.unwrap();
+        authenticate(&mut link, &config.credentials, "test")
+            .await
+            .unwrap();
+        // An envelope from a newer firmware: seq 3 and a body field this server does not know
+        // (field 99, length-delimited).
+        let mut bytes = Envelope {
+            seq: 3,
+            ack: 0,
+            body: None,
+        }
+        .encode_to_vec();
+        bytes.extend_from_slice(&[0x9a, 0x06, 3, b'n', b'e', b'w']);
+        link.send_raw(Message::Binary(bytes.into())).await.unwrap();
+        let mut saw_error = false;
+        let mut acked = 0;
+        while !(saw_error && acked >= 3) {
+            match tokio::time::timeout(WAIT, link.recv())
+                .await
+                .expect("answer")
+                .unwrap()
+            {
+                LinkEvent::Envelope(envelope) => {
+                    acked = acked.max(envelope.ack);
+                    if let Some(Body::Error(error)) = envelope.body {
+                        assert_eq!(error.code, ErrorCode::UnknownMessage as i32);
+                        assert_eq!(error.ref_seq, 3);
+                        saw_error = true;
+                    }
+                }
+                LinkEvent::Closed { .. } => panic!("an unknown message must not close the session"),
+            }
+        }
+        // The same session still works.
+        link.send(Envelope {
+            seq: 4,
+            ack: 0,
+            body: Some(Body::Heartbeat(Heartbeat {
+                battery_percent: 80,
+            })),
+        })
+        .await
+        .unwrap();
+        loop {
+            match tokio::time::timeout(WAIT, link.recv())
+                .await
+                .expect("answer")
+                .unwrap()
+            {
+                LinkEvent::Envelope(envelope) if envelope.ack >= 4 => break,
+                LinkEvent::Envelope(_) => continue,
+                LinkEvent::Closed { .. } => panic!("closed"),
+            }
+        }
+        node
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_call_request_with_an_invalid_id_gets_a_clear_error_and_the_session_goes_on() {
+    bystander_is_unaffected(|node, config| async move {
+        let mut link = config.open_link().await.unwrap();
+        authenticate(&mut link, &config.credentials, "test")
+            .await
+            .unwrap();
+        link.send(Envelope {
+            seq: 3,
+            ack: 0,
+            body: Some(Body::CallRequest(CallRequest {
+                request_id: "x'; DROP TABLE calls; --".to_owned(),
+                pressed_at_ms: 0,
+            })),
+        })
+        .await
+        .unwrap();
+        loop {
+            match tokio::time::timeout(WAIT, link.recv())
+                .await
+                .expect("answer")
+                .unwrap()
+            {
+                LinkEvent::Envelope(Envelope {
+                    body: Some(Body::Error(error)),
+                    ..
+                }) => {
+                    assert_eq!(error.code, ErrorCode::InvalidArgument as i32);
+                    assert!(error.message.contains("request id"), "{}", error.message);
+                    break;
+                }
+                LinkEvent::Envelope(_) => continue,
+                LinkEvent::Closed { .. } => {
+                    panic!("an invalid argument must not close the session")
+                }
+            }
+        }
+        node
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_websocket_without_the_subprotocol_is_refused_at_the_upgrade() {
+    bystander_is_unaffected(|node, config| async move {
+        let result = Link::connect_websocket_with_subprotocol(
+            &config.credentials.websocket_url,
+            config.credentials.ca_certificate_pem.as_deref(),
+            None,
+        )
+        .await;
+        let error = result.err().expect("the upgrade is refused").to_string();
+        assert!(error.contains("400"), "{error}");
+        node
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_slow_handshake_is_cut_off() {
+    let node = TestNode::start(NodeOptions {
+        handshake_timeout: Duration::from_secs(1),
+        ..NodeOptions::default()
+    })
+    .await;
+    let (_resident, config) = node.tablet_config("慢", TransportKind::WebSocket).await;
+    let mut link = config.open_link().await.unwrap();
+    // Say nothing: the server's handshake timeout closes the link.
+    let (codes, close, _) = errors_then_close(&mut link).await;
+    assert!(codes.is_empty());
+    assert_eq!(close, Some(carebell_proto::CLOSE_TIMEOUT));
+}
