@@ -109,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
                     .await
                     .context("failed to raise the alarm")?;
                 println!("[tablet] SOS raised (alarm {alarm_id})");
-                last_request = Some(format!("alarm-{alarm_id}"));
+                last_request = Some(format!("alarm:{alarm_id}"));
             }
             None if step == "cancel" => {
                 let Some(request_id) = &last_request else {

@@ -204,3 +204,39 @@ async fn updates_missed_while_disconnected_are_delivered_after_reconnecting() {
     assert_eq!(answered.operator_display_name, "小陈");
     tablet.close().await;
 }
+
+#[tokio::test]
+async fn a_long_press_is_stored_once_and_its_emergency_is_offered_before_waiting_calls() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let (_resident, config) = node.tablet_config("王爷爷", TransportKind::WebSocket).await;
+    let tablet = Tablet::connect(&config).await.unwrap();
+    // Nobody is available yet: an ordinary call waits, then the SOS arrives (twice, as a
+    // device resends when it misses the acknowledgement).
+    tablet.press().await.unwrap();
+    let alarm = Body::Alarm(carebell_proto::device::v1::Alarm {
+        alarm_id: "sos-0001".to_owned(),
+        kind: carebell_proto::device::v1::AlarmKind::Sos as i32,
+        raised_at_ms: 1_700_000_000_000,
+        detail: String::new(),
+    });
+    tablet.send(alarm.clone()).await.unwrap();
+    tablet.send(alarm).await.unwrap();
+    let n_alarms: i64 = sqlx::query_scalar("SELECT count(*) FROM alarms WHERE device_id = $1")
+        .bind(&config.credentials.device_id)
+        .fetch_one(node.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        n_alarms, 1,
+        "an alarm resent with the same id is stored once"
+    );
+
+    let mut console = node.available_operator("nurse", "值班护士").await;
+    let offer = console.next_offer(WAIT).await.expect("an offer");
+    assert_eq!(
+        offer.kind,
+        carebell_proto::console::v1::CallKind::Emergency as i32,
+        "the emergency is offered before the ordinary call that waited longer"
+    );
+    tablet.close().await;
+}

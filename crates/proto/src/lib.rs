@@ -34,5 +34,6 @@ pub const WS_SUBPROTOCOL: &str = "carebell.device.v1";
 /// Protocol versions this build speaks, highest last.
 pub const SUPPORTED_PROTOCOL_VERSIONS: &[u32] = &[1];
 
-/// Default and upper bound for one envelope, in bytes (64 KiB).
+/// The default limit on one envelope, in bytes (64 KiB); a server may be configured otherwise
+/// and announces its limit in `Welcome.max_frame_bytes`.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;

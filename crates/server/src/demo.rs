@@ -278,7 +278,7 @@ async fn senior(name: String, config: TabletConfig, stop: CancellationToken, sta
             match tablet.long_press().await {
                 Ok(alarm_id) => {
                     println!("{} [{name}] long press: SOS", stamp(start));
-                    format!("alarm-{alarm_id}")
+                    format!("alarm:{alarm_id}")
                 }
                 Err(_) => break,
             }

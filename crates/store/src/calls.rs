@@ -304,7 +304,9 @@ impl Store {
         .await?;
         let mut call_id = None;
         if raise_call {
-            let request_id = format!("alarm-{alarm_id}");
+            // ':' is outside the device's request id alphabet, so an alarm's call can never
+            // collide with a call the device requested.
+            let request_id = format!("alarm:{alarm_id}");
             let call = insert_call(&mut tx, device_id, &request_id, CallKind::Emergency).await?;
             sqlx::query("UPDATE alarms SET call_id = $1 WHERE id = $2")
                 .bind(call.call_id)

@@ -48,20 +48,20 @@ pub(crate) async fn push_outbox(
 }
 
 impl Store {
-    /// Unacknowledged messages for a device after `after_id`, oldest first.
+    /// Unacknowledged messages for a device, except those in `in_flight`, oldest first.
     pub async fn pending_outbox(
         &self,
         device_id: &str,
-        after_id: i64,
+        in_flight: &[i64],
         limit: i64,
     ) -> Result<Vec<OutboxItem>> {
         let rows = sqlx::query(
             "SELECT id, payload FROM device_outbox
-             WHERE device_id = $1 AND acked_at IS NULL AND id > $2
+             WHERE device_id = $1 AND acked_at IS NULL AND NOT (id = ANY($2))
              ORDER BY id LIMIT $3",
         )
         .bind(device_id)
-        .bind(after_id)
+        .bind(in_flight)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;

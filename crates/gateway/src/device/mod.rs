@@ -23,7 +23,8 @@ pub struct DeviceSettings {
     /// A session silent for this many heartbeat intervals is closed.
     pub missed_heartbeats: f64,
     pub max_frame_bytes: usize,
-    /// Connect, TLS, upgrade and authentication must finish within this.
+    /// Each phase of connecting (TLS, the WebSocket upgrade, authentication) must finish
+    /// within this.
     pub handshake_timeout: Duration,
     /// On shutdown, devices are told to reconnect after a random delay in this window.
     pub go_away_window: Duration,

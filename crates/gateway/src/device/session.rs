@@ -132,7 +132,6 @@ pub(crate) async fn run<T: DeviceTransport>(context: DeviceContext, transport: T
         device_id: &device_id,
         link,
         inflight: BTreeMap::new(),
-        last_outbox_sent: 0,
     };
     let reason = session.run(&registration).instrument(span.clone()).await;
     tracing::info!(parent: &span, reason, "device session ended");
@@ -159,10 +158,8 @@ async fn recv_handshake<T: DeviceTransport>(
         }
         Ok(Incoming::Closed) => None,
         Ok(Incoming::Bad(code, message)) => {
+            // Every bad-frame code is fatal, so this also closes with the code's own close code.
             link.error(code, &message, 0).await;
-            // A bad frame before authentication always ends the connection: there is no
-            // session to keep.
-            link.transport.close(CLOSE_AUTH_REJECTED, &message).await;
             None
         }
         Ok(Incoming::Envelope(envelope)) => {
@@ -292,7 +289,6 @@ struct Session<'a, T> {
     link: Link<T>,
     /// Our sequence number → the outbox message it carried, until the device acknowledges.
     inflight: BTreeMap<u64, i64>,
-    last_outbox_sent: i64,
 }
 
 /// What the session should do after handling one message.
@@ -354,13 +350,16 @@ impl<T: DeviceTransport> Session<'_, T> {
         }
     }
 
-    /// Sends every outbox message not yet sent on this connection.
+    /// Sends every unacknowledged outbox message not yet sent on this connection. Selected by
+    /// "not in flight" rather than "id above the last sent": outbox ids are allocated in insert
+    /// order but committed in any order, so a watermark could skip a late-committing message.
     async fn send_outbox(&mut self) -> Next {
         loop {
+            let in_flight: Vec<i64> = self.inflight.values().copied().collect();
             let items = match self
                 .context
                 .store
-                .pending_outbox(self.device_id.as_str(), self.last_outbox_sent, OUTBOX_BATCH)
+                .pending_outbox(self.device_id.as_str(), &in_flight, OUTBOX_BATCH)
                 .await
             {
                 Ok(items) => items,
@@ -388,7 +387,6 @@ impl<T: DeviceTransport> Session<'_, T> {
                 match self.link.send_body(body).await {
                     Ok(seq) => {
                         self.inflight.insert(seq, id);
-                        self.last_outbox_sent = id;
                     }
                     Err(TransportClosed) => return Next::End("transport closed"),
                 }
@@ -427,10 +425,21 @@ impl<T: DeviceTransport> Session<'_, T> {
             }
         }
         let seq = envelope.seq;
+        if seq == 0 {
+            // A pure acknowledgement (a body without a sequence number is ignored likewise).
+            return Next::Continue;
+        }
+        if seq <= self.link.last_received {
+            self.link
+                .error(
+                    ErrorCode::ProtocolViolation,
+                    "sequence numbers must increase",
+                    seq,
+                )
+                .await;
+            return Next::End("sequence went backwards");
+        }
         let Some(body) = envelope.body else {
-            if seq == 0 {
-                return Next::Continue; // a pure acknowledgement
-            }
             // A newer device speaking a message this server does not know: say so, keep going.
             self.link.last_received = seq;
             let going = self
@@ -447,16 +456,6 @@ impl<T: DeviceTransport> Session<'_, T> {
                 Next::End("transport closed")
             };
         };
-        if seq <= self.link.last_received {
-            self.link
-                .error(
-                    ErrorCode::ProtocolViolation,
-                    "sequence numbers must increase",
-                    seq,
-                )
-                .await;
-            return Next::End("sequence went backwards");
-        }
 
         let outcome: Result<(), (ErrorCode, String)> = match body {
             Body::Heartbeat(_) => Ok(()),
