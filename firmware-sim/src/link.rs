@@ -55,7 +55,7 @@ pub enum Link {
     WebSocket(Box<WebSocketStream<MaybeTlsStream<TcpStream>>>),
     Grpc {
         outbound: mpsc::Sender<Envelope>,
-        inbound: Streaming<Envelope>,
+        inbound: Box<Streaming<Envelope>>,
     },
 }
 
@@ -144,7 +144,10 @@ impl Link {
             .await
             .map_err(|status| LinkError::Connect(status.to_string()))?
             .into_inner();
-        Ok(Link::Grpc { outbound, inbound })
+        Ok(Link::Grpc {
+            outbound,
+            inbound: Box::new(inbound),
+        })
     }
 
     pub fn kind(&self) -> TransportKind {

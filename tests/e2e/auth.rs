@@ -203,12 +203,12 @@ async fn a_device_cannot_speak_for_another_device() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let b_calls = node
         .store
-        .call_state_counts(&[config_b.credentials.device_id.clone()])
+        .call_state_counts(std::slice::from_ref(&config_b.credentials.device_id))
         .await
         .unwrap();
     let a_calls = node
         .store
-        .call_state_counts(&[config_a.credentials.device_id.clone()])
+        .call_state_counts(std::slice::from_ref(&config_a.credentials.device_id))
         .await
         .unwrap();
     assert!(

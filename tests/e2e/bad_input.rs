@@ -163,7 +163,7 @@ async fn a_message_before_authentication_is_refused() {
         assert_eq!(close, Some(4401));
         let counts = node
             .store
-            .call_state_counts(&[config.credentials.device_id.clone()])
+            .call_state_counts(std::slice::from_ref(&config.credentials.device_id))
             .await
             .unwrap();
         assert!(counts.is_empty(), "nothing was stored");

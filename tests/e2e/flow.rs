@@ -170,7 +170,7 @@ async fn a_resent_call_request_is_stored_once() {
     tablet.send(request).await.unwrap();
     let counts = node
         .store
-        .call_state_counts(&[config.credentials.device_id.clone()])
+        .call_state_counts(std::slice::from_ref(&config.credentials.device_id))
         .await
         .unwrap();
     assert_eq!(counts, vec![("queued".to_owned(), 1)]);
