@@ -22,7 +22,7 @@ pub use carebell_server;
 /// The server PostgreSQL databases are created on.
 pub fn admin_database_url() -> String {
     std::env::var("CAREBELL_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+        .unwrap_or_else(|_| "postgres://carebell:carebell@127.0.0.1:5432/postgres".to_owned())
 }
 
 pub fn redis_url() -> String {
@@ -67,6 +67,8 @@ pub struct NodeOptions {
     pub ring_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub handshake_timeout: Duration,
+    /// Presence entries live three times this.
+    pub presence_refresh: Duration,
     /// `None`: in-memory presence. `Some(url)`: that Redis (reachable or not).
     pub redis_url: Option<String>,
     pub database_url: Option<String>,
@@ -79,6 +81,7 @@ impl Default for NodeOptions {
             ring_timeout: Duration::from_secs(15),
             heartbeat_interval: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
+            presence_refresh: Duration::from_millis(200),
             redis_url: Some(redis_url()),
             database_url: None,
             node_id: "test-node".to_owned(),
@@ -159,7 +162,8 @@ impl TestNode {
             u64::try_from(options.heartbeat_interval.as_millis()).expect("heartbeat");
         settings.device.handshake_timeout_ms =
             u64::try_from(options.handshake_timeout.as_millis()).expect("handshake timeout");
-        settings.presence.refresh_interval_ms = 200;
+        settings.presence.refresh_interval_ms =
+            u64::try_from(options.presence_refresh.as_millis()).expect("refresh");
         settings.shutdown_grace_ms = 3000;
         settings.validate().expect("test settings are valid");
         let application = Application::build(settings)

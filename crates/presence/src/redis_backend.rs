@@ -95,9 +95,14 @@ impl PresenceBackend for RedisBackend {
                     .arg(ttl_secs)
                     .ignore();
             }
-            let script = redis::Script::new(DELETE_IF_OWNER);
+            // Plain EVAL, not EVALSHA: a pipeline cannot load a script that Redis has not
+            // cached (after a restart, say), and the script is tiny.
             for (kind, id) in &batch.removals {
-                pipe.invoke_script(script.key(self.keys.presence(*kind, id)).arg(node_id))
+                pipe.cmd("EVAL")
+                    .arg(DELETE_IF_OWNER)
+                    .arg(1)
+                    .arg(self.keys.presence(*kind, id))
+                    .arg(node_id)
                     .ignore();
             }
             self.run(async move |mut connection| pipe.query_async::<()>(&mut connection).await)

@@ -26,8 +26,25 @@ async fn main() {
         Ok(Outcome::Done) | Ok(Outcome::Demo(_)) => {}
         Ok(Outcome::Printed(text)) => println!("{text}"),
         Err(error) => {
-            eprintln!("carebell: {error:#}");
+            eprintln!("carebell: {}", render(&error));
             std::process::exit(1);
         }
     }
+}
+
+/// The error and its causes on one line, skipping a cause whose text its parent already
+/// quoted (sqlx and others repeat their source in their own message).
+fn render(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }

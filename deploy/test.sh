@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against real PostgreSQL and Redis (started or installed first when
+# missing). Builds into a target directory outside the clone, kept between runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./deploy/ensure-services.sh
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/carebell-target}"
+export CAREBELL_TEST_DATABASE_URL="${CAREBELL_TEST_DATABASE_URL:-postgres://carebell:carebell@127.0.0.1:5432/postgres}"
+export CAREBELL_TEST_REDIS_URL="${CAREBELL_TEST_REDIS_URL:-redis://127.0.0.1:6379/}"
+
+# Databases left behind by earlier runs (each test makes its own).
+stale=$(psql "$CAREBELL_TEST_DATABASE_URL" -tAc \
+  "select datname from pg_database where datname like 'carebell_test_%'" 2>/dev/null || true)
+for database in $stale; do
+  psql "$CAREBELL_TEST_DATABASE_URL" -qc "drop database if exists $database" >/dev/null 2>&1 || true
+done
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  echo "carebell: cargo-nextest not found; using cargo test" >&2
+  cargo test --workspace --no-fail-fast "$@"
+fi
