@@ -458,7 +458,11 @@ impl Driver {
             _ => None,
         };
         if let Some(event) = event {
-            let _ = self.events.send(event).await;
+            // Never let a screen that is not being looked at stall the link (acknowledgements
+            // and heartbeats must go on): when the event queue is full, the event is dropped.
+            if let Err(mpsc::error::TrySendError::Full(event)) = self.events.try_send(event) {
+                tracing::warn!(?event, "tablet event queue full; event dropped");
+            }
         }
         self.send_ack().await
     }
