@@ -77,8 +77,15 @@ fn show(event: &TabletEvent) {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     let args = Args::parse();
+    if let Err(error) = run(args).await {
+        eprintln!("tablet-sim: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let credentials =
         Credentials::load(&args.credentials).context("failed to load the credentials")?;
     let transport = if args.grpc {

@@ -7,3 +7,4 @@ mod demo;
 mod dispatch;
 mod flow;
 mod redis_down;
+mod session;
