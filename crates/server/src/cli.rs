@@ -103,6 +103,18 @@ async fn shutdown_signal() {
     }
 }
 
+/// A small pool on the configured database, migrated.
+async fn migrated_store(settings: &Settings) -> anyhow::Result<carebell_store::Store> {
+    let store = carebell_store::Store::connect(settings.database_url.expose(), 2)
+        .await
+        .context("failed to connect to PostgreSQL")?;
+    store
+        .migrate()
+        .await
+        .context("failed to apply migrations")?;
+    Ok(store)
+}
+
 /// Runs a parsed command line with loaded settings.
 pub async fn run(cli: Cli, mut settings: Settings) -> anyhow::Result<Outcome> {
     match cli.command {
@@ -114,24 +126,12 @@ pub async fn run(cli: Cli, mut settings: Settings) -> anyhow::Result<Outcome> {
         }
         Command::Migrate => {
             telemetry::init(settings.log_format, "info");
-            let store = carebell_store::Store::connect(settings.database_url.expose(), 2)
-                .await
-                .context("failed to connect to PostgreSQL")?;
-            store
-                .migrate()
-                .await
-                .context("failed to apply migrations")?;
+            migrated_store(&settings).await?;
             Ok(Outcome::Printed("migrations applied".to_owned()))
         }
         Command::Admin { command } => {
             telemetry::init(settings.log_format, "warn");
-            let store = carebell_store::Store::connect(settings.database_url.expose(), 2)
-                .await
-                .context("failed to connect to PostgreSQL")?;
-            store
-                .migrate()
-                .await
-                .context("failed to apply migrations")?;
+            let store = migrated_store(&settings).await?;
             Ok(Outcome::Printed(crate::admin::run(&store, command).await?))
         }
         Command::Demo {
