@@ -4,6 +4,7 @@
 mod call;
 mod ids;
 mod operator;
+pub mod routing;
 
 pub use call::{CallKind, CallState, Disposition, OfferState, TransitionError};
 pub use ids::{DeviceId, IdError, RequestId, Username};
