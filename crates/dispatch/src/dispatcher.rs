@@ -15,8 +15,6 @@ pub struct DispatcherConfig {
     /// How often to look for expired offers even when nothing was announced. Bounds how late
     /// after its deadline a ring timeout takes effect.
     pub sweep_interval: Duration,
-    /// Most offers made in one round, so one node does not hold the loop for long.
-    pub max_offers_per_round: usize,
 }
 
 impl Default for DispatcherConfig {
@@ -24,7 +22,6 @@ impl Default for DispatcherConfig {
         Self {
             ring_timeout: Duration::from_secs(20),
             sweep_interval: Duration::from_millis(250),
-            max_offers_per_round: 64,
         }
     }
 }
@@ -59,11 +56,7 @@ impl Dispatcher {
             match event {
                 Event::Shutdown => return,
                 Event::Wanted | Event::Sweep => {
-                    match self
-                        .store
-                        .dispatch_round(self.config.ring_timeout, self.config.max_offers_per_round)
-                        .await
-                    {
+                    match self.store.dispatch_round(self.config.ring_timeout).await {
                         Ok(round) => {
                             failures = 0;
                             if !round.offered.is_empty() || !round.expired.is_empty() {
@@ -72,10 +65,6 @@ impl Dispatcher {
                                     n_expired = round.expired.len(),
                                     "dispatch round"
                                 );
-                            }
-                            if round.offered.len() == self.config.max_offers_per_round {
-                                // There may be more to do; go again at once.
-                                self.hub.want_dispatch();
                             }
                         }
                         Err(error) => {

@@ -26,6 +26,16 @@ pub enum OperatorEvent {
         state: String,
         disposition: Option<String>,
     },
+    /// The system changed the operator's status (paused after missed offers, wrap-up over).
+    StatusChanged {
+        status: String,
+        reason: String,
+    },
+    /// An item waited too long (sent to every console; supervisors' consoles show it).
+    Alert {
+        call_id: Uuid,
+        reason: String,
+    },
     /// Notifications may have been missed: re-read the live offer.
     Resync,
 }
@@ -210,6 +220,21 @@ impl Hub {
                             disposition,
                         },
                     );
+                }
+            }
+            Notification::OperatorStatus {
+                operator_id,
+                status,
+                reason,
+            } => {
+                self.send_to_operator(operator_id, OperatorEvent::StatusChanged { status, reason })
+            }
+            Notification::SupervisorAlert { call_id, reason } => {
+                for sender in lock(&self.operators).values() {
+                    let _ = sender.send(OperatorEvent::Alert {
+                        call_id,
+                        reason: reason.clone(),
+                    });
                 }
             }
             Notification::DeviceOutbox { device_id } => {

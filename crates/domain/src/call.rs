@@ -4,6 +4,8 @@
 //! queued ──offer──▶ offered ──accept──▶ answered ──end──▶ ended
 //!   ▲                  │
 //!   └──expire/decline──┘        queued | offered ──cancel──▶ abandoned
+//!   ▲                              │
+//!   └─────── transfer ─────────────┘ (answered → queued, or → offered to a named operator)
 //! ```
 
 use std::fmt;
@@ -63,14 +65,6 @@ string_enum!(
 );
 
 string_enum!(
-    /// What kind of call it is; decides its priority in the queue.
-    CallKind, "call kind" {
-        Call => "call",
-        Emergency => "emergency",
-    }
-);
-
-string_enum!(
     /// How an operator closed a call.
     Disposition, "disposition" {
         AccidentalPress => "accidental_press",
@@ -92,16 +86,6 @@ string_enum!(
     }
 );
 
-impl CallKind {
-    /// Queue priority: higher is served first.
-    pub fn priority(self) -> i16 {
-        match self {
-            CallKind::Emergency => 100,
-            CallKind::Call => 10,
-        }
-    }
-}
-
 impl CallState {
     /// Whether the call has finished and nothing more can happen to it.
     pub fn is_final(self) -> bool {
@@ -117,6 +101,8 @@ impl CallState {
                 | (Offered, Queued)
                 | (Offered, Answered)
                 | (Answered, Ended)
+                | (Answered, Queued)
+                | (Answered, Offered)
                 | (Queued, Abandoned)
                 | (Offered, Abandoned)
         );
@@ -162,11 +148,6 @@ mod tests {
             );
         }
         assert!("bogus".parse::<Disposition>().is_err());
-    }
-
-    #[test]
-    fn emergencies_come_first() {
-        assert!(CallKind::Emergency.priority() > CallKind::Call.priority());
     }
 
     fn any_state() -> impl Strategy<Value = CallState> {

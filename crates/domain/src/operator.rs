@@ -11,13 +11,17 @@ pub enum StatusError {
     NotSelectable(OperatorStatus),
 }
 
-/// An operator's availability. `OnCall` is set by the system when an offer is accepted.
+/// An operator's availability. `OnCall`, `WrapUp` and `Paused` are set by the system: when an
+/// offer is accepted, when a call ends (for the configured wrap-up time), and after too many
+/// offers in a row rang out unanswered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OperatorStatus {
     Offline,
     Available,
     Away,
     OnCall,
+    WrapUp,
+    Paused,
 }
 
 impl OperatorStatus {
@@ -27,6 +31,8 @@ impl OperatorStatus {
             OperatorStatus::Available => "available",
             OperatorStatus::Away => "away",
             OperatorStatus::OnCall => "on_call",
+            OperatorStatus::WrapUp => "wrap_up",
+            OperatorStatus::Paused => "paused",
         }
     }
 
@@ -53,6 +59,8 @@ impl FromStr for OperatorStatus {
             "available" => Ok(OperatorStatus::Available),
             "away" => Ok(OperatorStatus::Away),
             "on_call" => Ok(OperatorStatus::OnCall),
+            "wrap_up" => Ok(OperatorStatus::WrapUp),
+            "paused" => Ok(OperatorStatus::Paused),
             other => Err(StatusError::Unknown(other.to_owned())),
         }
     }

@@ -13,10 +13,12 @@ use carebell_presence::{Kind, Presence};
 use carebell_proto::console::v1::console_event::Event;
 use carebell_proto::console::v1::console_server::{Console, ConsoleServer};
 use carebell_proto::console::v1::{
-    AcceptRequest, AcceptResponse, CallChanged, CallKind, ConsoleEvent, DeviceSummary, Disposition,
-    EndCallRequest, EndCallResponse, GetResidentRequest, Offer, OfferWithdrawn, OperatorStatus,
-    ResidentRecord, SetStatusRequest, SetStatusResponse, SignInRequest, SignInResponse,
-    SubscribeRequest,
+    AcceptRequest, AcceptResponse, CallChanged, CallKind, ConsoleEvent, DeclineRequest,
+    DeclineResponse, DeviceSummary, Disposition, EndCallRequest, EndCallResponse,
+    GetResidentRequest, Offer, OfferWithdrawn, OperatorState, OperatorStatus, QueueFigures,
+    QueueStatusRequest, QueueStatusResponse, ResidentRecord, SetStatusRequest, SetStatusResponse,
+    SignInRequest, SignInResponse, StatisticsRequest, StatisticsResponse, StatusChanged,
+    SubscribeRequest, SupervisorAlert, TransferRequest, TransferResponse, WaitingItem,
 };
 use carebell_store::{OfferRow, OperatorSession, Store};
 use rand::RngCore;
@@ -35,19 +37,48 @@ use crate::status_from_store;
 const MAX_CREDENTIAL_BYTES: usize = 256;
 /// Longest note on a call's end.
 const MAX_NOTE_BYTES: usize = 4000;
+/// Longest reason for a status change.
+const MAX_REASON_BYTES: usize = 200;
 /// Console events buffered per subscription; a console that falls behind resyncs.
 const EVENT_BUFFER: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct ConsoleSettings {
     pub session_ttl: Duration,
+    /// How long a transferred call rings at the operator it is transferred to.
+    pub ring_timeout: Duration,
 }
 
 impl Default for ConsoleSettings {
     fn default() -> Self {
         Self {
             session_ttl: Duration::from_secs(12 * 3600),
+            ring_timeout: Duration::from_secs(20),
         }
+    }
+}
+
+/// The skill that makes an operator a supervisor.
+pub const SUPERVISOR_SKILL: &str = "supervisor";
+
+fn status_to_proto(status: &str) -> OperatorStatus {
+    match status.parse::<DomainStatus>() {
+        Ok(DomainStatus::Offline) => OperatorStatus::Offline,
+        Ok(DomainStatus::Available) => OperatorStatus::Available,
+        Ok(DomainStatus::Away) => OperatorStatus::Away,
+        Ok(DomainStatus::OnCall) => OperatorStatus::OnCall,
+        Ok(DomainStatus::WrapUp) => OperatorStatus::WrapUp,
+        Ok(DomainStatus::Paused) => OperatorStatus::Paused,
+        Err(_) => OperatorStatus::Unspecified,
+    }
+}
+
+fn kind_to_proto(kind: &str) -> CallKind {
+    match carebell_domain::CallKind::parse(kind) {
+        Some(carebell_domain::CallKind::Emergency) => CallKind::Emergency,
+        Some(carebell_domain::CallKind::Technical) => CallKind::Technical,
+        Some(carebell_domain::CallKind::Callback) => CallKind::Callback,
+        Some(carebell_domain::CallKind::Call) | None => CallKind::Call,
     }
 }
 
@@ -105,6 +136,24 @@ impl ConsoleService {
     }
 }
 
+impl ConsoleService {
+    async fn authenticate_supervisor<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<OperatorSession, Status> {
+        let session = self.authenticate(request).await?;
+        let skills = self
+            .store
+            .operator_skills(session.operator_id)
+            .await
+            .map_err(status_from_store)?;
+        if !skills.iter().any(|skill| skill == SUPERVISOR_SKILL) {
+            return Err(Status::permission_denied("this needs a supervisor"));
+        }
+        Ok(session)
+    }
+}
+
 fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
@@ -150,11 +199,7 @@ fn event(event: Event) -> ConsoleEvent {
 }
 
 fn offer_event(offer: &OfferRow) -> ConsoleEvent {
-    let kind = if offer.kind == "emergency" {
-        CallKind::Emergency
-    } else {
-        CallKind::Call
-    };
+    let kind = kind_to_proto(&offer.kind);
     event(Event::Offer(Offer {
         offer_id: offer.offer_id.to_string(),
         call_id: offer.call_id.to_string(),
@@ -164,6 +209,7 @@ fn offer_event(offer: &OfferRow) -> ConsoleEvent {
         kind: kind as i32,
         expires_at_ms: millis(offer.expires_at),
         call_created_at_ms: millis(offer.call_created_at),
+        queue_id: offer.queue_id.clone(),
     }))
 }
 
@@ -272,13 +318,21 @@ impl Console for ConsoleService {
             Ok(OperatorStatus::Away) => DomainStatus::Away,
             Ok(OperatorStatus::Offline) => DomainStatus::Offline,
             Ok(OperatorStatus::OnCall) => DomainStatus::OnCall,
+            Ok(OperatorStatus::WrapUp) => DomainStatus::WrapUp,
+            Ok(OperatorStatus::Paused) => DomainStatus::Paused,
             _ => return Err(Status::invalid_argument("unknown operator status")),
         };
         let wanted = wanted
             .selectable()
             .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        let reason = &request.get_ref().reason;
+        if reason.len() > MAX_REASON_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the reason is longer than {MAX_REASON_BYTES} bytes"
+            )));
+        }
         self.store
-            .set_operator_status(session.operator_id, wanted)
+            .set_operator_status_because(session.operator_id, wanted, reason)
             .await
             .map_err(status_from_store)?;
         let status = match wanted {
@@ -298,6 +352,13 @@ impl Console for ConsoleService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let session = self.authenticate(&request).await?;
         let operator_id = session.operator_id;
+        let is_supervisor = self
+            .store
+            .operator_skills(operator_id)
+            .await
+            .map_err(status_from_store)?
+            .iter()
+            .any(|skill| skill == SUPERVISOR_SKILL);
         let mut subscription = self.hub.subscribe_operator(operator_id);
         let (events_tx, events_rx) = mpsc::channel::<Result<ConsoleEvent, Status>>(EVENT_BUFFER);
         let store = self.store.clone();
@@ -351,6 +412,18 @@ impl Console for ConsoleService {
                             disposition: disposition.unwrap_or_default(),
                         })))
                     }
+                    Ok(OperatorEvent::StatusChanged { status, reason }) => {
+                        Some(event(Event::StatusChanged(StatusChanged {
+                            status: status_to_proto(&status) as i32,
+                            reason,
+                        })))
+                    }
+                    Ok(OperatorEvent::Alert { call_id, reason }) => is_supervisor.then(|| {
+                        event(Event::Alert(SupervisorAlert {
+                            call_id: call_id.to_string(),
+                            reason,
+                        }))
+                    }),
                     Ok(OperatorEvent::Resync) | Err(RecvError::Lagged(_)) => {
                         resync = true;
                         None
@@ -437,5 +510,144 @@ impl Console for ConsoleService {
         Ok(Response::new(
             self.resident_record(resident_id, &session).await?,
         ))
+    }
+
+    async fn decline(
+        &self,
+        request: Request<DeclineRequest>,
+    ) -> Result<Response<DeclineResponse>, Status> {
+        let session = self.authenticate(&request).await?;
+        let offer_id = parse_uuid(&request.get_ref().offer_id, "offer_id")?;
+        self.store
+            .decline_offer(offer_id, session.operator_id)
+            .await
+            .map_err(status_from_store)?;
+        Ok(Response::new(DeclineResponse {}))
+    }
+
+    async fn transfer(
+        &self,
+        request: Request<TransferRequest>,
+    ) -> Result<Response<TransferResponse>, Status> {
+        use carebell_proto::console::v1::transfer_request::Target;
+        let session = self.authenticate(&request).await?;
+        let TransferRequest { call_id, target } = request.into_inner();
+        let call_id = parse_uuid(&call_id, "call_id")?;
+        let target = match target {
+            Some(Target::OperatorUsername(username)) if !username.is_empty() => {
+                carebell_store::TransferTarget::Operator(username)
+            }
+            Some(Target::QueueId(queue)) if !queue.is_empty() => {
+                carebell_store::TransferTarget::Queue(queue)
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a transfer needs an operator or a queue to go to",
+                ))
+            }
+        };
+        self.store
+            .transfer_call(
+                call_id,
+                session.operator_id,
+                &target,
+                self.settings.ring_timeout,
+            )
+            .await
+            .map_err(status_from_store)?;
+        Ok(Response::new(TransferResponse {}))
+    }
+
+    async fn queue_status(
+        &self,
+        request: Request<QueueStatusRequest>,
+    ) -> Result<Response<QueueStatusResponse>, Status> {
+        self.authenticate_supervisor(&request).await?;
+        let status = self.store.queue_status().await.map_err(status_from_store)?;
+        Ok(Response::new(QueueStatusResponse {
+            queues: status
+                .queues
+                .into_iter()
+                .map(|queue| QueueFigures {
+                    queue_id: queue.queue_id,
+                    waiting: queue.waiting,
+                    longest_wait_secs: queue.longest_wait_secs,
+                    eligible_available_operators: queue.eligible_available_operators,
+                })
+                .collect(),
+            waiting: status
+                .waiting
+                .into_iter()
+                .map(|item| WaitingItem {
+                    call_id: item.call_id.to_string(),
+                    queue_id: item.queue_id,
+                    kind: kind_to_proto(&item.kind) as i32,
+                    resident_name: item.resident_name,
+                    waited_secs: item.waited_secs,
+                    ringing: item.ringing,
+                })
+                .collect(),
+            operators: status
+                .operators
+                .into_iter()
+                .map(|operator| OperatorState {
+                    operator_id: operator.operator_id.to_string(),
+                    display_name: operator.display_name,
+                    status: status_to_proto(&operator.status) as i32,
+                    reason: operator.reason,
+                    secs_in_status: operator.secs_in_status,
+                    skills: operator.skills,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn statistics(
+        &self,
+        request: Request<StatisticsRequest>,
+    ) -> Result<Response<StatisticsResponse>, Status> {
+        self.authenticate_supervisor(&request).await?;
+        let bound =
+            |ms: i64, what: &str| -> Result<Option<chrono::DateTime<chrono::Utc>>, Status> {
+                if ms == 0 {
+                    return Ok(None);
+                }
+                chrono::DateTime::from_timestamp_millis(ms)
+                    .map(Some)
+                    .ok_or_else(|| Status::invalid_argument(format!("{what} is out of range")))
+            };
+        let from = bound(request.get_ref().from_ms, "from_ms")?;
+        let to = bound(request.get_ref().to_ms, "to_ms")?;
+        if let (Some(from), Some(to)) = (from, to) {
+            if from >= to {
+                return Err(Status::invalid_argument("from_ms must be before to_ms"));
+            }
+        }
+        let counts = self
+            .store
+            .recompute_statistics(from, to)
+            .await
+            .map_err(status_from_store)?;
+        let occupancy = self
+            .store
+            .occupancy(from, to)
+            .await
+            .map_err(status_from_store)?;
+        let count = |value: i64| u64::try_from(value).unwrap_or(0);
+        Ok(Response::new(StatisticsResponse {
+            offered: count(counts.offered),
+            answered: count(counts.answered),
+            answered_within_60s: count(counts.answered_within_60s),
+            answered_within_180s: count(counts.answered_within_180s),
+            abandoned: count(counts.abandoned),
+            short_abandoned: count(counts.short_abandoned),
+            short_abandon_threshold_secs: carebell_store::SHORT_ABANDON_SECS,
+            service_level_60s: counts.service_level_60s(),
+            service_level_180s: counts.service_level_180s(),
+            average_speed_of_answer_secs: counts.average_speed_of_answer_secs(),
+            abandonment_rate: counts.abandonment_rate(),
+            average_handling_secs: counts.average_handling_secs(),
+            occupancy,
+        }))
     }
 }

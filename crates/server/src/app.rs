@@ -201,6 +201,7 @@ impl Application {
             presence.clone(),
             ConsoleSettings {
                 session_ttl: Duration::from_secs(settings.console.session_ttl_secs),
+                ring_timeout: Settings::ms(settings.dispatch.ring_timeout_ms),
             },
             shutdown.clone(),
             tracker.clone(),

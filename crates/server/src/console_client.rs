@@ -2,9 +2,12 @@
 //! and by the tests: the same gRPC API a browser console's backend would use.
 
 use carebell_proto::console::v1::console_client::ConsoleClient;
+pub use carebell_proto::console::v1::transfer_request::Target;
 use carebell_proto::console::v1::{
-    AcceptRequest, AcceptResponse, ConsoleEvent, Disposition, EndCallRequest, GetResidentRequest,
-    OperatorStatus, ResidentRecord, SetStatusRequest, SignInRequest, SubscribeRequest,
+    AcceptRequest, AcceptResponse, ConsoleEvent, DeclineRequest, Disposition, EndCallRequest,
+    GetResidentRequest, OperatorStatus, QueueStatusRequest, QueueStatusResponse, ResidentRecord,
+    SetStatusRequest, SignInRequest, StatisticsRequest, StatisticsResponse, SubscribeRequest,
+    TransferRequest,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status, Streaming};
@@ -77,10 +80,48 @@ impl OperatorClient {
     }
 
     pub async fn set_status(&mut self, status: OperatorStatus) -> Result<(), Status> {
+        self.set_status_because(status, "").await
+    }
+
+    pub async fn set_status_because(
+        &mut self,
+        status: OperatorStatus,
+        reason: &str,
+    ) -> Result<(), Status> {
         let request = self.request(SetStatusRequest {
             status: status as i32,
+            reason: reason.to_owned(),
         })?;
         self.client.set_status(request).await.map(|_| ())
+    }
+
+    pub async fn decline(&mut self, offer_id: &str) -> Result<(), Status> {
+        let request = self.request(DeclineRequest {
+            offer_id: offer_id.to_owned(),
+        })?;
+        self.client.decline(request).await.map(|_| ())
+    }
+
+    pub async fn transfer(&mut self, call_id: &str, target: Target) -> Result<(), Status> {
+        let request = self.request(TransferRequest {
+            call_id: call_id.to_owned(),
+            target: Some(target),
+        })?;
+        self.client.transfer(request).await.map(|_| ())
+    }
+
+    pub async fn queue_status(&mut self) -> Result<QueueStatusResponse, Status> {
+        let request = self.request(QueueStatusRequest {})?;
+        Ok(self.client.queue_status(request).await?.into_inner())
+    }
+
+    pub async fn statistics(
+        &mut self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<StatisticsResponse, Status> {
+        let request = self.request(StatisticsRequest { from_ms, to_ms })?;
+        Ok(self.client.statistics(request).await?.into_inner())
     }
 
     pub async fn subscribe(&mut self) -> Result<Streaming<ConsoleEvent>, Status> {

@@ -121,3 +121,54 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Replaces an operator's skills. Each must be a skill the rules in force name, or a
+    /// `dialect:` / `station:` skill that templates expand to.
+    pub async fn set_operator_skills(&self, username: &str, skills: &[String]) -> Result<Uuid> {
+        let rules = self.routing_rules().await?;
+        let known: std::collections::BTreeSet<&str> =
+            rules.rules().skills.iter().map(String::as_str).collect();
+        for skill in skills {
+            let templated = ["dialect:", "station:"]
+                .iter()
+                .any(|prefix| skill.len() > prefix.len() && skill.starts_with(prefix));
+            if !templated && !known.contains(skill.as_str()) {
+                return Err(StoreError::Refused(format!(
+                    "unknown skill '{skill}': the rules in force know {}, plus dialect:<name> and station:<id>",
+                    rules.rules().skills.join(", ")
+                )));
+            }
+        }
+        let normalized: Vec<String> = skills.iter().map(|skill| skill.to_lowercase()).collect();
+        let id: Option<Uuid> =
+            sqlx::query_scalar("UPDATE operators SET skills = $2 WHERE username = $1 RETURNING id")
+                .bind(username)
+                .bind(&normalized)
+                .fetch_optional(&self.pool)
+                .await?;
+        id.ok_or_else(|| StoreError::NotFound {
+            what: "operator",
+            id: username.to_owned(),
+        })
+    }
+
+    pub async fn operator_id(&self, username: &str) -> Result<Option<Uuid>> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM operators WHERE username = $1")
+                .bind(username)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn operator_skills(&self, operator_id: Uuid) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT skills FROM operators WHERE id = $1")
+                .bind(operator_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .unwrap_or_default(),
+        )
+    }
+}

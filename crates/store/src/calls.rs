@@ -89,6 +89,7 @@ pub struct OfferRow {
     pub device_id: String,
     pub kind: String,
     pub call_created_at: DateTime<Utc>,
+    pub queue_id: String,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -105,7 +106,7 @@ pub struct EventRow {
 
 const OFFER_COLUMNS: &str = "o.id AS offer_id, o.call_id, o.operator_id, o.state, o.created_at,
      o.expires_at, o.decided_at, c.resident_id, r.full_name AS resident_name, c.device_id,
-     c.kind, c.created_at AS call_created_at
+     c.kind, c.created_at AS call_created_at, c.queue_id
      FROM offers o JOIN calls c ON c.id = o.call_id JOIN residents r ON r.id = c.resident_id";
 
 fn parse_state(raw: &str) -> Result<CallState> {
@@ -113,23 +114,33 @@ fn parse_state(raw: &str) -> Result<CallState> {
 }
 
 /// Inserts a call unless the device already made this request; returns the call either way.
-async fn insert_call(
+/// The call enters the queue the rules in force give its kind, with its first deadline.
+pub(crate) async fn insert_call(
     tx: &mut Transaction<'_, Postgres>,
     device_id: &str,
     request_id: &str,
     kind: CallKind,
+    callback_of: Option<Uuid>,
 ) -> Result<CreatedCall> {
-    let resident_id: Uuid = sqlx::query_scalar("SELECT resident_id FROM devices WHERE id = $1")
-        .bind(device_id)
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            what: "device",
-            id: device_id.to_owned(),
-        })?;
-    let inserted: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO calls (id, device_id, resident_id, request_id, kind, priority, state)
-         VALUES ($1, $2, $3, $4, $5, $6, 'queued')
+    let resident = sqlx::query(
+        "SELECT d.resident_id, r.dialect, r.station_id::text AS station
+         FROM devices d JOIN residents r ON r.id = d.resident_id WHERE d.id = $1",
+    )
+    .bind(device_id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| StoreError::NotFound {
+        what: "device",
+        id: device_id.to_owned(),
+    })?;
+    let resident_id: Uuid = resident.try_get("resident_id")?;
+    let rules = crate::routing::active_rules(tx).await?;
+    let queue = rules.queue_for(kind).id.clone();
+    let inserted: Option<Uuid> = sqlx::query(
+        "INSERT INTO calls (id, device_id, resident_id, request_id, kind, priority, state, queue_id,
+                            queued_at, created_at, deadline_at, dialect, station, callback_of)
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, clock_timestamp(), clock_timestamp(),
+                 clock_timestamp() + make_interval(secs => $8), $9, $10, $11)
          ON CONFLICT (device_id, request_id) DO NOTHING
          RETURNING id",
     )
@@ -138,9 +149,16 @@ async fn insert_call(
     .bind(resident_id)
     .bind(request_id)
     .bind(kind.as_str())
-    .bind(kind.priority())
+    .bind(i16::try_from(kind.base_priority() / 10).unwrap_or(i16::MAX))
+    .bind(&queue)
+    .bind(crate::routing::deadline_secs(&rules, &queue, 0))
+    .bind(resident.try_get::<String, _>("dialect")?)
+    .bind(resident.try_get::<String, _>("station")?)
+    .bind(callback_of)
     .fetch_optional(&mut **tx)
-    .await?;
+    .await?
+    .map(|row| row.try_get("id"))
+    .transpose()?;
 
     let Some(call_id) = inserted else {
         let row =
@@ -163,7 +181,7 @@ async fn insert_call(
         None,
         None,
         Some(device_id),
-        json!({ "kind": kind.as_str(), "request_id": request_id, "resident_id": resident_id }),
+        json!({ "kind": kind.as_str(), "queue": queue, "request_id": request_id, "resident_id": resident_id, "callback_of": callback_of }),
     )
     .await?;
     push_outbox(
@@ -184,6 +202,50 @@ async fn insert_call(
         state: CallState::Queued,
         created: true,
     })
+}
+
+/// Counts an offer that rang out; pauses the operator after `max_misses` in a row.
+async fn record_miss(
+    tx: &mut Transaction<'_, Postgres>,
+    operator_id: Uuid,
+    max_misses: i32,
+) -> Result<()> {
+    let paused: Option<bool> = sqlx::query_scalar(
+        "UPDATE operators SET missed_offers = missed_offers + 1,
+                status = CASE WHEN missed_offers + 1 >= $2 AND status = 'available' THEN 'paused' ELSE status END,
+                status_reason = CASE WHEN missed_offers + 1 >= $2 AND status = 'available'
+                                     THEN 'missed offers' ELSE status_reason END,
+                status_since = CASE WHEN missed_offers + 1 >= $2 AND status = 'available'
+                                    THEN clock_timestamp() ELSE status_since END
+         WHERE id = $1
+         RETURNING status = 'paused' AND status_reason = 'missed offers' AND missed_offers = $2",
+    )
+    .bind(operator_id)
+    .bind(max_misses)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if paused == Some(true) {
+        append_event(
+            tx,
+            "operator.status",
+            None,
+            None,
+            Some(operator_id),
+            None,
+            json!({ "from": "available", "to": "paused", "reason": "missed offers" }),
+        )
+        .await?;
+        notify(
+            tx,
+            &Notification::OperatorStatus {
+                operator_id,
+                status: "paused".to_owned(),
+                reason: format!("{max_misses} offers in a row were not answered"),
+            },
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Withdraws every live offer of a locked call, telling the operators why.
@@ -237,7 +299,7 @@ impl Store {
         kind: CallKind,
     ) -> Result<CreatedCall> {
         let mut tx = self.pool.begin().await?;
-        let created = insert_call(&mut tx, device_id, request_id, kind).await?;
+        let created = insert_call(&mut tx, device_id, request_id, kind, None).await?;
         tx.commit().await?;
         Ok(created)
     }
@@ -307,7 +369,8 @@ impl Store {
             // ':' is outside the device's request id alphabet, so an alarm's call can never
             // collide with a call the device requested.
             let request_id = format!("alarm:{alarm_id}");
-            let call = insert_call(&mut tx, device_id, &request_id, CallKind::Emergency).await?;
+            let call =
+                insert_call(&mut tx, device_id, &request_id, CallKind::Emergency, None).await?;
             sqlx::query("UPDATE alarms SET call_id = $1 WHERE id = $2")
                 .bind(call.call_id)
                 .bind(alarm_row_id)
@@ -328,7 +391,8 @@ impl Store {
     pub async fn cancel_call(&self, device_id: &str, request_id: &str) -> Result<CancelOutcome> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
-            "SELECT id, state FROM calls WHERE device_id = $1 AND request_id = $2 FOR UPDATE",
+            "SELECT id, state, kind, (extract(epoch FROM clock_timestamp() - created_at) * 1000)::bigint AS wait_ms
+             FROM calls WHERE device_id = $1 AND request_id = $2 FOR UPDATE",
         )
         .bind(device_id)
         .bind(request_id)
@@ -340,6 +404,7 @@ impl Store {
         })?;
         let call_id: Uuid = row.try_get("id")?;
         let state = parse_state(row.try_get("state")?)?;
+        let kind: String = row.try_get("kind")?;
         if state.transition(CallState::Abandoned).is_err() {
             tx.commit().await?;
             return Ok(CancelOutcome { call_id, state });
@@ -358,9 +423,21 @@ impl Store {
             None,
             None,
             Some(device_id),
-            json!({ "previous_state": state.as_str() }),
+            json!({ "previous_state": state.as_str(), "kind": kind, "wait_ms": row.try_get::<i64, _>("wait_ms")? }),
         )
         .await?;
+        // A senior who hung up before an answer is called back (回访), unless this was itself
+        // a call-back.
+        if kind != CallKind::Callback.as_str() {
+            insert_call(
+                &mut tx,
+                device_id,
+                &format!("callback:{call_id}"),
+                CallKind::Callback,
+                Some(call_id),
+            )
+            .await?;
+        }
         push_outbox(
             &mut tx,
             device_id,
@@ -394,6 +471,13 @@ impl Store {
     /// the queue. Safe to run on every node at once.
     pub async fn expire_offers(&self, limit: i64) -> Result<Vec<Uuid>> {
         let mut tx = self.pool.begin().await?;
+        let max_misses = i32::try_from(
+            crate::routing::active_rules(&mut tx)
+                .await?
+                .rules()
+                .max_consecutive_misses,
+        )
+        .unwrap_or(i32::MAX);
         let due = sqlx::query(
             "SELECT o.id, o.call_id, o.operator_id
              FROM offers o JOIN calls c ON c.id = o.call_id
@@ -423,10 +507,15 @@ impl Store {
             if changed == 0 {
                 continue;
             }
-            sqlx::query("UPDATE calls SET state = 'queued' WHERE id = $1 AND state = 'offered'")
-                .bind(call_id)
-                .execute(&mut *tx)
-                .await?;
+            // Back to the queue unless it is still ringing elsewhere (ring-all).
+            sqlx::query(
+                "UPDATE calls SET state = 'queued' WHERE id = $1 AND state = 'offered'
+                 AND NOT EXISTS (SELECT 1 FROM offers WHERE call_id = $1 AND state = 'offered')",
+            )
+            .bind(call_id)
+            .execute(&mut *tx)
+            .await?;
+            record_miss(&mut tx, operator_id, max_misses).await?;
             append_event(
                 &mut tx,
                 "offer.expired",
@@ -456,118 +545,12 @@ impl Store {
         Ok(expired)
     }
 
-    /// Offers the most urgent waiting call to the available operator idle longest (preferring
-    /// operators not yet offered this call). Returns `None` when there is no waiting call or no
-    /// free operator. Safe to run on every node at once.
-    pub async fn offer_next_call(&self, ring_timeout: Duration) -> Result<Option<NewOffer>> {
-        let mut tx = self.pool.begin().await?;
-        let Some(call) = sqlx::query(
-            "SELECT id, device_id, request_id FROM calls WHERE state = 'queued'
-             ORDER BY priority DESC, created_at, id
-             LIMIT 1
-             FOR UPDATE SKIP LOCKED",
-        )
-        .fetch_optional(&mut *tx)
-        .await?
-        else {
-            return Ok(None);
-        };
-        let call_id: Uuid = call.try_get("id")?;
-        let device_id: String = call.try_get("device_id")?;
-        let request_id: String = call.try_get("request_id")?;
-
-        let Some(operator_id) = sqlx::query_scalar::<_, Uuid>(
-            "SELECT op.id FROM operators op
-             WHERE op.status = 'available'
-               AND NOT EXISTS (SELECT 1 FROM offers o WHERE o.operator_id = op.id AND o.state = 'offered')
-             ORDER BY (SELECT count(*) FROM offers o WHERE o.call_id = $1 AND o.operator_id = op.id),
-                      op.status_since, op.id
-             LIMIT 1
-             FOR UPDATE SKIP LOCKED",
-        )
-        .bind(call_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        else {
-            return Ok(None);
-        };
-
-        let offer_id = Uuid::new_v4();
-        let ring_ms = i64::try_from(ring_timeout.as_millis()).unwrap_or(i64::MAX);
-        sqlx::query(
-            "INSERT INTO offers (id, call_id, operator_id, state, created_at, expires_at)
-             VALUES ($1, $2, $3, 'offered', clock_timestamp(),
-                     clock_timestamp() + make_interval(secs => $4::double precision / 1000.0))",
-        )
-        .bind(offer_id)
-        .bind(call_id)
-        .bind(operator_id)
-        .bind(ring_ms)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE calls SET state = 'offered' WHERE id = $1")
-            .bind(call_id)
-            .execute(&mut *tx)
-            .await?;
-        append_event(
-            &mut tx,
-            "offer.created",
-            Some(call_id),
-            Some(offer_id),
-            Some(operator_id),
-            None,
-            json!({ "ring_timeout_ms": ring_ms }),
-        )
-        .await?;
-        let n_offers: i64 = sqlx::query_scalar("SELECT count(*) FROM offers WHERE call_id = $1")
-            .bind(call_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        if n_offers == 1 {
-            push_outbox(
-                &mut tx,
-                &device_id,
-                &CallUpdatePayload {
-                    request_id,
-                    call_id,
-                    state: CallState::Offered.as_str().to_owned(),
-                    operator_display_name: String::new(),
-                    reason: String::new(),
-                },
-            )
-            .await?;
-        }
-        notify(
-            &mut tx,
-            &Notification::Offer {
-                offer_id,
-                operator_id,
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Some(NewOffer {
-            offer_id,
-            call_id,
-            operator_id,
-        }))
-    }
-
-    /// One dispatch round: expire what has timed out, then offer waiting calls until there is no
-    /// waiting call or no free operator (at most `max_offers`).
-    pub async fn dispatch_round(
-        &self,
-        ring_timeout: Duration,
-        max_offers: usize,
-    ) -> Result<DispatchRound> {
+    /// One dispatch round: expire what has rung out, act on deadlines (widening, overflow,
+    /// alerts, end of wrap-up), then match waiting items to free operators.
+    pub async fn dispatch_round(&self, ring_timeout: Duration) -> Result<DispatchRound> {
         let expired = self.expire_offers(100).await?;
-        let mut offered = Vec::new();
-        while offered.len() < max_offers {
-            match self.offer_next_call(ring_timeout).await? {
-                Some(offer) => offered.push(offer),
-                None => break,
-            }
-        }
+        self.sweep_deadlines(100).await?;
+        let offered = self.match_round(ring_timeout).await?;
         Ok(DispatchRound { expired, offered })
     }
 
@@ -588,7 +571,9 @@ impl Store {
             return Err(StoreError::NotYourOffer);
         }
         let call = sqlx::query(
-            "SELECT device_id, resident_id, request_id FROM calls WHERE id = $1 FOR UPDATE",
+            "SELECT device_id, resident_id, request_id, kind, answered_at IS NOT NULL AS answered_before,
+                    (extract(epoch FROM clock_timestamp() - created_at) * 1000)::bigint AS wait_ms
+             FROM calls WHERE id = $1 FOR UPDATE",
         )
         .bind(call_id)
         .fetch_one(&mut *tx)
@@ -619,15 +604,20 @@ impl Store {
         let resident_id: Uuid = call.try_get("resident_id")?;
         let request_id: String = call.try_get("request_id")?;
         sqlx::query(
-            "UPDATE calls SET state = 'answered', answered_by = $2, answered_at = clock_timestamp()
+            "UPDATE calls SET state = 'answered', answered_by = $2,
+                    answered_at = coalesce(answered_at, clock_timestamp())
              WHERE id = $1",
         )
         .bind(call_id)
         .bind(operator_id)
         .execute(&mut *tx)
         .await?;
+        // Ring-all: the other operators' offers for this call are withdrawn in the same
+        // transaction as the win.
+        withdraw_offers(&mut tx, call_id, "taken").await?;
         let display_name: String = sqlx::query_scalar(
-            "UPDATE operators SET status = 'on_call', status_since = clock_timestamp()
+            "UPDATE operators SET status = 'on_call', status_since = clock_timestamp(), missed_offers = 0,
+                    status_reason = ''
              WHERE id = $1 RETURNING display_name",
         )
         .bind(operator_id)
@@ -643,14 +633,26 @@ impl Store {
             json!({}),
         )
         .await?;
+        // The first answer counts for the statistics; an answer after a transfer does not.
+        let answered_before: bool = call.try_get("answered_before")?;
         append_event(
             &mut tx,
-            "call.answered",
+            if answered_before { "call.answered_after_transfer" } else { "call.answered" },
             Some(call_id),
             None,
             Some(operator_id),
             Some(&device_id),
-            json!({}),
+            json!({ "wait_ms": call.try_get::<i64, _>("wait_ms")?, "kind": call.try_get::<String, _>("kind")? }),
+        )
+        .await?;
+        append_event(
+            &mut tx,
+            "operator.status",
+            None,
+            None,
+            Some(operator_id),
+            None,
+            json!({ "to": "on_call", "reason": "accepted an offer" }),
         )
         .await?;
         push_outbox(
@@ -693,7 +695,9 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let call = sqlx::query(
-            "SELECT state, answered_by, device_id, request_id FROM calls WHERE id = $1 FOR UPDATE",
+            "SELECT state, answered_by, device_id, request_id, kind,
+                    (extract(epoch FROM clock_timestamp() - answered_at) * 1000)::bigint AS handle_ms
+             FROM calls WHERE id = $1 FOR UPDATE",
         )
         .bind(call_id)
         .fetch_optional(&mut *tx)
@@ -719,11 +723,19 @@ impl Store {
         .bind(note)
         .execute(&mut *tx)
         .await?;
+        let wrap_up_secs = crate::routing::active_rules(&mut tx)
+            .await?
+            .rules()
+            .wrap_up_secs;
         sqlx::query(
-            "UPDATE operators SET status = 'available', status_since = clock_timestamp()
+            "UPDATE operators SET
+                status = CASE WHEN $2 > 0 THEN 'wrap_up' ELSE 'available' END,
+                status_until = CASE WHEN $2 > 0 THEN clock_timestamp() + make_interval(secs => $2) END,
+                status_since = clock_timestamp()
              WHERE id = $1 AND status = 'on_call'",
         )
         .bind(operator_id)
+        .bind(f64::from(wrap_up_secs))
         .execute(&mut *tx)
         .await?;
         append_event(
@@ -733,7 +745,11 @@ impl Store {
             None,
             Some(operator_id),
             Some(&device_id),
-            json!({ "disposition": disposition.as_str() }),
+            json!({
+                "disposition": disposition.as_str(),
+                "kind": call.try_get::<String, _>("kind")?,
+                "handle_ms": call.try_get::<Option<i64>, _>("handle_ms")?.unwrap_or(0),
+            }),
         )
         .await?;
         push_outbox(
@@ -851,4 +867,242 @@ impl Store {
             .map(|row| Ok((row.try_get("state")?, row.try_get("n")?)))
             .collect()
     }
+
+    /// The operator refuses a ringing offer: it is withdrawn and the call goes back to the
+    /// queue at once. Not counted as a missed offer.
+    pub async fn decline_offer(&self, offer_id: Uuid, operator_id: Uuid) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let offer = sqlx::query("SELECT call_id, operator_id FROM offers WHERE id = $1")
+            .bind(offer_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "offer",
+                id: offer_id.to_string(),
+            })?;
+        let call_id: Uuid = offer.try_get("call_id")?;
+        if offer.try_get::<Uuid, _>("operator_id")? != operator_id {
+            return Err(StoreError::NotYourOffer);
+        }
+        sqlx::query("SELECT 1 FROM calls WHERE id = $1 FOR UPDATE")
+            .bind(call_id)
+            .execute(&mut *tx)
+            .await?;
+        let state: Option<String> = sqlx::query_scalar(
+            "UPDATE offers SET state = 'withdrawn', reason = 'declined', decided_at = clock_timestamp()
+             WHERE id = $1 AND state = 'offered' RETURNING state",
+        )
+        .bind(offer_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if state.is_none() {
+            let state: String = sqlx::query_scalar("SELECT state FROM offers WHERE id = $1")
+                .bind(offer_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            return Err(StoreError::OfferNotOpen { state });
+        }
+        sqlx::query(
+            "UPDATE calls SET state = 'queued' WHERE id = $1 AND state = 'offered'
+             AND NOT EXISTS (SELECT 1 FROM offers WHERE call_id = $1 AND state = 'offered')",
+        )
+        .bind(call_id)
+        .execute(&mut *tx)
+        .await?;
+        append_event(
+            &mut tx,
+            "offer.declined",
+            Some(call_id),
+            Some(offer_id),
+            Some(operator_id),
+            None,
+            json!({}),
+        )
+        .await?;
+        notify(
+            &mut tx,
+            &Notification::OfferWithdrawn {
+                offer_id,
+                operator_id,
+                call_id,
+                reason: "declined".to_owned(),
+            },
+        )
+        .await?;
+        notify(&mut tx, &Notification::Dispatch).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The operator holding a call hands it on: to a named operator (who is offered it, with
+    /// the ring timeout) or to a queue (where it waits like a new item of its kind). The
+    /// transferring operator is free at once.
+    pub async fn transfer_call(
+        &self,
+        call_id: Uuid,
+        operator_id: Uuid,
+        target: &TransferTarget,
+        ring_timeout: Duration,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let call = sqlx::query(
+            "SELECT state, answered_by, device_id, request_id FROM calls WHERE id = $1 FOR UPDATE",
+        )
+        .bind(call_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "call",
+            id: call_id.to_string(),
+        })?;
+        let state: String = call.try_get("state")?;
+        if call.try_get::<Option<Uuid>, _>("answered_by")? != Some(operator_id)
+            || state != "answered"
+        {
+            return Err(StoreError::CallNotHeld { state });
+        }
+        let device_id: String = call.try_get("device_id")?;
+        let request_id: String = call.try_get("request_id")?;
+        let rules = crate::routing::active_rules(&mut tx).await?;
+        let detail = match target {
+            TransferTarget::Queue(queue) => {
+                if rules.queue(queue).is_none() {
+                    return Err(StoreError::Refused(format!("there is no queue '{queue}'")));
+                }
+                sqlx::query(
+                    "UPDATE calls SET state = 'queued', answered_by = NULL, queue_id = $2,
+                            queued_at = clock_timestamp(),
+                            deadline_at = clock_timestamp() + make_interval(secs => $3)
+                     WHERE id = $1",
+                )
+                .bind(call_id)
+                .bind(queue)
+                .bind(crate::routing::deadline_secs(&rules, queue, 0))
+                .execute(&mut *tx)
+                .await?;
+                notify(&mut tx, &Notification::Dispatch).await?;
+                json!({ "to_queue": queue })
+            }
+            TransferTarget::Operator(username) => {
+                let target_row = sqlx::query(
+                    "SELECT id, status,
+                            EXISTS (SELECT 1 FROM offers o WHERE o.operator_id = op.id AND o.state = 'offered') AS ringing
+                     FROM operators op WHERE username = $1 FOR UPDATE",
+                )
+                .bind(username)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    what: "operator",
+                    id: username.clone(),
+                })?;
+                let target_id: Uuid = target_row.try_get("id")?;
+                if target_id == operator_id {
+                    return Err(StoreError::Refused(
+                        "a call cannot be transferred to its own operator".to_owned(),
+                    ));
+                }
+                if target_row.try_get::<String, _>("status")? != "available"
+                    || target_row.try_get::<bool, _>("ringing")?
+                {
+                    return Err(StoreError::Refused(format!(
+                        "operator '{username}' is not available"
+                    )));
+                }
+                let offer_id = Uuid::new_v4();
+                sqlx::query(
+                    "INSERT INTO offers (id, call_id, operator_id, state, created_at, expires_at, reason)
+                     VALUES ($1, $2, $3, 'offered', clock_timestamp(),
+                             clock_timestamp() + make_interval(secs => $4::double precision / 1000.0), 'transfer')",
+                )
+                .bind(offer_id)
+                .bind(call_id)
+                .bind(target_id)
+                .bind(i64::try_from(ring_timeout.as_millis()).unwrap_or(i64::MAX))
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE calls SET state = 'offered', answered_by = NULL WHERE id = $1")
+                    .bind(call_id)
+                    .execute(&mut *tx)
+                    .await?;
+                append_event(
+                    &mut tx,
+                    "offer.created",
+                    Some(call_id),
+                    Some(offer_id),
+                    Some(target_id),
+                    None,
+                    json!({ "transfer": true }),
+                )
+                .await?;
+                notify(
+                    &mut tx,
+                    &Notification::Offer {
+                        offer_id,
+                        operator_id: target_id,
+                    },
+                )
+                .await?;
+                json!({ "to_operator": target_id })
+            }
+        };
+        sqlx::query(
+            "UPDATE operators SET status = 'available', status_since = clock_timestamp(), status_reason = ''
+             WHERE id = $1 AND status = 'on_call'",
+        )
+        .bind(operator_id)
+        .execute(&mut *tx)
+        .await?;
+        append_event(
+            &mut tx,
+            "operator.status",
+            None,
+            None,
+            Some(operator_id),
+            None,
+            json!({ "from": "on_call", "to": "available", "reason": "transferred a call" }),
+        )
+        .await?;
+        append_event(
+            &mut tx,
+            "call.transferred",
+            Some(call_id),
+            None,
+            Some(operator_id),
+            Some(&device_id),
+            detail,
+        )
+        .await?;
+        push_outbox(
+            &mut tx,
+            &device_id,
+            &CallUpdatePayload {
+                request_id,
+                call_id,
+                state: CallState::Queued.as_str().to_owned(),
+                operator_display_name: String::new(),
+                reason: "transferred".to_owned(),
+            },
+        )
+        .await?;
+        notify(
+            &mut tx,
+            &Notification::CallChanged {
+                call_id,
+                operator_id: Some(operator_id),
+                state: "transferred".to_owned(),
+                disposition: None,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Where a transferred call goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferTarget {
+    Operator(String),
+    Queue(String),
 }

@@ -10,6 +10,8 @@ mod calls;
 mod operators;
 mod outbox;
 mod residents;
+mod routing;
+mod supervision;
 
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -21,11 +23,14 @@ use uuid::Uuid;
 pub use admin::{NewDevice, NewResident};
 pub use calls::{
     AcceptedCall, AlarmOutcome, CallRow, CancelOutcome, CreatedCall, DispatchRound, EventRow,
-    NewOffer, OfferRow,
+    NewOffer, OfferRow, TransferTarget,
 };
 pub use operators::{OperatorCredentials, OperatorSession};
 pub use outbox::{CallUpdatePayload, OutboxItem};
 pub use residents::{DeviceSummaryRow, ResidentRecord};
+pub use supervision::{
+    OperatorRow, QueueFigures, QueueStatus, StatisticsCounts, WaitingRow, SHORT_ABANDON_SECS,
+};
 
 /// The PostgreSQL channel every node listens on.
 pub const NOTIFY_CHANNEL: &str = "carebell";
@@ -77,6 +82,14 @@ pub enum Notification {
     },
     /// A device has new messages in its outbox.
     DeviceOutbox { device_id: String },
+    /// The system changed an operator's status (paused after missed offers, wrap-up over).
+    OperatorStatus {
+        operator_id: Uuid,
+        status: String,
+        reason: String,
+    },
+    /// An item waited too long: supervisors must look.
+    SupervisorAlert { call_id: Uuid, reason: String },
 }
 
 /// The handle on PostgreSQL shared by every part of a node.

@@ -120,6 +120,18 @@ impl Store {
         operator_id: Uuid,
         status: OperatorStatus,
     ) -> Result<OperatorStatus> {
+        self.set_operator_status_because(operator_id, status, "")
+            .await
+    }
+
+    /// As [`Store::set_operator_status`], recording why (shown to supervisors and in the log).
+    /// Going available also clears the count of missed offers (and so a pause).
+    pub async fn set_operator_status_because(
+        &self,
+        operator_id: Uuid,
+        status: OperatorStatus,
+        reason: &str,
+    ) -> Result<OperatorStatus> {
         let mut tx = self.pool.begin().await?;
         if status != OperatorStatus::Available {
             Store::withdraw_operator_offer(&mut tx, operator_id).await?;
@@ -157,7 +169,7 @@ impl Store {
             None,
             Some(operator_id),
             None,
-            json!({ "from": current, "to": status.as_str() }),
+            json!({ "from": current, "to": status.as_str(), "reason": reason }),
         )
         .await?;
         if status == OperatorStatus::Available {

@@ -1,0 +1,395 @@
+//! Routing in PostgreSQL: the rule set in force, the matching round (the decision core's
+//! `plan`, run under one global advisory lock so that strict priority and first-in-first-out
+//! order hold across every node), and the sweeps that give every waiting item and every timed
+//! operator status a live deadline.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use carebell_domain::routing::{
+    self, Attributes, FreeOperator, RuleSet, ValidRuleSet, WaitingItem,
+};
+use carebell_domain::{CallKind, CallState};
+use serde_json::json;
+use sqlx::{Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::calls::NewOffer;
+use crate::outbox::{push_outbox, CallUpdatePayload};
+use crate::{append_event, notify, Notification, Result, Store, StoreError};
+
+/// The advisory lock every matching round takes: one matcher at a time across all nodes.
+const MATCHING_LOCK: i64 = 0x0ca2_eb11;
+/// Most waiting items one round looks at (oldest first); a hotline with more waiting than
+/// this has problems no ordering can fix, and the next round sees the rest.
+const MAX_ITEMS_PER_ROUND: i64 = 500;
+
+/// Database "now" in Unix milliseconds.
+pub(crate) async fn now_ms(tx: &mut Transaction<'_, Postgres>) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+            .fetch_one(&mut **tx)
+            .await?,
+    )
+}
+
+/// The rule set in force (the newest loaded), or the built-in one.
+pub(crate) async fn active_rules(tx: &mut Transaction<'_, Postgres>) -> Result<ValidRuleSet> {
+    let body: Option<serde_json::Value> =
+        sqlx::query_scalar("SELECT body FROM routing_rules ORDER BY version DESC LIMIT 1")
+            .fetch_optional(&mut **tx)
+            .await?;
+    let Some(body) = body else {
+        return Ok(ValidRuleSet::default_rules());
+    };
+    let rules: RuleSet = serde_json::from_value(body).map_err(|error| {
+        StoreError::Refused(format!("stored routing rules are unreadable: {error}"))
+    })?;
+    ValidRuleSet::validate(rules)
+        .map_err(|error| StoreError::Refused(format!("stored routing rules are invalid: {error}")))
+}
+
+/// The seconds from `queued_at` to the item's next deadline.
+pub(crate) fn deadline_secs(rules: &ValidRuleSet, queue: &str, waited_secs: u64) -> f64 {
+    routing::next_deadline_secs(rules, queue, waited_secs) as f64
+}
+
+impl Store {
+    /// The rule set in force.
+    pub async fn routing_rules(&self) -> Result<ValidRuleSet> {
+        let mut tx = self.pool.begin().await?;
+        let rules = active_rules(&mut tx).await?;
+        tx.commit().await?;
+        Ok(rules)
+    }
+
+    /// Validates and puts a new rule set in force. An invalid one is refused whole and the
+    /// rules in force stay as they are. Returns the new version.
+    pub async fn load_routing_rules(&self, text: &str, loaded_by: &str) -> Result<i64> {
+        let rules =
+            ValidRuleSet::parse(text).map_err(|error| StoreError::Refused(error.to_string()))?;
+        let body: serde_json::Value = serde_json::to_value(rules.rules())
+            .map_err(|error| StoreError::Refused(format!("cannot store the rules: {error}")))?;
+        let mut tx = self.pool.begin().await?;
+        let version: i64 = sqlx::query_scalar(
+            "INSERT INTO routing_rules (body, loaded_by) VALUES ($1, $2) RETURNING version",
+        )
+        .bind(body)
+        .bind(loaded_by)
+        .fetch_one(&mut *tx)
+        .await?;
+        append_event(
+            &mut tx,
+            "routing.rules_loaded",
+            None,
+            None,
+            None,
+            None,
+            json!({ "version": version, "by": loaded_by }),
+        )
+        .await?;
+        notify(&mut tx, &Notification::Dispatch).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    /// One matching round: the decision core decides, this writes the offers. Runs under a
+    /// global advisory lock, so concurrent rounds on several nodes serialize.
+    pub async fn match_round(&self, ring_timeout: Duration) -> Result<Vec<NewOffer>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MATCHING_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let rules = active_rules(&mut tx).await?;
+        let now = now_ms(&mut tx).await?;
+
+        let rows = sqlx::query(
+            "SELECT id, kind, queue_id, dialect, station,
+                    (extract(epoch FROM queued_at) * 1000)::bigint AS queued_ms,
+                    (extract(epoch FROM created_at) * 1000)::bigint AS created_ms
+             FROM calls WHERE state IN ('queued', 'offered')
+             ORDER BY created_at LIMIT $1",
+        )
+        .bind(MAX_ITEMS_PER_ROUND)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = rows
+            .iter()
+            .map(|row| row.try_get("id"))
+            .collect::<std::result::Result<_, _>>()?;
+        let mut ringing: BTreeMap<Uuid, BTreeSet<Uuid>> = BTreeMap::new();
+        let mut offered_before: BTreeMap<Uuid, BTreeMap<Uuid, u32>> = BTreeMap::new();
+        for offer in
+            sqlx::query("SELECT call_id, operator_id, state FROM offers WHERE call_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?
+        {
+            let call_id: Uuid = offer.try_get("call_id")?;
+            let operator_id: Uuid = offer.try_get("operator_id")?;
+            if offer.try_get::<String, _>("state")? == "offered" {
+                ringing.entry(call_id).or_default().insert(operator_id);
+            }
+            *offered_before
+                .entry(call_id)
+                .or_default()
+                .entry(operator_id)
+                .or_default() += 1;
+        }
+        let mut items = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: Uuid = row.try_get("id")?;
+            let kind: String = row.try_get("kind")?;
+            let queued_ms: i64 = row.try_get("queued_ms")?;
+            let dialect: String = row.try_get("dialect")?;
+            let station: String = row.try_get("station")?;
+            items.push(WaitingItem {
+                id,
+                kind: CallKind::parse(&kind).unwrap_or(CallKind::Call),
+                queue: row.try_get("queue_id")?,
+                waited_ms: now - queued_ms,
+                created_ms: row.try_get("created_ms")?,
+                attributes: Attributes {
+                    dialect: Some(dialect).filter(|value| !value.is_empty()),
+                    station: Some(station).filter(|value| !value.is_empty()),
+                },
+                ringing: ringing.remove(&id).unwrap_or_default(),
+                offered_before: offered_before.remove(&id).unwrap_or_default(),
+            });
+        }
+        // The free operators' rows are locked, so a concurrent status change waits for this
+        // round (and this round never offers to someone who just went away).
+        let operators = sqlx::query(
+            "SELECT op.id, op.skills, (extract(epoch FROM op.status_since) * 1000)::bigint AS idle_ms
+             FROM operators op
+             WHERE op.status = 'available'
+               AND NOT EXISTS (SELECT 1 FROM offers o WHERE o.operator_id = op.id AND o.state = 'offered')
+             ORDER BY op.id
+             FOR UPDATE",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|row| {
+            Ok(FreeOperator {
+                id: row.try_get("id")?,
+                skills: row.try_get::<Vec<String>, _>("skills")?.into_iter().collect(),
+                idle_since_ms: row.try_get("idle_ms")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+
+        let planned = routing::plan(&rules, &items, &operators);
+        let ring_ms = i64::try_from(ring_timeout.as_millis()).unwrap_or(i64::MAX);
+        let mut offers = Vec::with_capacity(planned.len());
+        for offer in planned {
+            let offer_id = Uuid::new_v4();
+            sqlx::query(
+                "INSERT INTO offers (id, call_id, operator_id, state, created_at, expires_at)
+                 VALUES ($1, $2, $3, 'offered', clock_timestamp(),
+                         clock_timestamp() + make_interval(secs => $4::double precision / 1000.0))",
+            )
+            .bind(offer_id)
+            .bind(offer.item)
+            .bind(offer.operator)
+            .bind(ring_ms)
+            .execute(&mut *tx)
+            .await?;
+            let call = sqlx::query(
+                "UPDATE calls SET state = 'offered' WHERE id = $1
+                 RETURNING device_id, request_id, (SELECT count(*) FROM offers WHERE call_id = $1) AS n_offers",
+            )
+            .bind(offer.item)
+            .fetch_one(&mut *tx)
+            .await?;
+            append_event(
+                &mut tx,
+                "offer.created",
+                Some(offer.item),
+                Some(offer_id),
+                Some(offer.operator),
+                None,
+                json!({ "ring_timeout_ms": ring_ms }),
+            )
+            .await?;
+            if call.try_get::<i64, _>("n_offers")? == 1 {
+                let device_id: String = call.try_get("device_id")?;
+                push_outbox(
+                    &mut tx,
+                    &device_id,
+                    &CallUpdatePayload {
+                        request_id: call.try_get("request_id")?,
+                        call_id: offer.item,
+                        state: CallState::Offered.as_str().to_owned(),
+                        operator_display_name: String::new(),
+                        reason: String::new(),
+                    },
+                )
+                .await?;
+            }
+            notify(
+                &mut tx,
+                &Notification::Offer {
+                    offer_id,
+                    operator_id: offer.operator,
+                },
+            )
+            .await?;
+            offers.push(NewOffer {
+                offer_id,
+                call_id: offer.item,
+                operator_id: offer.operator,
+            });
+        }
+        tx.commit().await?;
+        Ok(offers)
+    }
+
+    /// Items whose deadline has come: widen (a new matching round will see it), overflow to
+    /// the next queue, or alert the supervisors; then set the next deadline. Operators whose
+    /// wrap-up is over become available. Safe on every node at once.
+    pub async fn sweep_deadlines(&self, limit: i64) -> Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let rules = active_rules(&mut tx).await?;
+        let wrapped_up = sqlx::query(
+            "UPDATE operators SET status = 'available', status_since = clock_timestamp(), status_until = NULL,
+                    status_reason = ''
+             WHERE status = 'wrap_up' AND status_until <= clock_timestamp()
+             RETURNING id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &wrapped_up {
+            let operator_id: Uuid = row.try_get("id")?;
+            append_event(
+                &mut tx,
+                "operator.status",
+                None,
+                None,
+                Some(operator_id),
+                None,
+                json!({ "from": "wrap_up", "to": "available", "reason": "wrap-up over" }),
+            )
+            .await?;
+            notify(
+                &mut tx,
+                &Notification::OperatorStatus {
+                    operator_id,
+                    status: "available".to_owned(),
+                    reason: "wrap-up over".to_owned(),
+                },
+            )
+            .await?;
+        }
+        let due = sqlx::query(
+            "SELECT id, queue_id, overflowed,
+                    extract(epoch FROM clock_timestamp() - queued_at)::bigint AS waited_secs
+             FROM calls
+             WHERE state IN ('queued', 'offered') AND deadline_at <= clock_timestamp()
+             ORDER BY deadline_at
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let n_due = due.len();
+        for row in due {
+            let call_id: Uuid = row.try_get("id")?;
+            let queue: String = row.try_get("queue_id")?;
+            let waited_secs = u64::try_from(row.try_get::<i64, _>("waited_secs")?).unwrap_or(0);
+            let rule = rules.queue(&queue).cloned();
+            let max_wait = rule
+                .as_ref()
+                .and_then(|rule| rule.max_wait_secs)
+                .map(u64::from);
+            let reached_max_wait = max_wait.is_some_and(|max_wait| waited_secs >= max_wait);
+            let overflow_to = rule
+                .as_ref()
+                .and_then(|rule| rule.overflow_to.clone())
+                .filter(|_| reached_max_wait);
+            if let Some(target) = overflow_to {
+                sqlx::query(
+                    "UPDATE calls SET queue_id = $2, queued_at = clock_timestamp(), overflowed = true,
+                            deadline_at = clock_timestamp() + make_interval(secs => $3)
+                     WHERE id = $1",
+                )
+                .bind(call_id)
+                .bind(&target)
+                .bind(deadline_secs(&rules, &target, 0))
+                .execute(&mut *tx)
+                .await?;
+                append_event(
+                    &mut tx,
+                    "call.overflowed",
+                    Some(call_id),
+                    None,
+                    None,
+                    None,
+                    json!({ "from": queue, "to": target, "waited_secs": waited_secs }),
+                )
+                .await?;
+                self.alert(
+                    &mut tx,
+                    call_id,
+                    &format!("waited {waited_secs} s in {queue}; overflowed to {target}"),
+                )
+                .await?;
+            } else {
+                // Past its queue's maximum wait with nowhere to overflow: tell the supervisors,
+                // and again every `REALERT_SECS` while it waits.
+                if reached_max_wait {
+                    self.alert(
+                        &mut tx,
+                        call_id,
+                        &format!("waiting {waited_secs} s in {queue}"),
+                    )
+                    .await?;
+                }
+                sqlx::query(
+                    "UPDATE calls SET deadline_at = queued_at + make_interval(secs => $2) WHERE id = $1",
+                )
+                .bind(call_id)
+                .bind(deadline_secs(&rules, &queue, waited_secs))
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        if n_due > 0 || !wrapped_up.is_empty() {
+            notify(&mut tx, &Notification::Dispatch).await?;
+        }
+        tx.commit().await?;
+        Ok(n_due)
+    }
+
+    async fn alert(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        call_id: Uuid,
+        reason: &str,
+    ) -> Result<()> {
+        append_event(
+            tx,
+            "supervisor.alert",
+            Some(call_id),
+            None,
+            None,
+            None,
+            json!({ "reason": reason }),
+        )
+        .await?;
+        notify(
+            tx,
+            &Notification::SupervisorAlert {
+                call_id,
+                reason: reason.to_owned(),
+            },
+        )
+        .await
+    }
+}
