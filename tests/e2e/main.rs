@@ -7,4 +7,5 @@ mod demo;
 mod dispatch;
 mod flow;
 mod redis_down;
+mod routing;
 mod session;

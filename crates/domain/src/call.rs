@@ -83,6 +83,7 @@ string_enum!(
         Accepted => "accepted",
         Expired => "expired",
         Withdrawn => "withdrawn",
+        Transferred => "transferred",
     }
 );
 

@@ -72,6 +72,31 @@ pub enum AdminCommand {
         #[arg(long)]
         id: Uuid,
     },
+    /// Replace an operator's skills (e.g. dialect:cantonese,station:<station id>,nurse).
+    SetSkills {
+        #[arg(long)]
+        username: String,
+        /// Comma-separated; empty clears them.
+        #[arg(long, value_delimiter = ',', num_args = 0..)]
+        skills: Vec<String>,
+    },
+    /// Routing rules: show the rules in force, or load new ones from a TOML or JSON file.
+    Routing {
+        #[command(subcommand)]
+        command: RoutingCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoutingCommand {
+    /// Print the rules in force (JSON).
+    Show,
+    /// Validate a rule set and put it in force; an invalid one is refused whole and the rules
+    /// in force stay.
+    Load {
+        #[arg(long)]
+        file: PathBuf,
+    },
 }
 
 const MIN_PASSWORD_CHARS: usize = 8;
@@ -163,6 +188,36 @@ pub async fn run(store: &Store, command: AdminCommand) -> anyhow::Result<String>
                 credentials.device_id,
                 out.display()
             ))
+        }
+        AdminCommand::SetSkills { username, skills } => {
+            let skills: Vec<String> = skills
+                .into_iter()
+                .map(|skill| skill.trim().to_owned())
+                .filter(|skill| !skill.is_empty())
+                .collect();
+            store
+                .set_operator_skills(&username, &skills)
+                .await
+                .context("failed to set the skills")?;
+            Ok(format!("{username}: {}", skills.join(", ")))
+        }
+        AdminCommand::Routing {
+            command: RoutingCommand::Show,
+        } => Ok(store
+            .routing_rules()
+            .await
+            .context("failed to read the routing rules")?
+            .to_json()),
+        AdminCommand::Routing {
+            command: RoutingCommand::Load { file },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("failed to read {}", file.display()))?;
+            let version = store
+                .load_routing_rules(&text, "admin:cli")
+                .await
+                .context("the routing rules were refused; the rules in force are unchanged")?;
+            Ok(format!("routing rules version {version} in force"))
         }
         AdminCommand::ShowResident { id } => {
             let record = store

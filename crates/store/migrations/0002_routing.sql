@@ -31,6 +31,10 @@ CREATE INDEX calls_waiting_by_deadline ON calls (deadline_at) WHERE state IN ('q
 -- operator (one voice call at a time) and one accepted offer per call.
 DROP INDEX offers_one_live_per_call;
 ALTER TABLE offers ADD COLUMN reason text NOT NULL DEFAULT '';
+-- An accepted offer whose call was later transferred: still one holder at a time.
+ALTER TABLE offers DROP CONSTRAINT offers_state_check;
+ALTER TABLE offers ADD CONSTRAINT offers_state_check
+    CHECK (state IN ('offered', 'accepted', 'expired', 'withdrawn', 'transferred'));
 
 -- Routing rules as data: the newest row is in force.
 CREATE TABLE routing_rules (

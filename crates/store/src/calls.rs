@@ -964,6 +964,13 @@ impl Store {
         let device_id: String = call.try_get("device_id")?;
         let request_id: String = call.try_get("request_id")?;
         let rules = crate::routing::active_rules(&mut tx).await?;
+        // The current holder's acceptance is closed; the next acceptance is the only live one.
+        sqlx::query(
+            "UPDATE offers SET state = 'transferred' WHERE call_id = $1 AND state = 'accepted'",
+        )
+        .bind(call_id)
+        .execute(&mut *tx)
+        .await?;
         let detail = match target {
             TransferTarget::Queue(queue) => {
                 if rules.queue(queue).is_none() {

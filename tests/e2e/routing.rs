@@ -1,0 +1,497 @@
+//! The dispatch engine end to end: skills and widening steps, ring-all, auto-pause, call-backs,
+//! decline, transfers, supervisors' views, and bad input.
+
+use std::time::Duration;
+
+use carebell_proto::console::v1::console_event::Event;
+use carebell_proto::console::v1::{CallKind, Disposition, OperatorStatus};
+use carebell_proto::device::v1::CallState;
+use carebell_server::console_client::Target;
+use carebell_tests::{NodeOptions, TestNode};
+use firmware_sim::{Tablet, TransportKind};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Calls look for the senior's dialect for 2 s, then take anyone; emergencies ring everyone.
+const FAST_RULES: &str = r#"
+skills = ["nurse", "supervisor"]
+wrap_up_secs = 0
+max_consecutive_misses = 2
+
+[[queues]]
+id = "emergency"
+kinds = ["emergency"]
+ring_all = true
+steps = [{ after_secs = 0 }]
+
+[[queues]]
+id = "technical"
+kinds = ["technical"]
+steps = [{ after_secs = 0 }]
+
+[[queues]]
+id = "calls"
+kinds = ["call"]
+steps = [{ after_secs = 0, require = ["dialect:{dialect}"] }, { after_secs = 2 }]
+
+[[queues]]
+id = "callbacks"
+kinds = ["callback"]
+steps = [{ after_secs = 0 }]
+"#;
+
+async fn cantonese_resident(node: &TestNode) -> (Uuid, firmware_sim::TabletConfig) {
+    let station = node.station().await;
+    let resident = node
+        .store
+        .add_resident(&carebell_store::NewResident {
+            station_id: station,
+            full_name: "陈伯".to_owned(),
+            dialect: "Cantonese".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let credentials = node.provision(resident).await;
+    (
+        resident,
+        firmware_sim::TabletConfig::new(credentials, TransportKind::WebSocket),
+    )
+}
+
+#[tokio::test]
+async fn a_cantonese_call_goes_to_a_cantonese_operator_when_one_is_free() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    node.store
+        .load_routing_rules(FAST_RULES, "test")
+        .await
+        .unwrap();
+    // The Mandarin speaker has been idle longer; the Cantonese speaker still gets the call.
+    let mut mandarin = node.available_operator("mandarin", "普通话").await;
+    node.store
+        .set_operator_skills("mandarin", &["dialect:mandarin".to_owned()])
+        .await
+        .unwrap();
+    let mut cantonese = node.available_operator("cantonese", "粤语").await;
+    node.store
+        .set_operator_skills("cantonese", &["dialect:cantonese".to_owned()])
+        .await
+        .unwrap();
+    let (_resident, config) = cantonese_resident(&node).await;
+    let tablet = Tablet::connect(&config).await.unwrap();
+    tablet.press().await.unwrap();
+    let offer = cantonese
+        .next_offer(WAIT)
+        .await
+        .expect("the Cantonese speaker is offered the call");
+    assert_eq!(offer.resident_name, "陈伯");
+    assert!(mandarin
+        .next_offer(Duration::from_millis(300))
+        .await
+        .is_none());
+    tablet.close().await;
+}
+
+#[tokio::test]
+async fn a_cantonese_call_goes_to_anyone_after_the_step_times_out() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    node.store
+        .load_routing_rules(FAST_RULES, "test")
+        .await
+        .unwrap();
+    let mut mandarin = node.available_operator("mandarin", "普通话").await;
+    node.store
+        .set_operator_skills("mandarin", &["dialect:mandarin".to_owned()])
+        .await
+        .unwrap();
+    let (_resident, config) = cantonese_resident(&node).await;
+    let tablet = Tablet::connect(&config).await.unwrap();
+    let pressed = tokio::time::Instant::now();
+    tablet.press().await.unwrap();
+    assert!(
+        mandarin
+            .next_offer(Duration::from_millis(1500))
+            .await
+            .is_none(),
+        "nobody but a Cantonese speaker during the first step"
+    );
+    let offer = mandarin
+        .next_offer(WAIT)
+        .await
+        .expect("anyone after the step's 2 s");
+    assert!(pressed.elapsed() >= Duration::from_secs(2));
+    let call = node
+        .store
+        .call(Uuid::parse_str(&offer.call_id).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(call.state, "offered");
+    tablet.close().await;
+}
+
+#[tokio::test]
+async fn an_operator_who_misses_two_offers_is_paused_until_back() {
+    let node = TestNode::start(NodeOptions {
+        ring_timeout: Duration::from_secs(1),
+        ..NodeOptions::default()
+    })
+    .await;
+    let mut sleepy = node.available_operator("sleepy", "Sleepy").await;
+    let (_resident, config) = node.tablet_config("潘阿姨", TransportKind::WebSocket).await;
+    let tablet = Tablet::connect(&config).await.unwrap();
+    tablet.press().await.unwrap();
+    // Two offers ring out unanswered.
+    let mut paused = false;
+    let mut n_offers = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !paused && tokio::time::Instant::now() < deadline {
+        match sleepy.next_event(WAIT).await {
+            Some(Event::Offer(_)) => n_offers += 1,
+            Some(Event::StatusChanged(change)) => {
+                assert_eq!(change.status, OperatorStatus::Paused as i32);
+                assert!(change.reason.contains("not answered"), "{}", change.reason);
+                paused = true;
+            }
+            _ => {}
+        }
+    }
+    assert!(paused, "paused after missed offers");
+    assert_eq!(n_offers, 2);
+    assert!(
+        sleepy.next_offer(Duration::from_secs(2)).await.is_none(),
+        "no offers while paused"
+    );
+    // Back: offers resume.
+    sleepy
+        .client
+        .set_status_because(OperatorStatus::Available, "back from the kitchen")
+        .await
+        .unwrap();
+    assert!(
+        sleepy.next_offer(WAIT).await.is_some(),
+        "offers again once available"
+    );
+    tablet.close().await;
+}
+
+#[tokio::test]
+async fn an_emergency_rings_everyone_and_the_first_acceptance_withdraws_the_rest() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let mut first = node.available_operator("first", "First").await;
+    let mut second = node.available_operator("second", "Second").await;
+    let mut third = node.available_operator("third", "Third").await;
+    let (_resident, config) = node.tablet_config("王爷爷", TransportKind::WebSocket).await;
+    let mut tablet = Tablet::connect(&config).await.unwrap();
+    let alarm_id = tablet.long_press().await.unwrap();
+    let offer_1 = first.next_offer(WAIT).await.expect("first rings");
+    let offer_2 = second.next_offer(WAIT).await.expect("second rings");
+    let offer_3 = third.next_offer(WAIT).await.expect("third rings");
+    assert_eq!(offer_1.call_id, offer_2.call_id);
+    assert_eq!(offer_2.call_id, offer_3.call_id);
+    assert_eq!(offer_1.kind, CallKind::Emergency as i32);
+    second
+        .client
+        .accept(&offer_2.offer_id)
+        .await
+        .expect("the first acceptance wins");
+    for (console, offer) in [(&mut first, &offer_1), (&mut third, &offer_3)] {
+        match console.next_event(WAIT).await {
+            Some(Event::OfferWithdrawn(withdrawn)) => {
+                assert_eq!(withdrawn.offer_id, offer.offer_id);
+                assert_eq!(withdrawn.reason, "taken");
+            }
+            other => panic!("expected the offer to be withdrawn, got {other:?}"),
+        }
+        let late = console
+            .client
+            .accept(&offer.offer_id)
+            .await
+            .expect_err("too late");
+        assert_eq!(late.code(), tonic::Code::FailedPrecondition);
+    }
+    let answered = tablet
+        .wait_for_call(&format!("alarm:{alarm_id}"), CallState::Answered, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(answered.operator_display_name, "Second");
+    tablet.close().await;
+}
+
+#[tokio::test]
+async fn a_senior_who_hangs_up_before_an_answer_is_called_back() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let (_resident, config) = node.tablet_config("黄婆婆", TransportKind::WebSocket).await;
+    let mut tablet = Tablet::connect(&config).await.unwrap();
+    let request_id = tablet.press().await.unwrap();
+    tablet.cancel(&request_id).await.unwrap();
+    tablet
+        .wait_for_call(&request_id, CallState::Abandoned, WAIT)
+        .await
+        .unwrap();
+
+    let mut console = node.available_operator("callback", "回访员").await;
+    let offer = console
+        .next_offer(WAIT)
+        .await
+        .expect("the call-back is offered");
+    assert_eq!(offer.kind, CallKind::Callback as i32);
+    assert_eq!(offer.queue_id, "callbacks");
+    let accepted = console.client.accept(&offer.offer_id).await.unwrap();
+    let callback = node
+        .store
+        .call(Uuid::parse_str(&accepted.call_id).unwrap())
+        .await
+        .unwrap();
+    assert!(callback.request_id.starts_with("callback:"));
+    // The operator places the call back to the tablet.
+    let answered = tablet
+        .wait_for_call(&callback.request_id, CallState::Answered, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(answered.operator_display_name, "回访员");
+    console
+        .client
+        .end_call(&accepted.call_id, Disposition::Companionship, "")
+        .await
+        .unwrap();
+    tablet.close().await;
+}
+
+#[tokio::test]
+async fn a_declined_offer_goes_to_someone_else_at_once() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let mut busy = node.available_operator("busy", "Busy").await;
+    let mut free = node.available_operator("free", "Free").await;
+    let (_resident, config) = node.tablet_config("李伯", TransportKind::WebSocket).await;
+    let tablet = Tablet::connect(&config).await.unwrap();
+    tablet.press().await.unwrap();
+    let offer = busy.next_offer(WAIT).await.unwrap();
+    busy.client.decline(&offer.offer_id).await.unwrap();
+    let next = free
+        .next_offer(Duration::from_secs(3))
+        .await
+        .expect("re-offered without waiting for the ring timeout");
+    assert_eq!(next.call_id, offer.call_id);
+    let again = busy
+        .client
+        .decline(&offer.offer_id)
+        .await
+        .expect_err("declining twice");
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+    tablet.close().await;
+}
+
+#[tokio::test]
+async fn a_call_can_be_transferred_to_an_operator_or_a_queue() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let mut first = node.available_operator("first", "First").await;
+    let (_resident, config) = node.tablet_config("陈奶奶", TransportKind::WebSocket).await;
+    let mut tablet = Tablet::connect(&config).await.unwrap();
+    let request_id = tablet.press().await.unwrap();
+    let offer = first.next_offer(WAIT).await.unwrap();
+    let accepted = first.client.accept(&offer.offer_id).await.unwrap();
+
+    // To a missing operator: a clear error, and the call stays with the first operator.
+    let missing = first
+        .client
+        .transfer(
+            &accepted.call_id,
+            Target::OperatorUsername("nobody".to_owned()),
+        )
+        .await
+        .expect_err("no such operator");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let missing_queue = first
+        .client
+        .transfer(&accepted.call_id, Target::QueueId("nowhere".to_owned()))
+        .await
+        .expect_err("no such queue");
+    assert_eq!(missing_queue.code(), tonic::Code::FailedPrecondition);
+
+    let mut nurse = node.available_operator("nurse", "Nurse").await;
+    first
+        .client
+        .transfer(
+            &accepted.call_id,
+            Target::OperatorUsername("nurse".to_owned()),
+        )
+        .await
+        .unwrap();
+    let transferred = nurse
+        .next_offer(WAIT)
+        .await
+        .expect("the nurse is offered the call");
+    assert_eq!(transferred.call_id, accepted.call_id);
+    nurse.client.accept(&transferred.offer_id).await.unwrap();
+    let answered = tablet
+        .wait_for_call(&request_id, CallState::Answered, WAIT)
+        .await;
+    assert!(answered.is_ok());
+
+    // The nurse sends it to a queue; the first operator, free again, picks it up.
+    nurse
+        .client
+        .transfer(&accepted.call_id, Target::QueueId("calls".to_owned()))
+        .await
+        .unwrap();
+    let back = first
+        .next_offer(WAIT)
+        .await
+        .expect("offered from the queue");
+    assert_eq!(back.call_id, accepted.call_id);
+    first.client.accept(&back.offer_id).await.unwrap();
+    first
+        .client
+        .end_call(&accepted.call_id, Disposition::HealthConcern, "")
+        .await
+        .unwrap();
+    let kinds: Vec<String> = node
+        .store
+        .call_events(Uuid::parse_str(&accepted.call_id).unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| event.kind)
+        .filter(|kind| kind.starts_with("call."))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "call.created",
+            "call.answered",
+            "call.transferred",
+            "call.answered_after_transfer",
+            "call.transferred",
+            "call.answered_after_transfer",
+            "call.ended"
+        ]
+    );
+    tablet.close().await;
+}
+
+#[tokio::test]
+async fn accepting_someone_elses_offer_or_twice_is_refused() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let mut owner = node.available_operator("owner", "Owner").await;
+    let (_resident, config) = node.tablet_config("潘阿姨", TransportKind::WebSocket).await;
+    let tablet = Tablet::connect(&config).await.unwrap();
+    tablet.press().await.unwrap();
+    let offer = owner.next_offer(WAIT).await.unwrap();
+    node.operator_account("thief", "Thief").await;
+    let mut thief = node.sign_in("thief").await;
+    let stolen = thief.accept(&offer.offer_id).await.expect_err("not yours");
+    assert_eq!(stolen.code(), tonic::Code::PermissionDenied);
+    owner.client.accept(&offer.offer_id).await.unwrap();
+    let twice = owner
+        .client
+        .accept(&offer.offer_id)
+        .await
+        .expect_err("accepting twice");
+    assert_eq!(twice.code(), tonic::Code::FailedPrecondition);
+    assert!(twice.message().contains("accepted"), "{}", twice.message());
+    tablet.close().await;
+}
+
+#[tokio::test]
+async fn an_invalid_rule_set_is_refused_whole_and_the_old_one_stays() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    node.store
+        .load_routing_rules(FAST_RULES, "test")
+        .await
+        .unwrap();
+    let before = node.store.routing_rules().await.unwrap();
+    let missing_skill = FAST_RULES.replace(
+        r#"require = ["dialect:{dialect}"]"#,
+        r#"require = ["sign-language"]"#,
+    );
+    let error = node
+        .store
+        .load_routing_rules(&missing_skill, "test")
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("unknown skill 'sign-language'"),
+        "{error}"
+    );
+    let missing_queue = FAST_RULES.replace(
+        "ring_all = true",
+        "ring_all = true\nmax_wait_secs = 10\noverflow_to = \"nowhere\"",
+    );
+    let error = node
+        .store
+        .load_routing_rules(&missing_queue, "test")
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("unknown queue 'nowhere'"),
+        "{error}"
+    );
+    let error = node
+        .store
+        .load_routing_rules("this is not toml [", "test")
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("not valid"), "{error}");
+    assert_eq!(
+        node.store.routing_rules().await.unwrap(),
+        before,
+        "the rules in force did not change"
+    );
+
+    let error = node
+        .store
+        .set_operator_skills("nobody", &["nurse".to_owned()])
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("not found"), "{error}");
+    node.operator_account("someone", "Someone").await;
+    let error = node
+        .store
+        .set_operator_skills("someone", &["juggling".to_owned()])
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("unknown skill 'juggling'"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn supervisors_see_the_queue_and_others_may_not() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let (_resident, config) = node.tablet_config("潘阿姨", TransportKind::WebSocket).await;
+    let tablet = Tablet::connect(&config).await.unwrap();
+    tablet.press().await.unwrap();
+    node.operator_account("boss", "Boss").await;
+    node.store
+        .set_operator_skills("boss", &["supervisor".to_owned()])
+        .await
+        .unwrap();
+    let mut boss = node.sign_in("boss").await;
+    let status = boss.queue_status().await.unwrap();
+    assert_eq!(status.waiting.len(), 1);
+    assert_eq!(status.waiting[0].resident_name, "潘阿姨");
+    let calls = status
+        .queues
+        .iter()
+        .find(|queue| queue.queue_id == "calls")
+        .unwrap();
+    assert_eq!(calls.waiting, 1);
+    node.operator_account("clerk", "Clerk").await;
+    let mut clerk = node.sign_in("clerk").await;
+    assert_eq!(
+        clerk.queue_status().await.unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        clerk.statistics(0, 0).await.unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
+    let statistics = boss.statistics(0, 0).await.unwrap();
+    assert_eq!(statistics.offered, 1);
+    assert_eq!(statistics.short_abandon_threshold_secs, 15);
+    let reversed = boss.statistics(2_000, 1_000).await.unwrap_err();
+    assert_eq!(reversed.code(), tonic::Code::InvalidArgument);
+    tablet.close().await;
+}
