@@ -9,3 +9,4 @@ mod flow;
 mod redis_down;
 mod routing;
 mod session;
+mod statistics;

@@ -373,6 +373,23 @@ impl Console for ConsoleService {
             loop {
                 if resync {
                     resync = false;
+                    // Resume: the call this operator holds (a console that reconnects, perhaps
+                    // to another node, must still be able to end it) and what rings for them.
+                    match store.held_call(operator_id).await {
+                        Ok(Some(call_id)) => {
+                            let held = event(Event::CallChanged(CallChanged {
+                                call_id: call_id.to_string(),
+                                state: "answered".to_owned(),
+                                disposition: String::new(),
+                            }));
+                            if events_tx.send(Ok(held)).await.is_err() {
+                                client_left = true;
+                                break;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(error) => tracing::warn!(%error, "cannot read the held call"),
+                    }
                     match store.live_offer_for(operator_id).await {
                         Ok(Some(offer)) => {
                             if events_tx.send(Ok(offer_event(&offer))).await.is_err() {

@@ -845,6 +845,16 @@ impl Store {
         .await?)
     }
 
+    /// The call an operator holds (answered and not yet ended or transferred), if any.
+    pub async fn held_call(&self, operator_id: Uuid) -> Result<Option<Uuid>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM calls WHERE answered_by = $1 AND state = 'answered' ORDER BY answered_at LIMIT 1",
+        )
+        .bind(operator_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     /// Every offer of a call, oldest first.
     pub async fn call_offers(&self, call_id: Uuid) -> Result<Vec<OfferRow>> {
         Ok(sqlx::query_as::<_, OfferRow>(&format!(
