@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 const N_NODES: usize = 3;
 const N_TABLETS: usize = 20;
-const N_OPERATORS: usize = 4;
+const N_OPERATORS: usize = 6;
 const ACTIVE: Duration = Duration::from_secs(25);
 const PASSWORD: &str = "correct horse";
 
@@ -130,7 +130,7 @@ async fn operator_bot(
                 };
                 let call_id = match event {
                     Event::Offer(offer) => {
-                        tokio::time::sleep(jitter(0, 300)).await;
+                        tokio::time::sleep(jitter(0, 150)).await;
                         match client.accept(&offer.offer_id).await {
                             Ok(accepted) => accepted.call_id,
                             Err(status) if status.code() == tonic::Code::FailedPrecondition => {
@@ -149,7 +149,7 @@ async fn operator_bot(
                 };
                 held = Some(call_id.clone());
                 answered.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(jitter(50, 400)).await;
+                tokio::time::sleep(jitter(20, 150)).await;
                 client
                     .end_call(&call_id, Disposition::AccidentalPress, "")
                     .await?;

@@ -104,12 +104,16 @@ impl Store {
         let rules = active_rules(&mut tx).await?;
         let now = now_ms(&mut tx).await?;
 
+        // The waiting items' rows are locked: every path that changes an offer locks its call
+        // first, so the offers read next cannot change under this round (an acceptance that
+        // commits first is seen, and its call is no longer waiting).
         let rows = sqlx::query(
             "SELECT id, kind, queue_id, dialect, station,
                     (extract(epoch FROM queued_at) * 1000)::bigint AS queued_ms,
                     (extract(epoch FROM created_at) * 1000)::bigint AS created_ms
              FROM calls WHERE state IN ('queued', 'offered')
-             ORDER BY created_at LIMIT $1",
+             ORDER BY created_at LIMIT $1
+             FOR UPDATE",
         )
         .bind(MAX_ITEMS_PER_ROUND)
         .fetch_all(&mut *tx)
