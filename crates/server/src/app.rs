@@ -184,7 +184,6 @@ impl Application {
             DispatcherConfig {
                 ring_timeout: Settings::ms(settings.dispatch.ring_timeout_ms),
                 sweep_interval: Settings::ms(settings.dispatch.sweep_interval_ms),
-                ..DispatcherConfig::default()
             },
         );
         tracker.spawn(dispatcher.run(shutdown.clone()));

@@ -80,7 +80,20 @@ const RESIDENTS: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
-const OPERATORS: &[&str] = &["李秘书 小张", "李秘书 小王", "李秘书 小陈", "李秘书 小刘"];
+/// Operators and the dialects they speak (routing prefers a senior's dialect for 20 s, then
+/// anyone at the senior's station, then anyone).
+const OPERATORS: &[(&str, &[&str])] = &[
+    ("李秘书 小张", &["dialect:cantonese", "dialect:mandarin"]),
+    (
+        "李秘书 小王",
+        &["dialect:hakka", "dialect:teochew", "dialect:mandarin"],
+    ),
+    (
+        "李秘书 小陈",
+        &["dialect:english", "dialect:cantonese", "supervisor"],
+    ),
+    ("李秘书 小刘", &["dialect:mandarin", "dialect:teochew"]),
+];
 const DEMO_PASSWORD: &str = "demo-password";
 
 fn stamp(start: Instant) -> String {
@@ -145,7 +158,7 @@ pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result
         tablets.push(((*name).to_owned(), credentials));
     }
     let mut usernames = Vec::new();
-    for (index, display_name) in OPERATORS
+    for (index, (display_name, dialects)) in OPERATORS
         .iter()
         .take(options.n_operators.max(1))
         .enumerate()
@@ -160,6 +173,12 @@ pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result
             .add_operator(&username, display_name, &hash)
             .await
             .context("failed to add a demo operator")?;
+        let mut skills: Vec<String> = dialects.iter().map(|skill| (*skill).to_owned()).collect();
+        skills.push(format!("station:{station}"));
+        store
+            .set_operator_skills(&username, &skills)
+            .await
+            .context("failed to give a demo operator skills")?;
         usernames.push(username);
     }
 

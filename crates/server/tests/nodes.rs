@@ -92,6 +92,15 @@ async fn wait_for_port(port: u16) {
     }
 }
 
+/// Goes available, unless on a call (then the call is ended first and the end makes the
+/// operator available).
+async fn available(client: &mut OperatorClient) -> Result<(), tonic::Status> {
+    match client.set_status(OperatorStatus::Available).await {
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => Ok(()),
+        other => other,
+    }
+}
+
 /// An operator who keeps working whatever happens to the node it is connected to.
 async fn operator_bot(
     username: String,
@@ -119,7 +128,8 @@ async fn operator_bot(
                         }
                     })?;
             }
-            client.set_status(OperatorStatus::Available).await?;
+            // Refused while this operator still holds a call (its end is announced first, below).
+            available(&mut client).await?;
             loop {
                 let next = tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
@@ -142,7 +152,7 @@ async fn operator_bot(
                     // A call this operator holds, announced on (re)subscribing.
                     Event::CallChanged(changed) if changed.state == "answered" => changed.call_id,
                     Event::StatusChanged(_) => {
-                        client.set_status(OperatorStatus::Available).await?;
+                        available(&mut client).await?;
                         continue;
                     }
                     _ => continue,

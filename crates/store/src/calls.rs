@@ -598,6 +598,8 @@ impl Store {
             } else {
                 state
             };
+            // Release the call's lock now rather than when the pool gets round to it.
+            tx.rollback().await?;
             return Err(StoreError::OfferNotOpen { state });
         }
         let device_id: String = call.try_get("device_id")?;
@@ -708,10 +710,12 @@ impl Store {
         })?;
         let state: String = call.try_get("state")?;
         let answered_by: Option<Uuid> = call.try_get("answered_by")?;
-        if answered_by != Some(operator_id) {
+        if answered_by != Some(operator_id)
+            || parse_state(&state)?.transition(CallState::Ended).is_err()
+        {
+            tx.rollback().await?;
             return Err(StoreError::CallNotHeld { state });
         }
-        parse_state(&state)?.transition(CallState::Ended)?;
         let device_id: String = call.try_get("device_id")?;
         let request_id: String = call.try_get("request_id")?;
         sqlx::query(
@@ -910,6 +914,7 @@ impl Store {
                 .bind(offer_id)
                 .fetch_one(&mut *tx)
                 .await?;
+            tx.rollback().await?;
             return Err(StoreError::OfferNotOpen { state });
         }
         sqlx::query(
@@ -984,6 +989,7 @@ impl Store {
         let detail = match target {
             TransferTarget::Queue(queue) => {
                 if rules.queue(queue).is_none() {
+                    tx.rollback().await?;
                     return Err(StoreError::Refused(format!("there is no queue '{queue}'")));
                 }
                 sqlx::query(
@@ -1008,24 +1014,36 @@ impl Store {
                 )
                 .bind(username)
                 .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| StoreError::NotFound {
-                    what: "operator",
-                    id: username.clone(),
-                })?;
+                .await?;
+                let refusal = match &target_row {
+                    None => Some(StoreError::NotFound {
+                        what: "operator",
+                        id: username.clone(),
+                    }),
+                    Some(row) if row.try_get::<Uuid, _>("id")? == operator_id => {
+                        Some(StoreError::Refused(
+                            "a call cannot be transferred to its own operator".to_owned(),
+                        ))
+                    }
+                    Some(row)
+                        if row.try_get::<String, _>("status")? != "available"
+                            || row.try_get::<bool, _>("ringing")? =>
+                    {
+                        Some(StoreError::Refused(format!(
+                            "operator '{username}' is not available"
+                        )))
+                    }
+                    Some(_) => None,
+                };
+                let (Some(target_row), None) = (target_row, &refusal) else {
+                    // Release the locks at once rather than when the pool gets round to it.
+                    tx.rollback().await?;
+                    return Err(refusal.unwrap_or(StoreError::NotFound {
+                        what: "operator",
+                        id: username.clone(),
+                    }));
+                };
                 let target_id: Uuid = target_row.try_get("id")?;
-                if target_id == operator_id {
-                    return Err(StoreError::Refused(
-                        "a call cannot be transferred to its own operator".to_owned(),
-                    ));
-                }
-                if target_row.try_get::<String, _>("status")? != "available"
-                    || target_row.try_get::<bool, _>("ringing")?
-                {
-                    return Err(StoreError::Refused(format!(
-                        "operator '{username}' is not available"
-                    )));
-                }
                 let offer_id = Uuid::new_v4();
                 sqlx::query(
                     "INSERT INTO offers (id, call_id, operator_id, state, created_at, expires_at, reason)
