@@ -495,3 +495,112 @@ async fn supervisors_see_the_queue_and_others_may_not() {
     assert_eq!(reversed.code(), tonic::Code::InvalidArgument);
     tablet.close().await;
 }
+
+#[tokio::test]
+async fn an_item_that_waits_too_long_overflows_and_the_supervisors_are_alerted() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    // Calls need a nurse; after 1 s they overflow to a queue anyone may take.
+    let rules = FAST_RULES
+        .replace(
+            "[[queues]]\nid = \"calls\"\nkinds = [\"call\"]\nsteps = [{ after_secs = 0, require = [\"dialect:{dialect}\"] }, { after_secs = 2 }]",
+            "[[queues]]\nid = \"calls\"\nkinds = [\"call\"]\nmax_wait_secs = 1\noverflow_to = \"overflow\"\nsteps = [{ after_secs = 0, require = [\"nurse\"] }]\n\n[[queues]]\nid = \"overflow\"\nsteps = [{ after_secs = 0 }]",
+        );
+    assert!(
+        rules.contains("overflow_to"),
+        "the test's rule edit applied"
+    );
+    node.store.load_routing_rules(&rules, "test").await.unwrap();
+    let mut boss = node.available_operator("boss", "Boss").await;
+    node.store
+        .set_operator_skills("boss", &["supervisor".to_owned()])
+        .await
+        .unwrap();
+    boss.client.set_status(OperatorStatus::Away).await.unwrap();
+    // Resubscribe so the console knows it is a supervisor's.
+    boss.events = boss.client.subscribe().await.unwrap();
+    let mut watcher = boss.client.watch_queues().await.unwrap();
+    let mut clerk = node.available_operator("clerk", "Clerk").await;
+    let (_resident, config) = node.tablet_config("潘阿姨", TransportKind::WebSocket).await;
+    let tablet = Tablet::connect(&config).await.unwrap();
+    tablet.press().await.unwrap();
+
+    let snapshot = tokio::time::timeout(WAIT, watcher.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(snapshot.last_24_hours.is_some());
+    let offer = clerk
+        .next_offer(WAIT)
+        .await
+        .expect("after overflowing, the clerk may take it");
+    assert_eq!(offer.queue_id, "overflow");
+    let alert = loop {
+        match boss.next_event(WAIT).await {
+            Some(Event::Alert(alert)) => break alert,
+            Some(_) => continue,
+            None => panic!("the supervisor was not alerted"),
+        }
+    };
+    assert_eq!(alert.call_id, offer.call_id);
+    assert!(
+        alert.reason.contains("overflowed to overflow"),
+        "{}",
+        alert.reason
+    );
+    let kinds: Vec<String> = node
+        .store
+        .call_events(Uuid::parse_str(&offer.call_id).unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| event.kind)
+        .collect();
+    assert!(
+        kinds.contains(&"call.overflowed".to_owned())
+            && kinds.contains(&"supervisor.alert".to_owned()),
+        "{kinds:?}"
+    );
+    tablet.close().await;
+}
+
+#[tokio::test]
+async fn after_a_call_the_operator_wraps_up_before_the_next_offer() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    node.store
+        .load_routing_rules(
+            &FAST_RULES.replace("wrap_up_secs = 0", "wrap_up_secs = 2"),
+            "test",
+        )
+        .await
+        .unwrap();
+    let mut console = node.available_operator("wrap", "Wrap").await;
+    let (_resident, config) = node.tablet_config("李伯", TransportKind::WebSocket).await;
+    let tablet = Tablet::connect(&config).await.unwrap();
+    tablet.press().await.unwrap();
+    let offer = console.next_offer(WAIT).await.unwrap();
+    let accepted = console.client.accept(&offer.offer_id).await.unwrap();
+    tablet.press().await.unwrap();
+    console
+        .client
+        .end_call(&accepted.call_id, Disposition::Information, "")
+        .await
+        .unwrap();
+    let ended = tokio::time::Instant::now();
+    let operator_id = Uuid::parse_str(&console.client.operator_id).unwrap();
+    assert_eq!(
+        node.store.operator_status(operator_id).await.unwrap(),
+        carebell_domain::OperatorStatus::WrapUp
+    );
+    let next = console
+        .next_offer(WAIT)
+        .await
+        .expect("offered again after wrap-up");
+    assert!(
+        ended.elapsed() >= Duration::from_millis(1500),
+        "no offer during wrap-up ({:?})",
+        ended.elapsed()
+    );
+    assert_ne!(next.call_id, offer.call_id);
+    tablet.close().await;
+}

@@ -122,6 +122,21 @@ async fn live_counters_equal_a_recomputation_from_the_event_log_after_a_randomiz
     );
     assert!(live.answered_within_60s <= live.answered && live.short_abandoned <= live.abandoned);
     assert!((0.0..=1.0).contains(&live.service_level_60s()));
+    // Every unfinished item has a deadline.
+    let without_deadline: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM calls WHERE state IN ('queued', 'offered') AND deadline_at IS NULL",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(without_deadline, 0);
+    let unexpiring_offers: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM offers WHERE state = 'offered' AND expires_at IS NULL",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(unexpiring_offers, 0);
     let occupancy = store.occupancy(None, None).await.unwrap();
     assert!((0.0..=1.0).contains(&occupancy));
 }

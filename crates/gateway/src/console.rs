@@ -253,6 +253,82 @@ impl ConsoleService {
     }
 }
 
+type QueueStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<QueueStatusResponse, Status>> + Send>>;
+
+/// Statistics over `[from, to)` from the event log.
+async fn statistics(
+    store: &Store,
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    to: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<StatisticsResponse, Status> {
+    let counts = store
+        .recompute_statistics(from, to)
+        .await
+        .map_err(status_from_store)?;
+    let occupancy = store.occupancy(from, to).await.map_err(status_from_store)?;
+    let count = |value: i64| u64::try_from(value).unwrap_or(0);
+    Ok(StatisticsResponse {
+        offered: count(counts.offered),
+        answered: count(counts.answered),
+        answered_within_60s: count(counts.answered_within_60s),
+        answered_within_180s: count(counts.answered_within_180s),
+        abandoned: count(counts.abandoned),
+        short_abandoned: count(counts.short_abandoned),
+        short_abandon_threshold_secs: carebell_store::SHORT_ABANDON_SECS,
+        service_level_60s: counts.service_level_60s(),
+        service_level_180s: counts.service_level_180s(),
+        average_speed_of_answer_secs: counts.average_speed_of_answer_secs(),
+        abandonment_rate: counts.abandonment_rate(),
+        average_handling_secs: counts.average_handling_secs(),
+        occupancy,
+    })
+}
+
+/// The supervisors' picture: queues, waiting items, operators, the last 24 hours' figures.
+async fn queue_snapshot(store: &Store) -> Result<QueueStatusResponse, Status> {
+    let status = store.queue_status().await.map_err(status_from_store)?;
+    let since = chrono::Utc::now() - chrono::Duration::hours(24);
+    let last_24_hours = statistics(store, Some(since), None).await?;
+    Ok(QueueStatusResponse {
+        queues: status
+            .queues
+            .into_iter()
+            .map(|queue| QueueFigures {
+                queue_id: queue.queue_id,
+                waiting: queue.waiting,
+                longest_wait_secs: queue.longest_wait_secs,
+                eligible_available_operators: queue.eligible_available_operators,
+            })
+            .collect(),
+        waiting: status
+            .waiting
+            .into_iter()
+            .map(|item| WaitingItem {
+                call_id: item.call_id.to_string(),
+                queue_id: item.queue_id,
+                kind: kind_to_proto(&item.kind) as i32,
+                resident_name: item.resident_name,
+                waited_secs: item.waited_secs,
+                ringing: item.ringing,
+            })
+            .collect(),
+        operators: status
+            .operators
+            .into_iter()
+            .map(|operator| OperatorState {
+                operator_id: operator.operator_id.to_string(),
+                display_name: operator.display_name,
+                status: status_to_proto(&operator.status) as i32,
+                reason: operator.reason,
+                secs_in_status: operator.secs_in_status,
+                skills: operator.skills,
+            })
+            .collect(),
+        last_24_hours: Some(last_24_hours),
+    })
+}
+
 type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ConsoleEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -580,43 +656,34 @@ impl Console for ConsoleService {
         request: Request<QueueStatusRequest>,
     ) -> Result<Response<QueueStatusResponse>, Status> {
         self.authenticate_supervisor(&request).await?;
-        let status = self.store.queue_status().await.map_err(status_from_store)?;
-        Ok(Response::new(QueueStatusResponse {
-            queues: status
-                .queues
-                .into_iter()
-                .map(|queue| QueueFigures {
-                    queue_id: queue.queue_id,
-                    waiting: queue.waiting,
-                    longest_wait_secs: queue.longest_wait_secs,
-                    eligible_available_operators: queue.eligible_available_operators,
-                })
-                .collect(),
-            waiting: status
-                .waiting
-                .into_iter()
-                .map(|item| WaitingItem {
-                    call_id: item.call_id.to_string(),
-                    queue_id: item.queue_id,
-                    kind: kind_to_proto(&item.kind) as i32,
-                    resident_name: item.resident_name,
-                    waited_secs: item.waited_secs,
-                    ringing: item.ringing,
-                })
-                .collect(),
-            operators: status
-                .operators
-                .into_iter()
-                .map(|operator| OperatorState {
-                    operator_id: operator.operator_id.to_string(),
-                    display_name: operator.display_name,
-                    status: status_to_proto(&operator.status) as i32,
-                    reason: operator.reason,
-                    secs_in_status: operator.secs_in_status,
-                    skills: operator.skills,
-                })
-                .collect(),
-        }))
+        Ok(Response::new(queue_snapshot(&self.store).await?))
+    }
+
+    type WatchQueuesStream = QueueStream;
+
+    async fn watch_queues(
+        &self,
+        request: Request<QueueStatusRequest>,
+    ) -> Result<Response<Self::WatchQueuesStream>, Status> {
+        self.authenticate_supervisor(&request).await?;
+        let (snapshots_tx, snapshots_rx) = mpsc::channel(2);
+        let store = self.store.clone();
+        let shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = snapshots_tx.closed() => break,
+                    _ = ticker.tick() => {}
+                }
+                let snapshot = queue_snapshot(&store).await;
+                if snapshots_tx.send(snapshot).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(snapshots_rx))))
     }
 
     async fn statistics(
@@ -640,31 +707,6 @@ impl Console for ConsoleService {
                 return Err(Status::invalid_argument("from_ms must be before to_ms"));
             }
         }
-        let counts = self
-            .store
-            .recompute_statistics(from, to)
-            .await
-            .map_err(status_from_store)?;
-        let occupancy = self
-            .store
-            .occupancy(from, to)
-            .await
-            .map_err(status_from_store)?;
-        let count = |value: i64| u64::try_from(value).unwrap_or(0);
-        Ok(Response::new(StatisticsResponse {
-            offered: count(counts.offered),
-            answered: count(counts.answered),
-            answered_within_60s: count(counts.answered_within_60s),
-            answered_within_180s: count(counts.answered_within_180s),
-            abandoned: count(counts.abandoned),
-            short_abandoned: count(counts.short_abandoned),
-            short_abandon_threshold_secs: carebell_store::SHORT_ABANDON_SECS,
-            service_level_60s: counts.service_level_60s(),
-            service_level_180s: counts.service_level_180s(),
-            average_speed_of_answer_secs: counts.average_speed_of_answer_secs(),
-            abandonment_rate: counts.abandonment_rate(),
-            average_handling_secs: counts.average_handling_secs(),
-            occupancy,
-        }))
+        Ok(Response::new(statistics(&self.store, from, to).await?))
     }
 }

@@ -115,6 +115,11 @@ impl OperatorClient {
         Ok(self.client.queue_status(request).await?.into_inner())
     }
 
+    pub async fn watch_queues(&mut self) -> Result<Streaming<QueueStatusResponse>, Status> {
+        let request = self.request(QueueStatusRequest {})?;
+        Ok(self.client.watch_queues(request).await?.into_inner())
+    }
+
     pub async fn statistics(
         &mut self,
         from_ms: i64,
