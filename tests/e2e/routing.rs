@@ -604,3 +604,47 @@ async fn after_a_call_the_operator_wraps_up_before_the_next_offer() {
     assert_ne!(next.call_id, offer.call_id);
     tablet.close().await;
 }
+
+#[tokio::test]
+async fn a_low_battery_alarm_is_served_after_an_emergency_and_before_a_call() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let (_resident, config) = node.tablet_config("王爷爷", TransportKind::WebSocket).await;
+    let tablet = Tablet::connect(&config).await.unwrap();
+    tablet.press().await.unwrap();
+    let alarm = |id: &str, kind: carebell_proto::device::v1::AlarmKind| {
+        carebell_proto::device::v1::envelope::Body::Alarm(carebell_proto::device::v1::Alarm {
+            alarm_id: id.to_owned(),
+            kind: kind as i32,
+            raised_at_ms: 0,
+            detail: String::new(),
+        })
+    };
+    tablet
+        .send(alarm(
+            "battery-1",
+            carebell_proto::device::v1::AlarmKind::LowBattery,
+        ))
+        .await
+        .unwrap();
+    tablet
+        .send(alarm("fall-1", carebell_proto::device::v1::AlarmKind::Fall))
+        .await
+        .unwrap();
+    let mut console = node.available_operator("solo", "Solo").await;
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let offer = console.next_offer(WAIT).await.expect("an offer");
+        kinds.push(CallKind::try_from(offer.kind).unwrap());
+        let accepted = console.client.accept(&offer.offer_id).await.unwrap();
+        console
+            .client
+            .end_call(&accepted.call_id, Disposition::Information, "")
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        kinds,
+        [CallKind::Emergency, CallKind::Technical, CallKind::Call]
+    );
+    tablet.close().await;
+}

@@ -304,7 +304,7 @@ impl Store {
         Ok(created)
     }
 
-    /// Stores an alarm idempotently by the device's own alarm id. When `raise_call` is set the
+    /// Stores an alarm idempotently by the device's own alarm id. When `raise` names a kind, the
     /// alarm also queues an emergency call, in the same transaction.
     pub async fn record_alarm(
         &self,
@@ -313,7 +313,7 @@ impl Store {
         kind: &str,
         raised_at: Option<DateTime<Utc>>,
         detail: &str,
-        raise_call: bool,
+        raise: Option<CallKind>,
     ) -> Result<AlarmOutcome> {
         let mut tx = self.pool.begin().await?;
         let inserted: Option<Uuid> = sqlx::query_scalar(
@@ -365,12 +365,11 @@ impl Store {
         )
         .await?;
         let mut call_id = None;
-        if raise_call {
+        if let Some(kind) = raise {
             // ':' is outside the device's request id alphabet, so an alarm's call can never
             // collide with a call the device requested.
             let request_id = format!("alarm:{alarm_id}");
-            let call =
-                insert_call(&mut tx, device_id, &request_id, CallKind::Emergency, None).await?;
+            let call = insert_call(&mut tx, device_id, &request_id, kind, None).await?;
             sqlx::query("UPDATE alarms SET call_id = $1 WHERE id = $2")
                 .bind(call.call_id)
                 .bind(alarm_row_id)

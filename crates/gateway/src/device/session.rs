@@ -495,10 +495,16 @@ impl<T: DeviceTransport> Session<'_, T> {
                 Ok(kind) => {
                     let raised_at = chrono::DateTime::from_timestamp_millis(alarm.raised_at_ms)
                         .filter(|_| alarm.raised_at_ms > 0);
-                    let raise_call = matches!(
-                        kind,
-                        AlarmKind::Sos | AlarmKind::Fall | AlarmKind::Smoke | AlarmKind::NoActivity
-                    );
+                    // Dangers to the senior are emergencies; the device's own troubles are
+                    // technical alarms, below emergencies and above calls.
+                    let raise = match kind {
+                        AlarmKind::Sos
+                        | AlarmKind::Fall
+                        | AlarmKind::Smoke
+                        | AlarmKind::NoActivity => Some(CallKind::Emergency),
+                        AlarmKind::LowBattery | AlarmKind::PowerLoss => Some(CallKind::Technical),
+                        AlarmKind::Unspecified => None,
+                    };
                     match self
                         .context
                         .store
@@ -508,7 +514,7 @@ impl<T: DeviceTransport> Session<'_, T> {
                             kind.as_str_name(),
                             raised_at,
                             &alarm.detail,
-                            raise_call,
+                            raise,
                         )
                         .await
                     {
