@@ -648,3 +648,30 @@ async fn a_low_battery_alarm_is_served_after_an_emergency_and_before_a_call() {
     );
     tablet.close().await;
 }
+
+#[tokio::test]
+async fn one_operator_going_away_leaves_an_emergency_ringing_at_the_others() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let mut stays = node.available_operator("stays", "Stays").await;
+    let mut leaves = node.available_operator("leaves", "Leaves").await;
+    let (_resident, config) = node.tablet_config("陈奶奶", TransportKind::WebSocket).await;
+    let tablet = Tablet::connect(&config).await.unwrap();
+    tablet.long_press().await.unwrap();
+    let offer = stays.next_offer(WAIT).await.expect("rings at the first");
+    leaves.next_offer(WAIT).await.expect("rings at the second");
+    leaves
+        .client
+        .set_status(OperatorStatus::Away)
+        .await
+        .unwrap();
+    assert!(
+        stays.next_event(Duration::from_millis(500)).await.is_none(),
+        "the other operator's offer keeps ringing"
+    );
+    stays
+        .client
+        .accept(&offer.offer_id)
+        .await
+        .expect("still open");
+    tablet.close().await;
+}

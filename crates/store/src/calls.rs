@@ -248,41 +248,78 @@ async fn record_miss(
     Ok(())
 }
 
-/// Withdraws every live offer of a locked call, telling the operators why.
+/// Records the end of one live offer (whose call the caller has locked) and tells its operator.
+async fn offer_closed(
+    tx: &mut Transaction<'_, Postgres>,
+    event_kind: &str,
+    offer_id: Uuid,
+    call_id: Uuid,
+    operator_id: Uuid,
+    reason: &str,
+) -> Result<()> {
+    append_event(
+        tx,
+        event_kind,
+        Some(call_id),
+        Some(offer_id),
+        Some(operator_id),
+        None,
+        json!({ "reason": reason }),
+    )
+    .await?;
+    notify(
+        tx,
+        &Notification::OfferWithdrawn {
+            offer_id,
+            operator_id,
+            call_id,
+            reason: reason.to_owned(),
+        },
+    )
+    .await
+}
+
+/// Puts a locked call back in the queue once nothing rings for it any more (with ring-all,
+/// other offers may still ring).
+async fn requeue_if_silent(tx: &mut Transaction<'_, Postgres>, call_id: Uuid) -> Result<()> {
+    sqlx::query(
+        "UPDATE calls SET state = 'queued' WHERE id = $1 AND state = 'offered'
+         AND NOT EXISTS (SELECT 1 FROM offers WHERE call_id = $1 AND state = 'offered')",
+    )
+    .bind(call_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Withdraws the live offers of a locked call (all of them, or only `only_operator`'s),
+/// telling each operator why.
 async fn withdraw_offers(
     tx: &mut Transaction<'_, Postgres>,
     call_id: Uuid,
+    only_operator: Option<Uuid>,
     reason: &str,
 ) -> Result<()> {
     let withdrawn = sqlx::query(
-        "UPDATE offers SET state = 'withdrawn', decided_at = clock_timestamp()
-         WHERE call_id = $1 AND state = 'offered'
+        "UPDATE offers SET state = 'withdrawn', reason = $3, decided_at = clock_timestamp()
+         WHERE call_id = $1 AND state = 'offered' AND ($2::uuid IS NULL OR operator_id = $2)
          RETURNING id, operator_id",
     )
     .bind(call_id)
+    .bind(only_operator)
+    .bind(reason)
     .fetch_all(&mut **tx)
     .await?;
     for row in withdrawn {
         let offer_id: Uuid = row.try_get("id")?;
         let operator_id: Uuid = row.try_get("operator_id")?;
-        append_event(
+        offer_closed(
             tx,
             "offer.withdrawn",
-            Some(call_id),
-            Some(offer_id),
-            Some(operator_id),
-            None,
-            json!({ "reason": reason }),
-        )
-        .await?;
-        notify(
-            tx,
-            &Notification::OfferWithdrawn {
-                offer_id,
-                operator_id,
-                call_id,
-                reason: reason.to_owned(),
-            },
+            offer_id,
+            call_id,
+            operator_id,
+            reason,
         )
         .await?;
     }
@@ -408,7 +445,7 @@ impl Store {
             tx.commit().await?;
             return Ok(CancelOutcome { call_id, state });
         }
-        withdraw_offers(&mut tx, call_id, "cancelled").await?;
+        withdraw_offers(&mut tx, call_id, None, "cancelled").await?;
         sqlx::query(
             "UPDATE calls SET state = 'abandoned', ended_at = clock_timestamp() WHERE id = $1",
         )
@@ -506,33 +543,15 @@ impl Store {
             if changed == 0 {
                 continue;
             }
-            // Back to the queue unless it is still ringing elsewhere (ring-all).
-            sqlx::query(
-                "UPDATE calls SET state = 'queued' WHERE id = $1 AND state = 'offered'
-                 AND NOT EXISTS (SELECT 1 FROM offers WHERE call_id = $1 AND state = 'offered')",
-            )
-            .bind(call_id)
-            .execute(&mut *tx)
-            .await?;
+            requeue_if_silent(&mut tx, call_id).await?;
             record_miss(&mut tx, operator_id, max_misses).await?;
-            append_event(
+            offer_closed(
                 &mut tx,
                 "offer.expired",
-                Some(call_id),
-                Some(offer_id),
-                Some(operator_id),
-                None,
-                json!({}),
-            )
-            .await?;
-            notify(
-                &mut tx,
-                &Notification::OfferWithdrawn {
-                    offer_id,
-                    operator_id,
-                    call_id,
-                    reason: "expired".to_owned(),
-                },
+                offer_id,
+                call_id,
+                operator_id,
+                "expired",
             )
             .await?;
             expired.push(offer_id);
@@ -615,7 +634,7 @@ impl Store {
         .await?;
         // Ring-all: the other operators' offers for this call are withdrawn in the same
         // transaction as the win.
-        withdraw_offers(&mut tx, call_id, "taken").await?;
+        withdraw_offers(&mut tx, call_id, None, "taken").await?;
         let display_name: String = sqlx::query_scalar(
             "UPDATE operators SET status = 'on_call', status_since = clock_timestamp(), missed_offers = 0,
                     status_reason = ''
@@ -802,11 +821,9 @@ impl Store {
             .bind(call_id)
             .execute(&mut **tx)
             .await?;
-        withdraw_offers(tx, call_id, "operator unavailable").await?;
-        sqlx::query("UPDATE calls SET state = 'queued' WHERE id = $1 AND state = 'offered'")
-            .bind(call_id)
-            .execute(&mut **tx)
-            .await?;
+        // Only this operator's offer: with ring-all, the others keep ringing.
+        withdraw_offers(tx, call_id, Some(operator_id), "operator unavailable").await?;
+        requeue_if_silent(tx, call_id).await?;
         notify(tx, &Notification::Dispatch).await?;
         Ok(())
     }
@@ -916,31 +933,14 @@ impl Store {
             tx.rollback().await?;
             return Err(StoreError::OfferNotOpen { state });
         }
-        sqlx::query(
-            "UPDATE calls SET state = 'queued' WHERE id = $1 AND state = 'offered'
-             AND NOT EXISTS (SELECT 1 FROM offers WHERE call_id = $1 AND state = 'offered')",
-        )
-        .bind(call_id)
-        .execute(&mut *tx)
-        .await?;
-        append_event(
+        requeue_if_silent(&mut tx, call_id).await?;
+        offer_closed(
             &mut tx,
             "offer.declined",
-            Some(call_id),
-            Some(offer_id),
-            Some(operator_id),
-            None,
-            json!({}),
-        )
-        .await?;
-        notify(
-            &mut tx,
-            &Notification::OfferWithdrawn {
-                offer_id,
-                operator_id,
-                call_id,
-                reason: "declined".to_owned(),
-            },
+            offer_id,
+            call_id,
+            operator_id,
+            "declined",
         )
         .await?;
         notify(&mut tx, &Notification::Dispatch).await?;
