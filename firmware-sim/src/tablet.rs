@@ -434,7 +434,9 @@ impl Driver {
     }
 
     async fn receive(&mut self, envelope: Envelope) -> Result<(), LinkError> {
-        let still_open = self.unacknowledged.split_off(&(envelope.ack + 1));
+        let still_open = self
+            .unacknowledged
+            .split_off(&envelope.ack.saturating_add(1));
         for (_, (_, acknowledged)) in std::mem::replace(&mut self.unacknowledged, still_open) {
             if let Some(acknowledged) = acknowledged {
                 let _ = acknowledged.send(());

@@ -440,6 +440,11 @@ impl Console for ConsoleService {
         let store = self.store.clone();
         let presence = self.presence.clone();
         let shutdown = self.shutdown.clone();
+        let attached_at = self
+            .store
+            .console_attached(operator_id)
+            .await
+            .map_err(status_from_store)?;
         presence.connected(Kind::Operator, &operator_id.to_string());
 
         self.tracker.spawn(async move {
@@ -535,7 +540,7 @@ impl Console for ConsoleService {
             // theirs is still here), so calls are not offered into the void. On shutdown the
             // console reconnects to another node instead.
             if client_left && !subscription.others_remain() {
-                if let Err(error) = store.operator_disconnected(operator_id).await {
+                if let Err(error) = store.operator_disconnected(operator_id, attached_at).await {
                     tracing::warn!(%error, %operator_id, "cannot mark a disconnected operator offline");
                 }
             }
@@ -555,10 +560,18 @@ impl Console for ConsoleService {
             .await
             .map_err(status_from_store)?;
         tracing::info!(call_id = %accepted.call_id, operator_id = %session.operator_id, "call answered");
-        let resident = self.resident_record(accepted.resident_id, &session).await?;
+        // The acceptance is committed: a failure to read the record must not make it look
+        // refused (a retry would be told the offer is no longer open).
+        let resident = match self.resident_record(accepted.resident_id, &session).await {
+            Ok(resident) => Some(resident),
+            Err(status) => {
+                tracing::warn!(%status, "accepted, but the resident's record could not be read");
+                None
+            }
+        };
         Ok(Response::new(AcceptResponse {
             call_id: accepted.call_id.to_string(),
-            resident: Some(resident),
+            resident,
         }))
     }
 

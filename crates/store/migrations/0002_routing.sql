@@ -10,6 +10,9 @@ ALTER TABLE operators ADD COLUMN missed_offers integer NOT NULL DEFAULT 0;
 -- When a timed status (wrap-up) ends.
 ALTER TABLE operators ADD COLUMN status_until timestamptz;
 ALTER TABLE operators ADD COLUMN status_reason text NOT NULL DEFAULT '';
+-- When a console of the operator last attached (on any node): a console that goes away takes
+-- the operator offline only if no other attached since.
+ALTER TABLE operators ADD COLUMN console_attached_at timestamptz;
 
 ALTER TABLE calls DROP CONSTRAINT calls_kind_check;
 ALTER TABLE calls ADD CONSTRAINT calls_kind_check

@@ -210,21 +210,31 @@ async fn record_miss(
     operator_id: Uuid,
     max_misses: i32,
 ) -> Result<()> {
-    let paused: Option<bool> = sqlx::query_scalar(
-        "UPDATE operators SET missed_offers = missed_offers + 1,
-                status = CASE WHEN missed_offers + 1 >= $2 AND status = 'available' THEN 'paused' ELSE status END,
-                status_reason = CASE WHEN missed_offers + 1 >= $2 AND status = 'available'
-                                     THEN 'missed offers' ELSE status_reason END,
-                status_since = CASE WHEN missed_offers + 1 >= $2 AND status = 'available'
-                                    THEN clock_timestamp() ELSE status_since END
-         WHERE id = $1
-         RETURNING status = 'paused' AND status_reason = 'missed offers' AND missed_offers = $2",
+    let Some(row) =
+        sqlx::query("SELECT status, missed_offers FROM operators WHERE id = $1 FOR UPDATE")
+            .bind(operator_id)
+            .fetch_optional(&mut **tx)
+            .await?
+    else {
+        return Ok(());
+    };
+    let status: String = row.try_get("status")?;
+    let misses = row.try_get::<i32, _>("missed_offers")?.saturating_add(1);
+    // Only an available operator is paused (one who went away or is on a call is not).
+    let paused = misses >= max_misses && status == "available";
+    sqlx::query(
+        "UPDATE operators SET missed_offers = $2,
+                status = CASE WHEN $3 THEN 'paused' ELSE status END,
+                status_reason = CASE WHEN $3 THEN 'missed offers' ELSE status_reason END,
+                status_since = CASE WHEN $3 THEN clock_timestamp() ELSE status_since END
+         WHERE id = $1",
     )
     .bind(operator_id)
-    .bind(max_misses)
-    .fetch_optional(&mut **tx)
+    .bind(misses)
+    .bind(paused)
+    .execute(&mut **tx)
     .await?;
-    if paused == Some(true) {
+    if paused {
         append_event(
             tx,
             "operator.status",
@@ -427,7 +437,8 @@ impl Store {
     pub async fn cancel_call(&self, device_id: &str, request_id: &str) -> Result<CancelOutcome> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
-            "SELECT id, state, kind, (extract(epoch FROM clock_timestamp() - created_at) * 1000)::bigint AS wait_ms
+            "SELECT id, state, kind, answered_at IS NOT NULL AS answered_before,
+                    (extract(epoch FROM clock_timestamp() - created_at) * 1000)::bigint AS wait_ms
              FROM calls WHERE device_id = $1 AND request_id = $2 FOR UPDATE",
         )
         .bind(device_id)
@@ -441,7 +452,10 @@ impl Store {
         let call_id: Uuid = row.try_get("id")?;
         let state = parse_state(row.try_get("state")?)?;
         let kind: String = row.try_get("kind")?;
-        if state.transition(CallState::Abandoned).is_err() {
+        // A call that was answered once (and is now being transferred) is not abandoned: the
+        // senior has spoken to someone, and the operators finish it.
+        let answered_before: bool = row.try_get("answered_before")?;
+        if answered_before || state.transition(CallState::Abandoned).is_err() {
             tx.commit().await?;
             return Ok(CancelOutcome { call_id, state });
         }
@@ -1054,11 +1068,29 @@ impl Store {
                 .bind(target_id)
                 .bind(i64::try_from(ring_timeout.as_millis()).unwrap_or(i64::MAX))
                 .execute(&mut *tx)
+                .await
+                .map_err(|error| match error.as_database_error() {
+                    // Something else began ringing at the colleague after the check above.
+                    Some(db) if db.is_unique_violation() => {
+                        StoreError::Refused(format!("operator '{username}' is not available"))
+                    }
+                    _ => StoreError::Database(error),
+                })?;
+                // Its waiting starts again from now (no stale overflow or alert while it rings).
+                let queue: String = sqlx::query_scalar(
+                    "UPDATE calls SET state = 'offered', answered_by = NULL, queued_at = clock_timestamp()
+                     WHERE id = $1 RETURNING queue_id",
+                )
+                .bind(call_id)
+                .fetch_one(&mut *tx)
                 .await?;
-                sqlx::query("UPDATE calls SET state = 'offered', answered_by = NULL WHERE id = $1")
-                    .bind(call_id)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "UPDATE calls SET deadline_at = clock_timestamp() + make_interval(secs => $2) WHERE id = $1",
+                )
+                .bind(call_id)
+                .bind(crate::routing::deadline_secs(&rules, &queue, 0))
+                .execute(&mut *tx)
+                .await?;
                 append_event(
                     &mut tx,
                     "offer.created",

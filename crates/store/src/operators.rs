@@ -132,6 +132,27 @@ impl Store {
         status: OperatorStatus,
         reason: &str,
     ) -> Result<OperatorStatus> {
+        // A matching round may offer this operator a call between the withdrawal (which must
+        // lock the call before the operator) and the operator's row lock; then start over.
+        for _ in 0..5 {
+            if let Some(status) = self
+                .try_set_operator_status(operator_id, status, reason)
+                .await?
+            {
+                return Ok(status);
+            }
+        }
+        Err(StoreError::Refused(
+            "the operator keeps being offered calls; try again".to_owned(),
+        ))
+    }
+
+    async fn try_set_operator_status(
+        &self,
+        operator_id: Uuid,
+        status: OperatorStatus,
+        reason: &str,
+    ) -> Result<Option<OperatorStatus>> {
         let mut tx = self.pool.begin().await?;
         if status != OperatorStatus::Available {
             Store::withdraw_operator_offer(&mut tx, operator_id).await?;
@@ -146,20 +167,37 @@ impl Store {
                     id: operator_id.to_string(),
                 })?;
         if current == OperatorStatus::OnCall.as_str() {
-            tx.commit().await?;
+            tx.rollback().await?;
             return Err(StoreError::Refused(
                 "the operator is on a call; end the call first".to_owned(),
             ));
         }
+        if status != OperatorStatus::Available {
+            let ringing: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM offers WHERE operator_id = $1 AND state = 'offered')",
+            )
+            .bind(operator_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if ringing {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+        }
         if current == status.as_str() {
             tx.commit().await?;
-            return Ok(status);
+            return Ok(Some(status));
         }
+        // Going available also clears the count of missed offers (and so ends a pause).
         sqlx::query(
-            "UPDATE operators SET status = $2, status_since = clock_timestamp() WHERE id = $1",
+            "UPDATE operators SET status = $2, status_since = clock_timestamp(), status_until = NULL,
+                    status_reason = $3,
+                    missed_offers = CASE WHEN $2 = 'available' THEN 0 ELSE missed_offers END
+             WHERE id = $1",
         )
         .bind(operator_id)
         .bind(status.as_str())
+        .bind(reason)
         .execute(&mut *tx)
         .await?;
         append_event(
@@ -172,18 +210,60 @@ impl Store {
             json!({ "from": current, "to": status.as_str(), "reason": reason }),
         )
         .await?;
+        // Every console of this operator, on any node, hears it.
+        notify(
+            &mut tx,
+            &Notification::OperatorStatus {
+                operator_id,
+                status: status.as_str().to_owned(),
+                reason: reason.to_owned(),
+            },
+        )
+        .await?;
         if status == OperatorStatus::Available {
             notify(&mut tx, &Notification::Dispatch).await?;
         }
         tx.commit().await?;
-        Ok(status)
+        Ok(Some(status))
     }
 
-    /// The operator's console went away: offline, unless on a call (the call is theirs until
-    /// they end it, from this console or another).
-    pub async fn operator_disconnected(&self, operator_id: Uuid) -> Result<()> {
+    /// A console of this operator attached (on any node); returns the stamp that identifies
+    /// this attachment for [`Store::operator_disconnected`].
+    pub async fn console_attached(&self, operator_id: Uuid) -> Result<DateTime<Utc>> {
+        Ok(sqlx::query_scalar(
+            "UPDATE operators SET console_attached_at = clock_timestamp() WHERE id = $1
+             RETURNING console_attached_at",
+        )
+        .bind(operator_id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// The operator's console attached at `attached_at` went away: offline, unless on a call
+    /// (the call is theirs until they end it, from this console or another), or unless a
+    /// console of theirs attached since (perhaps on another node).
+    pub async fn operator_disconnected(
+        &self,
+        operator_id: Uuid,
+        attached_at: DateTime<Utc>,
+    ) -> Result<()> {
+        let reattached: bool = sqlx::query_scalar(
+            "SELECT coalesce(console_attached_at > $2, false) FROM operators WHERE id = $1",
+        )
+        .bind(operator_id)
+        .bind(attached_at)
+        .fetch_optional(&self.pool)
+        .await?
+        .unwrap_or(true);
+        if reattached {
+            return Ok(());
+        }
         match self
-            .set_operator_status(operator_id, OperatorStatus::Offline)
+            .set_operator_status_because(
+                operator_id,
+                OperatorStatus::Offline,
+                "console disconnected",
+            )
             .await
         {
             Ok(_) | Err(StoreError::Refused(_)) => Ok(()),

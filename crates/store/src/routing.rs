@@ -20,8 +20,9 @@ use crate::{append_event, notify, Notification, Result, Store, StoreError};
 
 /// The advisory lock every matching round takes: one matcher at a time across all nodes.
 const MATCHING_LOCK: i64 = 0x0ca2_eb11;
-/// Most waiting items one round looks at (oldest first); a hotline with more waiting than
-/// this has problems no ordering can fix, and the next round sees the rest.
+/// Most waiting items one round looks at, the most urgent kinds first and then the oldest (so
+/// a backlog of technical alarms or call-backs never hides an emergency); the next round sees
+/// the rest.
 const MAX_ITEMS_PER_ROUND: i64 = 500;
 
 /// Database "now" in Unix milliseconds.
@@ -112,7 +113,7 @@ impl Store {
                     (extract(epoch FROM queued_at) * 1000)::bigint AS queued_ms,
                     (extract(epoch FROM created_at) * 1000)::bigint AS created_ms
              FROM calls WHERE state IN ('queued', 'offered')
-             ORDER BY created_at LIMIT $1
+             ORDER BY priority DESC, created_at LIMIT $1
              FOR UPDATE",
         )
         .bind(MAX_ITEMS_PER_ROUND)
@@ -188,6 +189,19 @@ impl Store {
         })
         .collect::<Result<Vec<_>>>()?;
 
+        // A lock wait re-checks the operator row but not the offers subquery (it keeps the
+        // statement's snapshot): look again, now that the rows are ours.
+        let free_ids: Vec<Uuid> = operators.iter().map(|operator| operator.id).collect();
+        let ringing_now: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT operator_id FROM offers WHERE state = 'offered' AND operator_id = ANY($1)",
+        )
+        .bind(&free_ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let operators: Vec<FreeOperator> = operators
+            .into_iter()
+            .filter(|operator| !ringing_now.contains(&operator.id))
+            .collect();
         let planned = routing::plan(&rules, &items, &operators);
         let ring_ms = i64::try_from(ring_timeout.as_millis()).unwrap_or(i64::MAX);
         let mut offers = Vec::with_capacity(planned.len());

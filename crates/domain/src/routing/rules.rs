@@ -111,7 +111,19 @@ impl ValidRuleSet {
         Self::validate(rules)
     }
 
-    pub fn validate(rules: RuleSet) -> Result<Self, RuleError> {
+    pub fn validate(mut rules: RuleSet) -> Result<Self, RuleError> {
+        // Skills are compared in lower case everywhere (operators' skills are stored so).
+        for skill in &mut rules.skills {
+            *skill = skill.to_lowercase();
+        }
+        for requirement in rules
+            .queues
+            .iter_mut()
+            .flat_map(|queue| queue.steps.iter_mut())
+            .flat_map(|step| step.require.iter_mut())
+        {
+            *requirement = requirement.to_lowercase();
+        }
         let skills: BTreeSet<&str> = rules.skills.iter().map(String::as_str).collect();
         let mut ids = BTreeSet::new();
         for queue in &rules.queues {

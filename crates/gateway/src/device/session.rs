@@ -411,7 +411,7 @@ impl<T: DeviceTransport> Session<'_, T> {
 
     async fn handle(&mut self, envelope: Envelope) -> Next {
         if envelope.ack > 0 {
-            let still_open = self.inflight.split_off(&(envelope.ack + 1));
+            let still_open = self.inflight.split_off(&envelope.ack.saturating_add(1));
             let acked: Vec<i64> = std::mem::replace(&mut self.inflight, still_open)
                 .into_values()
                 .collect();
