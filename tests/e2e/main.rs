@@ -10,3 +10,4 @@ mod redis_down;
 mod routing;
 mod session;
 mod statistics;
+mod supervision;

@@ -69,6 +69,8 @@ pub struct NodeOptions {
     pub handshake_timeout: Duration,
     /// Presence entries live three times this.
     pub presence_refresh: Duration,
+    /// Added to two heartbeat intervals before a silent device is reported offline.
+    pub offline_grace: Duration,
     /// `None`: in-memory presence. `Some(url)`: that Redis (reachable or not).
     pub redis_url: Option<String>,
     pub database_url: Option<String>,
@@ -82,6 +84,7 @@ impl Default for NodeOptions {
             heartbeat_interval: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             presence_refresh: Duration::from_millis(200),
+            offline_grace: Duration::from_secs(15),
             redis_url: Some(redis_url()),
             database_url: None,
             node_id: "test-node".to_owned(),
@@ -162,6 +165,8 @@ impl TestNode {
             u64::try_from(options.heartbeat_interval.as_millis()).expect("heartbeat");
         settings.device.handshake_timeout_ms =
             u64::try_from(options.handshake_timeout.as_millis()).expect("handshake timeout");
+        settings.device.offline_grace_ms =
+            u64::try_from(options.offline_grace.as_millis()).expect("grace");
         settings.presence.refresh_interval_ms =
             u64::try_from(options.presence_refresh.as_millis()).expect("refresh");
         settings.shutdown_grace_ms = 3000;

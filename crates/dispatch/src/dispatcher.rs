@@ -15,6 +15,8 @@ pub struct DispatcherConfig {
     /// How often to look for expired offers even when nothing was announced. Bounds how late
     /// after its deadline a ring timeout takes effect.
     pub sweep_interval: Duration,
+    /// A device silent this long (by its durable last-seen time) raises "device offline".
+    pub offline_after: Duration,
 }
 
 impl Default for DispatcherConfig {
@@ -22,6 +24,7 @@ impl Default for DispatcherConfig {
         Self {
             ring_timeout: Duration::from_secs(20),
             sweep_interval: Duration::from_millis(250),
+            offline_after: Duration::from_secs(75),
         }
     }
 }
@@ -56,7 +59,15 @@ impl Dispatcher {
             match event {
                 Event::Shutdown => return,
                 Event::Wanted | Event::Sweep => {
-                    match self.store.dispatch_round(self.config.ring_timeout).await {
+                    let round = match self.store.dispatch_round(self.config.ring_timeout).await {
+                        Ok(round) => self
+                            .store
+                            .sweep_offline_devices(self.config.offline_after, 100)
+                            .await
+                            .map(|_| round),
+                        Err(error) => Err(error),
+                    };
+                    match round {
                         Ok(round) => {
                             failures = 0;
                             if !round.offered.is_empty() || !round.expired.is_empty() {

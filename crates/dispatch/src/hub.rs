@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use carebell_store::Notification;
 use tokio::sync::{broadcast, Notify};
@@ -44,6 +45,8 @@ struct DeviceSlot {
     session: u64,
     outbox_changed: Arc<Notify>,
     kicked: CancellationToken,
+    /// When the device was last heard, in milliseconds since the hub's epoch.
+    last_heard_ms: Arc<AtomicU64>,
 }
 
 /// Capacity of each operator's event channel. An operator receives a handful of events per
@@ -51,13 +54,15 @@ struct DeviceSlot {
 /// to grow memory without bound.
 const OPERATOR_CHANNEL_CAPACITY: usize = 64;
 
-#[derive(Default)]
 pub struct Hub {
     // std mutexes: held for map operations only, never across an await.
     operators: Mutex<HashMap<Uuid, broadcast::Sender<OperatorEvent>>>,
     devices: Mutex<HashMap<String, DeviceSlot>>,
     next_session: AtomicU64,
     dispatch_wanted: Notify,
+    /// The origin of the devices' last-heard times (a monotonic clock: only differences are
+    /// sent to the database, which applies them to its own clock).
+    epoch: Instant,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -107,6 +112,24 @@ pub struct DeviceRegistration {
     pub outbox_changed: Arc<Notify>,
     /// Cancelled when a newer session of the same device registers on this node.
     pub kicked: CancellationToken,
+    last_heard_ms: Arc<AtomicU64>,
+}
+
+impl DeviceRegistration {
+    /// The device was heard from just now.
+    pub fn heard(&self) {
+        self.last_heard_ms
+            .store(self.hub.elapsed_ms(), Ordering::Relaxed);
+    }
+
+    /// How long the device has been silent.
+    pub fn silent_for(&self) -> Duration {
+        Duration::from_millis(
+            self.hub
+                .elapsed_ms()
+                .saturating_sub(self.last_heard_ms.load(Ordering::Relaxed)),
+        )
+    }
 }
 
 impl Drop for DeviceRegistration {
@@ -123,7 +146,32 @@ impl Drop for DeviceRegistration {
 
 impl Hub {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        Arc::new(Self {
+            operators: Mutex::default(),
+            devices: Mutex::default(),
+            next_session: AtomicU64::new(0),
+            dispatch_wanted: Notify::new(),
+            epoch: Instant::now(),
+        })
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Every device this node holds and how long each has been silent.
+    pub fn device_silences(&self) -> Vec<(String, Duration)> {
+        let now = self.elapsed_ms();
+        lock(&self.devices)
+            .iter()
+            .map(|(device_id, slot)| {
+                let heard = slot.last_heard_ms.load(Ordering::Relaxed);
+                (
+                    device_id.clone(),
+                    Duration::from_millis(now.saturating_sub(heard)),
+                )
+            })
+            .collect()
     }
 
     pub fn subscribe_operator(self: &Arc<Self>, operator_id: Uuid) -> OperatorSubscription {
@@ -144,12 +192,14 @@ impl Hub {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let outbox_changed = Arc::new(Notify::new());
         let kicked = CancellationToken::new();
+        let last_heard_ms = Arc::new(AtomicU64::new(self.elapsed_ms()));
         let previous = lock(&self.devices).insert(
             device_id.to_owned(),
             DeviceSlot {
                 session,
                 outbox_changed: Arc::clone(&outbox_changed),
                 kicked: kicked.clone(),
+                last_heard_ms: Arc::clone(&last_heard_ms),
             },
         );
         if let Some(previous) = previous {
@@ -161,6 +211,7 @@ impl Hub {
             session,
             outbox_changed,
             kicked,
+            last_heard_ms,
         }
     }
 

@@ -49,3 +49,27 @@ pub async fn run_listener(
         }
     }
 }
+
+/// Writes the durable last-seen times of the devices this node holds every `interval`: one
+/// statement for all of them, each as "silent for so long" applied to the database's clock.
+/// Offline supervision reads these times, so it holds across nodes and without Redis.
+pub async fn run_last_seen_refresher(
+    store: carebell_store::Store,
+    hub: std::sync::Arc<Hub>,
+    interval: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let silences = hub.device_silences();
+        if silences.is_empty() {
+            continue;
+        }
+        if let Err(error) = store.devices_seen(&silences).await {
+            tracing::warn!(%error, n_devices = silences.len(), "could not record last-seen times");
+        }
+    }
+}

@@ -61,6 +61,7 @@ string_enum!(
         Answered => "answered",
         Ended => "ended",
         Abandoned => "abandoned",
+        Cleared => "cleared",
     }
 );
 
@@ -90,7 +91,10 @@ string_enum!(
 impl CallState {
     /// Whether the call has finished and nothing more can happen to it.
     pub fn is_final(self) -> bool {
-        matches!(self, CallState::Ended | CallState::Abandoned)
+        matches!(
+            self,
+            CallState::Ended | CallState::Abandoned | CallState::Cleared
+        )
     }
 
     /// Checks one step of the call's life; the store applies only steps this allows.
@@ -106,6 +110,8 @@ impl CallState {
                 | (Answered, Offered)
                 | (Queued, Abandoned)
                 | (Offered, Abandoned)
+                | (Queued, Cleared)
+                | (Offered, Cleared)
         );
         if allowed {
             Ok(to)

@@ -184,9 +184,19 @@ impl Application {
             DispatcherConfig {
                 ring_timeout: Settings::ms(settings.dispatch.ring_timeout_ms),
                 sweep_interval: Settings::ms(settings.dispatch.sweep_interval_ms),
+                offline_after: settings.offline_after(),
             },
         );
         tracker.spawn(dispatcher.run(shutdown.clone()));
+        // Durable last-seen times, often enough that a live device never looks offline.
+        let last_seen_interval =
+            Settings::ms(settings.device.heartbeat_interval_ms / 2).min(Duration::from_secs(5));
+        tracker.spawn(carebell_dispatch::run_last_seen_refresher(
+            store.clone(),
+            Arc::clone(&hub),
+            last_seen_interval,
+            shutdown.clone(),
+        ));
         let refresh = Settings::ms(settings.presence.refresh_interval_ms);
         tracker.spawn(presence.clone().run_refresher(
             refresh,

@@ -87,6 +87,8 @@ pub struct DeviceSection {
     pub max_frame_bytes: usize,
     pub handshake_timeout_ms: u64,
     pub go_away_window_ms: u64,
+    /// A device not heard for two heartbeat intervals plus this raises "device offline".
+    pub offline_grace_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +130,7 @@ heartbeat_interval_ms = 30000
 max_frame_bytes = 65536
 handshake_timeout_ms = 10000
 go_away_window_ms = 30000
+offline_grace_ms = 15000
 
 [dispatch]
 ring_timeout_ms = 20000
@@ -238,6 +241,16 @@ impl Settings {
             return invalid("presence.refresh_interval_ms must be at least 100".to_owned());
         }
         Ok(())
+    }
+
+    /// How long a device may be silent before it is reported offline.
+    pub fn offline_after(&self) -> Duration {
+        Duration::from_millis(
+            self.device
+                .heartbeat_interval_ms
+                .saturating_mul(2)
+                .saturating_add(self.device.offline_grace_ms),
+        )
     }
 
     pub fn ms(value: u64) -> Duration {

@@ -112,12 +112,35 @@ impl Store {
         Ok(key.and_then(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok()))
     }
 
-    /// Records that a device was heard from now (database clock).
-    pub async fn touch_device(&self, device_id: &str) -> Result<()> {
-        sqlx::query("UPDATE devices SET last_seen_at = now() WHERE id = $1")
-            .bind(device_id)
-            .execute(&self.pool)
-            .await?;
+    /// Records when a device was last heard: `silent_for` ago, by the database clock.
+    pub async fn device_seen(
+        &self,
+        device_id: &str,
+        silent_for: std::time::Duration,
+    ) -> Result<()> {
+        self.devices_seen(&[(device_id.to_owned(), silent_for)])
+            .await
+    }
+
+    /// As [`Store::device_seen`], for many devices in one statement. A last-seen time never
+    /// moves backwards (another node may have heard the device more recently).
+    pub async fn devices_seen(&self, silences: &[(String, std::time::Duration)]) -> Result<()> {
+        let ids: Vec<&str> = silences.iter().map(|(id, _)| id.as_str()).collect();
+        let silent_ms: Vec<i64> = silences
+            .iter()
+            .map(|(_, silent)| i64::try_from(silent.as_millis()).unwrap_or(i64::MAX))
+            .collect();
+        sqlx::query(
+            "UPDATE devices d
+             SET last_seen_at = greatest(coalesce(d.last_seen_at, '-infinity'),
+                                         clock_timestamp() - make_interval(secs => v.silent_ms / 1000.0))
+             FROM unnest($1::text[], $2::bigint[]) AS v(id, silent_ms)
+             WHERE d.id = v.id",
+        )
+        .bind(&ids)
+        .bind(&silent_ms)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }

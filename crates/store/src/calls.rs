@@ -258,6 +258,92 @@ async fn record_miss(
     Ok(())
 }
 
+/// Inserts an alarm unless the device already raised this id (then returns the stored one,
+/// provided the content matches).
+pub(crate) async fn insert_alarm(
+    tx: &mut Transaction<'_, Postgres>,
+    device_id: &str,
+    alarm_id: &str,
+    kind: &str,
+    raised_at: Option<DateTime<Utc>>,
+    detail: &str,
+    raise: Option<CallKind>,
+) -> Result<AlarmOutcome> {
+    let inserted: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO alarms (id, device_id, alarm_id, kind, raised_at, detail)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (device_id, alarm_id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(Uuid::new_v4())
+    .bind(device_id)
+    .bind(alarm_id)
+    .bind(kind)
+    .bind(raised_at)
+    .bind(detail)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(|error| match error.as_database_error() {
+        Some(db) if db.is_foreign_key_violation() => StoreError::NotFound {
+            what: "device",
+            id: device_id.to_owned(),
+        },
+        _ => StoreError::Database(error),
+    })?;
+
+    let Some(alarm_row_id) = inserted else {
+        let row = sqlx::query(
+            "SELECT id, call_id, kind, detail, raised_at FROM alarms WHERE device_id = $1 AND alarm_id = $2",
+        )
+        .bind(device_id)
+        .bind(alarm_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        let same = row.try_get::<String, _>("kind")? == kind
+            && row.try_get::<String, _>("detail")? == detail
+            && row.try_get::<Option<DateTime<Utc>>, _>("raised_at")? == raised_at;
+        if !same {
+            return Err(StoreError::Refused(format!(
+                "alarm id '{alarm_id}' was already used for a different alarm; the first one stands"
+            )));
+        }
+        return Ok(AlarmOutcome {
+            alarm_row_id: row.try_get("id")?,
+            created: false,
+            call_id: row.try_get("call_id")?,
+        });
+    };
+
+    append_event(
+        tx,
+        "alarm.raised",
+        None,
+        None,
+        None,
+        Some(device_id),
+        json!({ "alarm_id": alarm_id, "kind": kind, "raised_at": raised_at }),
+    )
+    .await?;
+    let mut call_id = None;
+    if let Some(kind) = raise {
+        // ':' is outside the device's request id alphabet, so an alarm's call can never
+        // collide with a call the device requested.
+        let request_id = format!("alarm:{alarm_id}");
+        let call = insert_call(tx, device_id, &request_id, kind, None).await?;
+        sqlx::query("UPDATE alarms SET call_id = $1 WHERE id = $2")
+            .bind(call.call_id)
+            .bind(alarm_row_id)
+            .execute(&mut **tx)
+            .await?;
+        call_id = Some(call.call_id);
+    }
+    Ok(AlarmOutcome {
+        alarm_row_id,
+        created: true,
+        call_id,
+    })
+}
+
 /// Records the end of one live offer (whose call the caller has locked) and tells its operator.
 async fn offer_closed(
     tx: &mut Transaction<'_, Postgres>,
@@ -304,7 +390,7 @@ async fn requeue_if_silent(tx: &mut Transaction<'_, Postgres>, call_id: Uuid) ->
 
 /// Withdraws the live offers of a locked call (all of them, or only `only_operator`'s),
 /// telling each operator why.
-async fn withdraw_offers(
+pub(crate) async fn withdraw_offers(
     tx: &mut Transaction<'_, Postgres>,
     call_id: Uuid,
     only_operator: Option<Uuid>,
@@ -352,7 +438,8 @@ impl Store {
     }
 
     /// Stores an alarm idempotently by the device's own alarm id. When `raise` names a kind, the
-    /// alarm also queues an emergency call, in the same transaction.
+    /// alarm also queues an item of that kind, in the same transaction. The same id resent with
+    /// different content is refused, not silently taken for the first.
     pub async fn record_alarm(
         &self,
         device_id: &str,
@@ -363,73 +450,18 @@ impl Store {
         raise: Option<CallKind>,
     ) -> Result<AlarmOutcome> {
         let mut tx = self.pool.begin().await?;
-        let inserted: Option<Uuid> = sqlx::query_scalar(
-            "INSERT INTO alarms (id, device_id, alarm_id, kind, raised_at, detail)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (device_id, alarm_id) DO NOTHING
-             RETURNING id",
-        )
-        .bind(Uuid::new_v4())
-        .bind(device_id)
-        .bind(alarm_id)
-        .bind(kind)
-        .bind(raised_at)
-        .bind(detail)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|error| match error.as_database_error() {
-            Some(db) if db.is_foreign_key_violation() => StoreError::NotFound {
-                what: "device",
-                id: device_id.to_owned(),
-            },
-            _ => StoreError::Database(error),
-        })?;
-
-        let Some(alarm_row_id) = inserted else {
-            let row = sqlx::query(
-                "SELECT id, call_id FROM alarms WHERE device_id = $1 AND alarm_id = $2",
-            )
-            .bind(device_id)
-            .bind(alarm_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            return Ok(AlarmOutcome {
-                alarm_row_id: row.try_get("id")?,
-                created: false,
-                call_id: row.try_get("call_id")?,
-            });
-        };
-
-        append_event(
-            &mut tx,
-            "alarm.raised",
-            None,
-            None,
-            None,
-            Some(device_id),
-            json!({ "alarm_id": alarm_id, "kind": kind }),
-        )
-        .await?;
-        let mut call_id = None;
-        if let Some(kind) = raise {
-            // ':' is outside the device's request id alphabet, so an alarm's call can never
-            // collide with a call the device requested.
-            let request_id = format!("alarm:{alarm_id}");
-            let call = insert_call(&mut tx, device_id, &request_id, kind, None).await?;
-            sqlx::query("UPDATE alarms SET call_id = $1 WHERE id = $2")
-                .bind(call.call_id)
-                .bind(alarm_row_id)
-                .execute(&mut *tx)
-                .await?;
-            call_id = Some(call.call_id);
+        let outcome =
+            insert_alarm(&mut tx, device_id, alarm_id, kind, raised_at, detail, raise).await;
+        match outcome {
+            Ok(outcome) => {
+                tx.commit().await?;
+                Ok(outcome)
+            }
+            Err(error) => {
+                tx.rollback().await?;
+                Err(error)
+            }
         }
-        tx.commit().await?;
-        Ok(AlarmOutcome {
-            alarm_row_id,
-            created: true,
-            call_id,
-        })
     }
 
     /// The senior cancelled before an answer: the call is abandoned and its offers withdrawn.

@@ -7,6 +7,7 @@
 
 mod admin;
 mod calls;
+mod devices;
 mod operators;
 mod outbox;
 mod residents;
@@ -25,6 +26,7 @@ pub use calls::{
     AcceptedCall, AlarmOutcome, CallRow, CancelOutcome, CreatedCall, DispatchRound, EventRow,
     NewOffer, OfferRow, TransferTarget,
 };
+pub use devices::{DEVICE_BACK, DEVICE_OFFLINE};
 pub use operators::{OperatorCredentials, OperatorSession};
 pub use outbox::{CallUpdatePayload, OutboxItem};
 pub use residents::{DeviceSummaryRow, ResidentRecord};

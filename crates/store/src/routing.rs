@@ -43,11 +43,15 @@ pub(crate) async fn active_rules(tx: &mut Transaction<'_, Postgres>) -> Result<V
     let Some(body) = body else {
         return Ok(ValidRuleSet::default_rules());
     };
-    let rules: RuleSet = serde_json::from_value(body).map_err(|error| {
-        StoreError::Refused(format!("stored routing rules are unreadable: {error}"))
-    })?;
-    ValidRuleSet::validate(rules)
-        .map_err(|error| StoreError::Refused(format!("stored routing rules are invalid: {error}")))
+    // Rules are validated before they are stored, so this only fails if someone edited the
+    // table by hand. Calls must still flow: fall back to the built-in rules, loudly.
+    let parsed = serde_json::from_value::<RuleSet>(body)
+        .map_err(|error| error.to_string())
+        .and_then(|rules| ValidRuleSet::validate(rules).map_err(|error| error.to_string()));
+    Ok(parsed.unwrap_or_else(|error| {
+        tracing::error!(%error, "the stored routing rules are unusable; routing by the built-in rules");
+        ValidRuleSet::default_rules()
+    }))
 }
 
 /// The seconds from `queued_at` to the item's next deadline.

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::time::Duration;
 
 use carebell_domain::{CallKind, DeviceId, RequestId};
 use carebell_presence::Kind;
@@ -123,8 +124,17 @@ pub(crate) async fn run<T: DeviceTransport>(context: DeviceContext, transport: T
     let span = tracing::info_span!("device", device_id = %device_id, %peer);
     tracing::info!(parent: &span, "device authenticated");
     context.presence.connected(Kind::Device, device_id.as_str());
-    if let Err(error) = context.store.touch_device(device_id.as_str()).await {
+    if let Err(error) = context
+        .store
+        .device_seen(device_id.as_str(), Duration::ZERO)
+        .await
+    {
         tracing::warn!(parent: &span, %error, "could not record last-seen");
+    }
+    match context.store.device_back(device_id.as_str()).await {
+        Ok(true) => tracing::info!(parent: &span, "device back: its offline alarm is cleared"),
+        Ok(false) => {}
+        Err(error) => tracing::warn!(parent: &span, %error, "could not clear an offline alarm"),
     }
     let registration = context.hub.register_device(device_id.as_str());
     let mut session = Session {
@@ -135,11 +145,17 @@ pub(crate) async fn run<T: DeviceTransport>(context: DeviceContext, transport: T
     };
     let reason = session.run(&registration).instrument(span.clone()).await;
     tracing::info!(parent: &span, reason, "device session ended");
+    // Last seen when last heard, not now: a silently dropped link must not look alive.
+    let silent_for = registration.silent_for();
     drop(registration);
     context
         .presence
         .disconnected(Kind::Device, device_id.as_str());
-    if let Err(error) = context.store.touch_device(device_id.as_str()).await {
+    if let Err(error) = context
+        .store
+        .device_seen(device_id.as_str(), silent_for)
+        .await
+    {
         tracing::warn!(parent: &span, %error, "could not record last-seen");
     }
 }
@@ -312,6 +328,7 @@ impl<T: DeviceTransport> Session<'_, T> {
             tokio::select! {
                 incoming = self.link.transport.recv() => {
                     silent_until = Instant::now() + silence_limit;
+                    registration.heard();
                     let next = match incoming {
                         Incoming::Closed => Next::End("closed by the device"),
                         Incoming::Bad(code, message) => {
@@ -521,6 +538,11 @@ impl<T: DeviceTransport> Session<'_, T> {
                         Ok(outcome) => {
                             tracing::info!(alarm = %outcome.alarm_row_id, created = outcome.created, "alarm stored");
                             Ok(())
+                        }
+                        // The same id with different content: refused for good (and acknowledged,
+                        // so the device stops resending it).
+                        Err(StoreError::Refused(message)) => {
+                            Err((ErrorCode::InvalidArgument, message))
                         }
                         Err(error) => return self.unavailable(error, seq).await,
                     }

@@ -1,0 +1,127 @@
+//! Device supervision: silence is itself an alarm. A device not heard for longer than the
+//! supervision time (by its durable last-seen time, so across nodes and without Redis) raises
+//! exactly one "device offline" technical alarm; its return clears it.
+
+use std::time::Duration;
+
+use carebell_domain::CallKind;
+use serde_json::json;
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::calls::insert_alarm;
+use crate::{append_event, notify, Notification, Result, Store};
+
+pub const DEVICE_OFFLINE: &str = "DEVICE_OFFLINE";
+pub const DEVICE_BACK: &str = "DEVICE_BACK";
+
+impl Store {
+    /// Raises "device offline" for every device silent longer than `offline_after` that has no
+    /// open one. Safe on every node at once (device rows locked with SKIP LOCKED, and a unique
+    /// index allows one open offline alarm per device).
+    pub async fn sweep_offline_devices(
+        &self,
+        offline_after: Duration,
+        limit: i64,
+    ) -> Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let silent = sqlx::query(
+            "SELECT d.id, extract(epoch FROM clock_timestamp() - d.last_seen_at)::bigint AS silent_secs
+             FROM devices d
+             WHERE d.revoked_at IS NULL
+               AND d.last_seen_at < clock_timestamp() - make_interval(secs => $1)
+               AND NOT EXISTS (SELECT 1 FROM alarms a
+                               WHERE a.device_id = d.id AND a.kind = 'DEVICE_OFFLINE' AND a.cleared_at IS NULL)
+             ORDER BY d.last_seen_at
+             LIMIT $2
+             FOR UPDATE OF d SKIP LOCKED",
+        )
+        .bind(offline_after.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &silent {
+            let device_id: String = row.try_get("id")?;
+            let silent_secs: i64 = row.try_get("silent_secs")?;
+            let alarm_id = format!("offline.{}", Uuid::new_v4().simple());
+            insert_alarm(
+                &mut tx,
+                &device_id,
+                &alarm_id,
+                DEVICE_OFFLINE,
+                None,
+                &format!("no word from the device for {silent_secs} s"),
+                Some(CallKind::Technical),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(silent.len())
+    }
+
+    /// The device authenticated again: its open "device offline" alarm is cleared, a "device
+    /// back" alarm is recorded, and the offline item is cleared if nobody has taken it yet.
+    pub async fn device_back(&self, device_id: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let cleared = sqlx::query(
+            "UPDATE alarms SET cleared_at = clock_timestamp()
+             WHERE device_id = $1 AND kind = 'DEVICE_OFFLINE' AND cleared_at IS NULL
+             RETURNING call_id",
+        )
+        .bind(device_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(cleared) = cleared else {
+            tx.commit().await?;
+            return Ok(false);
+        };
+        let call_id: Option<Uuid> = cleared.try_get("call_id")?;
+        insert_alarm(
+            &mut tx,
+            device_id,
+            &format!("back.{}", Uuid::new_v4().simple()),
+            DEVICE_BACK,
+            None,
+            "the device is connected again",
+            None,
+        )
+        .await?;
+        if let Some(call_id) = call_id {
+            let waiting: Option<String> = sqlx::query_scalar(
+                "SELECT state FROM calls WHERE id = $1 AND state IN ('queued', 'offered') FOR UPDATE",
+            )
+            .bind(call_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if waiting.is_some() {
+                crate::calls::withdraw_offers(&mut tx, call_id, None, "cleared").await?;
+                sqlx::query("UPDATE calls SET state = 'cleared', ended_at = clock_timestamp() WHERE id = $1")
+                    .bind(call_id)
+                    .execute(&mut *tx)
+                    .await?;
+                append_event(
+                    &mut tx,
+                    "call.cleared",
+                    Some(call_id),
+                    None,
+                    None,
+                    Some(device_id),
+                    json!({ "reason": "device back" }),
+                )
+                .await?;
+                notify(
+                    &mut tx,
+                    &Notification::CallChanged {
+                        call_id,
+                        operator_id: None,
+                        state: "cleared".to_owned(),
+                        disposition: None,
+                    },
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,237 @@
+//! Silence is an alarm: a device not heard for two heartbeat intervals plus a grace raises one
+//! "device offline" technical alarm, from durable last-seen times; its return clears it.
+//! And the alarm edge cases: a device clock far off, an alarm id reused for other content.
+
+use std::time::Duration;
+
+use carebell_proto::device::v1::envelope::Body;
+use carebell_proto::device::v1::{Alarm, AlarmKind};
+use carebell_store::Store;
+use carebell_tests::{NodeOptions, TestNode};
+use firmware_sim::{Tablet, TabletEvent, TransportKind};
+
+fn supervised() -> NodeOptions {
+    NodeOptions {
+        heartbeat_interval: Duration::from_secs(1),
+        offline_grace: Duration::from_millis(500),
+        ..NodeOptions::default()
+    }
+}
+
+async fn offline_alarms(
+    store: &Store,
+    device_id: &str,
+) -> Vec<(Option<chrono::DateTime<chrono::Utc>>, Option<uuid::Uuid>)> {
+    sqlx::query_as("SELECT cleared_at, call_id FROM alarms WHERE device_id = $1 AND kind = 'DEVICE_OFFLINE' ORDER BY received_at")
+        .bind(device_id)
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+}
+
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_silent_tablet_raises_one_offline_alarm_and_its_return_clears_it() {
+    let node = TestNode::start(supervised()).await;
+    let (_resident, mut config) = node
+        .tablet_config("沉默的王爷爷", TransportKind::WebSocket)
+        .await;
+    let device_id = config.credentials.device_id.clone();
+    // A link that goes quiet without a close frame: the tablet simply stops talking.
+    config.heartbeat_override = Some(Duration::from_secs(3600));
+    let silent = Tablet::connect(&config).await.unwrap();
+    let connected = tokio::time::Instant::now();
+    wait_until("the offline alarm", Duration::from_secs(10), || async {
+        !offline_alarms(&node.store, &device_id).await.is_empty()
+    })
+    .await;
+    // Two intervals plus the grace (2.5 s), then within one sweep.
+    assert!(
+        connected.elapsed() < Duration::from_secs(6),
+        "raised within one supervision interval: {:?}",
+        connected.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let alarms = offline_alarms(&node.store, &device_id).await;
+    assert_eq!(alarms.len(), 1, "exactly one offline alarm");
+    let item = node
+        .store
+        .call(alarms[0].1.expect("a technical item"))
+        .await
+        .unwrap();
+    assert_eq!(item.kind, "technical");
+    assert_eq!(item.state, "queued");
+    drop(silent);
+
+    config.heartbeat_override = None;
+    let back = Tablet::connect(&config).await.unwrap();
+    wait_until("the alarm to clear", Duration::from_secs(5), || async {
+        offline_alarms(&node.store, &device_id)
+            .await
+            .first()
+            .is_some_and(|(cleared, _)| cleared.is_some())
+    })
+    .await;
+    assert_eq!(node.store.call(item.id).await.unwrap().state, "cleared");
+    let n_back: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM alarms WHERE device_id = $1 AND kind = 'DEVICE_BACK'",
+    )
+    .bind(&device_id)
+    .fetch_one(node.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(n_back, 1);
+    back.close().await;
+}
+
+#[tokio::test]
+async fn a_heartbeating_tablet_on_another_node_is_not_offline() {
+    let database_url = carebell_tests::fresh_database().await;
+    let first = TestNode::start(NodeOptions {
+        database_url: Some(database_url.clone()),
+        node_id: "a".to_owned(),
+        ..supervised()
+    })
+    .await;
+    let second = TestNode::start(NodeOptions {
+        database_url: Some(database_url),
+        node_id: "b".to_owned(),
+        ..supervised()
+    })
+    .await;
+    let (_resident, config) = first
+        .tablet_config("潘阿姨", TransportKind::WebSocket)
+        .await;
+    // Connected to the second node; the first node's sweeper reads the shared last-seen time.
+    let mut on_second = config.clone();
+    on_second.credentials.websocket_url = second.websocket_url.clone();
+    on_second.credentials.ca_certificate_pem = Some(second.ca_pem.clone());
+    let mut tablet = Tablet::connect(&on_second).await.unwrap();
+    assert!(
+        tablet.next_event(Duration::from_secs(6)).await.is_none(),
+        "stays connected"
+    );
+    assert!(offline_alarms(&first.store, &config.credentials.device_id)
+        .await
+        .is_empty());
+    tablet.close().await;
+}
+
+fn alarm(alarm_id: &str, kind: AlarmKind, raised_at_ms: i64, detail: &str) -> Body {
+    Body::Alarm(Alarm {
+        alarm_id: alarm_id.to_owned(),
+        kind: kind as i32,
+        raised_at_ms,
+        detail: detail.to_owned(),
+    })
+}
+
+#[tokio::test]
+async fn alarm_edge_cases_are_handled_explicitly() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let (_resident, config) = node.tablet_config("陈奶奶", TransportKind::WebSocket).await;
+    let mut tablet = Tablet::connect(&config).await.unwrap();
+    let device_id = config.credentials.device_id.clone();
+
+    // A device clock a year behind: its time is kept, the server orders by its own.
+    let a_year_ago = chrono::Utc::now().timestamp_millis() - 365 * 24 * 3600 * 1000;
+    tablet
+        .send(alarm("fall-a", AlarmKind::Fall, a_year_ago, "kitchen"))
+        .await
+        .unwrap();
+    tablet
+        .send(alarm("fall-b", AlarmKind::Fall, 0, "bathroom"))
+        .await
+        .unwrap();
+    let rows: Vec<(String, Option<chrono::DateTime<chrono::Utc>>, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT alarm_id, raised_at, received_at FROM alarms WHERE device_id = $1 ORDER BY received_at, id",
+    )
+    .bind(&device_id)
+    .fetch_all(node.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(rows[0].0, "fall-a");
+    assert_eq!(
+        rows[0].1.map(|at| at.timestamp_millis()),
+        Some(a_year_ago),
+        "the device's time is kept"
+    );
+    assert!(
+        rows[0].2 > rows[0].1.unwrap() + chrono::Duration::days(300),
+        "the server's own time is recorded beside it"
+    );
+    assert!(rows[1].1.is_none(), "no device time given");
+
+    // The same id with different content: refused explicitly, the first one stands.
+    tablet
+        .send(alarm("fall-a", AlarmKind::Smoke, a_year_ago, "kitchen"))
+        .await
+        .unwrap();
+    let refused = loop {
+        match tablet.next_event(Duration::from_secs(5)).await {
+            Some(TabletEvent::Error(error)) => break error,
+            Some(_) => continue,
+            None => panic!("no error for a reused alarm id"),
+        }
+    };
+    assert_eq!(
+        refused.code,
+        carebell_proto::device::v1::ErrorCode::InvalidArgument as i32
+    );
+    assert!(
+        refused.message.contains("already used"),
+        "{}",
+        refused.message
+    );
+    let kind: String =
+        sqlx::query_scalar("SELECT kind FROM alarms WHERE device_id = $1 AND alarm_id = 'fall-a'")
+            .bind(&device_id)
+            .fetch_one(node.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(kind, "ALARM_KIND_FALL");
+
+    // An unknown alarm kind: a clear error, nothing stored.
+    tablet
+        .send(Body::Alarm(Alarm {
+            alarm_id: "odd".to_owned(),
+            kind: 99,
+            raised_at_ms: 0,
+            detail: String::new(),
+        }))
+        .await
+        .unwrap();
+    let unknown = loop {
+        match tablet.next_event(Duration::from_secs(5)).await {
+            Some(TabletEvent::Error(error)) => break error,
+            Some(_) => continue,
+            None => panic!("no error for an unknown alarm kind"),
+        }
+    };
+    assert!(
+        unknown.message.contains("unknown alarm kind"),
+        "{}",
+        unknown.message
+    );
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM alarms WHERE device_id = $1")
+        .bind(&device_id)
+        .fetch_one(node.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    tablet.close().await;
+}
