@@ -7,8 +7,10 @@
 
 mod credentials;
 mod link;
+mod pending;
 mod tablet;
 
 pub use credentials::{Credentials, CredentialsError};
 pub use link::{Link, LinkError, LinkEvent, TransportKind};
+pub use pending::PendingStore;
 pub use tablet::{authenticate, Carryover, SimError, Tablet, TabletConfig, TabletEvent};

@@ -27,6 +27,10 @@ struct Args {
     /// Use the gRPC transport instead of WebSocket.
     #[arg(long)]
     grpc: bool,
+    /// Where unacknowledged alarms and requests are kept across restarts of this simulator
+    /// (default: the credentials file's name with `.pending.json`).
+    #[arg(long)]
+    pending: Option<PathBuf>,
     /// How long `wait:` steps wait before giving up.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     wait_timeout: Duration,
@@ -93,7 +97,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         TransportKind::WebSocket
     };
-    let config = TabletConfig::new(credentials, transport);
+    let mut config = TabletConfig::new(credentials, transport);
+    let pending_path = args
+        .pending
+        .clone()
+        .unwrap_or_else(|| args.credentials.with_extension("pending.json"));
+    let pending = firmware_sim::PendingStore::open(&pending_path)
+        .with_context(|| format!("failed to open the pending file {}", pending_path.display()))?;
+    let n_pending = pending.bodies().len();
+    if n_pending > 0 {
+        println!(
+            "[tablet] resending {n_pending} unacknowledged message(s) from {}",
+            pending_path.display()
+        );
+    }
+    config.pending = Some(pending);
     let mut tablet = Tablet::connect(&config)
         .await
         .context("failed to connect")?;

@@ -13,7 +13,9 @@ use ed25519_dalek::Signer;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::{Credentials, CredentialsError, Link, LinkError, LinkEvent, TransportKind};
+use crate::{
+    Credentials, CredentialsError, Link, LinkError, LinkEvent, PendingStore, TransportKind,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -48,6 +50,9 @@ pub struct TabletConfig {
     /// Overrides the heartbeat interval the server asks for (tests use this to stay silent).
     pub heartbeat_override: Option<Duration>,
     pub firmware_version: String,
+    /// Where unacknowledged messages are kept across the tablet's own restarts (none: memory
+    /// only).
+    pub pending: Option<PendingStore>,
 }
 
 impl TabletConfig {
@@ -57,6 +62,7 @@ impl TabletConfig {
             transport,
             heartbeat_override: None,
             firmware_version: concat!("tablet-sim/", env!("CARGO_PKG_VERSION")).to_owned(),
+            pending: None,
         }
     }
 
@@ -110,6 +116,7 @@ pub struct Tablet {
     events: mpsc::Receiver<TabletEvent>,
     welcome: Welcome,
     driver: JoinHandle<Carryover>,
+    pending: Option<PendingStore>,
 }
 
 /// Performs Hello → Challenge → Proof → Welcome on `link`.
@@ -206,7 +213,18 @@ impl Tablet {
             )));
         let (commands_tx, commands_rx) = mpsc::channel(16);
         let (events_tx, events_rx) = mpsc::channel(256);
+        // Whatever the durable outbox holds goes out too (once: the same message is not resent
+        // twice in one connection).
+        let mut resend = carryover.unacknowledged;
+        if let Some(pending) = &config.pending {
+            for body in pending.bodies() {
+                if !resend.contains(&body) {
+                    resend.push(body);
+                }
+            }
+        }
         let driver = Driver {
+            pending: config.pending.clone(),
             link,
             // Hello and Proof used 1 and 2.
             next_seq: 3,
@@ -215,12 +233,13 @@ impl Tablet {
             seen_updates: carryover.seen_updates,
             events: events_tx,
         };
-        let driver = tokio::spawn(driver.run(commands_rx, heartbeat, carryover.unacknowledged));
+        let driver = tokio::spawn(driver.run(commands_rx, heartbeat, resend));
         Ok(Self {
             commands: commands_tx,
             events: events_rx,
             welcome,
             driver,
+            pending: config.pending.clone(),
         })
     }
 
@@ -231,6 +250,12 @@ impl Tablet {
     /// Sends a message and waits until the server acknowledges it (for requests and alarms:
     /// until they are committed).
     pub async fn send(&self, body: Body) -> Result<(), SimError> {
+        // Written down before it is sent: if the tablet dies now, it resends after restarting.
+        if let (Some(pending), true) = (&self.pending, is_reliable(&body)) {
+            pending
+                .add(&body)
+                .map_err(|error| SimError::Protocol(format!("cannot keep the message: {error}")))?;
+        }
         let (acknowledged, acknowledged_rx) = oneshot::channel();
         self.commands
             .send(Command::Send { body, acknowledged })
@@ -335,7 +360,16 @@ fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
+/// Messages that must arrive: resent until acknowledged.
+fn is_reliable(body: &Body) -> bool {
+    matches!(
+        body,
+        Body::CallRequest(_) | Body::CallCancel(_) | Body::Alarm(_)
+    )
+}
+
 struct Driver {
+    pending: Option<PendingStore>,
     link: Link,
     next_seq: u64,
     last_received: u64,
@@ -353,10 +387,7 @@ impl Driver {
     ) -> Result<(), LinkError> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let reliable = matches!(
-            body,
-            Body::CallRequest(_) | Body::CallCancel(_) | Body::Alarm(_)
-        );
+        let reliable = is_reliable(&body);
         let envelope = Envelope {
             seq,
             ack: self.last_received,
@@ -437,7 +468,12 @@ impl Driver {
         let still_open = self
             .unacknowledged
             .split_off(&envelope.ack.saturating_add(1));
-        for (_, (_, acknowledged)) in std::mem::replace(&mut self.unacknowledged, still_open) {
+        for (_, (body, acknowledged)) in std::mem::replace(&mut self.unacknowledged, still_open) {
+            if let Some(pending) = &self.pending {
+                if let Err(error) = pending.remove(&body) {
+                    tracing::warn!(%error, "cannot update the pending file");
+                }
+            }
             if let Some(acknowledged) = acknowledged {
                 let _ = acknowledged.send(());
             }

@@ -235,3 +235,47 @@ async fn alarm_edge_cases_are_handled_explicitly() {
     assert_eq!(n, 2);
     tablet.close().await;
 }
+
+#[tokio::test]
+async fn an_alarm_raised_while_the_server_is_down_survives_the_tablets_restart() {
+    let database_url = carebell_tests::fresh_database().await;
+    let first = TestNode::start(NodeOptions {
+        database_url: Some(database_url.clone()),
+        ..NodeOptions::default()
+    })
+    .await;
+    let (_resident, mut config) = first.tablet_config("李伯", TransportKind::WebSocket).await;
+    let dir = carebell_tests::TempDir::new();
+    let pending_path = dir.0.join("pending.json");
+    config.pending = Some(firmware_sim::PendingStore::open(&pending_path).unwrap());
+    let tablet = Tablet::connect(&config).await.unwrap();
+    first.stop().await;
+    // The server is gone: the alarm is written down, but nobody acknowledges it.
+    let fall = alarm("fall-while-down", AlarmKind::Fall, 0, "");
+    assert!(tablet.send(fall.clone()).await.is_err());
+    drop(tablet);
+    // The tablet restarts (a new process: only the file remains) and a server is back.
+    let second = TestNode::start(NodeOptions {
+        database_url: Some(database_url),
+        ..NodeOptions::default()
+    })
+    .await;
+    config.credentials.websocket_url = second.websocket_url.clone();
+    config.credentials.ca_certificate_pem = Some(second.ca_pem.clone());
+    config.pending = Some(firmware_sim::PendingStore::open(&pending_path).unwrap());
+    assert_eq!(config.pending.as_ref().unwrap().bodies(), vec![fall]);
+    let restarted = Tablet::connect(&config).await.unwrap();
+    wait_until(
+        "the resent alarm to be stored and acknowledged",
+        Duration::from_secs(10),
+        || async { config.pending.as_ref().unwrap().bodies().is_empty() },
+    )
+    .await;
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM alarms WHERE alarm_id = 'fall-while-down'")
+            .fetch_one(second.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(n, 1);
+    restarted.close().await;
+}

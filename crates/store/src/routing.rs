@@ -106,6 +106,17 @@ impl Store {
             .bind(MATCHING_LOCK)
             .execute(&mut *tx)
             .await?;
+        // Nobody free: nothing to decide (and no need to lock a backlog of waiting items).
+        let anyone_free: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM operators op WHERE op.status = 'available'
+                AND NOT EXISTS (SELECT 1 FROM offers o WHERE o.operator_id = op.id AND o.state = 'offered'))",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if !anyone_free {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
         let rules = active_rules(&mut tx).await?;
         let now = now_ms(&mut tx).await?;
 
