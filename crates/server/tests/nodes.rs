@@ -4,8 +4,9 @@
 //! (answered and ended, or abandoned with a call-back that was made), no call answered twice,
 //! and every acknowledged press stored exactly once.
 
+mod common;
+
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,12 +15,10 @@ use carebell_proto::console::v1::console_event::Event;
 use carebell_proto::console::v1::{Disposition, OperatorStatus};
 use carebell_proto::device::v1::CallState;
 use carebell_server::console_client::{self, OperatorClient};
-use carebell_server::devcert::DevCertificates;
-use carebell_store::{NewResident, Store};
-use carebell_tests::TempDir;
-use firmware_sim::{Carryover, Credentials, Tablet, TabletConfig, TabletEvent, TransportKind};
+use carebell_store::Store;
+use common::{jitter, Cluster};
+use firmware_sim::{Carryover, Tablet, TabletConfig, TabletEvent};
 use rand::Rng;
-use tokio::process::{Child, Command};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -28,69 +27,6 @@ const N_TABLETS: usize = 20;
 const N_OPERATORS: usize = 6;
 const ACTIVE: Duration = Duration::from_secs(25);
 const PASSWORD: &str = "correct horse";
-
-struct Cluster {
-    database_url: String,
-    cert_dir: TempDir,
-    websocket_port: u16,
-    grpc_port: u16,
-    redis_prefix: String,
-    nodes: Vec<Option<Child>>,
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().expect("address").port()
-}
-
-impl Cluster {
-    fn spawn_node(&self, index: usize) -> Child {
-        let dir = &self.cert_dir.0;
-        Command::new(env!("CARGO_BIN_EXE_carebell"))
-            .arg("serve")
-            .env("CAREBELL_DATABASE_URL", &self.database_url)
-            .env("CAREBELL_DATABASE_MAX_CONNECTIONS", "8")
-            .env("CAREBELL_REDIS_URL", carebell_tests::redis_url())
-            .env("CAREBELL_REDIS_KEY_PREFIX", &self.redis_prefix)
-            .env("CAREBELL_NODE_ID", format!("node-{index}"))
-            .env(
-                "CAREBELL_LISTEN__WEBSOCKET",
-                format!("127.0.0.1:{}", self.websocket_port),
-            )
-            .env(
-                "CAREBELL_LISTEN__GRPC",
-                format!("127.0.0.1:{}", self.grpc_port),
-            )
-            .env("CAREBELL_TLS__CERT_PATH", dir.join("server.pem"))
-            .env("CAREBELL_TLS__KEY_PATH", dir.join("server.key"))
-            .env("CAREBELL_DISPATCH__RING_TIMEOUT_MS", "2000")
-            .env("CAREBELL_DISPATCH__SWEEP_INTERVAL_MS", "100")
-            .env("CAREBELL_DEVICE__HEARTBEAT_INTERVAL_MS", "2000")
-            .env("CAREBELL_SHUTDOWN_GRACE_MS", "1000")
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("carebell serve starts")
-    }
-}
-
-/// A random pause in `[low_ms, high_ms)`, drawn before any await (the thread RNG is not Send).
-fn jitter(low_ms: u64, high_ms: u64) -> Duration {
-    Duration::from_millis(rand::thread_rng().gen_range(low_ms..high_ms))
-}
-
-async fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "no node listens on {port}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Goes available, unless on a call (then the call is ended first and the end makes the
 /// operator available).
@@ -226,30 +162,9 @@ async fn senior(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_with_random_kills_finish_every_call_and_hold_none_twice() {
-    carebell_tests::init_tracing();
     let database_url = carebell_tests::fresh_database().await;
+    let mut cluster = Cluster::start(&database_url, &carebell_tests::redis_url(), N_NODES).await;
     let store = Store::connect(&database_url, 5).await.unwrap();
-    store.migrate().await.unwrap();
-    let cert_dir = TempDir::new();
-    let certificates = DevCertificates::generate().unwrap();
-    certificates.write(&cert_dir.0).unwrap();
-    let mut cluster = Cluster {
-        database_url: database_url.clone(),
-        cert_dir,
-        websocket_port: free_port(),
-        grpc_port: free_port(),
-        redis_prefix: format!("nodes-{}:", uuid::Uuid::new_v4().simple()),
-        nodes: Vec::new(),
-    };
-    for index in 0..N_NODES {
-        let node = cluster.spawn_node(index);
-        cluster.nodes.push(Some(node));
-    }
-    wait_for_port(cluster.websocket_port).await;
-    wait_for_port(cluster.grpc_port).await;
-
-    // Seed.
-    let station = store.add_station("chaos").await.unwrap();
     let hash = carebell_gateway::console::hash_password(PASSWORD).unwrap();
     let mut usernames = Vec::new();
     for index in 0..N_OPERATORS {
@@ -260,36 +175,9 @@ async fn three_nodes_with_random_kills_finish_every_call_and_hold_none_twice() {
             .unwrap();
         usernames.push(username);
     }
-    let websocket_url = format!("wss://localhost:{}/", cluster.websocket_port);
-    let grpc_url = format!("https://localhost:{}", cluster.grpc_port);
-    let mut configs = Vec::new();
-    for index in 0..N_TABLETS {
-        let resident = store
-            .add_resident(&NewResident {
-                station_id: station,
-                full_name: format!("senior {index}"),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let mut credentials: Credentials = carebell_server::admin::provision_device(
-            &store,
-            resident,
-            None,
-            &websocket_url,
-            &grpc_url,
-            None,
-        )
-        .await
-        .unwrap();
-        credentials.ca_certificate_pem = Some(certificates.ca_pem.clone());
-        let transport = if index % 3 == 0 {
-            TransportKind::Grpc
-        } else {
-            TransportKind::WebSocket
-        };
-        configs.push(TabletConfig::new(credentials, transport));
-    }
+    let grpc_url = cluster.grpc_url();
+    let configs = cluster.tablets(&store, N_TABLETS).await;
+    let certificates = cluster.certificates.clone();
 
     let stop_people = CancellationToken::new();
     let stop_operators = CancellationToken::new();
@@ -320,14 +208,10 @@ async fn three_nodes_with_random_kills_finish_every_call_and_hold_none_twice() {
     while started.elapsed() < ACTIVE {
         tokio::time::sleep(jitter(1500, 3000)).await;
         let victim = rand::thread_rng().gen_range(0..N_NODES);
-        if let Some(mut node) = cluster.nodes[victim].take() {
-            node.start_kill().expect("SIGKILL");
-            let _ = node.wait().await;
-            kills += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let node = cluster.spawn_node(victim);
-        cluster.nodes[victim] = Some(node);
+        cluster
+            .kill_and_restart(victim, Duration::from_millis(500))
+            .await;
+        kills += 1;
     }
     // Every node up; the seniors stop pressing; the operators finish the queue.
     stop_people.cancel();
@@ -413,7 +297,5 @@ async fn three_nodes_with_random_kills_finish_every_call_and_hold_none_twice() {
     }
     let live = store.live_statistics().await.unwrap();
     assert_eq!(live, store.recompute_statistics(None, None).await.unwrap());
-    for node in cluster.nodes.iter_mut().flatten() {
-        let _ = node.start_kill();
-    }
+    drop(cluster);
 }

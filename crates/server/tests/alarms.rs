@@ -1,0 +1,155 @@
+//! The crash test: 200 tablets raise alarms continuously against a `carebell serve` process
+//! that is SIGKILLed mid-stream and restarted. Every alarm any tablet raised must end up in
+//! PostgreSQL exactly once, and every acknowledgement a tablet received must be for an alarm
+//! that is there (an acknowledgement for something uncommitted would show up as a missing
+//! alarm: the tablet forgets what was acknowledged). Both sides are counted.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use carebell_proto::device::v1::envelope::Body;
+use carebell_proto::device::v1::{Alarm, AlarmKind};
+use carebell_store::Store;
+use carebell_tests::TempDir;
+use common::{jitter, Cluster};
+use firmware_sim::{Carryover, PendingStore, Tablet, TabletConfig};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+const N_TABLETS: usize = 200;
+const ACTIVE: Duration = Duration::from_secs(12);
+
+type Ledger = Arc<Mutex<HashSet<(String, String)>>>;
+
+async fn raise_alarms(
+    config: TabletConfig,
+    stop: CancellationToken,
+    raised: Ledger,
+    acknowledged: Ledger,
+) {
+    let device_id = config.credentials.device_id.clone();
+    let mut carryover = Carryover::default();
+    let mut n: u64 = 0;
+    loop {
+        let tablet = match Tablet::resume(&config, std::mem::take(&mut carryover)).await {
+            Ok(tablet) => tablet,
+            Err(_) => {
+                tokio::time::sleep(jitter(100, 500)).await;
+                continue;
+            }
+        };
+        while !stop.is_cancelled() {
+            let alarm_id = format!("a{n}");
+            n += 1;
+            raised
+                .lock()
+                .expect("lock")
+                .insert((device_id.clone(), alarm_id.clone()));
+            let body = Body::Alarm(Alarm {
+                alarm_id: alarm_id.clone(),
+                kind: AlarmKind::Fall as i32,
+                raised_at_ms: 0,
+                detail: String::new(),
+            });
+            match tablet.send(body).await {
+                Ok(()) => {
+                    acknowledged
+                        .lock()
+                        .expect("lock")
+                        .insert((device_id.clone(), alarm_id));
+                }
+                Err(_) => break,
+            }
+            tokio::time::sleep(jitter(200, 800)).await;
+        }
+        // Done raising: stay until everything written down has been acknowledged.
+        let pending = config.pending.as_ref().expect("a pending file");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stop.is_cancelled() && !pending.bodies().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        carryover = tablet.close().await;
+        if stop.is_cancelled() && pending.bodies().is_empty() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_survive_a_killed_server_exactly_once() {
+    let database_url = carebell_tests::fresh_database().await;
+    let mut cluster = Cluster::start(&database_url, &carebell_tests::redis_url(), 1).await;
+    let store = Store::connect(&database_url, 5).await.unwrap();
+    let dir = TempDir::new();
+    let mut configs = cluster.tablets(&store, N_TABLETS).await;
+    for config in &mut configs {
+        let path = dir
+            .0
+            .join(format!("{}.pending.json", config.credentials.device_id));
+        config.pending = Some(PendingStore::open(&path).unwrap());
+    }
+    let stop = CancellationToken::new();
+    let raised: Ledger = Arc::default();
+    let acknowledged: Ledger = Arc::default();
+    let mut tablets = tokio::task::JoinSet::new();
+    for config in configs.clone() {
+        tablets.spawn(raise_alarms(
+            config,
+            stop.clone(),
+            Arc::clone(&raised),
+            Arc::clone(&acknowledged),
+        ));
+    }
+    // Mid-stream, twice: SIGKILL, a moment down, restart.
+    let started = Instant::now();
+    let mut kills = 0;
+    while started.elapsed() < ACTIVE {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        if started.elapsed() < ACTIVE {
+            cluster
+                .kill_and_restart(0, Duration::from_millis(700))
+                .await;
+            kills += 1;
+        }
+    }
+    stop.cancel();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while tablets.join_next().await.is_some() {
+        assert!(Instant::now() < deadline, "tablets did not drain");
+    }
+    for config in &configs {
+        assert!(
+            config.pending.as_ref().unwrap().bodies().is_empty(),
+            "{} still has unacknowledged alarms",
+            config.credentials.device_id
+        );
+    }
+
+    let stored: Vec<(String, String)> = sqlx::query_as("SELECT device_id, alarm_id FROM alarms")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    let stored_set: HashSet<(String, String)> = stored.iter().cloned().collect();
+    let raised = raised.lock().unwrap().clone();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    eprintln!(
+        "{} alarms raised, {} acknowledged while the tablets waited, {} stored, {kills} kills",
+        raised.len(),
+        acknowledged.len(),
+        stored.len()
+    );
+    assert!(kills >= 2);
+    assert!(raised.len() >= 1000, "a stream of alarms: {}", raised.len());
+    assert_eq!(stored.len(), stored_set.len(), "no alarm stored twice");
+    assert_eq!(
+        stored_set, raised,
+        "every raised alarm stored, nothing else"
+    );
+    assert!(
+        acknowledged.is_subset(&stored_set),
+        "no acknowledgement without a commit"
+    );
+}
