@@ -153,3 +153,164 @@ async fn alarms_survive_a_killed_server_exactly_once() {
         "no acknowledgement without a commit"
     );
 }
+
+/// An operator who answers and ends whatever rings, reconnecting whenever anything fails.
+async fn answering_operator(grpc_url: String, ca_pem: String, stop: CancellationToken) {
+    use carebell_proto::console::v1::console_event::Event;
+    use carebell_proto::console::v1::{Disposition, OperatorStatus};
+    use carebell_server::console_client::{channel, OperatorClient};
+    while !stop.is_cancelled() {
+        let session: anyhow::Result<()> = async {
+            let mut client = OperatorClient::sign_in(
+                channel(&grpc_url, Some(&ca_pem)).await?,
+                "nurse",
+                "correct horse",
+            )
+            .await?;
+            let mut events = client.subscribe().await?;
+            let _ = client.set_status(OperatorStatus::Available).await;
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    next = events.message() => next?,
+                };
+                let call_id = match next.and_then(|event| event.event) {
+                    Some(Event::Offer(offer)) => match client.accept(&offer.offer_id).await {
+                        Ok(accepted) => accepted.call_id,
+                        Err(_) => continue,
+                    },
+                    Some(Event::CallChanged(changed)) if changed.state == "answered" => {
+                        changed.call_id
+                    }
+                    Some(Event::StatusChanged(_)) => {
+                        let _ = client.set_status(OperatorStatus::Available).await;
+                        continue;
+                    }
+                    Some(_) => continue,
+                    None => anyhow::bail!("stream ended"),
+                };
+                let _ = client.end_call(&call_id, Disposition::Emergency, "").await;
+            }
+        }
+        .await;
+        if session.is_err() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_survive_a_database_crash_and_a_dead_redis() {
+    let postgres = common::PrivatePostgres::start();
+    {
+        use sqlx::Connection;
+        let mut connection = sqlx::PgConnection::connect(&postgres.url("postgres"))
+            .await
+            .unwrap();
+        sqlx::query("CREATE DATABASE carebell")
+            .execute(&mut connection)
+            .await
+            .unwrap();
+    }
+    let mut redis = common::PrivateRedis::start().await;
+    let database_url = postgres.url("carebell");
+    let cluster = Cluster::start(&database_url, &redis.url(), 1).await;
+    let store = Store::connect(&database_url, 5).await.unwrap();
+    let hash = carebell_gateway::console::hash_password("correct horse").unwrap();
+    store.add_operator("nurse", "Nurse", &hash).await.unwrap();
+    let dir = TempDir::new();
+    let mut configs = cluster.tablets(&store, 50).await;
+    for config in &mut configs {
+        let path = dir
+            .0
+            .join(format!("{}.pending.json", config.credentials.device_id));
+        config.pending = Some(PendingStore::open(&path).unwrap());
+    }
+    let stop = CancellationToken::new();
+    let stop_operator = CancellationToken::new();
+    let raised: Ledger = Arc::default();
+    let acknowledged: Ledger = Arc::default();
+    let operator = tokio::spawn(answering_operator(
+        cluster.grpc_url(),
+        cluster.certificates.ca_pem.clone(),
+        stop_operator.clone(),
+    ));
+    let mut tablets = tokio::task::JoinSet::new();
+    for config in configs.clone() {
+        tablets.spawn(raise_alarms(
+            config,
+            stop.clone(),
+            Arc::clone(&raised),
+            Arc::clone(&acknowledged),
+        ));
+    }
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.kill();
+    let redis_died: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // PostgreSQL crashes (no checkpoint) and comes back.
+    postgres.crash_and_restart();
+    let restarted: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT pg_postmaster_start_time()")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert!(
+        restarted > redis_died,
+        "PostgreSQL really restarted mid-stream"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.cancel();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while tablets.join_next().await.is_some() {
+        assert!(Instant::now() < deadline, "tablets did not drain");
+    }
+    for config in &configs {
+        assert!(
+            config.pending.as_ref().unwrap().bodies().is_empty(),
+            "{} still has unacknowledged alarms",
+            config.credentials.device_id
+        );
+    }
+    let stored: Vec<(String, String)> = sqlx::query_as("SELECT device_id, alarm_id FROM alarms")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    let stored_set: HashSet<(String, String)> = stored.iter().cloned().collect();
+    let raised = raised.lock().unwrap().clone();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    // Offered and answered after Redis died.
+    let answered_without_redis: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM calls WHERE created_at > $1 AND answered_at IS NOT NULL",
+    )
+    .bind(redis_died)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    eprintln!(
+        "{} raised, {} acknowledged while waiting, {} stored, {answered_without_redis} answered after Redis died",
+        raised.len(),
+        acknowledged.len(),
+        stored.len()
+    );
+    stop_operator.cancel();
+    let _ = operator.await;
+    assert_eq!(stored.len(), stored_set.len(), "no alarm stored twice");
+    assert_eq!(
+        stored_set, raised,
+        "every raised alarm stored, nothing else"
+    );
+    assert!(
+        acknowledged.is_subset(&stored_set),
+        "no acknowledgement without a commit"
+    );
+    assert!(
+        answered_without_redis > 0,
+        "alarms were still offered and answered without Redis"
+    );
+    drop(cluster);
+}

@@ -172,3 +172,183 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// A PostgreSQL server of this test's own (in a temporary directory, on its own port), so it
+/// can be crashed and restarted without touching anyone else's databases.
+pub struct PrivatePostgres {
+    dir: TempDir,
+    bin: std::path::PathBuf,
+    pub port: u16,
+}
+
+fn postgres_bin() -> std::path::PathBuf {
+    let mut versions: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL's binaries under /usr/lib/postgresql (deploy/ensure-services.sh installs them)")
+        .filter_map(|entry| entry.ok().map(|entry| entry.path().join("bin")))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop().expect("an initdb")
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Runs a PostgreSQL tool, as the `postgres` user when we are root (PostgreSQL refuses root).
+fn postgres_tool(bin: &std::path::Path, tool: &str, args: &[&str]) {
+    let program = bin.join(tool);
+    let status = if is_root() {
+        std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(&program)
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+    } else {
+        std::process::Command::new(&program)
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+    }
+    .unwrap_or_else(|error| panic!("cannot run {tool}: {error}"));
+    assert!(status.success(), "{tool} {args:?} failed");
+}
+
+impl PrivatePostgres {
+    pub fn start() -> Self {
+        let dir = TempDir::new();
+        if is_root() {
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&dir.0)
+                .status()
+                .expect("chown");
+            assert!(status.success());
+        }
+        let bin = postgres_bin();
+        let data = dir.0.join("data");
+        let data = data.to_string_lossy().into_owned();
+        postgres_tool(
+            &bin,
+            "initdb",
+            &["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        );
+        let server = PrivatePostgres {
+            dir,
+            bin,
+            port: free_port(),
+        };
+        server.pg_ctl(&["start"]);
+        server
+    }
+
+    fn pg_ctl(&self, action: &[&str]) {
+        let data = self.dir.0.join("data").to_string_lossy().into_owned();
+        let log = self
+            .dir
+            .0
+            .join("postgres.log")
+            .to_string_lossy()
+            .into_owned();
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.0.to_string_lossy()
+        );
+        let mut args = vec![
+            "-D",
+            &data,
+            "-l",
+            &log,
+            "-o",
+            &options,
+            "-w",
+            "-m",
+            "immediate",
+        ];
+        args.extend_from_slice(action);
+        postgres_tool(&self.bin, "pg_ctl", &args);
+    }
+
+    /// A crash and a restart: `immediate` mode kills the server without a checkpoint, so
+    /// start-up replays the WAL as after a power cut.
+    pub fn crash_and_restart(&self) {
+        self.pg_ctl(&["restart"]);
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let data = self.dir.0.join("data").to_string_lossy().into_owned();
+        if is_root() {
+            let _ = std::process::Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(self.bin.join("pg_ctl"))
+                .args(["-D", &data, "-m", "immediate", "stop"])
+                .stdout(Stdio::null())
+                .status();
+        } else {
+            let _ = std::process::Command::new(self.bin.join("pg_ctl"))
+                .args(["-D", &data, "-m", "immediate", "stop"])
+                .stdout(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A Redis of this test's own, to kill.
+pub struct PrivateRedis {
+    child: Option<std::process::Child>,
+    pub port: u16,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        wait_for_port(port).await;
+        PrivateRedis {
+            child: Some(child),
+            port,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
