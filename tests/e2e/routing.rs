@@ -677,3 +677,50 @@ async fn one_operator_going_away_leaves_an_emergency_ringing_at_the_others() {
         .expect("still open");
     tablet.close().await;
 }
+
+#[tokio::test]
+async fn three_simultaneous_accepts_of_one_sos_have_exactly_one_winner() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let mut a = node.available_operator("a", "A").await;
+    let mut b = node.available_operator("b", "B").await;
+    let mut c = node.available_operator("c", "C").await;
+    let (_resident, config) = node.tablet_config("潘阿姨", TransportKind::WebSocket).await;
+    let tablet = Tablet::connect(&config).await.unwrap();
+    tablet.long_press().await.unwrap();
+    let (offer_a, offer_b, offer_c) = (
+        a.next_offer(WAIT).await.unwrap(),
+        b.next_offer(WAIT).await.unwrap(),
+        c.next_offer(WAIT).await.unwrap(),
+    );
+    let (client_a, client_b, client_c) = (&mut a.client, &mut b.client, &mut c.client);
+    let (result_a, result_b, result_c) = tokio::join!(
+        client_a.accept(&offer_a.offer_id),
+        client_b.accept(&offer_b.offer_id),
+        client_c.accept(&offer_c.offer_id)
+    );
+    let results = [result_a, result_b, result_c];
+    let winners = results.iter().filter(|result| result.is_ok()).count();
+    assert_eq!(winners, 1, "{results:?}");
+    for result in results.iter().filter_map(|result| result.as_ref().err()) {
+        assert_eq!(result.code(), tonic::Code::FailedPrecondition);
+    }
+    let call_id = Uuid::parse_str(&offer_a.call_id).unwrap();
+    let states: Vec<String> = node
+        .store
+        .call_offers(call_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|offer| offer.state)
+        .collect();
+    assert_eq!(
+        states.iter().filter(|state| *state == "accepted").count(),
+        1
+    );
+    assert_eq!(
+        states.iter().filter(|state| *state == "withdrawn").count(),
+        2,
+        "{states:?}"
+    );
+    tablet.close().await;
+}
