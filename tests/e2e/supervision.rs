@@ -279,3 +279,103 @@ async fn an_alarm_raised_while_the_server_is_down_survives_the_tablets_restart()
     assert_eq!(n, 1);
     restarted.close().await;
 }
+
+#[tokio::test]
+async fn an_alarm_is_handled_step_by_step_and_resolved_with_an_outcome() {
+    use carebell_proto::console::v1::{AlarmAction as Action, AlarmOutcome as Outcome};
+    let node = TestNode::start(NodeOptions::default()).await;
+    let mut console = node.available_operator("nurse", "Nurse").await;
+    let (_resident, config) = node.tablet_config("王爷爷", TransportKind::WebSocket).await;
+    let tablet = Tablet::connect(&config).await.unwrap();
+    tablet.long_press().await.unwrap();
+    let offer = console.next_offer(Duration::from_secs(10)).await.unwrap();
+    let accepted = console.client.accept(&offer.offer_id).await.unwrap();
+    console
+        .client
+        .record_alarm_action(&accepted.call_id, Action::CalledSenior, "no answer")
+        .await
+        .unwrap();
+    console
+        .client
+        .record_alarm_action(&accepted.call_id, Action::Called120, "")
+        .await
+        .unwrap();
+    let missing = console
+        .client
+        .record_alarm_action(&accepted.call_id, Action::Unspecified, "")
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::InvalidArgument);
+    console
+        .client
+        .resolve_alarm(&accepted.call_id, Outcome::Ambulance, "taken to hospital")
+        .await
+        .unwrap();
+
+    let call_id = uuid::Uuid::parse_str(&accepted.call_id).unwrap();
+    assert_eq!(
+        node.store.alarm_actions(call_id).await.unwrap(),
+        ["called_senior", "called_120"]
+    );
+    let (state, outcome): (String, Option<String>) =
+        sqlx::query_as("SELECT state, outcome FROM calls WHERE id = $1")
+            .bind(call_id)
+            .fetch_one(node.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        (state.as_str(), outcome.as_deref()),
+        ("ended", Some("ambulance"))
+    );
+    let resolved: Option<String> =
+        sqlx::query_scalar("SELECT outcome FROM alarms WHERE call_id = $1")
+            .bind(call_id)
+            .fetch_one(node.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(resolved.as_deref(), Some("ambulance"));
+    let kinds: Vec<String> = node
+        .store
+        .call_events(call_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| event.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "call.created",
+            "offer.created",
+            "offer.accepted",
+            "call.answered",
+            "alarm.action",
+            "alarm.action",
+            "alarm.resolved",
+            "call.ended"
+        ]
+    );
+    let too_late = console
+        .client
+        .record_alarm_action(&accepted.call_id, Action::SentResponder, "")
+        .await
+        .unwrap_err();
+    assert_eq!(too_late.code(), tonic::Code::FailedPrecondition);
+
+    // An ordinary call has no alarm handling.
+    tablet.press().await.unwrap();
+    let offer = console.next_offer(Duration::from_secs(10)).await.unwrap();
+    let call = console.client.accept(&offer.offer_id).await.unwrap();
+    let refused = console
+        .client
+        .resolve_alarm(&call.call_id, Outcome::FalseAlarm, "")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("only alarms"),
+        "{}",
+        refused.message()
+    );
+    tablet.close().await;
+}

@@ -78,6 +78,27 @@ string_enum!(
 );
 
 string_enum!(
+    /// What an operator did while handling an alarm.
+    AlarmAction, "alarm action" {
+        CalledSenior => "called_senior",
+        Called120 => "called_120",
+        NotifiedFamily => "notified_family",
+        SentResponder => "sent_responder",
+    }
+);
+
+string_enum!(
+    /// How an alarm ended.
+    AlarmOutcome, "alarm outcome" {
+        FalseAlarm => "false_alarm",
+        ResolvedByPhone => "resolved_by_phone",
+        ResponderVisited => "responder_visited",
+        Ambulance => "ambulance",
+        Hospital => "hospital",
+    }
+);
+
+string_enum!(
     /// Where one offer of a call to one operator stands.
     OfferState, "offer state" {
         Offered => "offered",

@@ -6,7 +6,7 @@ mod ids;
 mod operator;
 pub mod routing;
 
-pub use call::{CallState, Disposition, OfferState, TransitionError};
+pub use call::{AlarmAction, AlarmOutcome, CallState, Disposition, OfferState, TransitionError};
 pub use ids::{DeviceId, IdError, RequestId, Username};
 pub use operator::{OperatorStatus, StatusError};
 /// What a queued item is (emergency, technical alarm, call, call-back).

@@ -8,15 +8,19 @@ use std::time::Duration;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use carebell_dispatch::{Hub, OperatorEvent};
-use carebell_domain::{Disposition as DomainDisposition, OperatorStatus as DomainStatus};
+use carebell_domain::{
+    AlarmAction as DomainAction, AlarmOutcome as DomainOutcome, Disposition as DomainDisposition,
+    OperatorStatus as DomainStatus,
+};
 use carebell_presence::{Kind, Presence};
 use carebell_proto::console::v1::console_event::Event;
 use carebell_proto::console::v1::console_server::{Console, ConsoleServer};
 use carebell_proto::console::v1::{
-    AcceptRequest, AcceptResponse, CallChanged, CallKind, ConsoleEvent, DeclineRequest,
-    DeclineResponse, DeviceSummary, Disposition, EndCallRequest, EndCallResponse,
+    AcceptRequest, AcceptResponse, AlarmAction, AlarmOutcome, CallChanged, CallKind, ConsoleEvent,
+    DeclineRequest, DeclineResponse, DeviceSummary, Disposition, EndCallRequest, EndCallResponse,
     GetResidentRequest, Offer, OfferWithdrawn, OperatorState, OperatorStatus, QueueFigures,
-    QueueStatusRequest, QueueStatusResponse, ResidentRecord, SetStatusRequest, SetStatusResponse,
+    QueueStatusRequest, QueueStatusResponse, RecordAlarmActionRequest, RecordAlarmActionResponse,
+    ResidentRecord, ResolveAlarmRequest, ResolveAlarmResponse, SetStatusRequest, SetStatusResponse,
     SignInRequest, SignInResponse, StatisticsRequest, StatisticsResponse, StatusChanged,
     SubscribeRequest, SupervisorAlert, TransferRequest, TransferResponse, WaitingItem,
 };
@@ -616,6 +620,67 @@ impl Console for ConsoleService {
         Ok(Response::new(
             self.resident_record(resident_id, &session).await?,
         ))
+    }
+
+    async fn record_alarm_action(
+        &self,
+        request: Request<RecordAlarmActionRequest>,
+    ) -> Result<Response<RecordAlarmActionResponse>, Status> {
+        let session = self.authenticate(&request).await?;
+        let RecordAlarmActionRequest {
+            call_id,
+            action,
+            note,
+        } = request.into_inner();
+        let call_id = parse_uuid(&call_id, "call_id")?;
+        let action = match AlarmAction::try_from(action) {
+            Ok(AlarmAction::CalledSenior) => DomainAction::CalledSenior,
+            Ok(AlarmAction::Called120) => DomainAction::Called120,
+            Ok(AlarmAction::NotifiedFamily) => DomainAction::NotifiedFamily,
+            Ok(AlarmAction::SentResponder) => DomainAction::SentResponder,
+            _ => return Err(Status::invalid_argument("an action is required")),
+        };
+        if note.len() > MAX_NOTE_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the note is longer than {MAX_NOTE_BYTES} bytes"
+            )));
+        }
+        self.store
+            .record_alarm_action(call_id, session.operator_id, action, &note)
+            .await
+            .map_err(status_from_store)?;
+        Ok(Response::new(RecordAlarmActionResponse {}))
+    }
+
+    async fn resolve_alarm(
+        &self,
+        request: Request<ResolveAlarmRequest>,
+    ) -> Result<Response<ResolveAlarmResponse>, Status> {
+        let session = self.authenticate(&request).await?;
+        let ResolveAlarmRequest {
+            call_id,
+            outcome,
+            note,
+        } = request.into_inner();
+        let call_id = parse_uuid(&call_id, "call_id")?;
+        let outcome = match AlarmOutcome::try_from(outcome) {
+            Ok(AlarmOutcome::FalseAlarm) => DomainOutcome::FalseAlarm,
+            Ok(AlarmOutcome::ResolvedByPhone) => DomainOutcome::ResolvedByPhone,
+            Ok(AlarmOutcome::ResponderVisited) => DomainOutcome::ResponderVisited,
+            Ok(AlarmOutcome::Ambulance) => DomainOutcome::Ambulance,
+            Ok(AlarmOutcome::Hospital) => DomainOutcome::Hospital,
+            _ => return Err(Status::invalid_argument("an outcome is required")),
+        };
+        if note.len() > MAX_NOTE_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the note is longer than {MAX_NOTE_BYTES} bytes"
+            )));
+        }
+        self.store
+            .resolve_alarm(call_id, session.operator_id, outcome, &note)
+            .await
+            .map_err(status_from_store)?;
+        Ok(Response::new(ResolveAlarmResponse {}))
     }
 
     async fn decline(

@@ -4,8 +4,9 @@
 use carebell_proto::console::v1::console_client::ConsoleClient;
 pub use carebell_proto::console::v1::transfer_request::Target;
 use carebell_proto::console::v1::{
-    AcceptRequest, AcceptResponse, ConsoleEvent, DeclineRequest, Disposition, EndCallRequest,
-    GetResidentRequest, OperatorStatus, QueueStatusRequest, QueueStatusResponse, ResidentRecord,
+    AcceptRequest, AcceptResponse, AlarmAction, AlarmOutcome, ConsoleEvent, DeclineRequest,
+    Disposition, EndCallRequest, GetResidentRequest, OperatorStatus, QueueStatusRequest,
+    QueueStatusResponse, RecordAlarmActionRequest, ResidentRecord, ResolveAlarmRequest,
     SetStatusRequest, SignInRequest, StatisticsRequest, StatisticsResponse, SubscribeRequest,
     TransferRequest,
 };
@@ -93,6 +94,34 @@ impl OperatorClient {
             reason: reason.to_owned(),
         })?;
         self.client.set_status(request).await.map(|_| ())
+    }
+
+    pub async fn record_alarm_action(
+        &mut self,
+        call_id: &str,
+        action: AlarmAction,
+        note: &str,
+    ) -> Result<(), Status> {
+        let request = self.request(RecordAlarmActionRequest {
+            call_id: call_id.to_owned(),
+            action: action as i32,
+            note: note.to_owned(),
+        })?;
+        self.client.record_alarm_action(request).await.map(|_| ())
+    }
+
+    pub async fn resolve_alarm(
+        &mut self,
+        call_id: &str,
+        outcome: AlarmOutcome,
+        note: &str,
+    ) -> Result<(), Status> {
+        let request = self.request(ResolveAlarmRequest {
+            call_id: call_id.to_owned(),
+            outcome: outcome as i32,
+            note: note.to_owned(),
+        })?;
+        self.client.resolve_alarm(request).await.map(|_| ())
     }
 
     pub async fn decline(&mut self, offer_id: &str) -> Result<(), Status> {

@@ -759,6 +759,37 @@ impl Store {
         disposition: Disposition,
         note: &str,
     ) -> Result<()> {
+        self.finish_call(call_id, operator_id, disposition, note, None)
+            .await
+    }
+
+    /// The operator holding an alarm's item resolves it with an outcome: the call ends (as an
+    /// emergency) and the alarm records how it ended.
+    pub async fn resolve_alarm(
+        &self,
+        call_id: Uuid,
+        operator_id: Uuid,
+        outcome: carebell_domain::AlarmOutcome,
+        note: &str,
+    ) -> Result<()> {
+        self.finish_call(
+            call_id,
+            operator_id,
+            Disposition::Emergency,
+            note,
+            Some(outcome),
+        )
+        .await
+    }
+
+    async fn finish_call(
+        &self,
+        call_id: Uuid,
+        operator_id: Uuid,
+        disposition: Disposition,
+        note: &str,
+        outcome: Option<carebell_domain::AlarmOutcome>,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let call = sqlx::query(
             "SELECT state, answered_by, device_id, request_id, kind,
@@ -779,6 +810,37 @@ impl Store {
         {
             tx.rollback().await?;
             return Err(StoreError::CallNotHeld { state });
+        }
+        if let Some(outcome) = outcome {
+            let kind: String = call.try_get("kind")?;
+            if !matches!(kind.as_str(), "emergency" | "technical") {
+                tx.rollback().await?;
+                return Err(StoreError::Refused(format!(
+                    "only alarms are resolved with an outcome; this is a {kind}"
+                )));
+            }
+            sqlx::query("UPDATE calls SET outcome = $2 WHERE id = $1")
+                .bind(call_id)
+                .bind(outcome.as_str())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "UPDATE alarms SET resolved_at = clock_timestamp(), outcome = $2 WHERE call_id = $1",
+            )
+            .bind(call_id)
+            .bind(outcome.as_str())
+            .execute(&mut *tx)
+            .await?;
+            append_event(
+                &mut tx,
+                "alarm.resolved",
+                Some(call_id),
+                None,
+                Some(operator_id),
+                None,
+                json!({ "outcome": outcome.as_str() }),
+            )
+            .await?;
         }
         let device_id: String = call.try_get("device_id")?;
         let request_id: String = call.try_get("request_id")?;
@@ -1203,4 +1265,73 @@ impl Store {
 pub enum TransferTarget {
     Operator(String),
     Queue(String),
+}
+
+impl Store {
+    /// The operator handling an alarm records what they did (called the senior, called 120,
+    /// notified the family, sent a responder).
+    pub async fn record_alarm_action(
+        &self,
+        call_id: Uuid,
+        operator_id: Uuid,
+        action: carebell_domain::AlarmAction,
+        note: &str,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let call =
+            sqlx::query("SELECT state, answered_by, kind FROM calls WHERE id = $1 FOR UPDATE")
+                .bind(call_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    what: "call",
+                    id: call_id.to_string(),
+                })?;
+        let state: String = call.try_get("state")?;
+        let kind: String = call.try_get("kind")?;
+        let refusal = if call.try_get::<Option<Uuid>, _>("answered_by")? != Some(operator_id)
+            || state != "answered"
+        {
+            Some(StoreError::CallNotHeld { state })
+        } else if !matches!(kind.as_str(), "emergency" | "technical") {
+            Some(StoreError::Refused(format!(
+                "only alarms have handling actions; this is a {kind}"
+            )))
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            tx.rollback().await?;
+            return Err(refusal);
+        }
+        sqlx::query("INSERT INTO alarm_actions (call_id, operator_id, action, note) VALUES ($1, $2, $3, $4)")
+            .bind(call_id)
+            .bind(operator_id)
+            .bind(action.as_str())
+            .bind(note)
+            .execute(&mut *tx)
+            .await?;
+        append_event(
+            &mut tx,
+            "alarm.action",
+            Some(call_id),
+            None,
+            Some(operator_id),
+            None,
+            json!({ "action": action.as_str() }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The actions recorded on an alarm's item, oldest first.
+    pub async fn alarm_actions(&self, call_id: Uuid) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT action FROM alarm_actions WHERE call_id = $1 ORDER BY id")
+                .bind(call_id)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
 }
