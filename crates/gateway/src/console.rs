@@ -292,7 +292,10 @@ async fn statistics(
 /// The supervisors' picture: queues, waiting items, operators, the last 24 hours' figures.
 async fn queue_snapshot(store: &Store) -> Result<QueueStatusResponse, Status> {
     let status = store.queue_status().await.map_err(status_from_store)?;
-    let since = chrono::Utc::now() - chrono::Duration::hours(24);
+    let since = store
+        .database_time_ago(24 * 3600)
+        .await
+        .map_err(status_from_store)?;
     let last_24_hours = statistics(store, Some(since), None).await?;
     Ok(QueueStatusResponse {
         queues: status

@@ -114,6 +114,16 @@ impl Store {
         counts_from_row(&row)
     }
 
+    /// The database's time `seconds` ago (for windows like "the last 24 hours").
+    pub async fn database_time_ago(&self, seconds: i64) -> Result<DateTime<Utc>> {
+        Ok(sqlx::query_scalar(
+            "SELECT clock_timestamp() - make_interval(secs => $1::double precision)",
+        )
+        .bind(seconds)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// The same counters recomputed from the event log, over `[from, to)` (unbounded where
     /// `None`).
     pub async fn recompute_statistics(

@@ -301,7 +301,8 @@ fn expand(requirement: &str, attributes: &Attributes) -> Option<String> {
     Some(requirement.replace(&format!("{{{attribute}}}"), &value.to_lowercase()))
 }
 
-/// The built-in routing: emergencies ring everyone; calls look for the senior's dialect for 20 s,
+/// The built-in routing: emergencies ring everyone, and after 15 s unanswered overflow to an
+/// escalated queue with the supervisors alerted; calls look for the senior's dialect for 20 s,
 /// then the senior's station for 20 s more, then anyone.
 pub const DEFAULT_RULES: &str = r#"
 skills = ["nurse", "supervisor"]
@@ -313,6 +314,16 @@ max_consecutive_misses = 2
 id = "emergency"
 kinds = ["emergency"]
 ring_all = true
+max_wait_secs = 15
+overflow_to = "emergency_escalated"
+steps = [{ after_secs = 0 }]
+
+# Not accepted within 15 s: the supervisors are alerted and it keeps ringing everyone here,
+# with a reminder every minute after 60 s.
+[[queues]]
+id = "emergency_escalated"
+ring_all = true
+max_wait_secs = 45
 steps = [{ after_secs = 0 }]
 
 [[queues]]
@@ -362,9 +373,10 @@ mod tests {
     #[test]
     fn overflow_to_a_missing_queue_is_refused() {
         let text = DEFAULT_RULES.replace(
-            "ring_all = true",
-            "ring_all = true\nmax_wait_secs = 15\noverflow_to = \"nowhere\"",
+            "overflow_to = \"emergency_escalated\"",
+            "overflow_to = \"nowhere\"",
         );
+        assert_ne!(text, DEFAULT_RULES, "the test's edit applied");
         assert!(matches!(
             ValidRuleSet::parse(&text),
             Err(RuleError::UnknownQueue { .. })
