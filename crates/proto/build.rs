@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         proto_root.join("carebell/device/v1/device.proto"),
         proto_root.join("carebell/console/v1/console.proto"),
+        proto_root.join("carebell/family/v1/family.proto"),
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", proto.display());

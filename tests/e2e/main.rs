@@ -5,6 +5,7 @@ mod auth;
 mod bad_input;
 mod demo;
 mod dispatch;
+mod family;
 mod flow;
 mod redis_down;
 mod routing;

@@ -67,6 +67,10 @@ impl Dispatcher {
                             .map(|_| round),
                         Err(error) => Err(error),
                     };
+                    let round = match round {
+                        Ok(round) => self.store.sweep_cascades().await.map(|()| round),
+                        Err(error) => Err(error),
+                    };
                     match round {
                         Ok(round) => {
                             failures = 0;

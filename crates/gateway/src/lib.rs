@@ -7,9 +7,11 @@
 pub mod console;
 pub mod device;
 mod errors;
+pub mod family;
 pub mod net;
 pub mod tls;
 
 pub use console::{ConsoleService, ConsoleSettings};
 pub use device::{DeviceContext, DeviceSettings};
 pub use errors::status_from_store;
+pub use family::FamilyService;

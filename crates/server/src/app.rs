@@ -229,6 +229,15 @@ impl Application {
         let grpc_shutdown = shutdown.clone();
         let grpc = builder
             .add_service(console.into_server())
+            .add_service(
+                carebell_gateway::FamilyService::new(
+                    store.clone(),
+                    Duration::from_secs(settings.console.session_ttl_secs),
+                    shutdown.clone(),
+                    tracker.clone(),
+                )
+                .into_server(),
+            )
             .add_service(devices.into_server())
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(grpc_listener),

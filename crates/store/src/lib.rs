@@ -8,6 +8,7 @@
 mod admin;
 mod calls;
 mod devices;
+mod family;
 mod operators;
 mod outbox;
 mod residents;
@@ -27,6 +28,7 @@ pub use calls::{
     NewOffer, OfferRow, TransferTarget,
 };
 pub use devices::{DEVICE_BACK, DEVICE_OFFLINE};
+pub use family::{FamilyAlert, NewContact};
 pub use operators::{OperatorCredentials, OperatorSession};
 pub use outbox::{CallUpdatePayload, OutboxItem};
 pub use residents::{DeviceSummaryRow, ResidentRecord};

@@ -82,6 +82,20 @@ pub struct RuleSet {
     /// Consecutive unanswered offers after which an operator is paused.
     #[serde(default = "default_misses")]
     pub max_consecutive_misses: u32,
+    /// An emergency still unanswered this long starts the family cascade by itself.
+    #[serde(default = "default_family_after")]
+    pub family_after_secs: u32,
+    /// How long each ordered contact has to acknowledge before the next is asked.
+    #[serde(default = "default_cascade_step")]
+    pub cascade_step_secs: u32,
+}
+
+fn default_family_after() -> u32 {
+    60
+}
+
+fn default_cascade_step() -> u32 {
+    120
 }
 
 fn default_aging() -> u32 {
@@ -195,6 +209,11 @@ impl ValidRuleSet {
                 _ => return Err(RuleError::KindInTwoQueues(kind.as_str())),
             }
         }
+        if rules.cascade_step_secs == 0 {
+            return Err(RuleError::Invalid(
+                "cascade_step_secs must be at least 1".to_owned(),
+            ));
+        }
         if rules.max_consecutive_misses == 0 {
             return Err(RuleError::Invalid(
                 "max_consecutive_misses must be at least 1".to_owned(),
@@ -268,6 +287,8 @@ impl ValidRuleSet {
                 aging_points_per_minute: default_aging(),
                 wrap_up_secs: 0,
                 max_consecutive_misses: default_misses(),
+                family_after_secs: default_family_after(),
+                cascade_step_secs: default_cascade_step(),
             },
         })
     }
@@ -309,6 +330,8 @@ skills = ["nurse", "supervisor"]
 aging_points_per_minute = 10
 wrap_up_secs = 0
 max_consecutive_misses = 2
+family_after_secs = 60
+cascade_step_secs = 120
 
 [[queues]]
 id = "emergency"

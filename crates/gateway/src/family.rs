@@ -1,0 +1,205 @@
+//! The family API (`carebell.family.v1.Family`): a family member signs in, follows alerts about
+//! their own relatives, acknowledges them ("I'm on my way") and reads the history. Nothing here
+//! can reach another family's relatives: every query is keyed by the signed-in account.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use argon2::password_hash::{PasswordHash, PasswordVerifier};
+use argon2::Argon2;
+use carebell_proto::family::v1::family_server::{Family, FamilyServer};
+use carebell_proto::family::v1::{
+    AcknowledgeRequest, AcknowledgeResponse, Alert, AlertsRequest, HistoryRequest, HistoryResponse,
+    SignInRequest, SignInResponse,
+};
+use carebell_store::{FamilyAlert, Store};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::status_from_store;
+
+/// How often a family member's alert stream looks for new alerts.
+const POLL: Duration = Duration::from_millis(500);
+const MAX_CREDENTIAL_BYTES: usize = 256;
+
+pub struct FamilyService {
+    store: Store,
+    session_ttl: Duration,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl FamilyService {
+    pub fn new(
+        store: Store,
+        session_ttl: Duration,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Self {
+        Self {
+            store,
+            session_ttl,
+            shutdown,
+            tracker,
+        }
+    }
+
+    pub fn into_server(self) -> FamilyServer<Self> {
+        FamilyServer::new(self)
+    }
+
+    async fn account<T>(&self, request: &Request<T>) -> Result<Uuid, Status> {
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("sign in first"))?;
+        self.store
+            .family_session(&Sha256::digest(token.as_bytes()))
+            .await
+            .map_err(status_from_store)?
+            .ok_or_else(|| {
+                Status::unauthenticated("the session is unknown or has expired; sign in again")
+            })
+    }
+}
+
+fn alert(alert: FamilyAlert) -> Alert {
+    Alert {
+        alert_id: alert.notification_id,
+        call_id: alert.call_id.to_string(),
+        resident_id: alert.resident_id.to_string(),
+        resident_name: alert.resident_name,
+        kind: alert.kind,
+        state: alert.state,
+        sent_at_ms: alert
+            .sent_at
+            .map(|at| at.timestamp_millis())
+            .unwrap_or_default(),
+        acknowledged_at_ms: alert
+            .acknowledged_at
+            .map(|at| at.timestamp_millis())
+            .unwrap_or_default(),
+    }
+}
+
+type AlertStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<Alert, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Family for FamilyService {
+    async fn sign_in(
+        &self,
+        request: Request<SignInRequest>,
+    ) -> Result<Response<SignInResponse>, Status> {
+        let SignInRequest { username, password } = request.into_inner();
+        if username.len() > MAX_CREDENTIAL_BYTES || password.len() > MAX_CREDENTIAL_BYTES {
+            return Err(Status::invalid_argument("username or password is too long"));
+        }
+        let credentials = self
+            .store
+            .family_credentials(&username)
+            .await
+            .map_err(status_from_store)?;
+        let Some((account_id, display_name, hash)) = credentials else {
+            return Err(Status::unauthenticated("invalid username or password"));
+        };
+        let verified = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .and_then(|hash| Argon2::default().verify_password(password.as_bytes(), &hash))
+                .is_ok()
+        })
+        .await
+        .map_err(|_| Status::internal("password check failed"))?;
+        if !verified {
+            return Err(Status::unauthenticated("invalid username or password"));
+        }
+        let mut token_bytes = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut token_bytes);
+        let token: String = token_bytes
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        let expires_at = self
+            .store
+            .create_family_session(
+                account_id,
+                &Sha256::digest(token.as_bytes()),
+                self.session_ttl,
+            )
+            .await
+            .map_err(status_from_store)?;
+        Ok(Response::new(SignInResponse {
+            token,
+            display_name,
+            expires_at_ms: expires_at.timestamp_millis(),
+        }))
+    }
+
+    type AlertsStream = AlertStream;
+
+    async fn alerts(
+        &self,
+        request: Request<AlertsRequest>,
+    ) -> Result<Response<Self::AlertsStream>, Status> {
+        let account_id = self.account(&request).await?;
+        let mut after_id = request.get_ref().after_id;
+        let (alerts_tx, alerts_rx) = mpsc::channel(16);
+        let store = self.store.clone();
+        let shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            loop {
+                match store.family_alerts(account_id, after_id).await {
+                    Ok(alerts) => {
+                        for found in alerts {
+                            after_id = after_id.max(found.notification_id);
+                            if alerts_tx.send(Ok(alert(found))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot read family alerts"),
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = alerts_tx.closed() => return,
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(alerts_rx))))
+    }
+
+    async fn acknowledge(
+        &self,
+        request: Request<AcknowledgeRequest>,
+    ) -> Result<Response<AcknowledgeResponse>, Status> {
+        let account_id = self.account(&request).await?;
+        self.store
+            .acknowledge_alert(account_id, request.get_ref().alert_id)
+            .await
+            .map_err(status_from_store)?;
+        Ok(Response::new(AcknowledgeResponse {}))
+    }
+
+    async fn history(
+        &self,
+        request: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryResponse>, Status> {
+        let account_id = self.account(&request).await?;
+        let alerts = self
+            .store
+            .family_alerts(account_id, 0)
+            .await
+            .map_err(status_from_store)?;
+        Ok(Response::new(HistoryResponse {
+            alerts: alerts.into_iter().map(alert).collect(),
+        }))
+    }
+}

@@ -1,0 +1,413 @@
+//! Contacts, family accounts and the family cascade: for an emergency still unanswered after
+//! `family_after_secs`, the parallel contacts are told at once and the ordered ones in turn
+//! (each with `cascade_step_secs` to acknowledge) until one acknowledges; if nobody does, the
+//! supervisors are alerted. A family member sees and acknowledges only their own relatives'
+//! alerts. Every step is an event.
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::{Postgres, Row, Transaction};
+use std::time::Duration;
+use uuid::Uuid;
+
+use crate::{append_event, notify, Notification, Result, Store, StoreError};
+
+/// A contact to add to a resident.
+#[derive(Debug, Clone, Default)]
+pub struct NewContact {
+    pub resident_id: Uuid,
+    pub name: String,
+    pub relationship: String,
+    pub phone: String,
+    pub holds_keys: bool,
+    /// `Some(n)`: n-th in the ordered cascade; `None`: told at once, in parallel.
+    pub position: Option<i32>,
+    pub family_account_id: Option<Uuid>,
+}
+
+/// An alert as a family member sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyAlert {
+    pub notification_id: i64,
+    pub call_id: Uuid,
+    pub resident_id: Uuid,
+    pub resident_name: String,
+    pub kind: String,
+    pub state: String,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+}
+
+impl Store {
+    pub async fn add_family_account(
+        &self,
+        username: &str,
+        display_name: &str,
+        password_hash: &str,
+    ) -> Result<Uuid> {
+        let id = Uuid::new_v4();
+        sqlx::query("INSERT INTO family_accounts (id, username, display_name, password_hash) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(username)
+            .bind(display_name)
+            .bind(password_hash)
+            .execute(&self.pool)
+            .await
+            .map_err(|error| match error.as_database_error() {
+                Some(db) if db.is_unique_violation() => StoreError::Refused("family account already exists".to_owned()),
+                _ => StoreError::Database(error),
+            })?;
+        Ok(id)
+    }
+
+    pub async fn add_contact(&self, contact: &NewContact) -> Result<Uuid> {
+        let id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO contacts (id, resident_id, name, relationship, phone, holds_keys, position, family_account_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(id)
+        .bind(contact.resident_id)
+        .bind(&contact.name)
+        .bind(&contact.relationship)
+        .bind(&contact.phone)
+        .bind(contact.holds_keys)
+        .bind(contact.position)
+        .bind(contact.family_account_id)
+        .execute(&self.pool)
+        .await
+        .map_err(|error| match error.as_database_error() {
+            Some(db) if db.is_unique_violation() => {
+                StoreError::Refused("another contact already has that position".to_owned())
+            }
+            Some(db) if db.is_foreign_key_violation() => {
+                StoreError::Refused("the resident or family account does not exist".to_owned())
+            }
+            Some(db) if db.is_check_violation() => {
+                StoreError::Refused("a contact field is empty, too long or out of range".to_owned())
+            }
+            _ => StoreError::Database(error),
+        })?;
+        Ok(id)
+    }
+
+    /// The family account's credentials by username: (id, display name, password hash).
+    pub async fn family_credentials(
+        &self,
+        username: &str,
+    ) -> Result<Option<(Uuid, String, String)>> {
+        let row = sqlx::query(
+            "SELECT id, display_name, password_hash FROM family_accounts WHERE username = $1",
+        )
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok((
+                row.try_get("id")?,
+                row.try_get("display_name")?,
+                row.try_get("password_hash")?,
+            ))
+        })
+        .transpose()
+    }
+
+    pub async fn create_family_session(
+        &self,
+        account_id: Uuid,
+        token_hash: &[u8],
+        ttl: Duration,
+    ) -> Result<DateTime<Utc>> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO family_sessions (token_hash, family_account_id, expires_at)
+             VALUES ($1, $2, now() + make_interval(secs => $3)) RETURNING expires_at",
+        )
+        .bind(token_hash)
+        .bind(account_id)
+        .bind(ttl.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    pub async fn family_session(&self, token_hash: &[u8]) -> Result<Option<Uuid>> {
+        Ok(sqlx::query_scalar(
+            "SELECT family_account_id FROM family_sessions WHERE token_hash = $1 AND expires_at > now()",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Starts cascades for emergencies unanswered past `family_after_secs`, and moves running
+    /// cascades on past their step deadlines. Safe on every node at once.
+    pub async fn sweep_cascades(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let rules = crate::routing::active_rules(&mut tx).await?;
+        let step_secs = f64::from(rules.rules().cascade_step_secs);
+        let due = sqlx::query(
+            "SELECT id FROM calls
+             WHERE kind = 'emergency' AND state IN ('queued', 'offered') AND cascade_started_at IS NULL
+               AND created_at <= clock_timestamp() - make_interval(secs => $1)
+             LIMIT 100
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(f64::from(rules.rules().family_after_secs))
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in due {
+            let call_id: Uuid = row.try_get("id")?;
+            start_cascade(&mut tx, call_id, step_secs).await?;
+        }
+        // Ordered contacts who did not acknowledge in time: the next one is asked.
+        let lapsed = sqlx::query(
+            "SELECT n.id, n.call_id FROM family_notifications n JOIN calls c ON c.id = n.call_id
+             WHERE n.state = 'sent' AND NOT n.parallel AND n.deadline_at <= clock_timestamp()
+             ORDER BY n.deadline_at
+             LIMIT 100
+             FOR UPDATE OF c SKIP LOCKED",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in lapsed {
+            let notification_id: i64 = row.try_get("id")?;
+            let call_id: Uuid = row.try_get("call_id")?;
+            sqlx::query("UPDATE family_notifications SET state = 'expired' WHERE id = $1 AND state = 'sent'")
+                .bind(notification_id)
+                .execute(&mut *tx)
+                .await?;
+            append_event(
+                &mut tx,
+                "family.expired",
+                Some(call_id),
+                None,
+                None,
+                None,
+                json!({ "notification_id": notification_id }),
+            )
+            .await?;
+            ask_next(&mut tx, call_id, step_secs).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A family member acknowledges ("I'm on my way"). Only their own relative's alerts; the
+    /// first acknowledgement stops the cascade.
+    pub async fn acknowledge_alert(&self, account_id: Uuid, notification_id: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT n.call_id, n.state, c.family_account_id FROM family_notifications n
+             JOIN contacts c ON c.id = n.contact_id WHERE n.id = $1",
+        )
+        .bind(notification_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        // Someone else's alert looks exactly like a missing one.
+        let Some(row) = row.filter(|row| {
+            row.try_get::<Option<Uuid>, _>("family_account_id")
+                .ok()
+                .flatten()
+                == Some(account_id)
+        }) else {
+            tx.rollback().await?;
+            return Err(StoreError::NotFound {
+                what: "alert",
+                id: notification_id.to_string(),
+            });
+        };
+        let call_id: Uuid = row.try_get("call_id")?;
+        sqlx::query("SELECT 1 FROM calls WHERE id = $1 FOR UPDATE")
+            .bind(call_id)
+            .execute(&mut *tx)
+            .await?;
+        let state: String =
+            sqlx::query_scalar("SELECT state FROM family_notifications WHERE id = $1")
+                .bind(notification_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if state != "sent" {
+            tx.rollback().await?;
+            return Err(StoreError::Refused(format!(
+                "this alert can no longer be acknowledged: it is {state}"
+            )));
+        }
+        sqlx::query("UPDATE family_notifications SET state = 'acknowledged', acknowledged_at = clock_timestamp() WHERE id = $1")
+            .bind(notification_id)
+            .execute(&mut *tx)
+            .await?;
+        // The cascade stops: nobody else is asked.
+        sqlx::query(
+            "UPDATE family_notifications SET state = 'cancelled'
+             WHERE call_id = $1 AND NOT parallel AND state IN ('waiting', 'sent')",
+        )
+        .bind(call_id)
+        .execute(&mut *tx)
+        .await?;
+        append_event(
+            &mut tx,
+            "family.acknowledged",
+            Some(call_id),
+            None,
+            None,
+            None,
+            json!({ "notification_id": notification_id, "account": account_id }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The alerts of this family member's relatives, newest first (sent or settled; never those
+    /// not yet sent).
+    pub async fn family_alerts(&self, account_id: Uuid, after_id: i64) -> Result<Vec<FamilyAlert>> {
+        let rows = sqlx::query(
+            "SELECT n.id, n.call_id, n.state, n.sent_at, n.acknowledged_at, r.id AS resident_id,
+                    r.full_name, k.kind
+             FROM family_notifications n
+             JOIN contacts c ON c.id = n.contact_id
+             JOIN calls k ON k.id = n.call_id
+             JOIN residents r ON r.id = k.resident_id
+             WHERE c.family_account_id = $1 AND n.state <> 'waiting' AND n.id > $2
+             ORDER BY n.id",
+        )
+        .bind(account_id)
+        .bind(after_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(FamilyAlert {
+                    notification_id: row.try_get("id")?,
+                    call_id: row.try_get("call_id")?,
+                    resident_id: row.try_get("resident_id")?,
+                    resident_name: row.try_get("full_name")?,
+                    kind: row.try_get("kind")?,
+                    state: row.try_get("state")?,
+                    sent_at: row.try_get("sent_at")?,
+                    acknowledged_at: row.try_get("acknowledged_at")?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Tells every parallel contact at once and asks the first ordered one.
+async fn start_cascade(
+    tx: &mut Transaction<'_, Postgres>,
+    call_id: Uuid,
+    step_secs: f64,
+) -> Result<()> {
+    sqlx::query("UPDATE calls SET cascade_started_at = clock_timestamp() WHERE id = $1")
+        .bind(call_id)
+        .execute(&mut **tx)
+        .await?;
+    let contacts = sqlx::query(
+        "SELECT c.id, c.position FROM contacts c JOIN calls k ON k.resident_id = c.resident_id
+         WHERE k.id = $1 ORDER BY c.position NULLS FIRST, c.created_at",
+    )
+    .bind(call_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    for contact in &contacts {
+        let contact_id: Uuid = contact.try_get("id")?;
+        let parallel = contact.try_get::<Option<i32>, _>("position")?.is_none();
+        sqlx::query(
+            "INSERT INTO family_notifications (call_id, contact_id, state, parallel, sent_at)
+             VALUES ($1, $2, CASE WHEN $3 THEN 'sent' ELSE 'waiting' END, $3,
+                     CASE WHEN $3 THEN clock_timestamp() END)",
+        )
+        .bind(call_id)
+        .bind(contact_id)
+        .bind(parallel)
+        .execute(&mut **tx)
+        .await?;
+        if parallel {
+            append_event(
+                tx,
+                "family.notified",
+                Some(call_id),
+                None,
+                None,
+                None,
+                json!({ "contact_id": contact_id, "parallel": true }),
+            )
+            .await?;
+        }
+    }
+    append_event(
+        tx,
+        "family.cascade_started",
+        Some(call_id),
+        None,
+        None,
+        None,
+        json!({ "contacts": contacts.len() }),
+    )
+    .await?;
+    ask_next(tx, call_id, step_secs).await
+}
+
+/// Asks the next waiting ordered contact; with none left (and nobody acknowledged), alerts
+/// the supervisors.
+async fn ask_next(tx: &mut Transaction<'_, Postgres>, call_id: Uuid, step_secs: f64) -> Result<()> {
+    let next: Option<(i64, Uuid)> = sqlx::query_as(
+        "SELECT n.id, n.contact_id FROM family_notifications n JOIN contacts c ON c.id = n.contact_id
+         WHERE n.call_id = $1 AND n.state = 'waiting' ORDER BY c.position LIMIT 1",
+    )
+    .bind(call_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    match next {
+        Some((notification_id, contact_id)) => {
+            sqlx::query(
+                "UPDATE family_notifications SET state = 'sent', sent_at = clock_timestamp(),
+                        deadline_at = clock_timestamp() + make_interval(secs => $2)
+                 WHERE id = $1",
+            )
+            .bind(notification_id)
+            .bind(step_secs)
+            .execute(&mut **tx)
+            .await?;
+            append_event(
+                tx,
+                "family.notified",
+                Some(call_id),
+                None,
+                None,
+                None,
+                json!({ "contact_id": contact_id, "parallel": false }),
+            )
+            .await
+        }
+        None => {
+            let acknowledged: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM family_notifications WHERE call_id = $1 AND state = 'acknowledged')",
+            )
+            .bind(call_id)
+            .fetch_one(&mut **tx)
+            .await?;
+            if acknowledged {
+                return Ok(());
+            }
+            let reason = "nobody in the family cascade acknowledged";
+            append_event(
+                tx,
+                "supervisor.alert",
+                Some(call_id),
+                None,
+                None,
+                None,
+                json!({ "reason": reason }),
+            )
+            .await?;
+            notify(
+                tx,
+                &Notification::SupervisorAlert {
+                    call_id,
+                    reason: reason.to_owned(),
+                },
+            )
+            .await
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The family cascade and the family API: parallel contacts at once, ordered contacts in turn
+//! until one acknowledges, supervisors alerted when nobody does; each family sees only its own.
+
+use std::time::Duration;
+
+use carebell_proto::family::v1::family_client::FamilyClient;
+use carebell_proto::family::v1::{
+    AcknowledgeRequest, Alert, AlertsRequest, HistoryRequest, SignInRequest,
+};
+use carebell_store::NewContact;
+use carebell_tests::{NodeOptions, TestNode, PASSWORD};
+use firmware_sim::{Tablet, TransportKind};
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+struct FamilyMember {
+    client: FamilyClient<Channel>,
+    token: String,
+}
+
+impl FamilyMember {
+    async fn sign_in(node: &TestNode, username: &str) -> Self {
+        let channel = carebell_server::console_client::channel(&node.grpc_url, Some(&node.ca_pem))
+            .await
+            .unwrap();
+        let mut client = FamilyClient::new(channel);
+        let token = client
+            .sign_in(SignInRequest {
+                username: username.to_owned(),
+                password: PASSWORD.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+        Self { client, token }
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.token).parse().unwrap(),
+        );
+        request
+    }
+
+    async fn next_alert(&mut self, timeout: Duration) -> Option<Alert> {
+        let request = self.request(AlertsRequest { after_id: 0 });
+        let mut stream = self.client.alerts(request).await.unwrap().into_inner();
+        tokio::time::timeout(timeout, stream.message())
+            .await
+            .ok()?
+            .ok()?
+    }
+
+    async fn acknowledge(&mut self, alert_id: i64) -> Result<(), tonic::Status> {
+        let request = self.request(AcknowledgeRequest { alert_id });
+        self.client.acknowledge(request).await.map(|_| ())
+    }
+
+    async fn history(&mut self) -> Vec<Alert> {
+        let request = self.request(HistoryRequest {});
+        self.client
+            .history(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .alerts
+    }
+}
+
+async fn family_account(node: &TestNode, username: &str) -> Uuid {
+    let hash = carebell_gateway::console::hash_password(PASSWORD).unwrap();
+    node.store
+        .add_family_account(username, username, &hash)
+        .await
+        .unwrap()
+}
+
+async fn call_kinds(node: &TestNode, call_id: Uuid) -> Vec<String> {
+    node.store
+        .call_events(call_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| event.kind)
+        .filter(|kind| kind.starts_with("family.") || kind == "supervisor.alert")
+        .collect()
+}
+
+#[tokio::test]
+async fn the_cascade_asks_in_turn_until_one_acknowledges_and_families_see_only_their_own() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let rules = carebell_domain::routing::DEFAULT_RULES
+        .replace("family_after_secs = 60", "family_after_secs = 1")
+        .replace("cascade_step_secs = 120", "cascade_step_secs = 1");
+    node.store.load_routing_rules(&rules, "test").await.unwrap();
+    // Resident X: a station in parallel, then son, then daughter. Resident Y: one neighbour.
+    let (resident_x, config_x) = node.tablet_config("潘阿姨", TransportKind::WebSocket).await;
+    let (resident_y, config_y) = node.tablet_config("李伯", TransportKind::WebSocket).await;
+    let son = family_account(&node, "son").await;
+    let daughter = family_account(&node, "daughter").await;
+    let neighbour = family_account(&node, "neighbour").await;
+    let contact = |resident_id, name: &str, position, account| NewContact {
+        resident_id,
+        name: name.to_owned(),
+        position,
+        family_account_id: account,
+        ..NewContact::default()
+    };
+    node.store
+        .add_contact(&contact(resident_x, "社区站", None, None))
+        .await
+        .unwrap();
+    node.store
+        .add_contact(&contact(resident_x, "儿子", Some(1), Some(son)))
+        .await
+        .unwrap();
+    node.store
+        .add_contact(&contact(resident_x, "女儿", Some(2), Some(daughter)))
+        .await
+        .unwrap();
+    node.store
+        .add_contact(&contact(resident_y, "邻居", Some(1), Some(neighbour)))
+        .await
+        .unwrap();
+    let duplicate = node
+        .store
+        .add_contact(&contact(resident_x, "又一个", Some(1), None))
+        .await
+        .unwrap_err();
+    assert!(duplicate.to_string().contains("position"), "{duplicate}");
+
+    // Nobody answers the SOSes.
+    let tablet_x = Tablet::connect(&config_x).await.unwrap();
+    let tablet_y = Tablet::connect(&config_y).await.unwrap();
+    tablet_x.long_press().await.unwrap();
+    tablet_y.long_press().await.unwrap();
+
+    let mut son_member = FamilyMember::sign_in(&node, "son").await;
+    let son_alert = son_member
+        .next_alert(Duration::from_secs(10))
+        .await
+        .expect("the son is asked first");
+    assert_eq!(son_alert.resident_name, "潘阿姨");
+    // The son does not answer in time; the daughter is asked and answers.
+    let mut daughter_member = FamilyMember::sign_in(&node, "daughter").await;
+    let daughter_alert = daughter_member
+        .next_alert(Duration::from_secs(10))
+        .await
+        .expect("then the daughter");
+    assert_eq!(daughter_alert.call_id, son_alert.call_id);
+    daughter_member
+        .acknowledge(daughter_alert.alert_id)
+        .await
+        .expect("the daughter acknowledges");
+    let late = son_member
+        .acknowledge(son_alert.alert_id)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        late.code(),
+        tonic::Code::FailedPrecondition,
+        "the son's turn has passed"
+    );
+
+    // One family cannot see or acknowledge another's alerts.
+    let mut neighbour_member = FamilyMember::sign_in(&node, "neighbour").await;
+    let neighbours = neighbour_member.history().await;
+    assert!(
+        neighbours.iter().all(|alert| alert.resident_name == "李伯"),
+        "{neighbours:?}"
+    );
+    let stolen = neighbour_member
+        .acknowledge(daughter_alert.alert_id)
+        .await
+        .unwrap_err();
+    assert_eq!(stolen.code(), tonic::Code::NotFound);
+    assert!(son_member
+        .history()
+        .await
+        .iter()
+        .all(|alert| alert.resident_name == "潘阿姨"));
+
+    let call_x = Uuid::parse_str(&son_alert.call_id).unwrap();
+    assert_eq!(
+        call_kinds(&node, call_x).await,
+        [
+            "family.notified",
+            "family.cascade_started",
+            "family.notified",
+            "family.expired",
+            "family.notified",
+            "family.acknowledged"
+        ]
+    );
+    // Y's only contact never answers: the supervisors are alerted.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let call_y: Uuid = sqlx::query_scalar("SELECT id FROM calls WHERE resident_id = $1")
+        .bind(resident_y)
+        .fetch_one(node.store.pool())
+        .await
+        .unwrap();
+    loop {
+        let kinds = call_kinds(&node, call_y).await;
+        if kinds.iter().any(|kind| kind == "supervisor.alert") {
+            assert!(kinds.contains(&"family.expired".to_owned()), "{kinds:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no supervisor alert: {kinds:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tablet_x.close().await;
+    tablet_y.close().await;
+}
