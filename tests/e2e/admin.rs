@@ -229,3 +229,87 @@ async fn console_calls_without_a_valid_session_are_refused() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn contacts_and_family_accounts_go_in_through_admin() {
+    let database_url = carebell_tests::fresh_database().await;
+    let station = admin(&database_url, &["add-station", "--name", "站"])
+        .await
+        .unwrap();
+    let resident = admin(
+        &database_url,
+        &["add-resident", "--station", &station, "--name", "潘阿姨"],
+    )
+    .await
+    .unwrap();
+    admin(
+        &database_url,
+        &[
+            "add-family-account",
+            "--username",
+            "son",
+            "--display-name",
+            "儿子",
+            "--password",
+            carebell_tests::PASSWORD,
+        ],
+    )
+    .await
+    .unwrap();
+    admin(
+        &database_url,
+        &[
+            "add-contact",
+            "--resident",
+            &resident,
+            "--name",
+            "儿子",
+            "--position",
+            "1",
+            "--holds-keys",
+            "--family-account",
+            "son",
+        ],
+    )
+    .await
+    .unwrap();
+    admin(
+        &database_url,
+        &["add-contact", "--resident", &resident, "--name", "社区站"],
+    )
+    .await
+    .unwrap();
+    let taken = admin(
+        &database_url,
+        &[
+            "add-contact",
+            "--resident",
+            &resident,
+            "--name",
+            "又一个",
+            "--position",
+            "1",
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{taken:#}").contains("position"), "{taken:#}");
+    let unknown = admin(
+        &database_url,
+        &[
+            "add-contact",
+            "--resident",
+            &resident,
+            "--name",
+            "x",
+            "--family-account",
+            "ghost",
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{unknown:#}").contains("no family account 'ghost'"),
+        "{unknown:#}"
+    );
+}

@@ -80,6 +80,39 @@ pub enum AdminCommand {
         #[arg(long, value_delimiter = ',', num_args = 0..)]
         skills: Vec<String>,
     },
+    /// Add a contact to a resident: ordered (--position 1, 2, ...) or told in parallel (no
+    /// position); optionally linked to a family account that can follow and acknowledge alerts.
+    AddContact {
+        #[arg(long)]
+        resident: Uuid,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        relationship: String,
+        #[arg(long, default_value = "")]
+        phone: String,
+        #[arg(long)]
+        holds_keys: bool,
+        #[arg(long)]
+        position: Option<i32>,
+        /// The family account (username) this contact signs in with.
+        #[arg(long)]
+        family_account: Option<String>,
+    },
+    /// Add a family account; the password comes from CAREBELL_NEW_FAMILY_PASSWORD.
+    AddFamilyAccount {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        display_name: String,
+        #[arg(
+            long,
+            env = "CAREBELL_NEW_FAMILY_PASSWORD",
+            hide_env_values = true,
+            hide = true
+        )]
+        password: String,
+    },
     /// Routing rules: show the rules in force, or load new ones from a TOML or JSON file.
     Routing {
         #[command(subcommand)]
@@ -188,6 +221,62 @@ pub async fn run(store: &Store, command: AdminCommand) -> anyhow::Result<String>
                 credentials.device_id,
                 out.display()
             ))
+        }
+        AdminCommand::AddContact {
+            resident,
+            name,
+            relationship,
+            phone,
+            holds_keys,
+            position,
+            family_account,
+        } => {
+            let family_account_id = match family_account {
+                Some(username) => Some(
+                    store
+                        .family_credentials(&username)
+                        .await
+                        .context("failed to look up the family account")?
+                        .map(|(id, _, _)| id)
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("there is no family account '{username}'")
+                        })?,
+                ),
+                None => None,
+            };
+            let id = store
+                .add_contact(&carebell_store::NewContact {
+                    resident_id: resident,
+                    name,
+                    relationship,
+                    phone,
+                    holds_keys,
+                    position,
+                    family_account_id,
+                })
+                .await
+                .context("failed to add the contact")?;
+            Ok(id.to_string())
+        }
+        AdminCommand::AddFamilyAccount {
+            username,
+            display_name,
+            password,
+        } => {
+            let username =
+                carebell_domain::Username::parse(&username).context("invalid username")?;
+            if password.chars().count() < MIN_PASSWORD_CHARS {
+                bail!("the password must have at least {MIN_PASSWORD_CHARS} characters");
+            }
+            let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+                .await
+                .context("failed to hash the password")?
+                .map_err(|error| anyhow::anyhow!("failed to hash the password: {error}"))?;
+            let id = store
+                .add_family_account(username.as_str(), display_name.trim(), &hash)
+                .await
+                .context("failed to add the family account")?;
+            Ok(id.to_string())
         }
         AdminCommand::SetSkills { username, skills } => {
             let skills: Vec<String> = skills
