@@ -12,3 +12,4 @@ mod routing;
 mod session;
 mod statistics;
 mod supervision;
+mod webhooks;

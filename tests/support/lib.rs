@@ -71,6 +71,8 @@ pub struct NodeOptions {
     pub presence_refresh: Duration,
     /// Added to two heartbeat intervals before a silent device is reported offline.
     pub offline_grace: Duration,
+    /// Where webhook deliveries go (signed with [`WEBHOOK_SECRET`], 3 attempts, fast backoff).
+    pub webhook_url: Option<String>,
     /// `None`: in-memory presence. `Some(url)`: that Redis (reachable or not).
     pub redis_url: Option<String>,
     pub database_url: Option<String>,
@@ -85,6 +87,7 @@ impl Default for NodeOptions {
             handshake_timeout: Duration::from_secs(10),
             presence_refresh: Duration::from_millis(200),
             offline_grace: Duration::from_secs(15),
+            webhook_url: None,
             redis_url: Some(redis_url()),
             database_url: None,
             node_id: "test-node".to_owned(),
@@ -165,6 +168,14 @@ impl TestNode {
             u64::try_from(options.heartbeat_interval.as_millis()).expect("heartbeat");
         settings.device.handshake_timeout_ms =
             u64::try_from(options.handshake_timeout.as_millis()).expect("handshake timeout");
+        if let Some(url) = &options.webhook_url {
+            settings.webhook.url = Some(url.clone());
+            settings.webhook.secret = Some(Secret::new(WEBHOOK_SECRET));
+            settings.webhook.max_attempts = 3;
+            settings.webhook.base_backoff_ms = 100;
+            settings.webhook.max_backoff_ms = 300;
+            settings.webhook.timeout_ms = 2000;
+        }
         settings.device.offline_grace_ms =
             u64::try_from(options.offline_grace.as_millis()).expect("grace");
         settings.presence.refresh_interval_ms =
@@ -289,6 +300,7 @@ impl Drop for TestNode {
 }
 
 pub const PASSWORD: &str = "correct horse";
+pub const WEBHOOK_SECRET: &str = "webhook-secret-for-tests";
 
 /// A signed-in operator with the live event stream.
 pub struct Console {

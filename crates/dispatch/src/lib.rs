@@ -6,6 +6,7 @@
 
 mod dispatcher;
 mod hub;
+pub mod webhook;
 
 pub use dispatcher::{Dispatcher, DispatcherConfig};
 pub use hub::{DeviceRegistration, Hub, OperatorEvent, OperatorSubscription};

@@ -18,11 +18,12 @@ use carebell_proto::console::v1::console_server::{Console, ConsoleServer};
 use carebell_proto::console::v1::{
     AcceptRequest, AcceptResponse, AlarmAction, AlarmOutcome, CallChanged, CallKind, ConsoleEvent,
     DeclineRequest, DeclineResponse, DeviceSummary, Disposition, EndCallRequest, EndCallResponse,
-    GetResidentRequest, Offer, OfferWithdrawn, OperatorState, OperatorStatus, QueueFigures,
-    QueueStatusRequest, QueueStatusResponse, RecordAlarmActionRequest, RecordAlarmActionResponse,
-    ResidentRecord, ResolveAlarmRequest, ResolveAlarmResponse, SetStatusRequest, SetStatusResponse,
-    SignInRequest, SignInResponse, StatisticsRequest, StatisticsResponse, StatusChanged,
-    SubscribeRequest, SupervisorAlert, TransferRequest, TransferResponse, WaitingItem,
+    FailedDeliveriesRequest, FailedDeliveriesResponse, FailedDelivery, GetResidentRequest, Offer,
+    OfferWithdrawn, OperatorState, OperatorStatus, QueueFigures, QueueStatusRequest,
+    QueueStatusResponse, RecordAlarmActionRequest, RecordAlarmActionResponse, ResidentRecord,
+    ResolveAlarmRequest, ResolveAlarmResponse, SetStatusRequest, SetStatusResponse, SignInRequest,
+    SignInResponse, StatisticsRequest, StatisticsResponse, StatusChanged, SubscribeRequest,
+    SupervisorAlert, TransferRequest, TransferResponse, WaitingItem,
 };
 use carebell_store::{OfferRow, OperatorSession, Store};
 use rand::RngCore;
@@ -684,6 +685,30 @@ impl Console for ConsoleService {
             .await
             .map_err(status_from_store)?;
         Ok(Response::new(ResolveAlarmResponse {}))
+    }
+
+    async fn failed_deliveries(
+        &self,
+        request: Request<FailedDeliveriesRequest>,
+    ) -> Result<Response<FailedDeliveriesResponse>, Status> {
+        self.authenticate(&request).await?;
+        let dead = self
+            .store
+            .dead_webhook_deliveries(100)
+            .await
+            .map_err(status_from_store)?;
+        Ok(Response::new(FailedDeliveriesResponse {
+            deliveries: dead
+                .into_iter()
+                .map(|delivery| FailedDelivery {
+                    delivery_id: delivery.id,
+                    body_json: delivery.body.to_string(),
+                    attempts: u32::try_from(delivery.attempts).unwrap_or(0),
+                    last_error: delivery.last_error,
+                    created_at_ms: millis(delivery.created_at),
+                })
+                .collect(),
+        }))
     }
 
     async fn decline(

@@ -98,6 +98,9 @@ pub enum AdminCommand {
         /// The family account (username) this contact signs in with.
         #[arg(long)]
         family_account: Option<String>,
+        /// How the contact is reached: app (the family API), sms, webhook; comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "app")]
+        channels: Vec<String>,
     },
     /// Add a family account; the password comes from CAREBELL_NEW_FAMILY_PASSWORD.
     AddFamilyAccount {
@@ -230,7 +233,14 @@ pub async fn run(store: &Store, command: AdminCommand) -> anyhow::Result<String>
             holds_keys,
             position,
             family_account,
+            channels,
         } => {
+            if let Some(unknown) = channels
+                .iter()
+                .find(|channel| !["app", "sms", "webhook"].contains(&channel.as_str()))
+            {
+                bail!("unknown channel '{unknown}': use app, sms or webhook");
+            }
             let family_account_id = match family_account {
                 Some(username) => Some(
                     store
@@ -253,6 +263,7 @@ pub async fn run(store: &Store, command: AdminCommand) -> anyhow::Result<String>
                     holds_keys,
                     position,
                     family_account_id,
+                    channels,
                 })
                 .await
                 .context("failed to add the contact")?;

@@ -188,6 +188,13 @@ impl Application {
             },
         );
         tracker.spawn(dispatcher.run(shutdown.clone()));
+        if let Some(config) = webhook_config(&settings)? {
+            tracker.spawn(carebell_dispatch::webhook::run_webhook_worker(
+                store.clone(),
+                config,
+                shutdown.clone(),
+            ));
+        }
         // Durable last-seen times, often enough that a live device never looks offline.
         let last_seen_interval =
             Settings::ms(settings.device.heartbeat_interval_ms / 2).min(Duration::from_secs(5));
@@ -266,4 +273,43 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The webhook worker's configuration, when a webhook URL is set.
+fn webhook_config(
+    settings: &Settings,
+) -> anyhow::Result<Option<carebell_dispatch::webhook::WebhookConfig>> {
+    let (Some(url), Some(secret)) = (&settings.webhook.url, &settings.webhook.secret) else {
+        return Ok(None);
+    };
+    let tls = match &settings.webhook.ca_path {
+        Some(path) if url.starts_with("https://") => {
+            use rustls::pki_types::pem::PemObject;
+            let pem = std::fs::read(path)
+                .with_context(|| format!("failed to read {}", path.display()))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+                roots
+                    .add(certificate.context("failed to parse the webhook CA")?)
+                    .context("failed to use the webhook CA")?;
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .context("failed to configure webhook TLS")?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Some(Arc::new(config))
+        }
+        _ => None,
+    };
+    Ok(Some(carebell_dispatch::webhook::WebhookConfig {
+        url: url.parse().context("failed to parse webhook.url")?,
+        secret: secret.expose().as_bytes().to_vec(),
+        max_attempts: settings.webhook.max_attempts,
+        base_backoff: Settings::ms(settings.webhook.base_backoff_ms),
+        max_backoff: Settings::ms(settings.webhook.max_backoff_ms),
+        timeout: Settings::ms(settings.webhook.timeout_ms),
+        tls,
+    }))
 }

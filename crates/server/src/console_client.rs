@@ -5,10 +5,10 @@ use carebell_proto::console::v1::console_client::ConsoleClient;
 pub use carebell_proto::console::v1::transfer_request::Target;
 use carebell_proto::console::v1::{
     AcceptRequest, AcceptResponse, AlarmAction, AlarmOutcome, ConsoleEvent, DeclineRequest,
-    Disposition, EndCallRequest, GetResidentRequest, OperatorStatus, QueueStatusRequest,
-    QueueStatusResponse, RecordAlarmActionRequest, ResidentRecord, ResolveAlarmRequest,
-    SetStatusRequest, SignInRequest, StatisticsRequest, StatisticsResponse, SubscribeRequest,
-    TransferRequest,
+    Disposition, EndCallRequest, FailedDeliveriesRequest, FailedDelivery, GetResidentRequest,
+    OperatorStatus, QueueStatusRequest, QueueStatusResponse, RecordAlarmActionRequest,
+    ResidentRecord, ResolveAlarmRequest, SetStatusRequest, SignInRequest, StatisticsRequest,
+    StatisticsResponse, SubscribeRequest, TransferRequest,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status, Streaming};
@@ -122,6 +122,16 @@ impl OperatorClient {
             note: note.to_owned(),
         })?;
         self.client.resolve_alarm(request).await.map(|_| ())
+    }
+
+    pub async fn failed_deliveries(&mut self) -> Result<Vec<FailedDelivery>, Status> {
+        let request = self.request(FailedDeliveriesRequest {})?;
+        Ok(self
+            .client
+            .failed_deliveries(request)
+            .await?
+            .into_inner()
+            .deliveries)
     }
 
     pub async fn decline(&mut self, offer_id: &str) -> Result<(), Status> {

@@ -59,6 +59,21 @@ pub struct Settings {
     pub dispatch: DispatchSection,
     pub console: ConsoleSection,
     pub presence: PresenceSection,
+    pub webhook: WebhookSection,
+}
+
+/// The outbound webhook for SMS or messaging gateways (off without a URL).
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookSection {
+    pub url: Option<String>,
+    /// The HMAC-SHA256 key the gateway checks signatures with.
+    pub secret: Option<Secret>,
+    /// PEM roots to trust for an https URL.
+    pub ca_path: Option<PathBuf>,
+    pub max_attempts: u32,
+    pub base_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -142,6 +157,12 @@ session_ttl_secs = 43200
 [presence]
 refresh_interval_ms = 10000
 redis_timeout_ms = 500
+
+[webhook]
+max_attempts = 5
+base_backoff_ms = 1000
+max_backoff_ms = 60000
+timeout_ms = 5000
 "#;
 
 impl Settings {
@@ -236,6 +257,36 @@ impl Settings {
         }
         if self.database_max_connections < 2 {
             return invalid("database_max_connections must be at least 2".to_owned());
+        }
+        if let Some(url) = &self.webhook.url {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                return invalid("webhook.url must be an http:// or https:// URL".to_owned());
+            }
+            if self
+                .webhook
+                .secret
+                .as_ref()
+                .is_none_or(|secret| secret.expose().len() < 16)
+            {
+                return invalid(
+                    "webhook.secret of at least 16 characters is required with webhook.url"
+                        .to_owned(),
+                );
+            }
+            if url.starts_with("https://")
+                && self
+                    .webhook
+                    .ca_path
+                    .as_ref()
+                    .is_none_or(|path| !path.is_file())
+            {
+                return invalid(
+                    "an https webhook.url needs webhook.ca_path (the roots to trust)".to_owned(),
+                );
+            }
+            if self.webhook.max_attempts == 0 {
+                return invalid("webhook.max_attempts must be at least 1".to_owned());
+            }
         }
         if self.presence.refresh_interval_ms < 100 {
             return invalid("presence.refresh_interval_ms must be at least 100".to_owned());

@@ -23,6 +23,8 @@ pub struct NewContact {
     /// `Some(n)`: n-th in the ordered cascade; `None`: told at once, in parallel.
     pub position: Option<i32>,
     pub family_account_id: Option<Uuid>,
+    /// `app` (the family API), `sms` or `webhook` (through the webhook channel). Empty: `app`.
+    pub channels: Vec<String>,
 }
 
 /// An alert as a family member sees it.
@@ -63,8 +65,9 @@ impl Store {
     pub async fn add_contact(&self, contact: &NewContact) -> Result<Uuid> {
         let id = Uuid::new_v4();
         sqlx::query(
-            "INSERT INTO contacts (id, resident_id, name, relationship, phone, holds_keys, position, family_account_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO contacts (id, resident_id, name, relationship, phone, holds_keys, position,
+                                   family_account_id, channels)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(id)
         .bind(contact.resident_id)
@@ -74,6 +77,7 @@ impl Store {
         .bind(contact.holds_keys)
         .bind(contact.position)
         .bind(contact.family_account_id)
+        .bind(if contact.channels.is_empty() { vec!["app".to_owned()] } else { contact.channels.clone() })
         .execute(&self.pool)
         .await
         .map_err(|error| match error.as_database_error() {
@@ -311,15 +315,16 @@ async fn start_cascade(
     for contact in &contacts {
         let contact_id: Uuid = contact.try_get("id")?;
         let parallel = contact.try_get::<Option<i32>, _>("position")?.is_none();
-        sqlx::query(
+        let notification_id: i64 = sqlx::query_scalar(
             "INSERT INTO family_notifications (call_id, contact_id, state, parallel, sent_at)
              VALUES ($1, $2, CASE WHEN $3 THEN 'sent' ELSE 'waiting' END, $3,
-                     CASE WHEN $3 THEN clock_timestamp() END)",
+                     CASE WHEN $3 THEN clock_timestamp() END)
+             RETURNING id",
         )
         .bind(call_id)
         .bind(contact_id)
         .bind(parallel)
-        .execute(&mut **tx)
+        .fetch_one(&mut **tx)
         .await?;
         if parallel {
             append_event(
@@ -332,6 +337,7 @@ async fn start_cascade(
                 json!({ "contact_id": contact_id, "parallel": true }),
             )
             .await?;
+            enqueue_delivery(tx, notification_id).await?;
         }
     }
     append_event(
@@ -377,7 +383,8 @@ async fn ask_next(tx: &mut Transaction<'_, Postgres>, call_id: Uuid, step_secs: 
                 None,
                 json!({ "contact_id": contact_id, "parallel": false }),
             )
-            .await
+            .await?;
+            enqueue_delivery(tx, notification_id).await
         }
         None => {
             let acknowledged: bool = sqlx::query_scalar(
@@ -410,4 +417,27 @@ async fn ask_next(tx: &mut Transaction<'_, Postgres>, call_id: Uuid, step_secs: 
             .await
         }
     }
+}
+
+/// For a contact reached by SMS or webhook, queues the outbound delivery in the same
+/// transaction as the notification (so neither exists without the other).
+async fn enqueue_delivery(tx: &mut Transaction<'_, Postgres>, notification_id: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (notification_id, body)
+         SELECT n.id, jsonb_build_object(
+                    'notification_id', n.id, 'call_id', n.call_id, 'kind', k.kind,
+                    'resident', r.full_name, 'address', r.address,
+                    'contact', c.name, 'relationship', c.relationship, 'phone', c.phone,
+                    'holds_keys', c.holds_keys,
+                    'text', r.full_name || ': ' || k.kind || ' alarm, please respond')
+         FROM family_notifications n
+         JOIN contacts c ON c.id = n.contact_id
+         JOIN calls k ON k.id = n.call_id
+         JOIN residents r ON r.id = k.resident_id
+         WHERE n.id = $1 AND c.channels && ARRAY['sms', 'webhook']",
+    )
+    .bind(notification_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

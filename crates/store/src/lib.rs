@@ -14,6 +14,7 @@ mod outbox;
 mod residents;
 mod routing;
 mod supervision;
+mod webhooks;
 
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -35,6 +36,7 @@ pub use residents::{DeviceSummaryRow, ResidentRecord};
 pub use supervision::{
     OperatorRow, QueueFigures, QueueStatus, StatisticsCounts, WaitingRow, SHORT_ABANDON_SECS,
 };
+pub use webhooks::WebhookDelivery;
 
 /// The PostgreSQL channel every node listens on.
 pub const NOTIFY_CHANNEL: &str = "carebell";
