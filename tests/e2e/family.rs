@@ -132,7 +132,13 @@ async fn the_cascade_asks_in_turn_until_one_acknowledges_and_families_see_only_t
         .unwrap_err();
     assert!(duplicate.to_string().contains("position"), "{duplicate}");
 
-    // Nobody answers the SOSes.
+    // Nobody answers the SOSes (the only operator is away, but watching the console).
+    let mut watcher = node.available_operator("watcher", "Watcher").await;
+    watcher
+        .client
+        .set_status(carebell_proto::console::v1::OperatorStatus::Away)
+        .await
+        .unwrap();
     let tablet_x = Tablet::connect(&config_x).await.unwrap();
     let tablet_y = Tablet::connect(&config_y).await.unwrap();
     tablet_x.long_press().await.unwrap();
@@ -183,6 +189,16 @@ async fn the_cascade_asks_in_turn_until_one_acknowledges_and_families_see_only_t
         .iter()
         .all(|alert| alert.resident_name == "潘阿姨"));
 
+    // Every console, not only the supervisors', shows the unanswered emergency.
+    let shown = loop {
+        match watcher.next_event(Duration::from_secs(5)).await {
+            Some(carebell_proto::console::v1::console_event::Event::Alert(alert)) => break alert,
+            Some(_) => continue,
+            None => panic!("the console was not shown the unanswered emergency"),
+        }
+    };
+    assert!(shown.reason.contains("unanswered"), "{}", shown.reason);
+
     let call_x = Uuid::parse_str(&son_alert.call_id).unwrap();
     assert_eq!(
         call_kinds(&node, call_x).await,
@@ -216,4 +232,41 @@ async fn the_cascade_asks_in_turn_until_one_acknowledges_and_families_see_only_t
     }
     tablet_x.close().await;
     tablet_y.close().await;
+}
+
+#[tokio::test]
+async fn a_device_offline_for_long_tells_the_family() {
+    let node = TestNode::start(NodeOptions {
+        heartbeat_interval: Duration::from_secs(1),
+        offline_grace: Duration::from_millis(500),
+        ..NodeOptions::default()
+    })
+    .await;
+    let rules = carebell_domain::routing::DEFAULT_RULES.replace(
+        "offline_family_after_secs = 1800",
+        "offline_family_after_secs = 1",
+    );
+    node.store.load_routing_rules(&rules, "test").await.unwrap();
+    let (resident, mut config) = node.tablet_config("王爷爷", TransportKind::WebSocket).await;
+    let son = family_account(&node, "son").await;
+    node.store
+        .add_contact(&NewContact {
+            resident_id: resident,
+            name: "儿子".to_owned(),
+            position: Some(1),
+            family_account_id: Some(son),
+            ..NewContact::default()
+        })
+        .await
+        .unwrap();
+    config.heartbeat_override = Some(Duration::from_secs(3600));
+    let silent = Tablet::connect(&config).await.unwrap();
+    let mut member = FamilyMember::sign_in(&node, "son").await;
+    let alert = member
+        .next_alert(Duration::from_secs(15))
+        .await
+        .expect("the family hears the tablet is offline");
+    assert_eq!(alert.kind, "technical");
+    assert_eq!(alert.resident_name, "王爷爷");
+    drop(silent);
 }

@@ -32,10 +32,12 @@ pub enum OperatorEvent {
         status: String,
         reason: String,
     },
-    /// An item waited too long (sent to every console; supervisors' consoles show it).
+    /// An item waited too long (sent to every console; supervisors' consoles show it, and
+    /// every console when `everyone`).
     Alert {
         call_id: Uuid,
         reason: String,
+        everyone: bool,
     },
     /// Notifications may have been missed: re-read the live offer.
     Resync,
@@ -281,18 +283,26 @@ impl Hub {
                 self.send_to_operator(operator_id, OperatorEvent::StatusChanged { status, reason })
             }
             Notification::SupervisorAlert { call_id, reason } => {
-                for sender in lock(&self.operators).values() {
-                    let _ = sender.send(OperatorEvent::Alert {
-                        call_id,
-                        reason: reason.clone(),
-                    });
-                }
+                self.alert_all(call_id, &reason, false)
+            }
+            Notification::EmergencyUnanswered { call_id, reason } => {
+                self.alert_all(call_id, &reason, true)
             }
             Notification::DeviceOutbox { device_id } => {
                 if let Some(slot) = lock(&self.devices).get(&device_id) {
                     slot.outbox_changed.notify_one();
                 }
             }
+        }
+    }
+
+    fn alert_all(&self, call_id: Uuid, reason: &str, everyone: bool) {
+        for sender in lock(&self.operators).values() {
+            let _ = sender.send(OperatorEvent::Alert {
+                call_id,
+                reason: reason.to_owned(),
+                everyone,
+            });
         }
     }
 

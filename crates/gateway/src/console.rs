@@ -524,7 +524,11 @@ impl Console for ConsoleService {
                             reason,
                         })))
                     }
-                    Ok(OperatorEvent::Alert { call_id, reason }) => is_supervisor.then(|| {
+                    Ok(OperatorEvent::Alert {
+                        call_id,
+                        reason,
+                        everyone,
+                    }) => (is_supervisor || everyone).then(|| {
                         event(Event::Alert(SupervisorAlert {
                             call_id: call_id.to_string(),
                             reason,

@@ -160,6 +160,40 @@ impl Store {
         .await?;
         for row in due {
             let call_id: Uuid = row.try_get("id")?;
+            let reason = format!(
+                "emergency unanswered for {} s: the family is being told",
+                rules.rules().family_after_secs
+            );
+            append_event(
+                &mut tx,
+                "emergency.unanswered",
+                Some(call_id),
+                None,
+                None,
+                None,
+                json!({ "reason": reason }),
+            )
+            .await?;
+            notify(
+                &mut tx,
+                &Notification::EmergencyUnanswered { call_id, reason },
+            )
+            .await?;
+            start_cascade(&mut tx, call_id, step_secs).await?;
+        }
+        // A device offline for long: its technical item's cascade tells the family.
+        let offline = sqlx::query(
+            "SELECT k.id FROM calls k JOIN alarms a ON a.call_id = k.id
+             WHERE a.kind = 'DEVICE_OFFLINE' AND a.cleared_at IS NULL AND k.cascade_started_at IS NULL
+               AND a.received_at <= clock_timestamp() - make_interval(secs => $1)
+             LIMIT 100
+             FOR UPDATE OF k SKIP LOCKED",
+        )
+        .bind(f64::from(rules.rules().offline_family_after_secs))
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in offline {
+            let call_id: Uuid = row.try_get("id")?;
             start_cascade(&mut tx, call_id, step_secs).await?;
         }
         // Ordered contacts who did not acknowledge in time: the next one is asked.

@@ -96,6 +96,9 @@ pub enum Notification {
     },
     /// An item waited too long: supervisors must look.
     SupervisorAlert { call_id: Uuid, reason: String },
+    /// An emergency nobody has answered for long: every console shows it, not only the
+    /// supervisors'.
+    EmergencyUnanswered { call_id: Uuid, reason: String },
 }
 
 /// The handle on PostgreSQL shared by every part of a node.

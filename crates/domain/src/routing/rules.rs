@@ -88,6 +88,13 @@ pub struct RuleSet {
     /// How long each ordered contact has to acknowledge before the next is asked.
     #[serde(default = "default_cascade_step")]
     pub cascade_step_secs: u32,
+    /// A device offline this long (its alarm still open) tells the family through the cascade.
+    #[serde(default = "default_offline_family_after")]
+    pub offline_family_after_secs: u32,
+}
+
+fn default_offline_family_after() -> u32 {
+    1800
 }
 
 fn default_family_after() -> u32 {
@@ -289,6 +296,7 @@ impl ValidRuleSet {
                 max_consecutive_misses: default_misses(),
                 family_after_secs: default_family_after(),
                 cascade_step_secs: default_cascade_step(),
+                offline_family_after_secs: default_offline_family_after(),
             },
         })
     }
@@ -332,6 +340,7 @@ wrap_up_secs = 0
 max_consecutive_misses = 2
 family_after_secs = 60
 cascade_step_secs = 120
+offline_family_after_secs = 1800
 
 [[queues]]
 id = "emergency"
