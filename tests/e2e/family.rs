@@ -270,3 +270,77 @@ async fn a_device_offline_for_long_tells_the_family() {
     assert_eq!(alert.resident_name, "王爷爷");
     drop(silent);
 }
+
+#[tokio::test]
+async fn an_emergency_unanswered_past_its_limit_escalates_and_keeps_ringing() {
+    let node = TestNode::start(NodeOptions {
+        ring_timeout: Duration::from_secs(30),
+        ..NodeOptions::default()
+    })
+    .await;
+    // The built-in escalation, with 1 s instead of 15 s.
+    let rules = carebell_domain::routing::DEFAULT_RULES.replacen(
+        "max_wait_secs = 15",
+        "max_wait_secs = 1",
+        1,
+    );
+    assert_ne!(rules, carebell_domain::routing::DEFAULT_RULES);
+    node.store.load_routing_rules(&rules, "test").await.unwrap();
+    let mut boss = node.available_operator("boss", "Boss").await;
+    node.store
+        .set_operator_skills("boss", &["supervisor".to_owned()])
+        .await
+        .unwrap();
+    boss.client
+        .set_status(carebell_proto::console::v1::OperatorStatus::Away)
+        .await
+        .unwrap();
+    boss.events = boss.client.subscribe().await.unwrap();
+    let mut ringing = node.available_operator("slow", "Slow").await;
+    let (_resident, config) = node.tablet_config("陈奶奶", TransportKind::WebSocket).await;
+    let tablet = Tablet::connect(&config).await.unwrap();
+    let created = tokio::time::Instant::now();
+    tablet.long_press().await.unwrap();
+    let offer = ringing
+        .next_offer(Duration::from_secs(5))
+        .await
+        .expect("it rings");
+    let alert = loop {
+        match boss.next_event(Duration::from_secs(10)).await {
+            Some(carebell_proto::console::v1::console_event::Event::Alert(alert)) => break alert,
+            Some(_) => continue,
+            None => panic!("no escalation"),
+        }
+    };
+    assert!(created.elapsed() >= Duration::from_secs(1));
+    assert!(
+        alert.reason.contains("emergency_escalated"),
+        "{}",
+        alert.reason
+    );
+    // Still ringing at the same operator, who can still take it.
+    ringing
+        .client
+        .accept(&offer.offer_id)
+        .await
+        .expect("the ring goes on through the escalation");
+    let call_id = Uuid::parse_str(&offer.call_id).unwrap();
+    let kinds: Vec<String> = node
+        .store
+        .call_events(call_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| event.kind)
+        .collect();
+    let overflowed = kinds
+        .iter()
+        .position(|kind| kind == "call.overflowed")
+        .expect("overflowed");
+    let accepted = kinds
+        .iter()
+        .position(|kind| kind == "offer.accepted")
+        .expect("accepted");
+    assert!(overflowed < accepted, "{kinds:?}");
+    tablet.close().await;
+}
