@@ -344,3 +344,43 @@ async fn an_emergency_unanswered_past_its_limit_escalates_and_keeps_ringing() {
     assert!(overflowed < accepted, "{kinds:?}");
     tablet.close().await;
 }
+
+#[tokio::test]
+async fn an_operator_who_notifies_the_family_starts_the_cascade_at_once() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let mut nurse = node.available_operator("nurse", "Nurse").await;
+    let (resident, config) = node.tablet_config("黄婆婆", TransportKind::WebSocket).await;
+    let daughter = family_account(&node, "daughter").await;
+    node.store
+        .add_contact(&NewContact {
+            resident_id: resident,
+            name: "女儿".to_owned(),
+            position: Some(1),
+            family_account_id: Some(daughter),
+            holds_keys: true,
+            ..NewContact::default()
+        })
+        .await
+        .unwrap();
+    let tablet = Tablet::connect(&config).await.unwrap();
+    tablet.long_press().await.unwrap();
+    let offer = nurse.next_offer(Duration::from_secs(5)).await.unwrap();
+    let accepted = nurse.client.accept(&offer.offer_id).await.unwrap();
+    nurse
+        .client
+        .record_alarm_action(
+            &accepted.call_id,
+            carebell_proto::console::v1::AlarmAction::NotifiedFamily,
+            "",
+        )
+        .await
+        .unwrap();
+    let mut member = FamilyMember::sign_in(&node, "daughter").await;
+    let alert = member
+        .next_alert(Duration::from_secs(5))
+        .await
+        .expect("told at once, not after 60 s");
+    assert_eq!(alert.call_id, accepted.call_id);
+    member.acknowledge(alert.alert_id).await.unwrap();
+    tablet.close().await;
+}

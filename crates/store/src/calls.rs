@@ -1311,6 +1311,23 @@ impl Store {
             .bind(note)
             .execute(&mut *tx)
             .await?;
+        // "Notified the family" by the operator starts the cascade now, if it has not started.
+        if action == carebell_domain::AlarmAction::NotifiedFamily {
+            let not_started: bool =
+                sqlx::query_scalar("SELECT cascade_started_at IS NULL FROM calls WHERE id = $1")
+                    .bind(call_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if not_started {
+                let step_secs = f64::from(
+                    crate::routing::active_rules(&mut tx)
+                        .await?
+                        .rules()
+                        .cascade_step_secs,
+                );
+                crate::family::start_cascade(&mut tx, call_id, step_secs).await?;
+            }
+        }
         append_event(
             &mut tx,
             "alarm.action",

@@ -330,7 +330,7 @@ impl Store {
 }
 
 /// Tells every parallel contact at once and asks the first ordered one.
-async fn start_cascade(
+pub(crate) async fn start_cascade(
     tx: &mut Transaction<'_, Postgres>,
     call_id: Uuid,
     step_secs: f64,
