@@ -2,11 +2,9 @@
 //! offers and call changes, accept, end with a disposition, and the audited resident look-up.
 
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use carebell_dispatch::{Hub, OperatorEvent};
 use carebell_domain::{
     AlarmAction as DomainAction, AlarmOutcome as DomainOutcome, Disposition as DomainDisposition,
@@ -26,8 +24,6 @@ use carebell_proto::console::v1::{
     SupervisorAlert, TransferRequest, TransferResponse, WaitingItem,
 };
 use carebell_store::{OfferRow, OperatorSession, Store};
-use rand::RngCore;
-use sha2::{Digest, Sha256};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -36,10 +32,9 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::credentials::{bearer_token, check_lengths, new_token, token_hash, verify_password};
 use crate::status_from_store;
 
-/// Longest username or password accepted at sign-in (argon2 on megabytes is a DoS vector).
-const MAX_CREDENTIAL_BYTES: usize = 256;
 /// Longest note on a call's end.
 const MAX_NOTE_BYTES: usize = 4000;
 /// Longest reason for a status change.
@@ -120,17 +115,7 @@ impl ConsoleService {
     }
 
     async fn authenticate<T>(&self, request: &Request<T>) -> Result<OperatorSession, Status> {
-        let header = request
-            .metadata()
-            .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("sign in first: no authorization header"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("the authorization header must be 'Bearer <token>'")
-            })?;
+        let token = bearer_token(request)?;
         self.store
             .session(&token_hash(token))
             .await
@@ -159,34 +144,7 @@ impl ConsoleService {
     }
 }
 
-fn token_hash(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
-}
-
-/// A hash of a random password, verified against when the username is unknown, so that a
-/// wrong username costs as much time as a wrong password.
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| {
-        let mut password = [0u8; 16];
-        rand::thread_rng().fill_bytes(&mut password);
-        let salt = SaltString::generate(&mut rand::thread_rng());
-        Argon2::default()
-            .hash_password(&password, &salt)
-            .map(|hash| hash.to_string())
-            // Hashing random bytes with a fresh salt cannot fail; if it ever did, an empty
-            // string makes every unknown-user check fail, which is the safe direction.
-            .unwrap_or_default()
-    })
-}
-
-/// Hashes a password with argon2id and a random salt, as a PHC string.
-pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
-    let salt = SaltString::generate(&mut rand::thread_rng());
-    Ok(Argon2::default()
-        .hash_password(password.as_bytes(), &salt)?
-        .to_string())
-}
+pub use crate::credentials::hash_password;
 
 fn parse_uuid(raw: &str, what: &str) -> Result<Uuid, Status> {
     Uuid::parse_str(raw).map_err(|_| Status::invalid_argument(format!("{what} is not a valid id")))
@@ -346,35 +304,20 @@ impl Console for ConsoleService {
         request: Request<SignInRequest>,
     ) -> Result<Response<SignInResponse>, Status> {
         let SignInRequest { username, password } = request.into_inner();
-        if username.len() > MAX_CREDENTIAL_BYTES || password.len() > MAX_CREDENTIAL_BYTES {
-            return Err(Status::invalid_argument("username or password is too long"));
-        }
+        check_lengths(&username, &password)?;
         let credentials = self
             .store
             .operator_credentials(&username)
             .await
             .map_err(status_from_store)?;
-        let stored_hash = credentials
+        let stored = credentials
             .as_ref()
-            .map(|credentials| credentials.password_hash.clone())
-            .unwrap_or_else(|| dummy_hash().to_owned());
-        let verified = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&stored_hash)
-                .and_then(|hash| Argon2::default().verify_password(password.as_bytes(), &hash))
-                .is_ok()
-        })
-        .await
-        .map_err(|_| Status::internal("password check failed"))?;
+            .map(|credentials| credentials.password_hash.clone());
         let credentials = match credentials {
-            Some(credentials) if verified => credentials,
+            Some(credentials) if verify_password(stored, password).await? => credentials,
             _ => return Err(Status::unauthenticated("invalid username or password")),
         };
-        let mut token_bytes = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut token_bytes);
-        let token: String = token_bytes
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
+        let token = new_token();
         let expires_at = self
             .store
             .create_session(

@@ -5,16 +5,12 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use argon2::password_hash::{PasswordHash, PasswordVerifier};
-use argon2::Argon2;
 use carebell_proto::family::v1::family_server::{Family, FamilyServer};
 use carebell_proto::family::v1::{
     AcknowledgeRequest, AcknowledgeResponse, Alert, AlertsRequest, HistoryRequest, HistoryResponse,
     SignInRequest, SignInResponse,
 };
 use carebell_store::{FamilyAlert, Store};
-use rand::RngCore;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -22,11 +18,11 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::credentials::{bearer_token, check_lengths, new_token, token_hash, verify_password};
 use crate::status_from_store;
 
 /// How often a family member's alert stream looks for new alerts.
 const POLL: Duration = Duration::from_millis(500);
-const MAX_CREDENTIAL_BYTES: usize = 256;
 
 pub struct FamilyService {
     store: Store,
@@ -55,14 +51,9 @@ impl FamilyService {
     }
 
     async fn account<T>(&self, request: &Request<T>) -> Result<Uuid, Status> {
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("sign in first"))?;
+        let token = bearer_token(request)?;
         self.store
-            .family_session(&Sha256::digest(token.as_bytes()))
+            .family_session(&token_hash(token))
             .await
             .map_err(status_from_store)?
             .ok_or_else(|| {
@@ -99,40 +90,23 @@ impl Family for FamilyService {
         request: Request<SignInRequest>,
     ) -> Result<Response<SignInResponse>, Status> {
         let SignInRequest { username, password } = request.into_inner();
-        if username.len() > MAX_CREDENTIAL_BYTES || password.len() > MAX_CREDENTIAL_BYTES {
-            return Err(Status::invalid_argument("username or password is too long"));
-        }
+        check_lengths(&username, &password)?;
         let credentials = self
             .store
             .family_credentials(&username)
             .await
             .map_err(status_from_store)?;
-        let Some((account_id, display_name, hash)) = credentials else {
-            return Err(Status::unauthenticated("invalid username or password"));
+        let stored = credentials.as_ref().map(|(_, _, hash)| hash.clone());
+        let (account_id, display_name) = match credentials {
+            Some((account_id, display_name, _)) if verify_password(stored, password).await? => {
+                (account_id, display_name)
+            }
+            _ => return Err(Status::unauthenticated("invalid username or password")),
         };
-        let verified = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash)
-                .and_then(|hash| Argon2::default().verify_password(password.as_bytes(), &hash))
-                .is_ok()
-        })
-        .await
-        .map_err(|_| Status::internal("password check failed"))?;
-        if !verified {
-            return Err(Status::unauthenticated("invalid username or password"));
-        }
-        let mut token_bytes = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut token_bytes);
-        let token: String = token_bytes
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
+        let token = new_token();
         let expires_at = self
             .store
-            .create_family_session(
-                account_id,
-                &Sha256::digest(token.as_bytes()),
-                self.session_ttl,
-            )
+            .create_family_session(account_id, &token_hash(&token), self.session_ttl)
             .await
             .map_err(status_from_store)?;
         Ok(Response::new(SignInResponse {

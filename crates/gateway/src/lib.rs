@@ -5,6 +5,7 @@
 //! tablet behaves the same whichever it uses.
 
 pub mod console;
+mod credentials;
 pub mod device;
 mod errors;
 pub mod family;

@@ -173,15 +173,7 @@ pub async fn run(store: &Store, command: AdminCommand) -> anyhow::Result<String>
             display_name,
             password,
         } => {
-            let username =
-                carebell_domain::Username::parse(&username).context("invalid username")?;
-            if password.chars().count() < MIN_PASSWORD_CHARS {
-                bail!("the password must have at least {MIN_PASSWORD_CHARS} characters");
-            }
-            let hash = tokio::task::spawn_blocking(move || hash_password(&password))
-                .await
-                .context("failed to hash the password")?
-                .map_err(|error| anyhow::anyhow!("failed to hash the password: {error}"))?;
+            let (username, hash) = new_account(&username, password).await?;
             let id = store
                 .add_operator(username.as_str(), display_name.trim(), &hash)
                 .await
@@ -274,15 +266,7 @@ pub async fn run(store: &Store, command: AdminCommand) -> anyhow::Result<String>
             display_name,
             password,
         } => {
-            let username =
-                carebell_domain::Username::parse(&username).context("invalid username")?;
-            if password.chars().count() < MIN_PASSWORD_CHARS {
-                bail!("the password must have at least {MIN_PASSWORD_CHARS} characters");
-            }
-            let hash = tokio::task::spawn_blocking(move || hash_password(&password))
-                .await
-                .context("failed to hash the password")?
-                .map_err(|error| anyhow::anyhow!("failed to hash the password: {error}"))?;
+            let (username, hash) = new_account(&username, password).await?;
             let id = store
                 .add_family_account(username.as_str(), display_name.trim(), &hash)
                 .await
@@ -334,6 +318,22 @@ pub async fn run(store: &Store, command: AdminCommand) -> anyhow::Result<String>
             Ok(text)
         }
     }
+}
+
+/// Checks a new account's username and password and hashes the password (argon2id).
+async fn new_account(
+    username: &str,
+    password: String,
+) -> anyhow::Result<(carebell_domain::Username, String)> {
+    let username = carebell_domain::Username::parse(username).context("invalid username")?;
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        bail!("the password must have at least {MIN_PASSWORD_CHARS} characters");
+    }
+    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .context("failed to hash the password")?
+        .map_err(|error| anyhow::anyhow!("failed to hash the password: {error}"))?;
+    Ok((username, hash))
 }
 
 /// Registers a new device for `resident` and returns its credentials (not yet written).

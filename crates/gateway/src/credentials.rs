@@ -1,0 +1,91 @@
+//! Passwords and session tokens, shared by the console and family APIs: argon2id hashes, a
+//! dummy verification for unknown users (so a wrong username costs as much as a wrong
+//! password), random bearer tokens stored only as SHA-256 hashes.
+
+use std::sync::OnceLock;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Status};
+
+/// Longest username or password accepted at sign-in (argon2 on megabytes is a DoS vector).
+pub(crate) const MAX_CREDENTIAL_BYTES: usize = 256;
+
+/// Hashes a password with argon2id and a random salt, as a PHC string.
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    let salt = SaltString::generate(&mut rand::thread_rng());
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
+}
+
+/// A hash of a random password, verified against when the username is unknown.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let mut password = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut password);
+        let salt = SaltString::generate(&mut rand::thread_rng());
+        Argon2::default()
+            .hash_password(&password, &salt)
+            .map(|hash| hash.to_string())
+            // Hashing random bytes with a fresh salt cannot fail; if it ever did, an empty
+            // string makes every unknown-user check fail, which is the safe direction.
+            .unwrap_or_default()
+    })
+}
+
+/// Refuses oversized credentials before any hashing.
+pub(crate) fn check_lengths(username: &str, password: &str) -> Result<(), Status> {
+    if username.len() > MAX_CREDENTIAL_BYTES || password.len() > MAX_CREDENTIAL_BYTES {
+        return Err(Status::invalid_argument("username or password is too long"));
+    }
+    Ok(())
+}
+
+/// Whether `password` matches `stored` (an unknown user, `None`, never matches, in the same
+/// time). Runs argon2 off the async threads.
+pub(crate) async fn verify_password(
+    stored: Option<String>,
+    password: String,
+) -> Result<bool, Status> {
+    let known = stored.is_some();
+    let hash = stored.unwrap_or_else(|| dummy_hash().to_owned());
+    let matches = tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .and_then(|hash| Argon2::default().verify_password(password.as_bytes(), &hash))
+            .is_ok()
+    })
+    .await
+    .map_err(|_| Status::internal("password check failed"))?;
+    Ok(known && matches)
+}
+
+/// A new random bearer token (64 hex digits).
+pub(crate) fn new_token() -> String {
+    let mut token_bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut token_bytes);
+    token_bytes
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// What the database keeps of a token.
+pub(crate) fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// The bearer token of a request.
+pub(crate) fn bearer_token<T>(request: &Request<T>) -> Result<&str, Status> {
+    request
+        .metadata()
+        .get("authorization")
+        .ok_or_else(|| Status::unauthenticated("sign in first: no authorization header"))?
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .ok_or_else(|| Status::unauthenticated("the authorization header must be 'Bearer <token>'"))
+}
