@@ -724,3 +724,49 @@ async fn three_simultaneous_accepts_of_one_sos_have_exactly_one_winner() {
     );
     tablet.close().await;
 }
+
+#[tokio::test]
+async fn a_supervisor_reclaims_a_call_whose_operator_is_gone() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let mut gone = node.available_operator("gone", "Gone").await;
+    let (_resident, config) = node.tablet_config("潘阿姨", TransportKind::WebSocket).await;
+    let tablet = Tablet::connect(&config).await.unwrap();
+    tablet.press().await.unwrap();
+    let offer = gone.next_offer(WAIT).await.unwrap();
+    let accepted = gone.client.accept(&offer.offer_id).await.unwrap();
+    drop(gone); // the console vanishes with the call in hand
+    node.operator_account("boss", "Boss").await;
+    node.store
+        .set_operator_skills("boss", &["supervisor".to_owned()])
+        .await
+        .unwrap();
+    let mut boss = node.sign_in("boss").await;
+    node.operator_account("clerk", "Clerk").await;
+    let mut clerk = node.sign_in("clerk").await;
+    assert_eq!(
+        clerk
+            .reclaim_call(&accepted.call_id)
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::PermissionDenied
+    );
+    boss.reclaim_call(&accepted.call_id).await.unwrap();
+    let mut next = node.available_operator("next", "Next").await;
+    let again = next
+        .next_offer(WAIT)
+        .await
+        .expect("offered again from its queue");
+    assert_eq!(again.call_id, accepted.call_id);
+    let gone_id = node.store.operator_id("gone").await.unwrap().unwrap();
+    assert_eq!(
+        node.store.operator_status(gone_id).await.unwrap(),
+        carebell_domain::OperatorStatus::Offline
+    );
+    let missing = boss
+        .reclaim_call(&Uuid::new_v4().to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    tablet.close().await;
+}

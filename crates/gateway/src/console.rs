@@ -18,10 +18,11 @@ use carebell_proto::console::v1::{
     DeclineRequest, DeclineResponse, DeviceSummary, Disposition, EndCallRequest, EndCallResponse,
     FailedDeliveriesRequest, FailedDeliveriesResponse, FailedDelivery, GetResidentRequest, Offer,
     OfferWithdrawn, OperatorState, OperatorStatus, QueueFigures, QueueStatusRequest,
-    QueueStatusResponse, RecordAlarmActionRequest, RecordAlarmActionResponse, ResidentRecord,
-    ResolveAlarmRequest, ResolveAlarmResponse, SetStatusRequest, SetStatusResponse, SignInRequest,
-    SignInResponse, StatisticsRequest, StatisticsResponse, StatusChanged, SubscribeRequest,
-    SupervisorAlert, TransferRequest, TransferResponse, WaitingItem,
+    QueueStatusResponse, ReclaimCallRequest, ReclaimCallResponse, RecordAlarmActionRequest,
+    RecordAlarmActionResponse, ResidentRecord, ResolveAlarmRequest, ResolveAlarmResponse,
+    SetStatusRequest, SetStatusResponse, SignInRequest, SignInResponse, StatisticsRequest,
+    StatisticsResponse, StatusChanged, SubscribeRequest, SupervisorAlert, TransferRequest,
+    TransferResponse, WaitingItem,
 };
 use carebell_store::{OfferRow, OperatorSession, Store};
 use tokio::sync::broadcast::error::RecvError;
@@ -632,6 +633,19 @@ impl Console for ConsoleService {
             .await
             .map_err(status_from_store)?;
         Ok(Response::new(ResolveAlarmResponse {}))
+    }
+
+    async fn reclaim_call(
+        &self,
+        request: Request<ReclaimCallRequest>,
+    ) -> Result<Response<ReclaimCallResponse>, Status> {
+        let supervisor = self.authenticate_supervisor(&request).await?;
+        let call_id = parse_uuid(&request.get_ref().call_id, "call_id")?;
+        self.store
+            .reclaim_call(call_id, supervisor.operator_id, self.settings.ring_timeout)
+            .await
+            .map_err(status_from_store)?;
+        Ok(Response::new(ReclaimCallResponse {}))
     }
 
     async fn failed_deliveries(

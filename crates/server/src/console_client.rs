@@ -6,9 +6,9 @@ pub use carebell_proto::console::v1::transfer_request::Target;
 use carebell_proto::console::v1::{
     AcceptRequest, AcceptResponse, AlarmAction, AlarmOutcome, ConsoleEvent, DeclineRequest,
     Disposition, EndCallRequest, FailedDeliveriesRequest, FailedDelivery, GetResidentRequest,
-    OperatorStatus, QueueStatusRequest, QueueStatusResponse, RecordAlarmActionRequest,
-    ResidentRecord, ResolveAlarmRequest, SetStatusRequest, SignInRequest, StatisticsRequest,
-    StatisticsResponse, SubscribeRequest, TransferRequest,
+    OperatorStatus, QueueStatusRequest, QueueStatusResponse, ReclaimCallRequest,
+    RecordAlarmActionRequest, ResidentRecord, ResolveAlarmRequest, SetStatusRequest, SignInRequest,
+    StatisticsRequest, StatisticsResponse, SubscribeRequest, TransferRequest,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status, Streaming};
@@ -122,6 +122,13 @@ impl OperatorClient {
             note: note.to_owned(),
         })?;
         self.client.resolve_alarm(request).await.map(|_| ())
+    }
+
+    pub async fn reclaim_call(&mut self, call_id: &str) -> Result<(), Status> {
+        let request = self.request(ReclaimCallRequest {
+            call_id: call_id.to_owned(),
+        })?;
+        self.client.reclaim_call(request).await.map(|_| ())
     }
 
     pub async fn failed_deliveries(&mut self) -> Result<Vec<FailedDelivery>, Status> {

@@ -1352,3 +1352,51 @@ impl Store {
         )
     }
 }
+
+impl Store {
+    /// A supervisor takes back a call whose operator is gone (the console vanished, the
+    /// operator left): the call returns to its queue, like a transfer by its holder, and the
+    /// holder is taken offline so nothing more is offered to them.
+    pub async fn reclaim_call(
+        &self,
+        call_id: Uuid,
+        supervisor_id: Uuid,
+        ring_timeout: Duration,
+    ) -> Result<()> {
+        let row = sqlx::query("SELECT answered_by, queue_id, state FROM calls WHERE id = $1")
+            .bind(call_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "call",
+                id: call_id.to_string(),
+            })?;
+        let state: String = row.try_get("state")?;
+        let Some(holder) = row.try_get::<Option<Uuid>, _>("answered_by")? else {
+            return Err(StoreError::CallNotHeld { state });
+        };
+        let queue: String = row.try_get("queue_id")?;
+        // The transfer re-checks, under the call's lock, that the holder still holds it.
+        self.transfer_call(call_id, holder, &TransferTarget::Queue(queue), ring_timeout)
+            .await?;
+        self.set_operator_status_because(
+            holder,
+            carebell_domain::OperatorStatus::Offline,
+            "call reclaimed by a supervisor",
+        )
+        .await?;
+        let mut tx = self.pool.begin().await?;
+        append_event(
+            &mut tx,
+            "call.reclaimed",
+            Some(call_id),
+            None,
+            Some(supervisor_id),
+            None,
+            json!({ "from_operator": holder }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
