@@ -95,6 +95,16 @@ async fn a_silent_tablet_raises_one_offline_alarm_and_its_return_clears_it() {
     .await
     .unwrap();
     assert_eq!(n_back, 1);
+    // The tablet is never shown the server's own "offline" item.
+    let mut back = back;
+    while let Some(event) = back.next_event(Duration::from_millis(500)).await {
+        if let firmware_sim::TabletEvent::CallUpdate(update) = event {
+            assert!(
+                !update.request_id.starts_with("alarm:offline."),
+                "{update:?}"
+            );
+        }
+    }
     back.close().await;
 }
 

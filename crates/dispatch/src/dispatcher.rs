@@ -59,18 +59,18 @@ impl Dispatcher {
             match event {
                 Event::Shutdown => return,
                 Event::Wanted | Event::Sweep => {
-                    let round = match self.store.dispatch_round(self.config.ring_timeout).await {
-                        Ok(round) => self
-                            .store
-                            .sweep_offline_devices(self.config.offline_after, 100)
-                            .await
-                            .map(|_| round),
-                        Err(error) => Err(error),
-                    };
-                    let round = match round {
-                        Ok(round) => self.store.sweep_cascades().await.map(|()| round),
-                        Err(error) => Err(error),
-                    };
+                    // Each sweep on its own: one failing must not stop the others.
+                    if let Err(error) = self
+                        .store
+                        .sweep_offline_devices(self.config.offline_after, 100)
+                        .await
+                    {
+                        tracing::warn!(%error, "offline sweep failed");
+                    }
+                    if let Err(error) = self.store.sweep_cascades().await {
+                        tracing::warn!(%error, "family cascade sweep failed");
+                    }
+                    let round = self.store.dispatch_round(self.config.ring_timeout).await;
                     match round {
                         Ok(round) => {
                             failures = 0;

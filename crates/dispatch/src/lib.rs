@@ -71,6 +71,24 @@ pub async fn run_last_seen_refresher(
         }
         if let Err(error) = store.devices_seen(&silences).await {
             tracing::warn!(%error, n_devices = silences.len(), "could not record last-seen times");
+            continue;
+        }
+        // A device heard just now cannot be offline: clear an alarm raised while this node's
+        // writes were late (or whose clearing at authentication failed).
+        let heard: Vec<String> = silences
+            .iter()
+            .filter(|(_, silent)| *silent < interval * 2)
+            .map(|(device_id, _)| device_id.clone())
+            .collect();
+        match store.open_offline_alarms(&heard).await {
+            Ok(open) => {
+                for device_id in open {
+                    if let Err(error) = store.device_back(&device_id).await {
+                        tracing::warn!(%error, %device_id, "could not clear an offline alarm");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "could not look for offline alarms"),
         }
     }
 }

@@ -130,7 +130,9 @@ where
 pub async fn run_webhook_worker(store: Store, config: WebhookConfig, shutdown: CancellationToken) {
     let lease = config.timeout * 2;
     loop {
-        let due = match store.claim_webhook_deliveries(10, lease).await {
+        // One at a time, each with its own lease: a batch could outlive its lease while the
+        // first deliveries are slow, and another node would send the rest as well.
+        let due = match store.claim_webhook_deliveries(1, lease).await {
             Ok(due) => due,
             Err(error) => {
                 tracing::warn!(%error, "cannot claim webhook deliveries");
@@ -145,12 +147,21 @@ pub async fn run_webhook_worker(store: Store, config: WebhookConfig, shutdown: C
                 Err(_) => Err("timed out".to_owned()),
             };
             let settled = match outcome {
-                Ok(()) => store.webhook_delivered(delivery.id).await.map(|()| false),
+                Ok(()) => store
+                    .webhook_delivered(delivery.id, delivery.claim_token)
+                    .await
+                    .map(|()| false),
                 Err(error) => {
                     let attempt = u32::try_from(delivery.attempts).unwrap_or(0);
                     let retry_after = backoff(&config, attempt);
                     store
-                        .webhook_failed(delivery.id, &error, retry_after, config.max_attempts)
+                        .webhook_failed(
+                            delivery.id,
+                            delivery.claim_token,
+                            &error,
+                            retry_after,
+                            config.max_attempts,
+                        )
                         .await
                 }
             };

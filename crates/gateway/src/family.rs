@@ -123,16 +123,38 @@ impl Family for FamilyService {
         request: Request<AlertsRequest>,
     ) -> Result<Response<Self::AlertsStream>, Status> {
         let account_id = self.account(&request).await?;
-        let mut after_id = request.get_ref().after_id;
+        let after_id = request.get_ref().after_id;
+        let token = token_hash(bearer_token(&request)?);
         let (alerts_tx, alerts_rx) = mpsc::channel(16);
         let store = self.store.clone();
         let shutdown = self.shutdown.clone();
         self.tracker.spawn(async move {
+            // What this stream has shown, by alert and state: an alert is sent when it first
+            // appears and again when its state changes. (Not a watermark of ids: an ordered
+            // contact's alert gets its id when the cascade starts and is sent only later.)
+            let mut shown: std::collections::HashMap<i64, String> =
+                std::collections::HashMap::new();
             loop {
+                // The session may expire (or be revoked) while the stream is open.
+                match store.family_session(&token).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        let _ = alerts_tx
+                            .send(Err(Status::unauthenticated(
+                                "the session has expired; sign in again",
+                            )))
+                            .await;
+                        return;
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot check a family session"),
+                }
                 match store.family_alerts(account_id, after_id).await {
                     Ok(alerts) => {
                         for found in alerts {
-                            after_id = after_id.max(found.notification_id);
+                            if shown.get(&found.notification_id) == Some(&found.state) {
+                                continue;
+                            }
+                            shown.insert(found.notification_id, found.state.clone());
                             if alerts_tx.send(Ok(alert(found))).await.is_err() {
                                 return;
                             }

@@ -7,6 +7,9 @@ CREATE UNIQUE INDEX alarms_one_open_offline ON alarms (device_id)
     WHERE kind = 'DEVICE_OFFLINE' AND cleared_at IS NULL;
 CREATE INDEX devices_last_seen ON devices (last_seen_at) WHERE revoked_at IS NULL;
 
+-- Items the server raises about a device (it is offline) are not shown on that device.
+ALTER TABLE calls ADD COLUMN announce boolean NOT NULL DEFAULT true;
+
 -- A waiting item whose cause went away by itself (a device that came back) is cleared.
 ALTER TABLE calls DROP CONSTRAINT calls_state_check;
 ALTER TABLE calls ADD CONSTRAINT calls_state_check

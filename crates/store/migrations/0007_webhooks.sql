@@ -13,6 +13,9 @@ CREATE TABLE webhook_deliveries (
     next_attempt_at  timestamptz NOT NULL DEFAULT now(),
     last_error       text NOT NULL DEFAULT '',
     created_at       timestamptz NOT NULL DEFAULT now(),
-    delivered_at     timestamptz
+    delivered_at     timestamptz,
+    -- Who is sending it right now: settling an attempt must match, so a node whose lease ran
+    -- out cannot record an attempt over another node's.
+    claim_token      uuid
 );
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE state = 'pending';

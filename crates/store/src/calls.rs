@@ -121,6 +121,7 @@ pub(crate) async fn insert_call(
     request_id: &str,
     kind: CallKind,
     callback_of: Option<Uuid>,
+    announce: bool,
 ) -> Result<CreatedCall> {
     let resident = sqlx::query(
         "SELECT d.resident_id, r.dialect, r.station_id::text AS station
@@ -138,9 +139,9 @@ pub(crate) async fn insert_call(
     let queue = rules.queue_for(kind).id.clone();
     let inserted: Option<Uuid> = sqlx::query(
         "INSERT INTO calls (id, device_id, resident_id, request_id, kind, priority, state, queue_id,
-                            queued_at, created_at, deadline_at, dialect, station, callback_of)
+                            queued_at, created_at, deadline_at, dialect, station, callback_of, announce)
          VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, clock_timestamp(), clock_timestamp(),
-                 clock_timestamp() + make_interval(secs => $8), $9, $10, $11)
+                 clock_timestamp() + make_interval(secs => $8), $9, $10, $11, $12)
          ON CONFLICT (device_id, request_id) DO NOTHING
          RETURNING id",
     )
@@ -155,6 +156,7 @@ pub(crate) async fn insert_call(
     .bind(resident.try_get::<String, _>("dialect")?)
     .bind(resident.try_get::<String, _>("station")?)
     .bind(callback_of)
+    .bind(announce)
     .fetch_optional(&mut **tx)
     .await?
     .map(|row| row.try_get("id"))
@@ -258,6 +260,16 @@ async fn record_miss(
     Ok(())
 }
 
+/// What an alarm puts in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Raise {
+    Nothing,
+    /// An item the device is told about (its own alarms).
+    Item(CallKind),
+    /// An item the device is not told about (the server's "device offline").
+    SilentItem(CallKind),
+}
+
 /// Inserts an alarm unless the device already raised this id (then returns the stored one,
 /// provided the content matches).
 pub(crate) async fn insert_alarm(
@@ -267,7 +279,7 @@ pub(crate) async fn insert_alarm(
     kind: &str,
     raised_at: Option<DateTime<Utc>>,
     detail: &str,
-    raise: Option<CallKind>,
+    raise: Raise,
 ) -> Result<AlarmOutcome> {
     let inserted: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO alarms (id, device_id, alarm_id, kind, raised_at, detail)
@@ -325,11 +337,16 @@ pub(crate) async fn insert_alarm(
     )
     .await?;
     let mut call_id = None;
-    if let Some(kind) = raise {
+    let item = match raise {
+        Raise::Nothing => None,
+        Raise::Item(kind) => Some((kind, true)),
+        Raise::SilentItem(kind) => Some((kind, false)),
+    };
+    if let Some((kind, announce)) = item {
         // ':' is outside the device's request id alphabet, so an alarm's call can never
         // collide with a call the device requested.
         let request_id = format!("alarm:{alarm_id}");
-        let call = insert_call(tx, device_id, &request_id, kind, None).await?;
+        let call = insert_call(tx, device_id, &request_id, kind, None, announce).await?;
         sqlx::query("UPDATE alarms SET call_id = $1 WHERE id = $2")
             .bind(call.call_id)
             .bind(alarm_row_id)
@@ -432,7 +449,7 @@ impl Store {
         kind: CallKind,
     ) -> Result<CreatedCall> {
         let mut tx = self.pool.begin().await?;
-        let created = insert_call(&mut tx, device_id, request_id, kind, None).await?;
+        let created = insert_call(&mut tx, device_id, request_id, kind, None, true).await?;
         tx.commit().await?;
         Ok(created)
     }
@@ -450,6 +467,7 @@ impl Store {
         raise: Option<CallKind>,
     ) -> Result<AlarmOutcome> {
         let mut tx = self.pool.begin().await?;
+        let raise = raise.map_or(Raise::Nothing, Raise::Item);
         let outcome =
             insert_alarm(&mut tx, device_id, alarm_id, kind, raised_at, detail, raise).await;
         match outcome {
@@ -498,6 +516,7 @@ impl Store {
         .bind(call_id)
         .execute(&mut *tx)
         .await?;
+        crate::family::stop_cascade(&mut tx, call_id).await?;
         append_event(
             &mut tx,
             "call.abandoned",
@@ -517,6 +536,7 @@ impl Store {
                 &format!("callback:{call_id}"),
                 CallKind::Callback,
                 Some(call_id),
+                true,
             )
             .await?;
         }
@@ -844,6 +864,7 @@ impl Store {
         }
         let device_id: String = call.try_get("device_id")?;
         let request_id: String = call.try_get("request_id")?;
+        crate::family::stop_cascade(&mut tx, call_id).await?;
         sqlx::query(
             "UPDATE calls SET state = 'ended', ended_at = clock_timestamp(), disposition = $2,
              note = $3 WHERE id = $1",

@@ -9,10 +9,11 @@ use serde_json::json;
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::calls::insert_alarm;
+use crate::calls::{insert_alarm, Raise};
 use crate::{append_event, notify, Notification, Result, Store};
 
 pub const DEVICE_OFFLINE: &str = "DEVICE_OFFLINE";
+const OFFLINE_SWEEP_LOCK: i64 = 0x0ca2_eb12;
 pub const DEVICE_BACK: &str = "DEVICE_BACK";
 
 impl Store {
@@ -25,6 +26,17 @@ impl Store {
         limit: i64,
     ) -> Result<usize> {
         let mut tx = self.pool.begin().await?;
+        // One sweeper at a time across the nodes (the others skip this round): the NOT EXISTS
+        // below is read from the statement's snapshot, so two concurrent sweeps could both
+        // decide to raise the same device's alarm.
+        let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(OFFLINE_SWEEP_LOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !ours {
+            tx.commit().await?;
+            return Ok(0);
+        }
         let silent = sqlx::query(
             "SELECT d.id, extract(epoch FROM clock_timestamp() - d.last_seen_at)::bigint AS silent_secs
              FROM devices d
@@ -51,12 +63,23 @@ impl Store {
                 DEVICE_OFFLINE,
                 None,
                 &format!("no word from the device for {silent_secs} s"),
-                Some(CallKind::Technical),
+                Raise::SilentItem(CallKind::Technical),
             )
             .await?;
         }
         tx.commit().await?;
         Ok(silent.len())
+    }
+
+    /// Which of these devices have an open "device offline" alarm.
+    pub async fn open_offline_alarms(&self, device_ids: &[String]) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT device_id FROM alarms
+             WHERE kind = 'DEVICE_OFFLINE' AND cleared_at IS NULL AND device_id = ANY($1)",
+        )
+        .bind(device_ids)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// The device authenticated again: its open "device offline" alarm is cleared, a "device
@@ -83,7 +106,7 @@ impl Store {
             DEVICE_BACK,
             None,
             "the device is connected again",
-            None,
+            Raise::Nothing,
         )
         .await?;
         if let Some(call_id) = call_id {
@@ -95,6 +118,7 @@ impl Store {
             .await?;
             if waiting.is_some() {
                 crate::calls::withdraw_offers(&mut tx, call_id, None, "cleared").await?;
+                crate::family::stop_cascade(&mut tx, call_id).await?;
                 sqlx::query("UPDATE calls SET state = 'cleared', ended_at = clock_timestamp() WHERE id = $1")
                     .bind(call_id)
                     .execute(&mut *tx)

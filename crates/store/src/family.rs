@@ -185,6 +185,7 @@ impl Store {
         let offline = sqlx::query(
             "SELECT k.id FROM calls k JOIN alarms a ON a.call_id = k.id
              WHERE a.kind = 'DEVICE_OFFLINE' AND a.cleared_at IS NULL AND k.cascade_started_at IS NULL
+               AND k.state IN ('queued', 'offered', 'answered')
                AND a.received_at <= clock_timestamp() - make_interval(secs => $1)
              LIMIT 100
              FOR UPDATE OF k SKIP LOCKED",
@@ -200,6 +201,7 @@ impl Store {
         let lapsed = sqlx::query(
             "SELECT n.id, n.call_id FROM family_notifications n JOIN calls c ON c.id = n.call_id
              WHERE n.state = 'sent' AND NOT n.parallel AND n.deadline_at <= clock_timestamp()
+               AND c.state IN ('queued', 'offered', 'answered')
              ORDER BY n.deadline_at
              LIMIT 100
              FOR UPDATE OF c SKIP LOCKED",
@@ -209,10 +211,18 @@ impl Store {
         for row in lapsed {
             let notification_id: i64 = row.try_get("id")?;
             let call_id: Uuid = row.try_get("call_id")?;
-            sqlx::query("UPDATE family_notifications SET state = 'expired' WHERE id = $1 AND state = 'sent'")
-                .bind(notification_id)
-                .execute(&mut *tx)
-                .await?;
+            // Another node's sweep (or an acknowledgement) may have settled it while this one
+            // waited for the call's lock: then there is nothing to do.
+            let expired = sqlx::query(
+                "UPDATE family_notifications SET state = 'expired' WHERE id = $1 AND state = 'sent'",
+            )
+            .bind(notification_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if expired == 0 {
+                continue;
+            }
             append_event(
                 &mut tx,
                 "family.expired",
@@ -471,6 +481,18 @@ async fn enqueue_delivery(tx: &mut Transaction<'_, Postgres>, notification_id: i
          WHERE n.id = $1 AND c.channels && ARRAY['sms', 'webhook']",
     )
     .bind(notification_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The alarm is over (resolved, cleared, abandoned): nobody more is asked.
+pub(crate) async fn stop_cascade(tx: &mut Transaction<'_, Postgres>, call_id: Uuid) -> Result<()> {
+    sqlx::query(
+        "UPDATE family_notifications SET state = 'cancelled'
+         WHERE call_id = $1 AND NOT parallel AND state IN ('waiting', 'sent')",
+    )
+    .bind(call_id)
     .execute(&mut **tx)
     .await?;
     Ok(())

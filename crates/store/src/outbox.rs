@@ -31,13 +31,20 @@ pub(crate) async fn push_outbox(
 ) -> Result<()> {
     let payload = serde_json::to_value(payload)
         .map_err(|error| StoreError::Refused(format!("unserializable call update: {error}")))?;
-    sqlx::query(
-        "INSERT INTO device_outbox (device_id, kind, payload) VALUES ($1, 'call_update', $2)",
+    // Items the server raised about the device itself (it went offline) are not shown on it.
+    let queued = sqlx::query(
+        "INSERT INTO device_outbox (device_id, kind, payload)
+         SELECT $1, 'call_update', $2
+         WHERE coalesce((SELECT announce FROM calls WHERE id = ($2->>'call_id')::uuid), true)",
     )
     .bind(device_id)
     .bind(payload)
     .execute(&mut **tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if queued == 0 {
+        return Ok(());
+    }
     notify(
         tx,
         &Notification::DeviceOutbox {
