@@ -147,6 +147,15 @@ impl ConsoleService {
 
 pub use crate::credentials::hash_password;
 
+fn check_note(note: &str) -> Result<(), Status> {
+    if note.len() > MAX_NOTE_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "the note is longer than {MAX_NOTE_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
 fn parse_uuid(raw: &str, what: &str) -> Result<Uuid, Status> {
     Uuid::parse_str(raw).map_err(|_| Status::invalid_argument(format!("{what} is not a valid id")))
 }
@@ -551,11 +560,7 @@ impl Console for ConsoleService {
             Ok(Disposition::Emergency) => DomainDisposition::Emergency,
             _ => return Err(Status::invalid_argument("a disposition is required")),
         };
-        if note.len() > MAX_NOTE_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "the note is longer than {MAX_NOTE_BYTES} bytes"
-            )));
-        }
+        check_note(&note)?;
         self.store
             .end_call(call_id, session.operator_id, disposition, &note)
             .await
@@ -592,11 +597,7 @@ impl Console for ConsoleService {
             Ok(AlarmAction::SentResponder) => DomainAction::SentResponder,
             _ => return Err(Status::invalid_argument("an action is required")),
         };
-        if note.len() > MAX_NOTE_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "the note is longer than {MAX_NOTE_BYTES} bytes"
-            )));
-        }
+        check_note(&note)?;
         self.store
             .record_alarm_action(call_id, session.operator_id, action, &note)
             .await
@@ -623,11 +624,7 @@ impl Console for ConsoleService {
             Ok(AlarmOutcome::Hospital) => DomainOutcome::Hospital,
             _ => return Err(Status::invalid_argument("an outcome is required")),
         };
-        if note.len() > MAX_NOTE_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "the note is longer than {MAX_NOTE_BYTES} bytes"
-            )));
-        }
+        check_note(&note)?;
         self.store
             .resolve_alarm(call_id, session.operator_id, outcome, &note)
             .await
