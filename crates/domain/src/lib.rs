@@ -4,6 +4,7 @@
 mod call;
 mod ids;
 mod operator;
+pub mod orders;
 pub mod routing;
 
 pub use call::{AlarmAction, AlarmOutcome, CallState, Disposition, OfferState, TransitionError};
