@@ -78,31 +78,102 @@ async fn raise_alarms(
     }
 }
 
+/// A fleet of tablets raising alarms, each keeping its unacknowledged alarms in its own file.
+struct AlarmStream {
+    stop: CancellationToken,
+    raised: Ledger,
+    acknowledged: Ledger,
+    tablets: tokio::task::JoinSet<()>,
+    configs: Vec<TabletConfig>,
+    _dir: TempDir,
+}
+
+/// What both sides counted once the stream was drained.
+struct Counts {
+    raised: usize,
+    acknowledged: usize,
+    stored: usize,
+}
+
+impl AlarmStream {
+    async fn start(cluster: &Cluster, store: &Store, n_tablets: usize) -> Self {
+        let dir = TempDir::new();
+        let mut configs = cluster.tablets(store, n_tablets).await;
+        for config in &mut configs {
+            let path = dir
+                .0
+                .join(format!("{}.pending.json", config.credentials.device_id));
+            config.pending = Some(PendingStore::open(&path).unwrap());
+        }
+        let stop = CancellationToken::new();
+        let raised: Ledger = Arc::default();
+        let acknowledged: Ledger = Arc::default();
+        let mut tablets = tokio::task::JoinSet::new();
+        for config in configs.clone() {
+            tablets.spawn(raise_alarms(
+                config,
+                stop.clone(),
+                Arc::clone(&raised),
+                Arc::clone(&acknowledged),
+            ));
+        }
+        Self {
+            stop,
+            raised,
+            acknowledged,
+            tablets,
+            configs,
+            _dir: dir,
+        }
+    }
+
+    /// Stops raising, waits until every tablet has had everything acknowledged, and checks
+    /// both sides: every raised alarm stored exactly once, nothing else stored, and no
+    /// acknowledgement for an alarm that is not stored.
+    async fn finish(mut self, store: &Store) -> Counts {
+        self.stop.cancel();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.tablets.join_next().await.is_some() {
+            assert!(Instant::now() < deadline, "tablets did not drain");
+        }
+        for config in &self.configs {
+            assert!(
+                config.pending.as_ref().unwrap().bodies().is_empty(),
+                "{} still has unacknowledged alarms",
+                config.credentials.device_id
+            );
+        }
+        let stored: Vec<(String, String)> =
+            sqlx::query_as("SELECT device_id, alarm_id FROM alarms")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        let stored_set: HashSet<(String, String)> = stored.iter().cloned().collect();
+        let raised = self.raised.lock().unwrap().clone();
+        let acknowledged = self.acknowledged.lock().unwrap().clone();
+        assert_eq!(stored.len(), stored_set.len(), "no alarm stored twice");
+        assert_eq!(
+            stored_set, raised,
+            "every raised alarm stored, nothing else"
+        );
+        assert!(
+            acknowledged.is_subset(&stored_set),
+            "no acknowledgement without a commit"
+        );
+        Counts {
+            raised: raised.len(),
+            acknowledged: acknowledged.len(),
+            stored: stored.len(),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alarms_survive_a_killed_server_exactly_once() {
     let database_url = carebell_tests::fresh_database().await;
     let mut cluster = Cluster::start(&database_url, &carebell_tests::redis_url(), 1).await;
     let store = Store::connect(&database_url, 5).await.unwrap();
-    let dir = TempDir::new();
-    let mut configs = cluster.tablets(&store, N_TABLETS).await;
-    for config in &mut configs {
-        let path = dir
-            .0
-            .join(format!("{}.pending.json", config.credentials.device_id));
-        config.pending = Some(PendingStore::open(&path).unwrap());
-    }
-    let stop = CancellationToken::new();
-    let raised: Ledger = Arc::default();
-    let acknowledged: Ledger = Arc::default();
-    let mut tablets = tokio::task::JoinSet::new();
-    for config in configs.clone() {
-        tablets.spawn(raise_alarms(
-            config,
-            stop.clone(),
-            Arc::clone(&raised),
-            Arc::clone(&acknowledged),
-        ));
-    }
+    let stream = AlarmStream::start(&cluster, &store, N_TABLETS).await;
     // Mid-stream, twice: SIGKILL, a moment down, restart.
     let started = Instant::now();
     let mut kills = 0;
@@ -115,42 +186,16 @@ async fn alarms_survive_a_killed_server_exactly_once() {
             kills += 1;
         }
     }
-    stop.cancel();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while tablets.join_next().await.is_some() {
-        assert!(Instant::now() < deadline, "tablets did not drain");
-    }
-    for config in &configs {
-        assert!(
-            config.pending.as_ref().unwrap().bodies().is_empty(),
-            "{} still has unacknowledged alarms",
-            config.credentials.device_id
-        );
-    }
-
-    let stored: Vec<(String, String)> = sqlx::query_as("SELECT device_id, alarm_id FROM alarms")
-        .fetch_all(store.pool())
-        .await
-        .unwrap();
-    let stored_set: HashSet<(String, String)> = stored.iter().cloned().collect();
-    let raised = raised.lock().unwrap().clone();
-    let acknowledged = acknowledged.lock().unwrap().clone();
+    let counts = stream.finish(&store).await;
     eprintln!(
         "{} alarms raised, {} acknowledged while the tablets waited, {} stored, {kills} kills",
-        raised.len(),
-        acknowledged.len(),
-        stored.len()
+        counts.raised, counts.acknowledged, counts.stored
     );
     assert!(kills >= 2);
-    assert!(raised.len() >= 1000, "a stream of alarms: {}", raised.len());
-    assert_eq!(stored.len(), stored_set.len(), "no alarm stored twice");
-    assert_eq!(
-        stored_set, raised,
-        "every raised alarm stored, nothing else"
-    );
     assert!(
-        acknowledged.is_subset(&stored_set),
-        "no acknowledgement without a commit"
+        counts.raised >= 1000,
+        "a stream of alarms: {}",
+        counts.raised
     );
 }
 
@@ -218,32 +263,13 @@ async fn alarms_survive_a_database_crash_and_a_dead_redis() {
     let store = Store::connect(&database_url, 5).await.unwrap();
     let hash = carebell_gateway::console::hash_password("correct horse").unwrap();
     store.add_operator("nurse", "Nurse", &hash).await.unwrap();
-    let dir = TempDir::new();
-    let mut configs = cluster.tablets(&store, 50).await;
-    for config in &mut configs {
-        let path = dir
-            .0
-            .join(format!("{}.pending.json", config.credentials.device_id));
-        config.pending = Some(PendingStore::open(&path).unwrap());
-    }
-    let stop = CancellationToken::new();
     let stop_operator = CancellationToken::new();
-    let raised: Ledger = Arc::default();
-    let acknowledged: Ledger = Arc::default();
     let operator = tokio::spawn(answering_operator(
         cluster.grpc_url(),
         cluster.certificates.ca_pem.clone(),
         stop_operator.clone(),
     ));
-    let mut tablets = tokio::task::JoinSet::new();
-    for config in configs.clone() {
-        tablets.spawn(raise_alarms(
-            config,
-            stop.clone(),
-            Arc::clone(&raised),
-            Arc::clone(&acknowledged),
-        ));
-    }
+    let stream = AlarmStream::start(&cluster, &store, 50).await;
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     redis.kill();
@@ -264,25 +290,7 @@ async fn alarms_survive_a_database_crash_and_a_dead_redis() {
         "PostgreSQL really restarted mid-stream"
     );
     tokio::time::sleep(Duration::from_secs(4)).await;
-    stop.cancel();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while tablets.join_next().await.is_some() {
-        assert!(Instant::now() < deadline, "tablets did not drain");
-    }
-    for config in &configs {
-        assert!(
-            config.pending.as_ref().unwrap().bodies().is_empty(),
-            "{} still has unacknowledged alarms",
-            config.credentials.device_id
-        );
-    }
-    let stored: Vec<(String, String)> = sqlx::query_as("SELECT device_id, alarm_id FROM alarms")
-        .fetch_all(store.pool())
-        .await
-        .unwrap();
-    let stored_set: HashSet<(String, String)> = stored.iter().cloned().collect();
-    let raised = raised.lock().unwrap().clone();
-    let acknowledged = acknowledged.lock().unwrap().clone();
+    let counts = stream.finish(&store).await;
     // Stored, offered and answered while Redis was dead (answers come oldest first, so under
     // load they may all be alarms from before it died: what counts is that answering went on).
     let answered_without_redis: i64 =
@@ -305,21 +313,10 @@ async fn alarms_survive_a_database_crash_and_a_dead_redis() {
             .unwrap();
     eprintln!(
         "{} raised, {} acknowledged while waiting, {} stored, {answered_without_redis} answered after Redis died",
-        raised.len(),
-        acknowledged.len(),
-        stored.len()
+        counts.raised, counts.acknowledged, counts.stored
     );
     stop_operator.cancel();
     let _ = operator.await;
-    assert_eq!(stored.len(), stored_set.len(), "no alarm stored twice");
-    assert_eq!(
-        stored_set, raised,
-        "every raised alarm stored, nothing else"
-    );
-    assert!(
-        acknowledged.is_subset(&stored_set),
-        "no acknowledgement without a commit"
-    );
     assert!(
         stored_without_redis > 0,
         "alarms were still stored without Redis"

@@ -189,13 +189,7 @@ pub(crate) async fn insert_call(
     push_outbox(
         tx,
         device_id,
-        &CallUpdatePayload {
-            request_id: request_id.to_owned(),
-            call_id,
-            state: CallState::Queued.as_str().to_owned(),
-            operator_display_name: String::new(),
-            reason: String::new(),
-        },
+        &CallUpdatePayload::new(request_id, call_id, CallState::Queued),
     )
     .await?;
     notify(tx, &Notification::Dispatch).await?;
@@ -543,13 +537,7 @@ impl Store {
         push_outbox(
             &mut tx,
             device_id,
-            &CallUpdatePayload {
-                request_id: request_id.to_owned(),
-                call_id,
-                state: CallState::Abandoned.as_str().to_owned(),
-                operator_display_name: String::new(),
-                reason: "cancelled".to_owned(),
-            },
+            &CallUpdatePayload::new(request_id, call_id, CallState::Abandoned).because("cancelled"),
         )
         .await?;
         notify(
@@ -744,13 +732,8 @@ impl Store {
         push_outbox(
             &mut tx,
             &device_id,
-            &CallUpdatePayload {
-                request_id,
-                call_id,
-                state: CallState::Answered.as_str().to_owned(),
-                operator_display_name: display_name,
-                reason: String::new(),
-            },
+            &CallUpdatePayload::new(request_id, call_id, CallState::Answered)
+                .answered_by(display_name),
         )
         .await?;
         notify(
@@ -906,13 +889,8 @@ impl Store {
         push_outbox(
             &mut tx,
             &device_id,
-            &CallUpdatePayload {
-                request_id,
-                call_id,
-                state: CallState::Ended.as_str().to_owned(),
-                operator_display_name: String::new(),
-                reason: disposition.as_str().to_owned(),
-            },
+            &CallUpdatePayload::new(request_id, call_id, CallState::Ended)
+                .because(disposition.as_str()),
         )
         .await?;
         notify(
@@ -1257,13 +1235,7 @@ impl Store {
         push_outbox(
             &mut tx,
             &device_id,
-            &CallUpdatePayload {
-                request_id,
-                call_id,
-                state: CallState::Queued.as_str().to_owned(),
-                operator_display_name: String::new(),
-                reason: "transferred".to_owned(),
-            },
+            &CallUpdatePayload::new(request_id, call_id, CallState::Queued).because("transferred"),
         )
         .await?;
         notify(

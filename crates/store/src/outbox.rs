@@ -17,6 +17,35 @@ pub struct CallUpdatePayload {
     pub reason: String,
 }
 
+impl CallUpdatePayload {
+    /// An update putting the device's call `request_id` into `state`.
+    pub fn new(
+        request_id: impl Into<String>,
+        call_id: Uuid,
+        state: carebell_domain::CallState,
+    ) -> Self {
+        Self {
+            request_id: request_id.into(),
+            call_id,
+            state: state.as_str().to_owned(),
+            operator_display_name: String::new(),
+            reason: String::new(),
+        }
+    }
+
+    /// Why (a disposition, "cancelled", "transferred").
+    pub fn because(mut self, reason: impl Into<String>) -> Self {
+        self.reason = reason.into();
+        self
+    }
+
+    /// Who answered.
+    pub fn answered_by(mut self, operator_display_name: impl Into<String>) -> Self {
+        self.operator_display_name = operator_display_name.into();
+        self
+    }
+}
+
 /// One message waiting for a device's acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxItem {

@@ -255,13 +255,11 @@ impl Store {
                 push_outbox(
                     &mut tx,
                     &device_id,
-                    &CallUpdatePayload {
-                        request_id: call.try_get("request_id")?,
-                        call_id: offer.item,
-                        state: CallState::Offered.as_str().to_owned(),
-                        operator_display_name: String::new(),
-                        reason: String::new(),
-                    },
+                    &CallUpdatePayload::new(
+                        call.try_get::<String, _>("request_id")?,
+                        offer.item,
+                        CallState::Offered,
+                    ),
                 )
                 .await?;
             }
