@@ -60,6 +60,21 @@ async fn cantonese_resident(node: &TestNode) -> (Uuid, firmware_sim::TabletConfi
     )
 }
 
+/// An available operator who speaks `dialect`.
+async fn speaker(
+    node: &TestNode,
+    username: &str,
+    display_name: &str,
+    dialect: &str,
+) -> carebell_tests::Console {
+    let console = node.available_operator(username, display_name).await;
+    node.store
+        .set_operator_skills(username, &[format!("dialect:{dialect}")])
+        .await
+        .unwrap();
+    console
+}
+
 #[tokio::test]
 async fn a_cantonese_call_goes_to_a_cantonese_operator_when_one_is_free() {
     let node = TestNode::start(NodeOptions::default()).await;
@@ -68,16 +83,8 @@ async fn a_cantonese_call_goes_to_a_cantonese_operator_when_one_is_free() {
         .await
         .unwrap();
     // The Mandarin speaker has been idle longer; the Cantonese speaker still gets the call.
-    let mut mandarin = node.available_operator("mandarin", "普通话").await;
-    node.store
-        .set_operator_skills("mandarin", &["dialect:mandarin".to_owned()])
-        .await
-        .unwrap();
-    let mut cantonese = node.available_operator("cantonese", "粤语").await;
-    node.store
-        .set_operator_skills("cantonese", &["dialect:cantonese".to_owned()])
-        .await
-        .unwrap();
+    let mut mandarin = speaker(&node, "mandarin", "普通话", "mandarin").await;
+    let mut cantonese = speaker(&node, "cantonese", "粤语", "cantonese").await;
     let (_resident, config) = cantonese_resident(&node).await;
     let tablet = Tablet::connect(&config).await.unwrap();
     tablet.press().await.unwrap();
@@ -100,11 +107,7 @@ async fn a_cantonese_call_goes_to_anyone_after_the_step_times_out() {
         .load_routing_rules(FAST_RULES, "test")
         .await
         .unwrap();
-    let mut mandarin = node.available_operator("mandarin", "普通话").await;
-    node.store
-        .set_operator_skills("mandarin", &["dialect:mandarin".to_owned()])
-        .await
-        .unwrap();
+    let mut mandarin = speaker(&node, "mandarin", "普通话", "mandarin").await;
     let (_resident, config) = cantonese_resident(&node).await;
     let tablet = Tablet::connect(&config).await.unwrap();
     let pressed = tokio::time::Instant::now();
