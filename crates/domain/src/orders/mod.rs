@@ -3,9 +3,18 @@
 //! Pure functions; the store and the provider API build on them.
 
 mod catalogue;
+mod matching;
 mod money;
+mod policy;
 mod state;
+mod tablet;
 
 pub use catalogue::{CatalogueItem, DEFAULT_CATALOGUE};
+pub use matching::{
+    below_threshold, open_at, rank, rating_centi, travel_minutes, BadPosition, Candidate,
+    GeoPoint, NoMatch, Suggestion,
+};
+pub use policy::{PolicyError, ServicePolicy};
+pub use tablet::tablet_text;
 pub use money::{split_charge, Charge, EntitlementTier, Fen, MoneyError};
 pub use state::{OrderEvent, OrderState, OrderTransitionError};

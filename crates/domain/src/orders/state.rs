@@ -79,6 +79,18 @@ impl OrderState {
         }
     }
 
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|state| state.as_str() == raw)
+    }
+
+    /// Held by a provider: accepted and not yet completed.
+    pub fn is_active_with_provider(self) -> bool {
+        matches!(
+            self,
+            OrderState::Accepted | OrderState::EnRoute | OrderState::Arrived
+        )
+    }
+
     pub fn is_final(self) -> bool {
         matches!(self, OrderState::Closed | OrderState::Cancelled)
     }
@@ -110,6 +122,24 @@ impl OrderState {
 impl fmt::Display for OrderState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl OrderEvent {
+    /// The event's name in the event log (`order.<name>`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderEvent::Offer => "offered",
+            OrderEvent::Accept => "accepted",
+            OrderEvent::Decline => "declined",
+            OrderEvent::Depart => "en_route",
+            OrderEvent::Arrive => "arrived",
+            OrderEvent::Complete => "completed",
+            OrderEvent::CallBack => "called_back",
+            OrderEvent::Rate => "rated",
+            OrderEvent::Close => "closed",
+            OrderEvent::Cancel => "cancelled",
+        }
     }
 }
 
