@@ -68,6 +68,10 @@ fn show(event: &TabletEvent) {
                 ),
             }
         }
+        TabletEvent::OrderUpdate(update) => println!(
+            "[tablet] order {}: {} / {}",
+            update.state, update.text_zh, update.text_en
+        ),
         TabletEvent::Notice(notice) => println!("[tablet] notice: {}", notice.text),
         TabletEvent::Error(error) => {
             println!("[tablet] server error {}: {}", error.code, error.message)

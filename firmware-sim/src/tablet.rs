@@ -7,7 +7,8 @@ use std::time::Duration;
 use carebell_proto::auth_message;
 use carebell_proto::device::v1::{
     envelope::Body, Alarm, AlarmKind, CallCancel, CallRequest, CallState, CallUpdate, Envelope,
-    Error as ErrorMessage, GoAway, Heartbeat, Hello, Notice, Proof, RejectReason, Welcome,
+    Error as ErrorMessage, GoAway, Heartbeat, Hello, Notice, OrderRating, OrderUpdate, Proof,
+    RejectReason, Welcome,
 };
 use ed25519_dalek::Signer;
 use tokio::sync::{mpsc, oneshot};
@@ -84,6 +85,7 @@ impl TabletConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TabletEvent {
     CallUpdate(CallUpdate),
+    OrderUpdate(OrderUpdate),
     Notice(Notice),
     Error(ErrorMessage),
     GoAway(GoAway),
@@ -288,6 +290,15 @@ impl Tablet {
         Ok(alarm_id)
     }
 
+    /// The senior rates a service (1 to 5 stars); returns once the server has stored it.
+    pub async fn rate(&self, order_id: &str, stars: u32) -> Result<(), SimError> {
+        self.send(Body::OrderRating(OrderRating {
+            order_id: order_id.to_owned(),
+            stars,
+        }))
+        .await
+    }
+
     pub async fn cancel(&self, request_id: &str) -> Result<(), SimError> {
         self.send(Body::CallCancel(CallCancel {
             request_id: request_id.to_owned(),
@@ -364,7 +375,7 @@ fn now_ms() -> i64 {
 fn is_reliable(body: &Body) -> bool {
     matches!(
         body,
-        Body::CallRequest(_) | Body::CallCancel(_) | Body::Alarm(_)
+        Body::CallRequest(_) | Body::CallCancel(_) | Body::Alarm(_) | Body::OrderRating(_)
     )
 }
 
@@ -487,6 +498,10 @@ impl Driver {
                 .seen_updates
                 .insert(update.update_id)
                 .then_some(TabletEvent::CallUpdate(update)),
+            Some(Body::OrderUpdate(update)) => self
+                .seen_updates
+                .insert(update.update_id)
+                .then_some(TabletEvent::OrderUpdate(update)),
             Some(Body::Notice(notice)) => self
                 .seen_updates
                 .insert(notice.update_id)

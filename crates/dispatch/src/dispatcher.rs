@@ -70,6 +70,9 @@ impl Dispatcher {
                     if let Err(error) = self.store.sweep_cascades().await {
                         tracing::warn!(%error, "family cascade sweep failed");
                     }
+                    if let Err(error) = self.store.sweep_orders(None).await {
+                        tracing::warn!(%error, "service order sweep failed");
+                    }
                     let round = self.store.dispatch_round(self.config.ring_timeout).await;
                     match round {
                         Ok(round) => {

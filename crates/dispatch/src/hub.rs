@@ -35,7 +35,9 @@ pub enum OperatorEvent {
     /// An item waited too long (sent to every console; supervisors' consoles show it, and
     /// every console when `everyone`).
     Alert {
-        call_id: Uuid,
+        call_id: Option<Uuid>,
+        /// A service order past its SLA (escalated to its station).
+        order_id: Option<Uuid>,
         reason: String,
         everyone: bool,
     },
@@ -62,6 +64,8 @@ pub struct Hub {
     devices: Mutex<HashMap<String, DeviceSlot>>,
     next_session: AtomicU64,
     dispatch_wanted: Notify,
+    /// Providers whose offers or orders changed, for the provider API's feeds.
+    provider_feeds: broadcast::Sender<Uuid>,
     /// The origin of the devices' last-heard times (a monotonic clock: only differences are
     /// sent to the database, which applies them to its own clock).
     epoch: Instant,
@@ -153,6 +157,7 @@ impl Hub {
             devices: Mutex::default(),
             next_session: AtomicU64::new(0),
             dispatch_wanted: Notify::new(),
+            provider_feeds: broadcast::channel(256).0,
             epoch: Instant::now(),
         })
     }
@@ -283,10 +288,17 @@ impl Hub {
                 self.send_to_operator(operator_id, OperatorEvent::StatusChanged { status, reason })
             }
             Notification::SupervisorAlert { call_id, reason } => {
-                self.alert_all(call_id, &reason, false)
+                self.alert_all(Some(call_id), None, &reason, false)
             }
             Notification::EmergencyUnanswered { call_id, reason } => {
-                self.alert_all(call_id, &reason, true)
+                self.alert_all(Some(call_id), None, &reason, true)
+            }
+            Notification::OrderEscalated {
+                order_id, reason, ..
+            } => self.alert_all(None, Some(order_id), &reason, false),
+            Notification::ProviderFeed { provider_id } => {
+                // No subscribers is fine: no provider feed is open on this node.
+                let _ = self.provider_feeds.send(provider_id);
             }
             Notification::DeviceOutbox { device_id } => {
                 if let Some(slot) = lock(&self.devices).get(&device_id) {
@@ -296,10 +308,23 @@ impl Hub {
         }
     }
 
-    fn alert_all(&self, call_id: Uuid, reason: &str, everyone: bool) {
+    /// Wakes when any provider's feed changed (the id says whose); a lagging receiver should
+    /// re-read.
+    pub fn provider_feeds(&self) -> broadcast::Receiver<Uuid> {
+        self.provider_feeds.subscribe()
+    }
+
+    fn alert_all(
+        &self,
+        call_id: Option<Uuid>,
+        order_id: Option<Uuid>,
+        reason: &str,
+        everyone: bool,
+    ) {
         for sender in lock(&self.operators).values() {
             let _ = sender.send(OperatorEvent::Alert {
                 call_id,
+                order_id,
                 reason: reason.to_owned(),
                 everyone,
             });

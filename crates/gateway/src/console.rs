@@ -479,12 +479,14 @@ impl Console for ConsoleService {
                     }
                     Ok(OperatorEvent::Alert {
                         call_id,
+                        order_id,
                         reason,
                         everyone,
                     }) => (is_supervisor || everyone).then(|| {
                         event(Event::Alert(SupervisorAlert {
-                            call_id: call_id.to_string(),
+                            call_id: call_id.map(|id| id.to_string()).unwrap_or_default(),
                             reason,
+                            order_id: order_id.map(|id| id.to_string()).unwrap_or_default(),
                         }))
                     }),
                     Ok(OperatorEvent::Resync) | Err(RecvError::Lagged(_)) => {

@@ -11,7 +11,13 @@ pub fn status_from_store(error: StoreError) -> Status {
         | StoreError::CallNotHeld { .. }
         | StoreError::Refused(_)
         | StoreError::Transition(_) => Status::failed_precondition(error.to_string()),
-        StoreError::NotYourOffer => Status::permission_denied(error.to_string()),
+        StoreError::NotYourOffer | StoreError::Forbidden(_) => {
+            Status::permission_denied(error.to_string())
+        }
+        StoreError::Invalid(_) => Status::invalid_argument(error.to_string()),
+        StoreError::OrderTransition(_) | StoreError::NoProvider(_) => {
+            Status::failed_precondition(error.to_string())
+        }
         StoreError::Database(_) | StoreError::Migrate(_) => {
             tracing::error!(%error, "database error while serving a request");
             Status::unavailable("the database is unavailable; try again")

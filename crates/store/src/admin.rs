@@ -23,7 +23,7 @@ pub struct NewDevice {
     pub public_key: [u8; 32],
 }
 
-fn refuse_constraint(error: sqlx::Error, what: &str) -> StoreError {
+pub(crate) fn refuse_constraint(error: sqlx::Error, what: &str) -> StoreError {
     match error.as_database_error() {
         Some(db) if db.is_unique_violation() => {
             StoreError::Refused(format!("{what} already exists"))

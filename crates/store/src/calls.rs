@@ -848,6 +848,8 @@ impl Store {
         let device_id: String = call.try_get("device_id")?;
         let request_id: String = call.try_get("request_id")?;
         crate::family::stop_cascade(&mut tx, call_id).await?;
+        // Ending a service order's call-back call is the order's call-back.
+        crate::orders::callback_call_ended(&mut tx, call_id, operator_id, note).await?;
         sqlx::query(
             "UPDATE calls SET state = 'ended', ended_at = clock_timestamp(), disposition = $2,
              note = $3 WHERE id = $1",

@@ -9,8 +9,12 @@ mod admin;
 mod calls;
 mod devices;
 mod family;
+mod ledger;
+mod network;
 mod operators;
+mod orders;
 mod outbox;
+mod reports;
 mod residents;
 mod routing;
 mod supervision;
@@ -30,8 +34,14 @@ pub use calls::{
 };
 pub use devices::{DEVICE_BACK, DEVICE_OFFLINE};
 pub use family::{FamilyAlert, NewContact};
+pub use ledger::{ChargeSummary, Statement, StatementLine, StatementOf};
+pub use network::{NewProvider, ProviderKind, ProviderRow, ProviderSession, ServiceItemRow};
 pub use operators::{OperatorCredentials, OperatorSession};
-pub use outbox::{CallUpdatePayload, OutboxItem};
+pub use orders::{
+    CreatedOrder, NewOrder, OrderRow, OrderSweep, ProgressReport, ProviderSuggestion,
+};
+pub use outbox::{CallUpdatePayload, OrderUpdatePayload, OutboxItem, OutboxPayload};
+pub use reports::{report_csv, ProviderFigures, Source, StationFigures};
 pub use residents::{DeviceSummaryRow, ResidentRecord};
 pub use supervision::{
     OperatorRow, QueueFigures, QueueStatus, StatisticsCounts, WaitingRow, SHORT_ABANDON_SECS,
@@ -61,6 +71,17 @@ pub enum StoreError {
     Refused(String),
     #[error(transparent)]
     Transition(#[from] carebell_domain::TransitionError),
+    #[error(transparent)]
+    OrderTransition(#[from] carebell_domain::orders::OrderTransitionError),
+    /// Bad input: refused with nothing changed.
+    #[error("{0}")]
+    Invalid(String),
+    /// Acting on something that belongs to someone else.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No provider can serve the resident.
+    #[error(transparent)]
+    NoProvider(carebell_domain::orders::NoMatch),
 }
 
 /// What a node must tell its connected clients after a commit. Sent with `pg_notify`, so every
@@ -99,6 +120,14 @@ pub enum Notification {
     /// An emergency nobody has answered for long: every console shows it, not only the
     /// supervisors'.
     EmergencyUnanswered { call_id: Uuid, reason: String },
+    /// A provider's offers or orders changed: its open feeds should re-read.
+    ProviderFeed { provider_id: Uuid },
+    /// A service order missed its SLA: the station's supervisors must look.
+    OrderEscalated {
+        order_id: Uuid,
+        station_id: Uuid,
+        reason: String,
+    },
 }
 
 /// The handle on PostgreSQL shared by every part of a node.
@@ -131,7 +160,7 @@ impl Store {
     /// several nodes at once (sqlx takes an advisory lock).
     pub async fn migrate(&self) -> Result<()> {
         sqlx::migrate!("./migrations").run(&self.pool).await?;
-        Ok(())
+        self.ensure_catalogue().await
     }
 
     /// All events of one call, oldest first.

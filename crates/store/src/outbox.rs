@@ -46,11 +46,54 @@ impl CallUpdatePayload {
     }
 }
 
+/// Where a service order stands, for the senior's tablet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OrderUpdatePayload {
+    pub order_id: Uuid,
+    pub state: String,
+    pub service_name_zh: String,
+    pub service_name_en: String,
+    pub provider_name: String,
+    pub staff_name: String,
+    /// Promised arrival (0: none yet).
+    pub eta_ms: i64,
+    pub text_zh: String,
+    pub text_en: String,
+}
+
+/// A message for a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxPayload {
+    CallUpdate(CallUpdatePayload),
+    OrderUpdate(OrderUpdatePayload),
+}
+
 /// One message waiting for a device's acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxItem {
     pub id: i64,
-    pub payload: CallUpdatePayload,
+    pub payload: OutboxPayload,
+}
+
+pub(crate) async fn push_order_update(
+    tx: &mut Transaction<'_, Postgres>,
+    device_id: &str,
+    payload: &OrderUpdatePayload,
+) -> Result<()> {
+    let payload = serde_json::to_value(payload)
+        .map_err(|error| StoreError::Refused(format!("unserializable order update: {error}")))?;
+    sqlx::query("INSERT INTO device_outbox (device_id, kind, payload) VALUES ($1, 'order_update', $2)")
+        .bind(device_id)
+        .bind(payload)
+        .execute(&mut **tx)
+        .await?;
+    notify(
+        tx,
+        &Notification::DeviceOutbox {
+            device_id: device_id.to_owned(),
+        },
+    )
+    .await
 }
 
 pub(crate) async fn push_outbox(
@@ -92,7 +135,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<OutboxItem>> {
         let rows = sqlx::query(
-            "SELECT id, payload FROM device_outbox
+            "SELECT id, kind, payload FROM device_outbox
              WHERE device_id = $1 AND acked_at IS NULL AND NOT (id = ANY($2))
              ORDER BY id LIMIT $3",
         )
@@ -104,11 +147,20 @@ impl Store {
         rows.into_iter()
             .map(|row| {
                 let payload: serde_json::Value = row.try_get("payload")?;
+                let kind: String = row.try_get("kind")?;
+                let unreadable =
+                    |error| StoreError::Refused(format!("unreadable outbox payload: {error}"));
+                let payload = match kind.as_str() {
+                    "order_update" => OutboxPayload::OrderUpdate(
+                        serde_json::from_value(payload).map_err(unreadable)?,
+                    ),
+                    _ => OutboxPayload::CallUpdate(
+                        serde_json::from_value(payload).map_err(unreadable)?,
+                    ),
+                };
                 Ok(OutboxItem {
                     id: row.try_get("id")?,
-                    payload: serde_json::from_value(payload).map_err(|error| {
-                        StoreError::Refused(format!("unreadable outbox payload: {error}"))
-                    })?,
+                    payload,
                 })
             })
             .collect()

@@ -9,12 +9,13 @@ use carebell_domain::{CallKind, DeviceId, RequestId};
 use carebell_presence::Kind;
 use carebell_proto::device::v1::{
     envelope::Body, AlarmKind, CallState, CallUpdate, Challenge, Envelope, Error as ErrorMessage,
+    OrderUpdate,
     ErrorCode, GoAway, RejectReason, Rejected, Welcome,
 };
 use carebell_proto::{
     auth_message, CloseCode, CLOSE_AUTH_REJECTED, CLOSE_GOING_AWAY, CLOSE_TIMEOUT,
 };
-use carebell_store::{OutboxItem, StoreError};
+use carebell_store::{OutboxItem, OutboxPayload, StoreError};
 use ed25519_dalek::{Signature, VerifyingKey};
 use rand::{Rng, RngCore};
 use tokio::time::Instant;
@@ -385,22 +386,39 @@ impl<T: DeviceTransport> Session<'_, T> {
             let n_items = items.len();
             for item in items {
                 let OutboxItem { id, payload } = item;
-                let state = match payload.state.as_str() {
-                    "queued" => CallState::Queued,
-                    "offered" => CallState::Ringing,
-                    "answered" => CallState::Answered,
-                    "ended" => CallState::Ended,
-                    "abandoned" => CallState::Abandoned,
-                    _ => CallState::Unspecified,
+                let update_id = u64::try_from(id).unwrap_or_default();
+                let body = match payload {
+                    OutboxPayload::CallUpdate(payload) => {
+                        let state = match payload.state.as_str() {
+                            "queued" => CallState::Queued,
+                            "offered" => CallState::Ringing,
+                            "answered" => CallState::Answered,
+                            "ended" => CallState::Ended,
+                            "abandoned" => CallState::Abandoned,
+                            _ => CallState::Unspecified,
+                        };
+                        Body::CallUpdate(CallUpdate {
+                            update_id,
+                            request_id: payload.request_id,
+                            call_id: payload.call_id.to_string(),
+                            state: state as i32,
+                            operator_display_name: payload.operator_display_name,
+                            reason: payload.reason,
+                        })
+                    }
+                    OutboxPayload::OrderUpdate(payload) => Body::OrderUpdate(OrderUpdate {
+                        update_id,
+                        order_id: payload.order_id.to_string(),
+                        state: payload.state,
+                        service_name_zh: payload.service_name_zh,
+                        service_name_en: payload.service_name_en,
+                        provider_name: payload.provider_name,
+                        staff_name: payload.staff_name,
+                        eta_ms: payload.eta_ms,
+                        text_zh: payload.text_zh,
+                        text_en: payload.text_en,
+                    }),
                 };
-                let body = Body::CallUpdate(CallUpdate {
-                    update_id: u64::try_from(id).unwrap_or_default(),
-                    request_id: payload.request_id,
-                    call_id: payload.call_id.to_string(),
-                    state: state as i32,
-                    operator_display_name: payload.operator_display_name,
-                    reason: payload.reason,
-                });
                 match self.link.send_body(body).await {
                     Ok(seq) => {
                         self.inflight.insert(seq, id);
@@ -548,6 +566,28 @@ impl<T: DeviceTransport> Session<'_, T> {
                     }
                 }
             },
+            Body::OrderRating(rating) => match uuid::Uuid::parse_str(&rating.order_id) {
+                Err(_) => Err((
+                    ErrorCode::InvalidArgument,
+                    "order id is not a UUID".to_owned(),
+                )),
+                Ok(order_id) => match self
+                    .context
+                    .store
+                    .rate_order(self.device_id.as_str(), order_id, rating.stars)
+                    .await
+                {
+                    Ok(()) => Ok(()),
+                    // Refused for good (and acknowledged, so the tablet stops resending).
+                    Err(
+                        error @ (StoreError::Invalid(_)
+                        | StoreError::NotFound { .. }
+                        | StoreError::Refused(_)
+                        | StoreError::OrderTransition(_)),
+                    ) => Err((ErrorCode::InvalidArgument, error.to_string())),
+                    Err(error) => return self.unavailable(error, seq).await,
+                },
+            },
             Body::Error(error) => {
                 tracing::warn!(code = error.code, message = %error.message.chars().take(200).collect::<String>(), "device reported an error");
                 Ok(())
@@ -566,6 +606,7 @@ impl<T: DeviceTransport> Session<'_, T> {
             | Body::Welcome(_)
             | Body::Rejected(_)
             | Body::CallUpdate(_)
+            | Body::OrderUpdate(_)
             | Body::Notice(_)
             | Body::GoAway(_) => {
                 self.link
