@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         proto_root.join("carebell/device/v1/device.proto"),
         proto_root.join("carebell/console/v1/console.proto"),
         proto_root.join("carebell/family/v1/family.proto"),
+        proto_root.join("carebell/provider/v1/provider.proto"),
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", proto.display());

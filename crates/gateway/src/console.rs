@@ -14,14 +14,18 @@ use carebell_presence::{Kind, Presence};
 use carebell_proto::console::v1::console_event::Event;
 use carebell_proto::console::v1::console_server::{Console, ConsoleServer};
 use carebell_proto::console::v1::{
-    AcceptRequest, AcceptResponse, AlarmAction, AlarmOutcome, CallChanged, CallKind, ConsoleEvent,
+    AcceptRequest, AcceptResponse, AlarmAction, AlarmOutcome, CallChanged, CallKind,
+    CancelOrderRequest, CancelOrderResponse, ConsoleEvent, CreateOrderRequest, CreateOrderResponse,
     DeclineRequest, DeclineResponse, DeviceSummary, Disposition, EndCallRequest, EndCallResponse,
-    FailedDeliveriesRequest, FailedDeliveriesResponse, FailedDelivery, GetResidentRequest, Offer,
-    OfferWithdrawn, OperatorState, OperatorStatus, QueueFigures, QueueStatusRequest,
-    QueueStatusResponse, ReclaimCallRequest, ReclaimCallResponse, RecordAlarmActionRequest,
-    RecordAlarmActionResponse, ResidentRecord, ResolveAlarmRequest, ResolveAlarmResponse,
-    SetStatusRequest, SetStatusResponse, SignInRequest, SignInResponse, StatisticsRequest,
-    StatisticsResponse, StatusChanged, SubscribeRequest, SupervisorAlert, TransferRequest,
+    FailedDeliveriesRequest, FailedDeliveriesResponse, FailedDelivery, GetResidentRequest,
+    ListOrdersRequest, ListOrdersResponse, Offer, OfferWithdrawn, OperatorState, OperatorStatus,
+    QueueFigures, QueueStatusRequest, QueueStatusResponse, ReclaimCallRequest, ReclaimCallResponse,
+    RecordAlarmActionRequest, RecordAlarmActionResponse, RecordOrderCallBackRequest,
+    RecordOrderCallBackResponse, ReinstateProviderRequest, ReinstateProviderResponse,
+    ResidentRecord, ResolveAlarmRequest, ResolveAlarmResponse, ServiceReportRequest,
+    ServiceReportResponse, SetStatusRequest, SetStatusResponse, SignInRequest, SignInResponse,
+    StatisticsRequest, StatisticsResponse, StatusChanged, SubscribeRequest,
+    SuggestProvidersRequest, SuggestProvidersResponse, SupervisorAlert, TransferRequest,
     TransferResponse, WaitingItem,
 };
 use carebell_store::{OfferRow, OperatorSession, Store};
@@ -32,6 +36,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
+
+mod orders;
 
 use crate::credentials::{bearer_token, check_lengths, new_token, token_hash, verify_password};
 use crate::status_from_store;
@@ -774,5 +780,54 @@ impl Console for ConsoleService {
             }
         }
         Ok(Response::new(statistics(&self.store, from, to).await?))
+    }
+
+    async fn suggest_providers(
+        &self,
+        request: Request<SuggestProvidersRequest>,
+    ) -> Result<Response<SuggestProvidersResponse>, Status> {
+        self.suggest_providers_rpc(request).await
+    }
+
+    async fn create_order(
+        &self,
+        request: Request<CreateOrderRequest>,
+    ) -> Result<Response<CreateOrderResponse>, Status> {
+        self.create_order_rpc(request).await
+    }
+
+    async fn cancel_order(
+        &self,
+        request: Request<CancelOrderRequest>,
+    ) -> Result<Response<CancelOrderResponse>, Status> {
+        self.cancel_order_rpc(request).await
+    }
+
+    async fn record_order_call_back(
+        &self,
+        request: Request<RecordOrderCallBackRequest>,
+    ) -> Result<Response<RecordOrderCallBackResponse>, Status> {
+        self.record_order_callback_rpc(request).await
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<ListOrdersRequest>,
+    ) -> Result<Response<ListOrdersResponse>, Status> {
+        self.list_orders_rpc(request).await
+    }
+
+    async fn reinstate_provider(
+        &self,
+        request: Request<ReinstateProviderRequest>,
+    ) -> Result<Response<ReinstateProviderResponse>, Status> {
+        self.reinstate_provider_rpc(request).await
+    }
+
+    async fn service_report(
+        &self,
+        request: Request<ServiceReportRequest>,
+    ) -> Result<Response<ServiceReportResponse>, Status> {
+        self.service_report_rpc(request).await
     }
 }

@@ -10,9 +10,11 @@ pub mod device;
 mod errors;
 pub mod family;
 pub mod net;
+pub mod provider;
 pub mod tls;
 
 pub use console::{ConsoleService, ConsoleSettings};
 pub use device::{DeviceContext, DeviceSettings};
 pub use errors::status_from_store;
 pub use family::FamilyService;
+pub use provider::ProviderService;

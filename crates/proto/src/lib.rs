@@ -21,6 +21,11 @@ pub mod family {
         tonic::include_proto!("carebell.family.v1");
     }
 }
+pub mod provider {
+    pub mod v1 {
+        tonic::include_proto!("carebell.provider.v1");
+    }
+}
 
 /// The serialized descriptor set of every service, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("carebell_descriptor");

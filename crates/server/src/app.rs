@@ -245,6 +245,16 @@ impl Application {
                 )
                 .into_server(),
             )
+            .add_service(
+                carebell_gateway::ProviderService::new(
+                    store.clone(),
+                    Arc::clone(&hub),
+                    Duration::from_secs(settings.console.session_ttl_secs),
+                    shutdown.clone(),
+                    tracker.clone(),
+                )
+                .into_server(),
+            )
             .add_service(devices.into_server())
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(grpc_listener),

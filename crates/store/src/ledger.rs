@@ -123,7 +123,8 @@ pub(crate) async fn charge_order(
         row.try_get::<String, _>("entitlement")?.as_str(),
         row.try_get("subsidy_percent")?,
     );
-    let charge = split_charge(price, tier).map_err(|error| StoreError::Invalid(error.to_string()))?;
+    let charge =
+        split_charge(price, tier).map_err(|error| StoreError::Invalid(error.to_string()))?;
     let balance: i64 = row.try_get("card_balance_fen")?;
     let card = balance.min(charge.resident.get()).max(0);
     let transaction_id = Uuid::new_v4();
@@ -136,8 +137,22 @@ pub(crate) async fn charge_order(
     .bind(resident_id)
     .execute(&mut **tx)
     .await?;
-    insert_entry(tx, transaction_id, "subsidy", resident_id, charge.subsidy.get()).await?;
-    insert_entry(tx, transaction_id, "resident", resident_id, charge.resident.get()).await?;
+    insert_entry(
+        tx,
+        transaction_id,
+        "subsidy",
+        resident_id,
+        charge.subsidy.get(),
+    )
+    .await?;
+    insert_entry(
+        tx,
+        transaction_id,
+        "resident",
+        resident_id,
+        charge.resident.get(),
+    )
+    .await?;
     insert_entry(tx, transaction_id, "provider", provider_id, -price.get()).await?;
     if card > 0 {
         insert_entry(tx, transaction_id, "card", resident_id, card).await?;
@@ -160,12 +175,17 @@ impl Store {
     /// Loads money onto a resident's service card (cash received). Refuses negative, zero and
     /// overflowing amounts with nothing changed.
     pub async fn top_up_card(&self, resident_id: Uuid, amount_fen: i64, memo: &str) -> Result<i64> {
-        let amount = Fen::new(amount_fen).map_err(|error| StoreError::Invalid(error.to_string()))?;
+        let amount =
+            Fen::new(amount_fen).map_err(|error| StoreError::Invalid(error.to_string()))?;
         if amount == Fen::ZERO {
-            return Err(StoreError::Invalid("a top-up must be above 0 fen".to_owned()));
+            return Err(StoreError::Invalid(
+                "a top-up must be above 0 fen".to_owned(),
+            ));
         }
         if memo.chars().count() > 500 {
-            return Err(StoreError::Invalid("the memo is longer than 500 characters".to_owned()));
+            return Err(StoreError::Invalid(
+                "the memo is longer than 500 characters".to_owned(),
+            ));
         }
         let mut tx = self.pool.begin().await?;
         let balance: i64 =
@@ -179,7 +199,9 @@ impl Store {
                 })?;
         let new_balance = Fen::new(balance)
             .and_then(|balance| balance.checked_add(amount))
-            .map_err(|error| StoreError::Invalid(format!("the card balance would overflow: {error}")))?;
+            .map_err(|error| {
+                StoreError::Invalid(format!("the card balance would overflow: {error}"))
+            })?;
         let transaction_id = Uuid::new_v4();
         sqlx::query(
             "INSERT INTO ledger_transactions (id, kind, resident_id, memo)

@@ -99,9 +99,10 @@ pub(crate) fn tier_columns(tier: EntitlementTier) -> (&'static str, i32) {
     match tier {
         EntitlementTier::Free => ("free", 100),
         EntitlementTier::Market => ("market", 0),
-        EntitlementTier::Subsidised { subsidy_percent } => {
-            ("subsidised", i32::try_from(subsidy_percent).unwrap_or(i32::MAX))
-        }
+        EntitlementTier::Subsidised { subsidy_percent } => (
+            "subsidised",
+            i32::try_from(subsidy_percent).unwrap_or(i32::MAX),
+        ),
     }
 }
 
@@ -293,15 +294,27 @@ impl Store {
 
     pub async fn add_staff(&self, provider_id: Uuid, name: &str, phone: &str) -> Result<Uuid> {
         let id = Uuid::new_v4();
-        sqlx::query("INSERT INTO provider_staff (id, provider_id, name, phone) VALUES ($1, $2, $3, $4)")
-            .bind(id)
-            .bind(provider_id)
-            .bind(name)
-            .bind(phone)
-            .execute(&self.pool)
-            .await
-            .map_err(|error| refuse_constraint(error, "staff member"))?;
+        sqlx::query(
+            "INSERT INTO provider_staff (id, provider_id, name, phone) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(provider_id)
+        .bind(name)
+        .bind(phone)
+        .execute(&self.pool)
+        .await
+        .map_err(|error| refuse_constraint(error, "staff member"))?;
         Ok(id)
+    }
+
+    /// A provider's active staff: (id, name), by name.
+    pub async fn provider_staff(&self, provider_id: Uuid) -> Result<Vec<(Uuid, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT id, name FROM provider_staff WHERE provider_id = $1 AND active ORDER BY name, id",
+        )
+        .bind(provider_id)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// `password_hash` is a PHC string (argon2id).
@@ -434,8 +447,9 @@ pub(crate) async fn read_policy(conn: &mut sqlx::PgConnection) -> Result<Service
     let json: serde_json::Value = sqlx::query_scalar("SELECT policy FROM service_policy")
         .fetch_one(&mut *conn)
         .await?;
-    serde_json::from_value(json)
-        .map_err(|error| StoreError::Refused(format!("the stored service policy is unreadable: {error}")))
+    serde_json::from_value(json).map_err(|error| {
+        StoreError::Refused(format!("the stored service policy is unreadable: {error}"))
+    })
 }
 
 async fn set_price(

@@ -61,8 +61,13 @@ pub struct ProviderSuggestion {
 pub enum ProgressReport {
     EnRoute,
     /// Check-in at the door, with the staff member's position if the phone has one.
-    Arrived { position: Option<GeoPoint> },
-    Completed { notes: String, duration_minutes: u32 },
+    Arrived {
+        position: Option<GeoPoint>,
+    },
+    Completed {
+        notes: String,
+        duration_minutes: u32,
+    },
 }
 
 /// An order as the console, the provider and the tests read it.
@@ -193,15 +198,13 @@ async fn order_event(
             map.insert("provider_id".into(), json!(provider_id));
         }
     }
-    sqlx::query(
-        "INSERT INTO events (kind, order_id, operator_id, detail) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(kind)
-    .bind(order.id)
-    .bind(operator_id)
-    .bind(detail)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query("INSERT INTO events (kind, order_id, operator_id, detail) VALUES ($1, $2, $3, $4)")
+        .bind(kind)
+        .bind(order.id)
+        .bind(operator_id)
+        .bind(detail)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -767,7 +770,12 @@ impl Store {
     }
 
     /// The provider declines an order offered to it: the next provider is asked at once.
-    pub async fn decline_order(&self, provider_id: Uuid, order_id: Uuid, reason: &str) -> Result<()> {
+    pub async fn decline_order(
+        &self,
+        provider_id: Uuid,
+        order_id: Uuid,
+        reason: &str,
+    ) -> Result<()> {
         too_long("the reason", reason, MAX_REASON_CHARS)?;
         let mut tx = self.pool.begin().await?;
         let policy = read_policy(&mut tx).await?;
@@ -791,7 +799,12 @@ impl Store {
     }
 
     /// The provider sends someone else.
-    pub async fn assign_staff(&self, provider_id: Uuid, order_id: Uuid, staff_id: Uuid) -> Result<()> {
+    pub async fn assign_staff(
+        &self,
+        provider_id: Uuid,
+        order_id: Uuid,
+        staff_id: Uuid,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let order = lock_order(&mut tx, order_id).await?;
         check_held_by(&order, provider_id)?;
@@ -847,8 +860,15 @@ impl Store {
         check_held_by(&order, provider_id)?;
         match report {
             ProgressReport::EnRoute => {
-                step(&mut tx, &mut order, OrderEvent::Depart, Some(provider_id), None, json!({}))
-                    .await?;
+                step(
+                    &mut tx,
+                    &mut order,
+                    OrderEvent::Depart,
+                    Some(provider_id),
+                    None,
+                    json!({}),
+                )
+                .await?;
             }
             ProgressReport::Arrived { position } => {
                 order.state.apply(OrderEvent::Arrive)?;
@@ -923,15 +943,23 @@ impl Store {
     }
 
     /// An operator cancels an order (any time before completion) with a reason.
-    pub async fn cancel_order(&self, order_id: Uuid, operator_id: Uuid, reason: &str) -> Result<()> {
+    pub async fn cancel_order(
+        &self,
+        order_id: Uuid,
+        operator_id: Uuid,
+        reason: &str,
+    ) -> Result<()> {
         if reason.trim().is_empty() {
-            return Err(StoreError::Invalid("a cancellation needs a reason".to_owned()));
+            return Err(StoreError::Invalid(
+                "a cancellation needs a reason".to_owned(),
+            ));
         }
         too_long("the reason", reason, MAX_REASON_CHARS)?;
         let mut tx = self.pool.begin().await?;
         let mut order = lock_order(&mut tx, order_id).await?;
         order.state.apply(OrderEvent::Cancel)?;
-        let withdrawn_from = decide_offer(&mut tx, order_id, None, "withdrawn", "cancelled").await?;
+        let withdrawn_from =
+            decide_offer(&mut tx, order_id, None, "withdrawn", "cancelled").await?;
         sqlx::query(
             "UPDATE orders SET cancelled_at = clock_timestamp(), cancel_reason = $2 WHERE id = $1",
         )
@@ -1181,7 +1209,11 @@ impl Store {
         }
 
         for (column, reason, states) in [
-            ("accept_escalated_at", "not_accepted", "('created', 'offered')"),
+            (
+                "accept_escalated_at",
+                "not_accepted",
+                "('created', 'offered')",
+            ),
             (
                 "arrival_escalated_at",
                 "not_arrived",

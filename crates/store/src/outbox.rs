@@ -82,11 +82,13 @@ pub(crate) async fn push_order_update(
 ) -> Result<()> {
     let payload = serde_json::to_value(payload)
         .map_err(|error| StoreError::Refused(format!("unserializable order update: {error}")))?;
-    sqlx::query("INSERT INTO device_outbox (device_id, kind, payload) VALUES ($1, 'order_update', $2)")
-        .bind(device_id)
-        .bind(payload)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO device_outbox (device_id, kind, payload) VALUES ($1, 'order_update', $2)",
+    )
+    .bind(device_id)
+    .bind(payload)
+    .execute(&mut **tx)
+    .await?;
     notify(
         tx,
         &Notification::DeviceOutbox {

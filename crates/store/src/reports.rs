@@ -37,7 +37,10 @@ pub struct ProviderFigures {
 impl ProviderFigures {
     /// Accepted of the offers decided (accepted, declined or timed out).
     pub fn acceptance_rate(&self) -> Option<f64> {
-        ratio(self.accepted, self.accepted + self.declined + self.timed_out)
+        ratio(
+            self.accepted,
+            self.accepted + self.declined + self.timed_out,
+        )
     }
 
     pub fn on_time_rate(&self) -> Option<f64> {
@@ -370,7 +373,10 @@ mod tests {
             }
             count
         };
-        assert!(lines.iter().all(|line| fields(line) == fields(lines[0])), "{csv}");
+        assert!(
+            lines.iter().all(|line| fields(line) == fields(lines[0])),
+            "{csv}"
+        );
         assert!(lines[1].contains("\"盐田, \"\"东\"\" station\""));
         assert!(lines[1].contains(",3,1,1,33.3,2,1,2,0,0,"), "{}", lines[1]);
         assert!(lines[2].ends_with(",50.0,1,100.0,1,5.00"), "{}", lines[2]);

@@ -76,7 +76,8 @@ pub fn rating_centi(rating_sum: u32, rating_count: u32) -> Option<u32> {
 /// offers until a supervisor reinstates it. Too few ratings never suspend.
 pub fn below_threshold(rating_sum: u32, rating_count: u32, policy: &ServicePolicy) -> bool {
     rating_count >= policy.min_ratings.max(1)
-        && u64::from(rating_sum) * 100 < u64::from(policy.min_rating_centi) * u64::from(rating_count)
+        && u64::from(rating_sum) * 100
+            < u64::from(policy.min_rating_centi) * u64::from(rating_count)
 }
 
 /// One provider as matching sees it for one order.
@@ -290,7 +291,12 @@ mod tests {
         let near = candidate(1, point(22.555, 114.25), 2000); // ~556 m
         let far = candidate(2, point(22.565, 114.25), 3000); // ~1,668 m
         let out_of_reach = candidate(3, point(22.60, 114.25), 3000); // ~5.6 km, radius 3 km
-        let ranked = rank(&[far.clone(), out_of_reach, near.clone()], Some(HOME), &policy).unwrap();
+        let ranked = rank(
+            &[far.clone(), out_of_reach, near.clone()],
+            Some(HOME),
+            &policy,
+        )
+        .unwrap();
         let ids: Vec<Uuid> = ranked.iter().map(|s| s.provider_id).collect();
         assert_eq!(ids, vec![near.provider_id, far.provider_id]);
         assert!(ranked.iter().all(|s| s.in_circle));
@@ -310,7 +316,9 @@ mod tests {
         let error = rank(&[far_away.clone()], Some(HOME), &policy).unwrap_err();
         assert_eq!(error, NoMatch::OutsideCoverage { offering: 1 });
         assert!(error.is_permanent());
-        assert!(error.to_string().contains("outside every provider's coverage"));
+        assert!(error
+            .to_string()
+            .contains("outside every provider's coverage"));
 
         // A resident without a position is covered only by station.
         assert!(rank(&[far_away.clone()], None, &policy).is_err());

@@ -11,10 +11,10 @@ mod tablet;
 
 pub use catalogue::{CatalogueItem, DEFAULT_CATALOGUE};
 pub use matching::{
-    below_threshold, open_at, rank, rating_centi, travel_minutes, BadPosition, Candidate,
-    GeoPoint, NoMatch, Suggestion,
+    below_threshold, open_at, rank, rating_centi, travel_minutes, BadPosition, Candidate, GeoPoint,
+    NoMatch, Suggestion,
 };
-pub use policy::{PolicyError, ServicePolicy};
-pub use tablet::tablet_text;
 pub use money::{split_charge, Charge, EntitlementTier, Fen, MoneyError};
+pub use policy::{PolicyError, ServicePolicy};
 pub use state::{OrderEvent, OrderState, OrderTransitionError};
+pub use tablet::tablet_text;

@@ -91,7 +91,11 @@ mod tests {
             offer_timeout_secs: 0,
             ..ServicePolicy::default()
         };
-        assert!(bad.validate().unwrap_err().to_string().contains("offer_timeout_secs"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("offer_timeout_secs"));
         let bad = ServicePolicy {
             min_rating_centi: 600,
             ..ServicePolicy::default()

@@ -35,10 +35,7 @@ pub fn tablet_text(
             format!("{service_zh}：服务人员已到达"),
             format!("{service_en}: arrived"),
         ),
-        OrderState::Completed => (
-            format!("{service_zh}已完成"),
-            format!("{service_en}: done"),
-        ),
+        OrderState::Completed => (format!("{service_zh}已完成"), format!("{service_en}: done")),
         OrderState::CalledBack => (
             format!("请为本次{service_zh}评分（1至5星）"),
             format!("Please rate your {en_service} (1 to 5 stars)"),
@@ -70,6 +67,9 @@ mod tests {
         assert_eq!(zh, "家务家政：服务人员王阿姨预计14:30到达");
         assert_eq!(en, "Housekeeping: 王阿姨 arrives at 14:30");
         let (zh, en) = tablet_text(OrderState::Arrived, "家务家政", "Housekeeping", None, None);
-        assert_eq!((zh.as_str(), en.as_str()), ("家务家政：服务人员已到达", "Housekeeping: arrived"));
+        assert_eq!(
+            (zh.as_str(), en.as_str()),
+            ("家务家政：服务人员已到达", "Housekeeping: arrived")
+        );
     }
 }

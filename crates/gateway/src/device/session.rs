@@ -9,8 +9,7 @@ use carebell_domain::{CallKind, DeviceId, RequestId};
 use carebell_presence::Kind;
 use carebell_proto::device::v1::{
     envelope::Body, AlarmKind, CallState, CallUpdate, Challenge, Envelope, Error as ErrorMessage,
-    OrderUpdate,
-    ErrorCode, GoAway, RejectReason, Rejected, Welcome,
+    ErrorCode, GoAway, OrderUpdate, RejectReason, Rejected, Welcome,
 };
 use carebell_proto::{
     auth_message, CloseCode, CLOSE_AUTH_REJECTED, CLOSE_GOING_AWAY, CLOSE_TIMEOUT,
