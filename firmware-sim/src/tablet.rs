@@ -106,7 +106,7 @@ pub struct Carryover {
 
 enum Command {
     Send {
-        body: Body,
+        body: Box<Body>,
         acknowledged: oneshot::Sender<()>,
     },
     Close,
@@ -260,7 +260,10 @@ impl Tablet {
         }
         let (acknowledged, acknowledged_rx) = oneshot::channel();
         self.commands
-            .send(Command::Send { body, acknowledged })
+            .send(Command::Send {
+                body: Box::new(body),
+                acknowledged,
+            })
             .await
             .map_err(|_| SimError::Disconnected)?;
         acknowledged_rx.await.map_err(|_| SimError::Disconnected)
@@ -315,6 +318,42 @@ impl Tablet {
     }
 
     /// Waits for an update putting `request_id`'s call into `state`, skipping others.
+    /// Waits until the tablet hears that order `order_id` is in `state` ("accepted",
+    /// "arrived", "called_back", ...), skipping other events.
+    pub async fn wait_for_order(
+        &mut self,
+        order_id: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> Result<OrderUpdate, SimError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let event = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .map_err(|_| SimError::Timeout(format!("order {order_id} to become {state}")))?;
+            match event {
+                None => return Err(SimError::Disconnected),
+                Some(TabletEvent::OrderUpdate(update))
+                    if update.order_id == order_id && update.state == state =>
+                {
+                    return Ok(update)
+                }
+                Some(TabletEvent::Closed {
+                    code,
+                    grpc_code,
+                    reason,
+                }) => {
+                    return Err(SimError::Closed {
+                        code,
+                        grpc_code,
+                        reason,
+                    })
+                }
+                Some(_) => continue,
+            }
+        }
+    }
+
     pub async fn wait_for_call(
         &mut self,
         request_id: &str,
@@ -437,7 +476,7 @@ impl Driver {
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Send { body, acknowledged }) => {
-                        if self.send_body(body, Some(acknowledged)).await.is_err() {
+                        if self.send_body(*body, Some(acknowledged)).await.is_err() {
                             break;
                         }
                     }

@@ -7,6 +7,8 @@ mod demo;
 mod dispatch;
 mod family;
 mod flow;
+mod ledger;
+mod orders;
 mod redis_down;
 mod routing;
 mod session;

@@ -10,6 +10,11 @@ use carebell_proto::console::v1::{
     RecordAlarmActionRequest, ResidentRecord, ResolveAlarmRequest, SetStatusRequest, SignInRequest,
     StatisticsRequest, StatisticsResponse, SubscribeRequest, TransferRequest,
 };
+use carebell_proto::console::v1::{
+    CancelOrderRequest, CreateOrderRequest, CreateOrderResponse, ListOrdersRequest,
+    ProviderSuggestion, RecordOrderCallBackRequest, ReinstateProviderRequest, ServiceOrder,
+    ServiceReportRequest, ServiceReportResponse, SuggestProvidersRequest,
+};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status, Streaming};
 
@@ -199,6 +204,92 @@ impl OperatorClient {
             note: note.to_owned(),
         })?;
         self.client.end_call(request).await.map(|_| ())
+    }
+
+    pub async fn suggest_providers(
+        &mut self,
+        resident_id: &str,
+        service_code: &str,
+    ) -> Result<Vec<ProviderSuggestion>, Status> {
+        let request = self.request(SuggestProvidersRequest {
+            resident_id: resident_id.to_owned(),
+            service_code: service_code.to_owned(),
+        })?;
+        Ok(self
+            .client
+            .suggest_providers(request)
+            .await?
+            .into_inner()
+            .providers)
+    }
+
+    /// Creates a service order for a resident (from `call_id`, if not empty).
+    pub async fn create_order(
+        &mut self,
+        resident_id: &str,
+        service_code: &str,
+        call_id: &str,
+        note: &str,
+    ) -> Result<CreateOrderResponse, Status> {
+        let request = self.request(CreateOrderRequest {
+            resident_id: resident_id.to_owned(),
+            service_code: service_code.to_owned(),
+            call_id: call_id.to_owned(),
+            note: note.to_owned(),
+        })?;
+        Ok(self.client.create_order(request).await?.into_inner())
+    }
+
+    pub async fn cancel_order(&mut self, order_id: &str, reason: &str) -> Result<(), Status> {
+        let request = self.request(CancelOrderRequest {
+            order_id: order_id.to_owned(),
+            reason: reason.to_owned(),
+        })?;
+        self.client.cancel_order(request).await.map(|_| ())
+    }
+
+    pub async fn record_order_callback(
+        &mut self,
+        order_id: &str,
+        note: &str,
+    ) -> Result<(), Status> {
+        let request = self.request(RecordOrderCallBackRequest {
+            order_id: order_id.to_owned(),
+            note: note.to_owned(),
+        })?;
+        self.client
+            .record_order_call_back(request)
+            .await
+            .map(|_| ())
+    }
+
+    /// A resident's orders, or every open order when `resident_id` is empty.
+    pub async fn list_orders(&mut self, resident_id: &str) -> Result<Vec<ServiceOrder>, Status> {
+        let request = self.request(ListOrdersRequest {
+            resident_id: resident_id.to_owned(),
+        })?;
+        Ok(self.client.list_orders(request).await?.into_inner().orders)
+    }
+
+    pub async fn reinstate_provider(&mut self, provider_id: &str) -> Result<(), Status> {
+        let request = self.request(ReinstateProviderRequest {
+            provider_id: provider_id.to_owned(),
+        })?;
+        self.client.reinstate_provider(request).await.map(|_| ())
+    }
+
+    pub async fn service_report(
+        &mut self,
+        from: &str,
+        to: &str,
+        station_id: &str,
+    ) -> Result<ServiceReportResponse, Status> {
+        let request = self.request(ServiceReportRequest {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            station_id: station_id.to_owned(),
+        })?;
+        Ok(self.client.service_report(request).await?.into_inner())
     }
 
     pub async fn get_resident(&mut self, resident_id: &str) -> Result<ResidentRecord, Status> {

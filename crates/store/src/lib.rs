@@ -175,6 +175,18 @@ impl Store {
     }
 }
 
+impl Store {
+    /// All events of one service order, oldest first: (kind, detail).
+    pub async fn order_events(&self, order_id: Uuid) -> Result<Vec<(String, serde_json::Value)>> {
+        Ok(
+            sqlx::query_as("SELECT kind, detail FROM events WHERE order_id = $1 ORDER BY id")
+                .bind(order_id)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+}
+
 /// Appends one event to the log inside the caller's transaction.
 pub(crate) async fn append_event(
     tx: &mut Transaction<'_, Postgres>,

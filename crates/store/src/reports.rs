@@ -100,7 +100,7 @@ fn sums(columns: &str) -> String {
         .split(',')
         .map(|column| {
             let column = column.trim();
-            format!("coalesce(sum({column}), 0)::bigint AS {column}")
+            format!("coalesce(sum(d.{column}), 0)::bigint AS {column}")
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -157,17 +157,17 @@ impl Store {
             ),
             Source::Recomputed => format!(
                 "SELECT ev.station_id, s.name AS station_name,
-                    count(*) FILTER (WHERE kind = 'call.answered') AS remote_services,
-                    count(*) FILTER (WHERE kind = 'call.created' AND call_kind = 'emergency') AS emergencies,
-                    count(*) FILTER (WHERE kind = 'call.created' AND call_kind <> 'callback') AS calls_offered,
-                    count(*) FILTER (WHERE kind = 'call.answered' AND call_kind <> 'callback') AS calls_answered,
-                    count(*) FILTER (WHERE kind = 'call.answered' AND call_kind <> 'callback' AND wait_ms <= 60000) AS answered_within_60s,
-                    count(*) FILTER (WHERE kind = 'call.abandoned' AND call_kind <> 'callback') AS calls_abandoned,
-                    count(*) FILTER (WHERE kind = 'call.abandoned' AND call_kind <> 'callback' AND wait_ms < stats_short_abandon_ms()) AS short_abandoned,
-                    count(*) FILTER (WHERE kind = 'order.created') AS orders_created,
-                    count(*) FILTER (WHERE kind = 'order.completed') AS orders_completed,
-                    count(*) FILTER (WHERE kind = 'order.cancelled') AS orders_cancelled,
-                    count(*) FILTER (WHERE kind = 'order.escalated') AS escalations
+                    count(*) FILTER (WHERE ev.kind = 'call.answered') AS remote_services,
+                    count(*) FILTER (WHERE ev.kind = 'call.created' AND ev.call_kind = 'emergency') AS emergencies,
+                    count(*) FILTER (WHERE ev.kind = 'call.created' AND ev.call_kind <> 'callback') AS calls_offered,
+                    count(*) FILTER (WHERE ev.kind = 'call.answered' AND ev.call_kind <> 'callback') AS calls_answered,
+                    count(*) FILTER (WHERE ev.kind = 'call.answered' AND ev.call_kind <> 'callback' AND ev.wait_ms <= 60000) AS answered_within_60s,
+                    count(*) FILTER (WHERE ev.kind = 'call.abandoned' AND ev.call_kind <> 'callback') AS calls_abandoned,
+                    count(*) FILTER (WHERE ev.kind = 'call.abandoned' AND ev.call_kind <> 'callback' AND ev.wait_ms < stats_short_abandon_ms()) AS short_abandoned,
+                    count(*) FILTER (WHERE ev.kind = 'order.created') AS orders_created,
+                    count(*) FILTER (WHERE ev.kind = 'order.completed') AS orders_completed,
+                    count(*) FILTER (WHERE ev.kind = 'order.cancelled') AS orders_cancelled,
+                    count(*) FILTER (WHERE ev.kind = 'order.escalated') AS escalations
                  FROM ({STATION_EVENTS}) ev JOIN stations s ON s.id = ev.station_id
                  GROUP BY ev.station_id, s.name ORDER BY s.name, ev.station_id"
             ),
@@ -190,18 +190,18 @@ impl Store {
             ),
             Source::Recomputed => format!(
                 "SELECT ev.station_id, ev.provider_id, p.name AS provider_name,
-                    count(*) FILTER (WHERE kind = 'order.offered') AS offers,
-                    count(*) FILTER (WHERE kind = 'order.accepted') AS accepted,
-                    count(*) FILTER (WHERE kind = 'order.declined'
-                                     AND coalesce(detail->>'reason', '') <> 'timed_out') AS declined,
-                    count(*) FILTER (WHERE kind = 'order.declined'
-                                     AND coalesce(detail->>'reason', '') = 'timed_out') AS timed_out,
-                    count(*) FILTER (WHERE kind = 'order.arrived') AS arrivals,
-                    count(*) FILTER (WHERE kind = 'order.arrived'
-                                     AND coalesce((detail->>'on_time')::boolean, false)) AS on_time,
-                    count(*) FILTER (WHERE kind = 'order.completed') AS completed,
-                    count(*) FILTER (WHERE kind = 'order.rated') AS ratings,
-                    coalesce(sum((detail->>'stars')::int) FILTER (WHERE kind = 'order.rated'), 0)::bigint AS rating_sum
+                    count(*) FILTER (WHERE ev.kind = 'order.offered') AS offers,
+                    count(*) FILTER (WHERE ev.kind = 'order.accepted') AS accepted,
+                    count(*) FILTER (WHERE ev.kind = 'order.declined'
+                                     AND coalesce(ev.detail->>'reason', '') <> 'timed_out') AS declined,
+                    count(*) FILTER (WHERE ev.kind = 'order.declined'
+                                     AND coalesce(ev.detail->>'reason', '') = 'timed_out') AS timed_out,
+                    count(*) FILTER (WHERE ev.kind = 'order.arrived') AS arrivals,
+                    count(*) FILTER (WHERE ev.kind = 'order.arrived'
+                                     AND coalesce((ev.detail->>'on_time')::boolean, false)) AS on_time,
+                    count(*) FILTER (WHERE ev.kind = 'order.completed') AS completed,
+                    count(*) FILTER (WHERE ev.kind = 'order.rated') AS ratings,
+                    coalesce(sum((ev.detail->>'stars')::int) FILTER (WHERE ev.kind = 'order.rated'), 0)::bigint AS rating_sum
                  FROM ({PROVIDER_EVENTS}) ev JOIN providers p ON p.id = ev.provider_id
                  GROUP BY ev.station_id, ev.provider_id, p.name ORDER BY p.name, ev.provider_id"
             ),

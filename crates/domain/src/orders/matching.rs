@@ -313,7 +313,7 @@ mod tests {
     fn a_resident_outside_every_providers_coverage_is_a_clear_error() {
         let policy = ServicePolicy::default();
         let far_away = candidate(1, point(23.0, 114.25), 5000);
-        let error = rank(&[far_away.clone()], Some(HOME), &policy).unwrap_err();
+        let error = rank(std::slice::from_ref(&far_away), Some(HOME), &policy).unwrap_err();
         assert_eq!(error, NoMatch::OutsideCoverage { offering: 1 });
         assert!(error.is_permanent());
         assert!(error
@@ -321,7 +321,7 @@ mod tests {
             .contains("outside every provider's coverage"));
 
         // A resident without a position is covered only by station.
-        assert!(rank(&[far_away.clone()], None, &policy).is_err());
+        assert!(rank(std::slice::from_ref(&far_away), None, &policy).is_err());
         let mut by_station = far_away;
         by_station.covers_station = true;
         let ranked = rank(&[by_station], None, &policy).unwrap();
