@@ -313,3 +313,191 @@ async fn contacts_and_family_accounts_go_in_through_admin() {
         "{unknown:#}"
     );
 }
+
+#[tokio::test]
+async fn the_provider_network_cards_statements_and_reports_through_admin() {
+    let database_url = carebell_tests::fresh_database().await;
+    let run = |args: Vec<String>| {
+        let database_url = database_url.clone();
+        async move {
+            let mut full = vec!["services".to_owned()];
+            full.extend(args);
+            let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+            admin(&database_url, &refs).await
+        }
+    };
+    let args = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+
+    let catalogue = run(args(&["catalogue"])).await.unwrap();
+    assert!(catalogue.lines().count() >= 20);
+    assert!(catalogue.contains("hospice_care") && catalogue.contains("临终关怀"));
+
+    let station = admin(&database_url, &["add-station", "--name", "海山站"])
+        .await
+        .unwrap();
+    let centre = run(args(&["add-centre", "--name", "盐田区居家养老服务中心"]))
+        .await
+        .unwrap();
+    run(args(&[
+        "lead-station",
+        "--centre",
+        &centre,
+        "--station",
+        &station,
+    ]))
+    .await
+    .unwrap();
+    let community = run(args(&[
+        "add-community",
+        "--station",
+        &station,
+        "--name",
+        "田东社区",
+    ]))
+    .await
+    .unwrap();
+    let resident = admin(
+        &database_url,
+        &["add-resident", "--station", &station, "--name", "黄伯"],
+    )
+    .await
+    .unwrap();
+    run(args(&[
+        "set-resident",
+        "--resident",
+        &resident,
+        "--lat",
+        "22.55",
+        "--lon",
+        "114.25",
+        "--tier",
+        "subsidised:70",
+        "--community",
+        &community,
+    ]))
+    .await
+    .unwrap();
+    let error = run(args(&[
+        "set-resident",
+        "--resident",
+        &resident,
+        "--tier",
+        "subsidised:170",
+    ]))
+    .await
+    .unwrap_err();
+    assert!(format!("{error:#}").contains("percentage"), "{error:#}");
+
+    // Bad input: an unknown category and a negative price are refused; nothing is stored.
+    let error = run(args(&[
+        "add-provider",
+        "--name",
+        "坏",
+        "--licence",
+        "L-1",
+        "--services",
+        "flying",
+    ]))
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("unknown service category 'flying'"),
+        "{error:#}"
+    );
+    let error = run(args(&[
+        "add-provider",
+        "--name",
+        "坏",
+        "--licence",
+        "L-1",
+        "--services",
+        "haircut=-5",
+    ]))
+    .await
+    .unwrap_err();
+    assert!(format!("{error:#}").contains("negative"), "{error:#}");
+    let provider = run(args(&[
+        "add-provider",
+        "--name",
+        "乐龄理发",
+        "--licence",
+        "L-1",
+        "--lat",
+        "22.551",
+        "--lon",
+        "114.25",
+        "--radius-m",
+        "2000",
+        "--services",
+        "haircut=2500,meal_delivery",
+        "--hours",
+        "07:30-21:00",
+        "--stations",
+        &station,
+    ]))
+    .await
+    .unwrap();
+    assert!(uuid::Uuid::parse_str(&provider).is_ok());
+    run(args(&[
+        "add-staff",
+        "--provider",
+        &provider,
+        "--name",
+        "刘师傅",
+    ]))
+    .await
+    .unwrap();
+
+    let error = run(args(&["top-up", "--resident", &resident, "--fen", "-100"]))
+        .await
+        .unwrap_err();
+    assert!(format!("{error:#}").contains("negative"), "{error:#}");
+    let balance = run(args(&["top-up", "--resident", &resident, "--fen", "5000"]))
+        .await
+        .unwrap();
+    assert_eq!(balance, "card balance ¥50.00");
+
+    let policy = run(args(&["policy"])).await.unwrap();
+    assert!(policy.contains("\"circle_minutes\": 10"), "{policy}");
+
+    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    let statement = run(args(&[
+        "statement",
+        "--resident",
+        &resident,
+        "--month",
+        &month,
+    ]))
+    .await
+    .unwrap();
+    assert!(
+        statement
+            .ends_with("total: price ¥0.00, subsidy ¥0.00, resident ¥0.00 (card ¥0.00, due ¥0.00)"),
+        "{statement}"
+    );
+    let csv = run(args(&[
+        "report",
+        "--from",
+        "2026-01-01",
+        "--to",
+        "2027-01-01",
+        "--csv",
+        "--recomputed",
+    ]))
+    .await
+    .unwrap();
+    assert!(csv.starts_with("scope,from,to,station_id"), "{csv}");
+    let error = run(args(&[
+        "report",
+        "--from",
+        "2026-02-01",
+        "--to",
+        "2026-01-01",
+    ]))
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("ends after it starts"),
+        "{error:#}"
+    );
+}

@@ -29,4 +29,8 @@ async fn the_demo_shows_calls_answered_and_ended() {
         summary.ended > 0,
         "calls were answered and ended: {summary:?}"
     );
+    assert!(
+        summary.orders > 0,
+        "service requests became service orders: {summary:?}"
+    );
 }

@@ -116,6 +116,11 @@ pub enum AdminCommand {
         )]
         password: String,
     },
+    /// Service orders: the provider network, the policy, service cards, statements, reports.
+    Services {
+        #[command(subcommand)]
+        command: crate::admin_services::ServicesCommand,
+    },
     /// Routing rules: show the rules in force, or load new ones from a TOML or JSON file.
     Routing {
         #[command(subcommand)]
@@ -285,6 +290,7 @@ pub async fn run(store: &Store, command: AdminCommand) -> anyhow::Result<String>
                 .context("failed to set the skills")?;
             Ok(format!("{username}: {}", skills.join(", ")))
         }
+        AdminCommand::Services { command } => crate::admin_services::run(store, command).await,
         AdminCommand::Routing {
             command: RoutingCommand::Show,
         } => Ok(store
@@ -321,7 +327,7 @@ pub async fn run(store: &Store, command: AdminCommand) -> anyhow::Result<String>
 }
 
 /// Checks a new account's username and password and hashes the password (argon2id).
-async fn new_account(
+pub(crate) async fn new_account(
     username: &str,
     password: String,
 ) -> anyhow::Result<(carebell_domain::Username, String)> {

@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use carebell_domain::orders::{EntitlementTier, GeoPoint};
 use carebell_proto::console::v1::console_event::Event;
 use carebell_proto::console::v1::{CallKind, Disposition, OperatorStatus};
 use carebell_proto::device::v1::CallState;
-use carebell_store::NewResident;
+use carebell_proto::device::v1::OrderUpdate;
+use carebell_proto::provider::v1::OrderStatus;
+use carebell_store::{NewProvider, NewResident};
 use firmware_sim::{Tablet, TabletConfig, TabletEvent, TransportKind};
 use rand::Rng;
 use tokio::time::Instant;
@@ -19,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::provision_device;
 use crate::console_client::{self, OperatorClient};
 use crate::devcert::DevCertificates;
+use crate::provider_client::ProviderClient;
 use crate::settings::Settings;
 use crate::Application;
 
@@ -38,6 +42,9 @@ pub struct DemoSummary {
     pub answered: i64,
     pub ended: i64,
     pub abandoned: i64,
+    /// Service orders created by the bot operators, and how many the bot provider completed.
+    pub orders: i64,
+    pub orders_completed: i64,
 }
 
 /// The seed: residents of the Yantian "Li Secretary" programme (names and addresses invented).
@@ -96,6 +103,36 @@ const OPERATORS: &[(&str, &[&str])] = &[
 ];
 const DEMO_PASSWORD: &str = "demo-password";
 
+/// Homes around Yantian, in the order of `RESIDENTS`, and each one's entitlement tier.
+const HOMES: &[(f64, f64, EntitlementTier)] = &[
+    (
+        22.5560,
+        114.2360,
+        EntitlementTier::Subsidised {
+            subsidy_percent: 50,
+        },
+    ),
+    (22.5590, 114.2560, EntitlementTier::Free),
+    (22.5920, 114.3050, EntitlementTier::Market),
+    (
+        22.5600,
+        114.2420,
+        EntitlementTier::Subsidised {
+            subsidy_percent: 70,
+        },
+    ),
+    (22.5570, 114.2380, EntitlementTier::Market),
+    (22.5530, 114.2300, EntitlementTier::Free),
+];
+
+/// What the bot operators arrange when a call is a service request.
+const DEMO_SERVICES: &[&str] = &[
+    "housekeeping",
+    "meal_delivery",
+    "haircut",
+    "hospital_escort",
+];
+
 fn stamp(start: Instant) -> String {
     format!("{:>6.1}s", start.elapsed().as_secs_f64())
 }
@@ -131,7 +168,7 @@ pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result
     std::fs::create_dir_all(&credentials_dir).context("failed to create the tablets directory")?;
     let ca_path = options.state_dir.join("certs").join("ca.pem");
     let mut tablets = Vec::new();
-    for (name, address, dialect, notes) in RESIDENTS {
+    for ((name, address, dialect, notes), (lat, lon, tier)) in RESIDENTS.iter().zip(HOMES) {
         let resident = store
             .add_resident(&NewResident {
                 station_id: station,
@@ -143,6 +180,10 @@ pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result
             })
             .await
             .context("failed to add a demo resident")?;
+        store
+            .set_resident_services(resident, None, GeoPoint::new(*lat, *lon).ok(), *tier)
+            .await
+            .context("failed to place a demo resident")?;
         let credentials = provision_device(
             &store,
             resident,
@@ -182,12 +223,46 @@ pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result
         usernames.push(username);
     }
 
+    // One provider covering the station: a housekeeping and care social organisation.
+    let mut provider = NewProvider::new(
+        "海山家政服务社",
+        &format!("52440308MJL{}", run_tag.to_uppercase()),
+    );
+    provider.location = GeoPoint::new(22.5580, 114.2400).ok();
+    provider.radius_m = 5000;
+    provider.stations = vec![station];
+    provider.services = DEMO_SERVICES
+        .iter()
+        .map(|code| ((*code).to_owned(), None))
+        .collect();
+    let provider_id = store
+        .add_provider(&provider)
+        .await
+        .context("failed to add the demo provider")?;
+    for name in ["王阿姨", "刘师傅"] {
+        store
+            .add_staff(provider_id, name, "")
+            .await
+            .context("failed to add demo staff")?;
+    }
+    let provider_username = format!("demo-{run_tag}-provider");
+    let hash =
+        tokio::task::spawn_blocking(|| carebell_gateway::console::hash_password(DEMO_PASSWORD))
+            .await
+            .context("failed to hash a demo password")?
+            .map_err(|error| anyhow::anyhow!("failed to hash a demo password: {error}"))?;
+    store
+        .add_provider_account(provider_id, &provider_username, "海山调度", &hash)
+        .await
+        .context("failed to add the demo provider account")?;
+
     println!("Carebell demo is running.");
     println!("  WebSocket devices: {websocket_url}   gRPC (devices and console): {grpc_url}");
     println!(
         "  operators (password {DEMO_PASSWORD}): {}",
         usernames.join(", ")
     );
+    println!("  provider (password {DEMO_PASSWORD}): {provider_username}");
     println!(
         "  tablet credentials: {}  (try: tablet-sim --credentials <file>)",
         credentials_dir.display()
@@ -211,6 +286,13 @@ pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result
             start,
         ));
     }
+    workers.spawn(bot_provider(
+        provider_username,
+        grpc_url.clone(),
+        Arc::clone(&ca_pem),
+        stop.clone(),
+        start,
+    ));
     for (index, (name, mut credentials)) in tablets.into_iter().enumerate() {
         credentials.ca_certificate_pem = Some(certificates.ca_pem.clone());
         // Every third tablet uses the gRPC transport, to show both.
@@ -265,11 +347,31 @@ pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result
             _ => {}
         }
     }
+    for order in store
+        .provider_orders(provider_id)
+        .await
+        .context("failed to count orders")?
+    {
+        summary.orders += 1;
+        if order.completed_at.is_some() {
+            summary.orders_completed += 1;
+        }
+    }
+    // Orders closed or cancelled are not in the provider's open list: count them too.
+    let closed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orders WHERE provider_id = $1 AND state IN ('closed', 'cancelled')",
+    )
+    .bind(provider_id)
+    .fetch_one(store.pool())
+    .await
+    .context("failed to count orders")?;
+    summary.orders += closed;
+    summary.orders_completed += closed;
     server_stop.cancel();
     server.await.context("the server task failed")??;
     println!(
-        "demo summary: {} calls, {} answered and ended, {} still answered, {} abandoned",
-        summary.calls, summary.ended, summary.answered, summary.abandoned
+        "demo summary: {} calls, {} answered and ended, {} still answered, {} abandoned; {} service orders, {} completed",
+        summary.calls, summary.ended, summary.answered, summary.abandoned, summary.orders, summary.orders_completed
     );
     Ok(summary)
 }
@@ -288,9 +390,27 @@ async fn senior(name: String, config: TabletConfig, stop: CancellationToken, sta
     };
     loop {
         let pause = Duration::from_millis(rand::thread_rng().gen_range(500..5000));
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(pause) => {}
+        let until = Instant::now() + pause;
+        // Between presses the tablet still shows what happens to the senior's orders.
+        loop {
+            let event = tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep_until(until) => break,
+                event = tablet.next_event(pause) => event,
+            };
+            match event {
+                Some(TabletEvent::OrderUpdate(update)) => {
+                    show_order(&tablet, &name, update, start).await
+                }
+                Some(TabletEvent::Closed { reason, .. }) => {
+                    println!("{} [{name}] tablet disconnected: {reason}", stamp(start));
+                    return;
+                }
+                _ => {}
+            }
+        }
+        if stop.is_cancelled() {
+            break;
         }
         let roll: f64 = rand::thread_rng().gen();
         let request_id = if roll < 0.04 {
@@ -339,6 +459,7 @@ async fn senior(name: String, config: TabletConfig, stop: CancellationToken, sta
                         _ => {}
                     }
                 }
+                TabletEvent::OrderUpdate(update) => show_order(&tablet, &name, update, start).await,
                 TabletEvent::Closed { reason, .. } => {
                     println!("{} [{name}] tablet disconnected: {reason}", stamp(start));
                     return;
@@ -351,6 +472,95 @@ async fn senior(name: String, config: TabletConfig, stop: CancellationToken, sta
         }
     }
     tablet.close().await;
+}
+
+/// Prints what the tablet shows about an order; the senior rates it when asked.
+async fn show_order(tablet: &Tablet, name: &str, update: OrderUpdate, start: Instant) {
+    println!("{} [{name}] tablet shows: {}", stamp(start), update.text_zh);
+    if update.state == "called_back" {
+        let stars = rand::thread_rng().gen_range(3..=5);
+        if tablet.rate(&update.order_id, stars).await.is_ok() {
+            println!("{} [{name}] rates the service {stars} stars", stamp(start));
+        }
+    }
+}
+
+/// A provider's dispatcher: accepts what is offered, sends staff, reports the visit.
+async fn bot_provider(
+    username: String,
+    grpc_url: String,
+    ca_pem: Arc<String>,
+    stop: CancellationToken,
+    start: Instant,
+) {
+    let result: anyhow::Result<()> = async {
+        let channel = console_client::channel(&grpc_url, Some(&ca_pem)).await?;
+        let mut client = ProviderClient::sign_in(channel, &username, DEMO_PASSWORD).await?;
+        let staff = client.staff().await?;
+        let mut feed = client.feed().await?;
+        let me = client.provider_name.clone();
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => break,
+                next = feed.message() => next?,
+            };
+            let Some(view) = next else { break };
+            if view.state != "offered" {
+                continue;
+            }
+            let Some(member) = staff.get(rand::thread_rng().gen_range(0..staff.len().max(1)))
+            else {
+                break;
+            };
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Err(status) = client.accept(&view.order_id, &member.staff_id, 15).await {
+                println!(
+                    "{} [provider {me}] could not accept: {}",
+                    stamp(start),
+                    status.message()
+                );
+                continue;
+            }
+            println!(
+                "{} [provider {me}] accepted {}: {} goes",
+                stamp(start),
+                view.service_name_zh,
+                member.name
+            );
+            // The visit, compressed to seconds.
+            let mut client = client.clone();
+            let order_id = view.order_id.clone();
+            let (me, stop) = (me.clone(), stop.clone());
+            tokio::spawn(async move {
+                for (status, said) in [
+                    (OrderStatus::EnRoute, "on the way"),
+                    (OrderStatus::Arrived, "arrived"),
+                    (OrderStatus::Completed, "completed"),
+                ] {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(1500)) => {}
+                    }
+                    let position = (status == OrderStatus::Arrived).then_some((22.5561, 114.2361));
+                    if client
+                        .update_status(&order_id, status, position, "服务完成", 45)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    println!("{} [provider {me}] {said}", stamp(start));
+                }
+            });
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        if !stop.is_cancelled() {
+            println!("{} [provider {username}] stopped: {error:#}", stamp(start));
+        }
+    }
 }
 
 /// An operator at a console: available, accepts offers after a moment (now and then too late,
@@ -368,6 +578,9 @@ async fn bot_operator(
         let mut events = client.subscribe().await?;
         client.set_status(OperatorStatus::Available).await?;
         let me = client.display_name.clone();
+        // Each operator's first ordinary call is a service request, so the demo shows the
+        // on-site loop early.
+        let mut first_call = true;
         loop {
             let next = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -417,17 +630,42 @@ async fn bot_operator(
             );
             let talk = Duration::from_millis(rand::thread_rng().gen_range(500..2500));
             tokio::time::sleep(talk).await;
+            let callback = offer.kind == CallKind::Callback as i32;
             let disposition = if emergency {
                 Disposition::Emergency
+            } else if callback {
+                Disposition::Companionship
+            } else if std::mem::take(&mut first_call) {
+                Disposition::ServiceRequest
             } else {
                 match rand::thread_rng().gen_range(0..100) {
-                    0..60 => Disposition::AccidentalPress,
-                    60..75 => Disposition::Companionship,
-                    75..90 => Disposition::Information,
-                    90..95 => Disposition::ServiceRequest,
+                    0..55 => Disposition::AccidentalPress,
+                    55..70 => Disposition::Companionship,
+                    70..82 => Disposition::Information,
+                    82..95 => Disposition::ServiceRequest,
                     _ => Disposition::HealthConcern,
                 }
             };
+            if disposition == Disposition::ServiceRequest {
+                let service = DEMO_SERVICES[rand::thread_rng().gen_range(0..DEMO_SERVICES.len())];
+                match client
+                    .create_order(&offer.resident_id, service, &accepted.call_id, "")
+                    .await
+                {
+                    Ok(order) => println!(
+                        "{} [console {me}] service order for {}: {service} ({})",
+                        stamp(start),
+                        offer.resident_name,
+                        order.state
+                    ),
+                    Err(status) => println!(
+                        "{} [console {me}] no order for {}: {}",
+                        stamp(start),
+                        offer.resident_name,
+                        status.message()
+                    ),
+                }
+            }
             client.end_call(&accepted.call_id, disposition, "").await?;
             println!(
                 "{} [console {me}] ended the call with {}: {}",

@@ -628,9 +628,10 @@ impl Store {
         let order_id = Uuid::new_v4();
         sqlx::query(
             "INSERT INTO orders (id, resident_id, station_id, call_id, service_code, state, note,
-                                 created_by, accept_due_at)
-             VALUES ($1, $2, $3, $4, $5, 'created', $6, $7,
-                     clock_timestamp() + make_interval(secs => $8))",
+                                 created_by, created_at, accept_due_at)
+             SELECT $1, $2, $3, $4, $5, 'created', $6, $7, now.t,
+                    now.t + make_interval(secs => $8)
+             FROM (SELECT clock_timestamp() AS t) now",
         )
         .bind(order_id)
         .bind(new.resident_id)
@@ -739,12 +740,12 @@ impl Store {
         let staff_name = check_staff(&mut tx, provider_id, staff_id).await?;
         decide_offer(&mut tx, order_id, Some(provider_id), "accepted", "").await?;
         sqlx::query(
-            "UPDATE orders SET provider_id = $2, staff_id = $3, accepted_at = clock_timestamp(),
-                    eta_at = clock_timestamp() + make_interval(mins => $4),
-                    arrive_due_at = clock_timestamp() + make_interval(mins => $4)
-                                    + make_interval(secs => $5),
+            "UPDATE orders SET provider_id = $2, staff_id = $3, accepted_at = now.t,
+                    eta_at = now.t + make_interval(mins => $4),
+                    arrive_due_at = now.t + make_interval(mins => $4) + make_interval(secs => $5),
                     price_fen = (SELECT price_fen FROM provider_services
                                  WHERE provider_id = $2 AND service_code = orders.service_code)
+             FROM (SELECT clock_timestamp() AS t) now
              WHERE id = $1",
         )
         .bind(order_id)

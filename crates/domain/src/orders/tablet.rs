@@ -17,7 +17,21 @@ pub fn tablet_text(
             format!("已为您安排{service_zh}，正在联系服务人员"),
             format!("Your {en_service} is being arranged"),
         ),
-        OrderState::Accepted | OrderState::EnRoute => {
+        OrderState::EnRoute => {
+            let who_zh = staff.map_or_else(|| "服务人员".to_owned(), |s| format!("服务人员{s}"));
+            let who_en = staff.map_or_else(|| "Your helper".to_owned(), |s| s.to_owned());
+            let at_zh = eta
+                .map(|eta| format!("，预计{eta}到达"))
+                .unwrap_or_default();
+            let at_en = eta
+                .map(|eta| format!(", arriving at {eta}"))
+                .unwrap_or_default();
+            (
+                format!("{service_zh}：{who_zh}已出发{at_zh}"),
+                format!("{service_en}: {who_en} is on the way{at_en}"),
+            )
+        }
+        OrderState::Accepted => {
             let who_zh = staff.map_or_else(|| "服务人员".to_owned(), |s| format!("服务人员{s}"));
             let who_en = staff.map_or_else(|| "Your helper".to_owned(), |s| s.to_owned());
             match eta {
@@ -27,7 +41,7 @@ pub fn tablet_text(
                 ),
                 None => (
                     format!("{service_zh}：{who_zh}已接单"),
-                    format!("{service_en}: {who_en} is on the way"),
+                    format!("{service_en}: {who_en} will come"),
                 ),
             }
         }
