@@ -516,6 +516,31 @@ async fn matching_on_a_hand_built_map() {
         error,
         StoreError::NoProvider(NoMatch::NoProviderOffersService)
     ));
+
+    // A provider outside its working hours (local time) is not offered anything now: the order
+    // waits instead of being refused.
+    let local_now = (chrono::Utc::now() + chrono::Duration::hours(8)).time();
+    let minute = chrono::Timelike::hour(&local_now) * 60 + chrono::Timelike::minute(&local_now);
+    let mut night_shift = NewProvider::new("E 夜班助浴", "LIC-NIGHT");
+    night_shift.stations = vec![east];
+    night_shift.services = vec![("bathing".to_owned(), None)];
+    night_shift.opens_minute = (minute + 60) % 1440;
+    night_shift.closes_minute = (minute + 120) % 1440;
+    store.add_provider(&night_shift).await.unwrap();
+    let error = store
+        .suggest_providers(in_east, "bathing")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            StoreError::NoProvider(NoMatch::NoneAvailable { closed: 1, .. })
+        ),
+        "{error}"
+    );
+    let waiting = order_for(&store, in_east, "bathing").await;
+    let order = store.order(waiting).await.unwrap();
+    assert_eq!((order.state.as_str(), order.offered_to), ("created", None));
 }
 
 async fn order_for(store: &Store, resident: Uuid, service: &str) -> Uuid {
