@@ -17,6 +17,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // The console, family and provider APIs are also spoken as JSON by the browser pages
+    // (`carebell_gateway::web`): their messages derive serde, with proto field names, missing
+    // fields defaulted, oneofs as `{"variant": {...}}`.
+    for package in [
+        ".carebell.console",
+        ".carebell.family",
+        ".carebell.provider",
+    ] {
+        config.message_attribute(
+            package,
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        );
+        config.enum_attribute(
+            package,
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(rename_all = \"snake_case\")]",
+        );
+    }
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("carebell_descriptor.bin"))
         .compile_with_config(config, &protos, &[proto_root])?;

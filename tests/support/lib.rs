@@ -100,6 +100,8 @@ pub struct TestNode {
     pub store: Store,
     pub websocket_url: String,
     pub grpc_url: String,
+    /// `https://localhost:<port>`: the browser pages and their JSON API.
+    pub web_url: String,
     pub ca_pem: String,
     pub redis_prefix: String,
     pub node_id: String,
@@ -161,6 +163,7 @@ impl TestNode {
         settings.tls.key_path = Some(key_path);
         settings.listen.websocket = "127.0.0.1:0".parse().expect("address");
         settings.listen.grpc = "127.0.0.1:0".parse().expect("address");
+        settings.listen.web = "127.0.0.1:0".parse().expect("address");
         settings.dispatch.ring_timeout_ms =
             u64::try_from(options.ring_timeout.as_millis()).expect("ring timeout");
         settings.dispatch.sweep_interval_ms = 50;
@@ -188,12 +191,14 @@ impl TestNode {
         let store = application.store().clone();
         let websocket_url = format!("wss://localhost:{}/", application.websocket_addr().port());
         let grpc_url = format!("https://localhost:{}", application.grpc_addr().port());
+        let web_url = format!("https://localhost:{}", application.web_addr().port());
         let stop = CancellationToken::new();
         let handle = tokio::spawn(application.run_until_stopped(stop.clone().cancelled_owned()));
         Self {
             store,
             websocket_url,
             grpc_url,
+            web_url,
             ca_pem: certificates.ca_pem,
             redis_prefix,
             node_id: options.node_id,

@@ -41,13 +41,32 @@ pub enum OperatorEvent {
         reason: String,
         everyone: bool,
     },
+    /// WebRTC signalling from the tablet of a call this operator holds.
+    RtcSignal {
+        call_id: Uuid,
+        kind: String,
+        payload: String,
+    },
     /// Notifications may have been missed: re-read the live offer.
     Resync,
 }
 
+/// WebRTC signalling for a device session to pass to its tablet (not stored, not resent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSignal {
+    pub call_id: Uuid,
+    pub kind: String,
+    pub payload: String,
+}
+
+/// Signals waiting for one device session; a session that falls this far behind drops them
+/// (the console starts the voice again).
+const DEVICE_SIGNAL_CAPACITY: usize = 64;
+
 struct DeviceSlot {
     session: u64,
     outbox_changed: Arc<Notify>,
+    signals: tokio::sync::mpsc::Sender<DeviceSignal>,
     kicked: CancellationToken,
     /// When the device was last heard, in milliseconds since the hub's epoch.
     last_heard_ms: Arc<AtomicU64>,
@@ -119,6 +138,8 @@ pub struct DeviceRegistration {
     /// Cancelled when a newer session of the same device registers on this node.
     pub kicked: CancellationToken,
     last_heard_ms: Arc<AtomicU64>,
+    /// WebRTC signalling for the tablet.
+    pub signals: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<DeviceSignal>>,
 }
 
 impl DeviceRegistration {
@@ -200,11 +221,13 @@ impl Hub {
         let outbox_changed = Arc::new(Notify::new());
         let kicked = CancellationToken::new();
         let last_heard_ms = Arc::new(AtomicU64::new(self.elapsed_ms()));
+        let (signals_tx, signals_rx) = tokio::sync::mpsc::channel(DEVICE_SIGNAL_CAPACITY);
         let previous = lock(&self.devices).insert(
             device_id.to_owned(),
             DeviceSlot {
                 session,
                 outbox_changed: Arc::clone(&outbox_changed),
+                signals: signals_tx,
                 kicked: kicked.clone(),
                 last_heard_ms: Arc::clone(&last_heard_ms),
             },
@@ -219,6 +242,7 @@ impl Hub {
             outbox_changed,
             kicked,
             last_heard_ms,
+            signals: tokio::sync::Mutex::new(signals_rx),
         }
     }
 
@@ -296,6 +320,34 @@ impl Hub {
             Notification::OrderEscalated {
                 order_id, reason, ..
             } => self.alert_all(None, Some(order_id), &reason, false),
+            Notification::RtcToDevice {
+                device_id,
+                call_id,
+                kind,
+                payload,
+            } => {
+                if let Some(slot) = lock(&self.devices).get(&device_id) {
+                    // A full queue drops the signal: the voice attempt fails and is retried.
+                    let _ = slot.signals.try_send(DeviceSignal {
+                        call_id,
+                        kind,
+                        payload,
+                    });
+                }
+            }
+            Notification::RtcToOperator {
+                operator_id,
+                call_id,
+                kind,
+                payload,
+            } => self.send_to_operator(
+                operator_id,
+                OperatorEvent::RtcSignal {
+                    call_id,
+                    kind,
+                    payload,
+                },
+            ),
             Notification::ProviderFeed { provider_id } => {
                 // No subscribers is fine: no provider feed is open on this node.
                 let _ = self.provider_feeds.send(provider_id);

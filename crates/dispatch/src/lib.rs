@@ -9,7 +9,7 @@ mod hub;
 pub mod webhook;
 
 pub use dispatcher::{Dispatcher, DispatcherConfig};
-pub use hub::{DeviceRegistration, Hub, OperatorEvent, OperatorSubscription};
+pub use hub::{DeviceRegistration, DeviceSignal, Hub, OperatorEvent, OperatorSubscription};
 
 /// Forwards everything PostgreSQL announces on the Carebell channel to `hub` until `shutdown`.
 /// Reconnects (with a pause) when the listening connection fails.

@@ -15,18 +15,19 @@ use carebell_proto::console::v1::console_event::Event;
 use carebell_proto::console::v1::console_server::{Console, ConsoleServer};
 use carebell_proto::console::v1::{
     AcceptRequest, AcceptResponse, AlarmAction, AlarmOutcome, CallChanged, CallKind,
-    CancelOrderRequest, CancelOrderResponse, ConsoleEvent, CreateOrderRequest, CreateOrderResponse,
-    DeclineRequest, DeclineResponse, DeviceSummary, Disposition, EndCallRequest, EndCallResponse,
-    FailedDeliveriesRequest, FailedDeliveriesResponse, FailedDelivery, GetResidentRequest,
-    ListOrdersRequest, ListOrdersResponse, Offer, OfferWithdrawn, OperatorState, OperatorStatus,
-    QueueFigures, QueueStatusRequest, QueueStatusResponse, ReclaimCallRequest, ReclaimCallResponse,
-    RecordAlarmActionRequest, RecordAlarmActionResponse, RecordOrderCallBackRequest,
-    RecordOrderCallBackResponse, ReinstateProviderRequest, ReinstateProviderResponse,
-    ResidentRecord, ResolveAlarmRequest, ResolveAlarmResponse, ServiceReportRequest,
-    ServiceReportResponse, SetStatusRequest, SetStatusResponse, SignInRequest, SignInResponse,
-    StatisticsRequest, StatisticsResponse, StatusChanged, SubscribeRequest,
-    SuggestProvidersRequest, SuggestProvidersResponse, SupervisorAlert, TransferRequest,
-    TransferResponse, WaitingItem,
+    CancelOrderRequest, CancelOrderResponse, CatalogueRequest, CatalogueResponse, ConsoleEvent,
+    ContactSummary, CreateOrderRequest, CreateOrderResponse, DeclineRequest, DeclineResponse,
+    DeviceSummary, Disposition, EndCallRequest, EndCallResponse, FailedDeliveriesRequest,
+    FailedDeliveriesResponse, FailedDelivery, FamilyCascadeRequest, FamilyCascadeResponse,
+    GetResidentRequest, Interaction, ListOrdersRequest, ListOrdersResponse, Offer, OfferWithdrawn,
+    OperatorState, OperatorStatus, QueueFigures, QueueStatusRequest, QueueStatusResponse,
+    ReclaimCallRequest, ReclaimCallResponse, RecordAlarmActionRequest, RecordAlarmActionResponse,
+    RecordOrderCallBackRequest, RecordOrderCallBackResponse, ReinstateProviderRequest,
+    ReinstateProviderResponse, ResidentRecord, ResolveAlarmRequest, ResolveAlarmResponse,
+    RtcSignal, SendRtcSignalResponse, ServiceReportRequest, ServiceReportResponse,
+    SetStatusRequest, SetStatusResponse, SignInRequest, SignInResponse, StatisticsRequest,
+    StatisticsResponse, StatusChanged, SubscribeRequest, SuggestProvidersRequest,
+    SuggestProvidersResponse, SupervisorAlert, TransferRequest, TransferResponse, WaitingItem,
 };
 use carebell_store::{OfferRow, OperatorSession, Store};
 use tokio::sync::broadcast::error::RecvError;
@@ -37,6 +38,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+mod alarms;
 mod orders;
 
 use crate::credentials::{bearer_token, check_lengths, new_token, token_hash, verify_password};
@@ -189,6 +191,10 @@ fn offer_event(offer: &OfferRow) -> ConsoleEvent {
         expires_at_ms: millis(offer.expires_at),
         call_created_at_ms: millis(offer.call_created_at),
         queue_id: offer.queue_id.clone(),
+        escalates_at_ms: match (kind, offer.overflowed, offer.deadline_at) {
+            (CallKind::Emergency, false, Some(deadline)) => millis(deadline),
+            _ => 0,
+        },
     }))
 }
 
@@ -228,6 +234,37 @@ impl ConsoleService {
             dialect: record.dialect,
             medical_notes: record.medical_notes,
             devices,
+            risk_warnings: record.risk_warnings,
+            key_safe: record.key_safe,
+            contacts: record
+                .contacts
+                .into_iter()
+                .map(|contact| ContactSummary {
+                    name: contact.name,
+                    relationship: contact.relationship,
+                    phone: contact.phone,
+                    holds_keys: contact.holds_keys,
+                    position: contact.position.unwrap_or(0),
+                })
+                .collect(),
+            recent: record
+                .recent
+                .into_iter()
+                .map(|call| Interaction {
+                    call_id: call.call_id.to_string(),
+                    kind: call.kind,
+                    state: call.state,
+                    disposition: call.disposition.unwrap_or_default(),
+                    note: call.note.unwrap_or_default(),
+                    operator_name: call.operator_name.unwrap_or_default(),
+                    created_at_ms: millis(call.created_at),
+                })
+                .collect(),
+            open_orders: record
+                .open_orders
+                .into_iter()
+                .map(orders::service_order)
+                .collect(),
         })
     }
 }
@@ -495,6 +532,13 @@ impl Console for ConsoleService {
                             order_id: order_id.map(|id| id.to_string()).unwrap_or_default(),
                         }))
                     }),
+                    Ok(OperatorEvent::RtcSignal { call_id, kind, payload }) => {
+                        Some(event(Event::RtcSignal(RtcSignal {
+                            call_id: call_id.to_string(),
+                            kind,
+                            payload,
+                        })))
+                    }
                     Ok(OperatorEvent::Resync) | Err(RecvError::Lagged(_)) => {
                         resync = true;
                         None
@@ -829,5 +873,26 @@ impl Console for ConsoleService {
         request: Request<ServiceReportRequest>,
     ) -> Result<Response<ServiceReportResponse>, Status> {
         self.service_report_rpc(request).await
+    }
+
+    async fn catalogue(
+        &self,
+        request: Request<CatalogueRequest>,
+    ) -> Result<Response<CatalogueResponse>, Status> {
+        self.catalogue_rpc(request).await
+    }
+
+    async fn family_cascade(
+        &self,
+        request: Request<FamilyCascadeRequest>,
+    ) -> Result<Response<FamilyCascadeResponse>, Status> {
+        self.family_cascade_rpc(request).await
+    }
+
+    async fn send_rtc_signal(
+        &self,
+        request: Request<RtcSignal>,
+    ) -> Result<Response<SendRtcSignalResponse>, Status> {
+        self.send_rtc_signal_rpc(request).await
     }
 }

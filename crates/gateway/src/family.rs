@@ -5,12 +5,14 @@
 use std::pin::Pin;
 use std::time::Duration;
 
+use carebell_presence::{Kind, Presence};
 use carebell_proto::family::v1::family_server::{Family, FamilyServer};
 use carebell_proto::family::v1::{
     AcknowledgeRequest, AcknowledgeResponse, Alert, AlertsRequest, HistoryRequest, HistoryResponse,
-    SignInRequest, SignInResponse,
+    RelativeOrder, RelativeRequest, RelativeStatus, RelativesRequest, RelativesResponse,
+    SendMessageRequest, SendMessageResponse, SignInRequest, SignInResponse,
 };
-use carebell_store::{FamilyAlert, Store};
+use carebell_store::{FamilyAlert, RelativeRow, Store};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +28,7 @@ const POLL: Duration = Duration::from_millis(500);
 
 pub struct FamilyService {
     store: Store,
+    presence: Presence,
     session_ttl: Duration,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -34,12 +37,14 @@ pub struct FamilyService {
 impl FamilyService {
     pub fn new(
         store: Store,
+        presence: Presence,
         session_ttl: Duration,
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
         Self {
             store,
+            presence,
             session_ttl,
             shutdown,
             tracker,
@@ -79,6 +84,44 @@ fn alert(alert: FamilyAlert) -> Alert {
             .map(|at| at.timestamp_millis())
             .unwrap_or_default(),
     }
+}
+
+impl FamilyService {
+    async fn relative_message(&self, row: RelativeRow) -> RelativeStatus {
+        let mut online = false;
+        for device_id in &row.device_ids {
+            // Presence is advisory: if Redis is down the tablet shows as offline.
+            if let Ok(Some(_)) = self.presence.lookup(Kind::Device, device_id).await {
+                online = true;
+            }
+        }
+        let millis = |at: Option<chrono::DateTime<chrono::Utc>>| {
+            at.map(|at| at.timestamp_millis()).unwrap_or_default()
+        };
+        RelativeStatus {
+            resident_id: row.resident_id.to_string(),
+            name: row.name,
+            tablet_online: online,
+            last_seen_ms: millis(row.last_seen_at),
+            last_call_at_ms: millis(row.last_call_at),
+            last_call_state: row.last_call_state.unwrap_or_default(),
+            open_orders: row
+                .open_orders
+                .into_iter()
+                .map(|order| RelativeOrder {
+                    order_id: order.id.to_string(),
+                    service_name_zh: order.service_name_zh,
+                    service_name_en: order.service_name_en,
+                    state: order.state,
+                    eta_ms: millis(order.eta_at),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn resident_id(raw: &str) -> Result<Uuid, Status> {
+    Uuid::parse_str(raw).map_err(|_| Status::invalid_argument("resident id is not a valid id"))
 }
 
 type AlertStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<Alert, Status>> + Send>>;
@@ -182,6 +225,51 @@ impl Family for FamilyService {
             .await
             .map_err(status_from_store)?;
         Ok(Response::new(AcknowledgeResponse {}))
+    }
+
+    async fn relatives(
+        &self,
+        request: Request<RelativesRequest>,
+    ) -> Result<Response<RelativesResponse>, Status> {
+        let account_id = self.account(&request).await?;
+        let rows = self
+            .store
+            .relatives(account_id)
+            .await
+            .map_err(status_from_store)?;
+        let mut relatives = Vec::with_capacity(rows.len());
+        for row in rows {
+            relatives.push(self.relative_message(row).await);
+        }
+        Ok(Response::new(RelativesResponse { relatives }))
+    }
+
+    async fn relative(
+        &self,
+        request: Request<RelativeRequest>,
+    ) -> Result<Response<RelativeStatus>, Status> {
+        let account_id = self.account(&request).await?;
+        let resident_id = resident_id(&request.get_ref().resident_id)?;
+        let row = self
+            .store
+            .relative(account_id, resident_id)
+            .await
+            .map_err(status_from_store)?;
+        Ok(Response::new(self.relative_message(row).await))
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<SendMessageRequest>,
+    ) -> Result<Response<SendMessageResponse>, Status> {
+        let account_id = self.account(&request).await?;
+        let message = request.get_ref();
+        let resident_id = resident_id(&message.resident_id)?;
+        self.store
+            .send_family_message(account_id, resident_id, &message.text)
+            .await
+            .map_err(status_from_store)?;
+        Ok(Response::new(SendMessageResponse {}))
     }
 
     async fn history(

@@ -12,6 +12,7 @@ pub mod family;
 pub mod net;
 pub mod provider;
 pub mod tls;
+pub mod web;
 
 pub use console::{ConsoleService, ConsoleSettings};
 pub use device::{DeviceContext, DeviceSettings};

@@ -32,6 +32,12 @@ pub enum AdminCommand {
         dialect: String,
         #[arg(long, default_value = "")]
         medical_notes: String,
+        /// Shown first on the operator's card: allergies, falls, living alone...
+        #[arg(long, default_value = "")]
+        risk_warnings: String,
+        /// How responders get in: key safe location and code, neighbour with keys.
+        #[arg(long, default_value = "")]
+        key_safe: String,
     },
     /// Add an operator; the password comes from CAREBELL_NEW_OPERATOR_PASSWORD (never an
     /// argument, which other users could read from the process list).
@@ -159,6 +165,8 @@ pub async fn run(store: &Store, command: AdminCommand) -> anyhow::Result<String>
             phone,
             dialect,
             medical_notes,
+            risk_warnings,
+            key_safe,
         } => {
             let id = store
                 .add_resident(&NewResident {
@@ -168,6 +176,8 @@ pub async fn run(store: &Store, command: AdminCommand) -> anyhow::Result<String>
                     phone,
                     dialect,
                     medical_notes,
+                    risk_warnings,
+                    key_safe,
                 })
                 .await
                 .context("failed to add the resident")?;

@@ -12,6 +12,9 @@ use carebell_gateway::device::{DeviceLinkService, WsListener};
 use carebell_gateway::tls::PemIdentity;
 use carebell_gateway::{ConsoleService, ConsoleSettings, DeviceContext, DeviceSettings};
 use carebell_presence::{InMemoryBackend, KeySchema, Presence, PresenceBackend, RedisBackend};
+use carebell_proto::console::v1::console_server::ConsoleServer;
+use carebell_proto::family::v1::family_server::FamilyServer;
+use carebell_proto::provider::v1::provider_server::ProviderServer;
 use carebell_store::Store;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -31,6 +34,9 @@ pub struct Application {
     websocket_addr: SocketAddr,
     grpc_listener: TcpListener,
     grpc_addr: SocketAddr,
+    web_listener: TcpListener,
+    web_addr: SocketAddr,
+    web_tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -105,7 +111,16 @@ impl Application {
         let websocket_addr = websocket_listener
             .local_addr()
             .context("failed to read the WebSocket address")?;
+        let web_tls = tls_config.clone();
         let websocket = WsListener::new(websocket_listener, tls_config, websocket_context);
+        let web_listener =
+            carebell_gateway::net::bind(settings.listen.web, settings.listen.backlog)
+                .with_context(|| {
+                    format!("failed to bind the web listener on {}", settings.listen.web)
+                })?;
+        let web_addr = web_listener
+            .local_addr()
+            .context("failed to read the web address")?;
         let grpc_listener =
             carebell_gateway::net::bind(settings.listen.grpc, settings.listen.backlog)
                 .with_context(|| {
@@ -128,9 +143,17 @@ impl Application {
             websocket_addr,
             grpc_listener,
             grpc_addr,
+            web_listener,
+            web_addr,
+            web_tls,
             shutdown,
             tracker,
         })
+    }
+
+    /// Where the browser pages are served.
+    pub fn web_addr(&self) -> SocketAddr {
+        self.web_addr
     }
 
     pub fn websocket_addr(&self) -> SocketAddr {
@@ -162,6 +185,9 @@ impl Application {
             websocket_addr,
             grpc_listener,
             grpc_addr,
+            web_listener,
+            web_addr,
+            web_tls,
             shutdown,
             tracker,
         } = self;
@@ -170,7 +196,7 @@ impl Application {
         } else {
             "plaintext (insecure)"
         };
-        tracing::info!(node_id = %settings.node_id, %websocket_addr, %grpc_addr, scheme, "carebell is serving");
+        tracing::info!(node_id = %settings.node_id, %websocket_addr, %grpc_addr, %web_addr, scheme, "carebell is serving");
 
         tracker.spawn(websocket.run(tracker.clone()));
         tracker.spawn(carebell_dispatch::run_listener(
@@ -222,6 +248,42 @@ impl Application {
             shutdown.clone(),
             tracker.clone(),
         );
+        let console = Arc::new(console);
+        let family = Arc::new(carebell_gateway::FamilyService::new(
+            store.clone(),
+            presence.clone(),
+            Duration::from_secs(settings.console.session_ttl_secs),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+        let provider = Arc::new(carebell_gateway::ProviderService::new(
+            store.clone(),
+            Arc::clone(&hub),
+            Duration::from_secs(settings.console.session_ttl_secs),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+        let device_scheme = if web_tls.is_some() { "wss" } else { "ws" };
+        let web_state = carebell_gateway::web::WebState {
+            console: Arc::clone(&console),
+            family: Arc::clone(&family),
+            provider: Arc::clone(&provider),
+            config: Arc::new(carebell_gateway::web::WebConfig {
+                ice_servers: settings.webrtc.ice_servers.clone(),
+                device_websocket_url: format!(
+                    "{device_scheme}://localhost:{}/",
+                    websocket_addr.port()
+                ),
+            }),
+            shutdown: shutdown.clone(),
+        };
+        tracker.spawn(carebell_gateway::web::serve(
+            web_listener,
+            web_tls,
+            carebell_gateway::web::router(web_state),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
         let devices = DeviceLinkService::new(device_context, tracker.clone());
         let mut builder = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -235,26 +297,9 @@ impl Application {
         }
         let grpc_shutdown = shutdown.clone();
         let grpc = builder
-            .add_service(console.into_server())
-            .add_service(
-                carebell_gateway::FamilyService::new(
-                    store.clone(),
-                    Duration::from_secs(settings.console.session_ttl_secs),
-                    shutdown.clone(),
-                    tracker.clone(),
-                )
-                .into_server(),
-            )
-            .add_service(
-                carebell_gateway::ProviderService::new(
-                    store.clone(),
-                    Arc::clone(&hub),
-                    Duration::from_secs(settings.console.session_ttl_secs),
-                    shutdown.clone(),
-                    tracker.clone(),
-                )
-                .into_server(),
-            )
+            .add_service(ConsoleServer::from_arc(console))
+            .add_service(FamilyServer::from_arc(family))
+            .add_service(ProviderServer::from_arc(provider))
             .add_service(devices.into_server())
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(grpc_listener),

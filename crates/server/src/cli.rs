@@ -44,6 +44,9 @@ pub enum Command {
         /// Where certificates and tablet credentials are written.
         #[arg(long, default_value = ".carebell/demo")]
         state_dir: PathBuf,
+        /// Where the browser console is served (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:8445")]
+        web: std::net::SocketAddr,
     },
     /// Write a development CA and a localhost server certificate into a directory.
     DevCert {
@@ -138,10 +141,12 @@ pub async fn run(cli: Cli, mut settings: Settings) -> anyhow::Result<Outcome> {
             duration,
             operators,
             state_dir,
+            web,
         } => {
             telemetry::init(settings.log_format, "warn");
             settings.listen.websocket = "127.0.0.1:0".parse().context("bad address")?;
             settings.listen.grpc = "127.0.0.1:0".parse().context("bad address")?;
+            settings.listen.web = web;
             let summary = crate::demo::run(
                 settings,
                 DemoOptions {

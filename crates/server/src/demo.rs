@@ -152,6 +152,7 @@ pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result
     let store = application.store().clone();
     let websocket_url = format!("wss://localhost:{}/", application.websocket_addr().port());
     let grpc_url = format!("https://localhost:{}", application.grpc_addr().port());
+    let web_url = format!("https://localhost:{}", application.web_addr().port());
     // The server outlives the simulated people: it is stopped only after the final count.
     let server_stop = CancellationToken::new();
     let server = tokio::spawn(application.run_until_stopped(server_stop.clone().cancelled_owned()));
@@ -168,6 +169,7 @@ pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result
     std::fs::create_dir_all(&credentials_dir).context("failed to create the tablets directory")?;
     let ca_path = options.state_dir.join("certs").join("ca.pem");
     let mut tablets = Vec::new();
+    let mut first_resident = None;
     for ((name, address, dialect, notes), (lat, lon, tier)) in RESIDENTS.iter().zip(HOMES) {
         let resident = store
             .add_resident(&NewResident {
@@ -177,6 +179,12 @@ pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result
                 phone: String::new(),
                 dialect: (*dialect).to_owned(),
                 medical_notes: (*notes).to_owned(),
+                risk_warnings: if notes.contains("跌倒") || notes.contains("独居") {
+                    (*notes).to_owned()
+                } else {
+                    String::new()
+                },
+                key_safe: "门口密码箱 / key safe by the door".to_owned(),
             })
             .await
             .context("failed to add a demo resident")?;
@@ -184,6 +192,7 @@ pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result
             .set_resident_services(resident, None, GeoPoint::new(*lat, *lon).ok(), *tier)
             .await
             .context("failed to place a demo resident")?;
+        first_resident.get_or_insert(resident);
         let credentials = provision_device(
             &store,
             resident,
@@ -262,7 +271,46 @@ pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result
         "  operators (password {DEMO_PASSWORD}): {}",
         usernames.join(", ")
     );
+    // Accounts for a person at the browser: an operator (no bot behind it), a family member
+    // of the first resident, and the provider's portal (shared with the bot provider).
+    let you = format!("demo-{run_tag}-you");
+    let family_username = format!("family-{run_tag}");
+    store
+        .add_operator(&you, "值班员 (you)", &hash)
+        .await
+        .context("failed to add the demo's browser operator")?;
+    store
+        .set_operator_skills(
+            &you,
+            &["supervisor".to_owned(), format!("station:{station}")],
+        )
+        .await
+        .context("failed to give the browser operator skills")?;
+    let family_account = store
+        .add_family_account(&family_username, "潘阿姨的女儿", &hash)
+        .await
+        .context("failed to add the demo family account")?;
+    if let Some(first) = first_resident {
+        store
+            .add_contact(&carebell_store::NewContact {
+                resident_id: first,
+                name: "潘阿姨的女儿".to_owned(),
+                relationship: "女儿".to_owned(),
+                phone: String::new(),
+                holds_keys: true,
+                position: Some(1),
+                family_account_id: Some(family_account),
+                channels: vec!["app".to_owned()],
+            })
+            .await
+            .context("failed to add the demo contact")?;
+    }
     println!("  provider (password {DEMO_PASSWORD}): {provider_username}");
+    println!("  in a browser (accept the development certificate; password {DEMO_PASSWORD}):");
+    println!("    console  {web_url}/console   sign in as {you}");
+    println!("    family   {web_url}/family    sign in as {family_username}");
+    println!("    provider {web_url}/provider  sign in as {provider_username}");
+    println!("    tablet   {web_url}/tablet    paste a credentials file from the folder below");
     println!(
         "  tablet credentials: {}  (try: tablet-sim --credentials <file>)",
         credentials_dir.display()

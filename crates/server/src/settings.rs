@@ -60,6 +60,16 @@ pub struct Settings {
     pub console: ConsoleSection,
     pub presence: PresenceSection,
     pub webhook: WebhookSection,
+    pub webrtc: WebRtcSection,
+}
+
+/// Voice between the browser console and the tablet.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebRtcSection {
+    /// STUN and TURN servers handed to the browsers (`deploy/turnserver.conf` is an example
+    /// TURN server). Empty: direct connections only (enough on one network).
+    #[serde(default)]
+    pub ice_servers: Vec<carebell_gateway::web::IceServer>,
 }
 
 /// The outbound webhook for SMS or messaging gateways (off without a URL).
@@ -87,6 +97,8 @@ pub enum LogFormat {
 pub struct ListenSettings {
     pub websocket: SocketAddr,
     pub grpc: SocketAddr,
+    /// The browser pages (/console, /family, /provider, /tablet) and their JSON API.
+    pub web: SocketAddr,
     pub backlog: u32,
 }
 
@@ -136,6 +148,7 @@ shutdown_grace_ms = 10000
 [listen]
 websocket = "0.0.0.0:8443"
 grpc = "0.0.0.0:8444"
+web = "0.0.0.0:8445"
 backlog = 4096
 
 [tls]
@@ -157,6 +170,9 @@ session_ttl_secs = 43200
 [presence]
 refresh_interval_ms = 10000
 redis_timeout_ms = 500
+
+[webrtc]
+ice_servers = []
 
 [webhook]
 max_attempts = 5
@@ -214,6 +230,20 @@ impl Settings {
             && !self.database_url.expose().starts_with("postgresql://")
         {
             return invalid("database_url must be a postgres:// URL".to_owned());
+        }
+        for server in &self.webrtc.ice_servers {
+            if server.urls.is_empty()
+                || !server.urls.iter().all(|url| {
+                    ["stun:", "stuns:", "turn:", "turns:"]
+                        .iter()
+                        .any(|scheme| url.starts_with(scheme))
+                })
+            {
+                return invalid(
+                    "webrtc.ice_servers: every server needs urls starting with stun:, stuns:, turn: or turns:"
+                        .to_owned(),
+                );
+            }
         }
         if let Some(redis_url) = &self.redis_url {
             if !redis_url.expose().starts_with("redis://")

@@ -13,6 +13,10 @@ pub struct NewResident {
     pub phone: String,
     pub dialect: String,
     pub medical_notes: String,
+    /// Allergies, falls, living alone...: shown first on the operator's card.
+    pub risk_warnings: String,
+    /// How responders get in (key safe, neighbour with keys).
+    pub key_safe: String,
 }
 
 /// A device to register: only its public key is kept.
@@ -53,8 +57,9 @@ impl Store {
     pub async fn add_resident(&self, resident: &NewResident) -> Result<Uuid> {
         let id = Uuid::new_v4();
         sqlx::query(
-            "INSERT INTO residents (id, station_id, full_name, address, phone, dialect, medical_notes)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO residents (id, station_id, full_name, address, phone, dialect, medical_notes,
+                                    risk_warnings, key_safe)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(id)
         .bind(resident.station_id)
@@ -63,6 +68,8 @@ impl Store {
         .bind(&resident.phone)
         .bind(&resident.dialect)
         .bind(&resident.medical_notes)
+        .bind(&resident.risk_warnings)
+        .bind(&resident.key_safe)
         .execute(&self.pool)
         .await
         .map_err(|error| refuse_constraint(error, "resident"))?;

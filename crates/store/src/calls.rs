@@ -90,6 +90,9 @@ pub struct OfferRow {
     pub kind: String,
     pub call_created_at: DateTime<Utc>,
     pub queue_id: String,
+    /// The call's next routing deadline (for an emergency not yet escalated: its escalation).
+    pub deadline_at: Option<DateTime<Utc>>,
+    pub overflowed: bool,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -106,7 +109,7 @@ pub struct EventRow {
 
 const OFFER_COLUMNS: &str = "o.id AS offer_id, o.call_id, o.operator_id, o.state, o.created_at,
      o.expires_at, o.decided_at, c.resident_id, r.full_name AS resident_name, c.device_id,
-     c.kind, c.created_at AS call_created_at, c.queue_id
+     c.kind, c.created_at AS call_created_at, c.queue_id, c.deadline_at, c.overflowed
      FROM offers o JOIN calls c ON c.id = o.call_id JOIN residents r ON r.id = c.resident_id";
 
 fn parse_state(raw: &str) -> Result<CallState> {

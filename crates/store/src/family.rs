@@ -497,3 +497,193 @@ pub(crate) async fn stop_cascade(tx: &mut Transaction<'_, Postgres>, call_id: Uu
     .await?;
     Ok(())
 }
+
+/// A relative as a family member sees them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelativeRow {
+    pub resident_id: Uuid,
+    pub name: String,
+    pub device_ids: Vec<String>,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub last_call_at: Option<DateTime<Utc>>,
+    pub last_call_state: Option<String>,
+    pub open_orders: Vec<crate::OrderRow>,
+}
+
+/// One contact's part in an alarm's family cascade.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct CascadeRow {
+    pub contact_id: Uuid,
+    pub name: String,
+    pub relationship: String,
+    pub position: Option<i32>,
+    pub state: String,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+}
+
+/// Longest family message shown on a tablet, in characters.
+pub const MAX_FAMILY_MESSAGE_CHARS: usize = 200;
+
+impl Store {
+    /// The residents this family account is a contact of, with how they are.
+    pub async fn relatives(&self, account_id: Uuid) -> Result<Vec<RelativeRow>> {
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT DISTINCT resident_id FROM contacts WHERE family_account_id = $1",
+        )
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut relatives = Vec::with_capacity(ids.len());
+        for resident_id in ids {
+            relatives.push(self.relative_row(resident_id).await?);
+        }
+        relatives.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(relatives)
+    }
+
+    /// One relative, if this account is their contact; anyone else's is refused.
+    pub async fn relative(&self, account_id: Uuid, resident_id: Uuid) -> Result<RelativeRow> {
+        self.check_relative(account_id, resident_id).await?;
+        self.relative_row(resident_id).await
+    }
+
+    async fn check_relative(&self, account_id: Uuid, resident_id: Uuid) -> Result<()> {
+        let linked: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM contacts WHERE family_account_id = $1 AND resident_id = $2)",
+        )
+        .bind(account_id)
+        .bind(resident_id)
+        .fetch_one(&self.pool)
+        .await?;
+        if !linked {
+            return Err(StoreError::Forbidden(
+                "this person is not one of your relatives".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn relative_row(&self, resident_id: Uuid) -> Result<RelativeRow> {
+        let row = sqlx::query(
+            "SELECT r.full_name,
+                    (SELECT max(last_seen_at) FROM devices d
+                     WHERE d.resident_id = r.id AND d.revoked_at IS NULL) AS last_seen_at,
+                    (SELECT array_agg(id ORDER BY id) FROM devices d
+                     WHERE d.resident_id = r.id AND d.revoked_at IS NULL) AS device_ids,
+                    lc.created_at AS last_call_at, lc.state AS last_call_state
+             FROM residents r
+             LEFT JOIN LATERAL (SELECT created_at, state FROM calls c WHERE c.resident_id = r.id
+                                ORDER BY created_at DESC LIMIT 1) lc ON true
+             WHERE r.id = $1",
+        )
+        .bind(resident_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "resident",
+            id: resident_id.to_string(),
+        })?;
+        let open_orders: Vec<crate::OrderRow> = sqlx::query_as(&format!(
+            "{} WHERE o.resident_id = $1 AND o.state NOT IN ('closed', 'cancelled')
+             ORDER BY o.created_at DESC LIMIT 20",
+            crate::orders::ORDER_SELECT
+        ))
+        .bind(resident_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(RelativeRow {
+            resident_id,
+            name: row.try_get("full_name")?,
+            device_ids: row
+                .try_get::<Option<Vec<String>>, _>("device_ids")?
+                .unwrap_or_default(),
+            last_seen_at: row.try_get("last_seen_at")?,
+            last_call_at: row.try_get("last_call_at")?,
+            last_call_state: row.try_get("last_call_state")?,
+            open_orders,
+        })
+    }
+
+    /// A short message from a family member, shown on the relative's tablets (through the
+    /// outbox, so it arrives after a reconnect too).
+    pub async fn send_family_message(
+        &self,
+        account_id: Uuid,
+        resident_id: Uuid,
+        text: &str,
+    ) -> Result<()> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(StoreError::Invalid("the message is empty".to_owned()));
+        }
+        if text.chars().count() > MAX_FAMILY_MESSAGE_CHARS {
+            return Err(StoreError::Invalid(format!(
+                "a message is at most {MAX_FAMILY_MESSAGE_CHARS} characters"
+            )));
+        }
+        self.check_relative(account_id, resident_id).await?;
+        let mut tx = self.pool.begin().await?;
+        let from: String =
+            sqlx::query_scalar("SELECT display_name FROM family_accounts WHERE id = $1")
+                .bind(account_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let devices: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM devices WHERE resident_id = $1 AND revoked_at IS NULL ORDER BY id",
+        )
+        .bind(resident_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        if devices.is_empty() {
+            return Err(StoreError::Refused(
+                "this relative has no tablet to show the message on".to_owned(),
+            ));
+        }
+        for device_id in devices {
+            crate::outbox::push_notice(
+                &mut tx,
+                &device_id,
+                &crate::outbox::NoticePayload {
+                    text: text.to_owned(),
+                    from: from.clone(),
+                },
+            )
+            .await?;
+        }
+        sqlx::query("INSERT INTO events (kind, detail) VALUES ('family.message', $1)")
+            .bind(serde_json::json!({ "account_id": account_id, "resident_id": resident_id }))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The family cascade of a call: when it started and each contact's part.
+    pub async fn family_cascade(
+        &self,
+        call_id: Uuid,
+    ) -> Result<(Option<DateTime<Utc>>, Vec<CascadeRow>)> {
+        let started: Option<Option<DateTime<Utc>>> =
+            sqlx::query_scalar("SELECT cascade_started_at FROM calls WHERE id = $1")
+                .bind(call_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(started) = started else {
+            return Err(StoreError::NotFound {
+                what: "call",
+                id: call_id.to_string(),
+            });
+        };
+        let contacts: Vec<CascadeRow> = sqlx::query_as(
+            "SELECT c.id AS contact_id, c.name, c.relationship, c.position, n.state, n.sent_at,
+                    n.acknowledged_at
+             FROM family_notifications n JOIN contacts c ON c.id = n.contact_id
+             WHERE n.call_id = $1 ORDER BY c.position NULLS FIRST, c.name",
+        )
+        .bind(call_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((started, contacts))
+    }
+}

@@ -17,6 +17,7 @@ mod outbox;
 mod reports;
 mod residents;
 mod routing;
+mod rtc;
 mod supervision;
 mod webhooks;
 
@@ -33,16 +34,17 @@ pub use calls::{
     NewOffer, OfferRow, TransferTarget,
 };
 pub use devices::{DEVICE_BACK, DEVICE_OFFLINE};
-pub use family::{FamilyAlert, NewContact};
+pub use family::{CascadeRow, FamilyAlert, NewContact, RelativeRow, MAX_FAMILY_MESSAGE_CHARS};
 pub use ledger::{ChargeSummary, Statement, StatementLine, StatementOf};
 pub use network::{NewProvider, ProviderKind, ProviderRow, ProviderSession, ServiceItemRow};
 pub use operators::{OperatorCredentials, OperatorSession};
 pub use orders::{
     CreatedOrder, NewOrder, OrderRow, OrderSweep, ProgressReport, ProviderSuggestion,
 };
-pub use outbox::{CallUpdatePayload, OrderUpdatePayload, OutboxItem, OutboxPayload};
+pub use outbox::{CallUpdatePayload, NoticePayload, OrderUpdatePayload, OutboxItem, OutboxPayload};
 pub use reports::{report_csv, ProviderFigures, Source, StationFigures};
-pub use residents::{DeviceSummaryRow, ResidentRecord};
+pub use residents::{ContactRow, DeviceSummaryRow, InteractionRow, ResidentRecord};
+pub use rtc::{MAX_RTC_PAYLOAD_BYTES, RTC_KINDS};
 pub use supervision::{
     OperatorRow, QueueFigures, QueueStatus, StatisticsCounts, WaitingRow, SHORT_ABANDON_SECS,
 };
@@ -122,6 +124,20 @@ pub enum Notification {
     EmergencyUnanswered { call_id: Uuid, reason: String },
     /// A provider's offers or orders changed: its open feeds should re-read.
     ProviderFeed { provider_id: Uuid },
+    /// WebRTC signalling from an operator's console to the tablet of the call it holds.
+    RtcToDevice {
+        device_id: String,
+        call_id: Uuid,
+        kind: String,
+        payload: String,
+    },
+    /// WebRTC signalling from a tablet to the console of the operator holding its call.
+    RtcToOperator {
+        operator_id: Uuid,
+        call_id: Uuid,
+        kind: String,
+        payload: String,
+    },
     /// A service order missed its SLA: the station's supervisors must look.
     OrderEscalated {
         order_id: Uuid,

@@ -61,11 +61,20 @@ pub struct OrderUpdatePayload {
     pub text_en: String,
 }
 
+/// Text for the tablet's screen (a family member's message).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NoticePayload {
+    pub text: String,
+    /// Who sent it.
+    pub from: String,
+}
+
 /// A message for a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutboxPayload {
     CallUpdate(CallUpdatePayload),
     OrderUpdate(OrderUpdatePayload),
+    Notice(NoticePayload),
 }
 
 /// One message waiting for a device's acknowledgement.
@@ -80,15 +89,31 @@ pub(crate) async fn push_order_update(
     device_id: &str,
     payload: &OrderUpdatePayload,
 ) -> Result<()> {
+    push_kind(tx, device_id, "order_update", payload).await
+}
+
+pub(crate) async fn push_notice(
+    tx: &mut Transaction<'_, Postgres>,
+    device_id: &str,
+    payload: &NoticePayload,
+) -> Result<()> {
+    push_kind(tx, device_id, "notice", payload).await
+}
+
+async fn push_kind<T: Serialize>(
+    tx: &mut Transaction<'_, Postgres>,
+    device_id: &str,
+    kind: &str,
+    payload: &T,
+) -> Result<()> {
     let payload = serde_json::to_value(payload)
-        .map_err(|error| StoreError::Refused(format!("unserializable order update: {error}")))?;
-    sqlx::query(
-        "INSERT INTO device_outbox (device_id, kind, payload) VALUES ($1, 'order_update', $2)",
-    )
-    .bind(device_id)
-    .bind(payload)
-    .execute(&mut **tx)
-    .await?;
+        .map_err(|error| StoreError::Refused(format!("unserializable {kind}: {error}")))?;
+    sqlx::query("INSERT INTO device_outbox (device_id, kind, payload) VALUES ($1, $2, $3)")
+        .bind(device_id)
+        .bind(kind)
+        .bind(payload)
+        .execute(&mut **tx)
+        .await?;
     notify(
         tx,
         &Notification::DeviceOutbox {
@@ -156,6 +181,9 @@ impl Store {
                     "order_update" => OutboxPayload::OrderUpdate(
                         serde_json::from_value(payload).map_err(unreadable)?,
                     ),
+                    "notice" => {
+                        OutboxPayload::Notice(serde_json::from_value(payload).map_err(unreadable)?)
+                    }
                     _ => OutboxPayload::CallUpdate(
                         serde_json::from_value(payload).map_err(unreadable)?,
                     ),

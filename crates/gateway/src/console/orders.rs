@@ -3,11 +3,12 @@
 //! trait implementation in the parent module.
 
 use carebell_proto::console::v1::{
-    CancelOrderRequest, CancelOrderResponse, CreateOrderRequest, CreateOrderResponse,
-    ListOrdersRequest, ListOrdersResponse, ProviderReport, ProviderSuggestion,
-    RecordOrderCallBackRequest, RecordOrderCallBackResponse, ReinstateProviderRequest,
-    ReinstateProviderResponse, ServiceOrder, ServiceReportRequest, ServiceReportResponse,
-    StationReport, SuggestProvidersRequest, SuggestProvidersResponse,
+    CancelOrderRequest, CancelOrderResponse, CatalogueRequest, CatalogueResponse,
+    CreateOrderRequest, CreateOrderResponse, ListOrdersRequest, ListOrdersResponse, ProviderReport,
+    ProviderSuggestion, RecordOrderCallBackRequest, RecordOrderCallBackResponse,
+    ReinstateProviderRequest, ReinstateProviderResponse, ServiceItem, ServiceOrder,
+    ServiceReportRequest, ServiceReportResponse, StationReport, SuggestProvidersRequest,
+    SuggestProvidersResponse,
 };
 use carebell_store::{report_csv, NewOrder, OrderRow, Source};
 use chrono::NaiveDate;
@@ -35,7 +36,7 @@ fn suggestion(named: carebell_store::ProviderSuggestion) -> ProviderSuggestion {
     }
 }
 
-fn service_order(order: OrderRow) -> ServiceOrder {
+pub(super) fn service_order(order: OrderRow) -> ServiceOrder {
     let millis = |at: Option<chrono::DateTime<chrono::Utc>>| {
         at.map(|at| at.timestamp_millis()).unwrap_or_default()
     };
@@ -72,6 +73,25 @@ fn parse_day(raw: &str, what: &str) -> Result<NaiveDate, Status> {
 }
 
 impl ConsoleService {
+    pub(super) async fn catalogue_rpc(
+        &self,
+        request: Request<CatalogueRequest>,
+    ) -> Result<Response<CatalogueResponse>, Status> {
+        self.authenticate(&request).await?;
+        let items = self.store.catalogue().await.map_err(status_from_store)?;
+        Ok(Response::new(CatalogueResponse {
+            items: items
+                .into_iter()
+                .map(|item| ServiceItem {
+                    code: item.code,
+                    name_zh: item.name_zh,
+                    name_en: item.name_en,
+                    default_price_fen: item.default_price_fen,
+                })
+                .collect(),
+        }))
+    }
+
     pub(super) async fn suggest_providers_rpc(
         &self,
         request: Request<SuggestProvidersRequest>,

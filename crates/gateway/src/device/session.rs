@@ -9,7 +9,7 @@ use carebell_domain::{CallKind, DeviceId, RequestId};
 use carebell_presence::Kind;
 use carebell_proto::device::v1::{
     envelope::Body, AlarmKind, CallState, CallUpdate, Challenge, Envelope, Error as ErrorMessage,
-    ErrorCode, GoAway, OrderUpdate, RejectReason, Rejected, Welcome,
+    ErrorCode, GoAway, Notice, OrderUpdate, RejectReason, Rejected, RtcSignal, Welcome,
 };
 use carebell_proto::{
     auth_message, CloseCode, CLOSE_AUTH_REJECTED, CLOSE_GOING_AWAY, CLOSE_TIMEOUT,
@@ -345,6 +345,18 @@ impl<T: DeviceTransport> Session<'_, T> {
                         return reason;
                     }
                 }
+                signal = async { registration.signals.lock().await.recv().await } => {
+                    if let Some(signal) = signal {
+                        let body = Body::RtcSignal(RtcSignal {
+                            call_id: signal.call_id.to_string(),
+                            kind: signal.kind,
+                            payload: signal.payload,
+                        });
+                        if self.link.send_body(body).await.is_err() {
+                            return "transport closed";
+                        }
+                    }
+                }
                 _ = tokio::time::sleep_until(silent_until) => {
                     self.link.transport.close(CLOSE_TIMEOUT, "no heartbeat").await;
                     return "heartbeat supervision timed out";
@@ -405,6 +417,11 @@ impl<T: DeviceTransport> Session<'_, T> {
                             reason: payload.reason,
                         })
                     }
+                    OutboxPayload::Notice(payload) => Body::Notice(Notice {
+                        update_id,
+                        text: payload.text,
+                        from: payload.from,
+                    }),
                     OutboxPayload::OrderUpdate(payload) => Body::OrderUpdate(OrderUpdate {
                         update_id,
                         order_id: payload.order_id.to_string(),
@@ -584,6 +601,29 @@ impl<T: DeviceTransport> Session<'_, T> {
                         | StoreError::Refused(_)
                         | StoreError::OrderTransition(_)),
                     ) => Err((ErrorCode::InvalidArgument, error.to_string())),
+                    Err(error) => return self.unavailable(error, seq).await,
+                },
+            },
+            Body::RtcSignal(signal) => match uuid::Uuid::parse_str(&signal.call_id) {
+                Err(_) => Err((
+                    ErrorCode::InvalidArgument,
+                    "call id is not a UUID".to_owned(),
+                )),
+                Ok(call_id) => match self
+                    .context
+                    .store
+                    .rtc_from_device(
+                        self.device_id.as_str(),
+                        call_id,
+                        &signal.kind,
+                        &signal.payload,
+                    )
+                    .await
+                {
+                    Ok(()) => Ok(()),
+                    Err(error @ (StoreError::Invalid(_) | StoreError::Refused(_))) => {
+                        Err((ErrorCode::InvalidArgument, error.to_string()))
+                    }
                     Err(error) => return self.unavailable(error, seq).await,
                 },
             },

@@ -97,6 +97,7 @@ impl Cluster {
                 "CAREBELL_LISTEN__GRPC",
                 format!("127.0.0.1:{}", self.grpc_port),
             )
+            .env("CAREBELL_LISTEN__WEB", "127.0.0.1:0")
             .env("CAREBELL_TLS__CERT_PATH", dir.join("server.pem"))
             .env("CAREBELL_TLS__KEY_PATH", dir.join("server.key"))
             .env("CAREBELL_DISPATCH__RING_TIMEOUT_MS", "2000")
