@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs the whole test suite against real PostgreSQL and Redis (started or installed first when
-# missing). Builds into a target directory outside the clone, kept between runs.
+# Runs the whole test suite against real PostgreSQL and Redis, and the browser tests in Debian's
+# Chromium (each started or installed first when missing). Builds into a target directory outside the clone, kept between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./deploy/ensure-services.sh
+./deploy/ensure-browser.sh
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/carebell-target}"
 export CAREBELL_TEST_DATABASE_URL="${CAREBELL_TEST_DATABASE_URL:-postgres://carebell:carebell@127.0.0.1:5432/postgres}"

@@ -14,4 +14,5 @@ mod routing;
 mod session;
 mod statistics;
 mod supervision;
+mod ui;
 mod webhooks;

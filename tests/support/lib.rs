@@ -71,6 +71,8 @@ pub struct NodeOptions {
     pub presence_refresh: Duration,
     /// Added to two heartbeat intervals before a silent device is reported offline.
     pub offline_grace: Duration,
+    /// How long console, family and provider sessions last.
+    pub session_ttl: Duration,
     /// Where webhook deliveries go (signed with [`WEBHOOK_SECRET`], 3 attempts, fast backoff).
     pub webhook_url: Option<String>,
     /// `None`: in-memory presence. `Some(url)`: that Redis (reachable or not).
@@ -87,6 +89,7 @@ impl Default for NodeOptions {
             handshake_timeout: Duration::from_secs(10),
             presence_refresh: Duration::from_millis(200),
             offline_grace: Duration::from_secs(15),
+            session_ttl: Duration::from_secs(3600),
             webhook_url: None,
             redis_url: Some(redis_url()),
             database_url: None,
@@ -179,6 +182,7 @@ impl TestNode {
             settings.webhook.max_backoff_ms = 300;
             settings.webhook.timeout_ms = 2000;
         }
+        settings.console.session_ttl_secs = options.session_ttl.as_secs().max(1);
         settings.device.offline_grace_ms =
             u64::try_from(options.offline_grace.as_millis()).expect("grace");
         settings.presence.refresh_interval_ms =
