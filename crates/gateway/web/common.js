@@ -621,6 +621,11 @@ export function beep({ frequency = 880, duration = 0.18, repeat = 2, gap = 0.1, 
 
 let bugReporter = null;
 
+/** Where unexpected exceptions are shown (setupPage sets this; the tablet page sets its own). */
+export function setBugReporter(reporter) {
+  bugReporter = reporter;
+}
+
 /** Shows an unexpected exception in the page's error area (instead of the console). */
 export function reportBug(error) {
   try {
