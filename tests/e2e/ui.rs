@@ -176,7 +176,7 @@ impl World {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_call_card_order_and_provider_portal_in_chromium() {
     let world = world(NodeOptions::default()).await;
-    world.operator("ui-op", &[]).await;
+    world.operator("ui-op", &["dialect:cantonese"]).await;
     let mut provider = NewProvider::new("海山家政服务社", "52440308MJL000001X");
     provider.location = GeoPoint::new(22.552, 114.25).ok();
     provider.radius_m = 3000;
@@ -244,7 +244,7 @@ async fn an_unanswered_sos_escalates_and_the_family_acknowledges_in_chromium() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn voice_connects_between_the_console_and_the_tablet_emulator_in_chromium() {
     let world = world(NodeOptions::default()).await;
-    world.operator("ui-voice", &[]).await;
+    world.operator("ui-voice", &["dialect:cantonese"]).await;
     run_script("voice", world.config("ui-voice")).await;
     world.node.stop().await;
 }
