@@ -157,7 +157,10 @@ function errorFromBody(body) {
  * Resolves to the response message; rejects with an RpcError (`.code`, `.message`).
  */
 export async function rpc(service, method, body = {}) {
-  const headers = { 'Content-Type': 'application/json', Accept: 'application/json' };
+  // X-Carebell-Errors: the page can read an error from a 200 answer `{"error": {code, message}}`
+  // (a non-2xx answer makes the browser log a console error, which the page cannot prevent);
+  // non-2xx errors are understood too.
+  const headers = { 'Content-Type': 'application/json', Accept: 'application/json', 'X-Carebell-Errors': 'in-body' };
   const token = getSession(service)?.token;
   if (token && method !== 'SignIn') headers.Authorization = `Bearer ${token}`;
   let response;

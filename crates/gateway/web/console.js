@@ -317,7 +317,6 @@ const DISPOSITIONS = [
 ];
 const KIND_EMERGENCY = 2;
 const STATUS_AVAILABLE = 2;
-const STATUS_OFFLINE = 1;
 const CALL_KEY = 'carebell.console.call';
 const RING_EVERY_MS = 1600;
 const ENDED_NOTICE_MS = 4000;
@@ -353,6 +352,7 @@ const state = {
   endedText: null, // { key, vars } of the call-ended notice
   voice: null,
   endedTimer: null,
+  resumeTimer: null,
   orderResult: null,
   suggestions: null,
   tickers: [],
@@ -435,9 +435,7 @@ const page = setupPage({
   i18n,
   onSignedIn: start,
   onSignedOut: stop,
-  beforeSignOut: async () => {
-    if (state.session) await rpc('console', 'SetStatus', { status: STATUS_OFFLINE, reason: 'signed out' });
-  },
+  // Closing the feed (in stop) is what takes the operator offline on the server.
 });
 
 function start(session) {
@@ -474,6 +472,7 @@ function stop() {
   state.currentStatus = 0;
   state.statusReason = '';
   clearTimeout(state.endedTimer);
+  clearTimeout(state.resumeTimer);
   ui.callEnded.hidden = true;
   ui.supervisor.hidden = true;
   saveJson(sessionStorage, CALL_KEY, null);
@@ -496,8 +495,19 @@ function openEvents() {
       state.linkUp = true;
       renderLink();
       // Available on sign-in (and again after a reconnect), unless a call is still held: the
-      // feed then resumes it first.
-      if (!state.call && !loadJson(sessionStorage, CALL_KEY)) applyStatus(state.desiredStatus, true);
+      // feed then resumes it first (a saved call the feed does not resume is forgotten).
+      if (state.call) return;
+      if (!loadJson(sessionStorage, CALL_KEY)) {
+        applyStatus(state.desiredStatus, true);
+        return;
+      }
+      clearTimeout(state.resumeTimer);
+      state.resumeTimer = setTimeout(() => {
+        if (state.session && !state.call) {
+          saveJson(sessionStorage, CALL_KEY, null);
+          applyStatus(state.desiredStatus, true);
+        }
+      }, 3000);
     },
     onDrop: () => {
       state.linkUp = false;
@@ -928,7 +938,7 @@ function renderOrderBox() {
       p.in_circle ? el('span', { class: 'badge ok', testid: 'in-circle', text: t('in_circle') })
         : el('span', { class: 'badge', text: t('out_circle') }),
       el('span', { class: 'muted small' },
-        ` · ${t('load', { a: p.active_orders ?? 0, c: p.capacity ?? 0 })}`,
+        Number(p.capacity ?? 0) > 0 ? ` · ${t('load', { a: p.active_orders ?? 0, c: p.capacity })}` : '',
         ` · ${rating > 0 ? t('rating', { r: (rating / 100).toFixed(2) }) : t('unrated')}`,
         Number(p.price_fen ?? 0) > 0 ? ` · ${fmtMoney(p.price_fen)}` : ''));
   }));
@@ -1069,7 +1079,7 @@ function renderAlarm() {
 
 function renderAlerts() {
   ui.alertsBox.hidden = state.alertsLog.length === 0;
-  setChildren(ui.alertsLog, state.alertsLog.map((entry) => el('li', { testid: 'alert' },
+  setChildren(ui.alertsLog, state.alertsLog.map((entry) => el('li', { testid: 'alert-entry' },
     el('span', { class: 'muted', text: `${fmtTime(entry.at, i18n)} ` }),
     entry.order_id
       ? t('alert_order', { id: entry.order_id.slice(0, 8), reason: entry.reason })
