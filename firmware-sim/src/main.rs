@@ -72,7 +72,10 @@ fn show(event: &TabletEvent) {
             "[tablet] order {}: {} / {}",
             update.state, update.text_zh, update.text_en
         ),
-        TabletEvent::Notice(notice) => println!("[tablet] notice: {}", notice.text),
+        TabletEvent::Notice(notice) => {
+            println!("[tablet] notice from {}: {}", notice.from, notice.text)
+        }
+        TabletEvent::RtcSignal(signal) => println!("[tablet] voice signal: {}", signal.kind),
         TabletEvent::Error(error) => {
             println!("[tablet] server error {}: {}", error.code, error.message)
         }

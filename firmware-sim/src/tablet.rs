@@ -8,7 +8,7 @@ use carebell_proto::auth_message;
 use carebell_proto::device::v1::{
     envelope::Body, Alarm, AlarmKind, CallCancel, CallRequest, CallState, CallUpdate, Envelope,
     Error as ErrorMessage, GoAway, Heartbeat, Hello, Notice, OrderRating, OrderUpdate, Proof,
-    RejectReason, Welcome,
+    RejectReason, RtcSignal, Welcome,
 };
 use ed25519_dalek::Signer;
 use tokio::sync::{mpsc, oneshot};
@@ -86,6 +86,8 @@ impl TabletConfig {
 pub enum TabletEvent {
     CallUpdate(CallUpdate),
     OrderUpdate(OrderUpdate),
+    /// Voice signalling from the operator's console.
+    RtcSignal(RtcSignal),
     Notice(Notice),
     Error(ErrorMessage),
     GoAway(GoAway),
@@ -545,6 +547,7 @@ impl Driver {
                 .seen_updates
                 .insert(notice.update_id)
                 .then_some(TabletEvent::Notice(notice)),
+            Some(Body::RtcSignal(signal)) => Some(TabletEvent::RtcSignal(signal)),
             Some(Body::Error(error)) => Some(TabletEvent::Error(error)),
             Some(Body::GoAway(go_away)) => Some(TabletEvent::GoAway(go_away)),
             _ => None,

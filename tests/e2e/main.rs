@@ -15,4 +15,5 @@ mod session;
 mod statistics;
 mod supervision;
 mod ui;
+mod web;
 mod webhooks;

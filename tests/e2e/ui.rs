@@ -213,6 +213,15 @@ async fn console_call_card_order_and_provider_portal_in_chromium() {
     assert_eq!(orders[0].state, "accepted");
     assert_eq!(orders[0].staff_name.as_deref(), Some("王阿姨"));
     assert!(orders[0].call_id.is_some(), "the order came from the call");
+    let accepted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM offers o JOIN calls c ON c.id = o.call_id
+         WHERE c.resident_id = $1 AND o.state = 'accepted'",
+    )
+    .bind(world.resident)
+    .fetch_one(world.node.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(accepted, 1, "the double click answered the call once");
     world.node.stop().await;
 }
 

@@ -31,7 +31,7 @@ await scenario('voice', async (browser) => {
   await tablet.goto(`${config.web_url}/tablet`);
   await byTestId(tablet, 'credentials').fill(config.credentials_json);
   await byTestId(tablet, 'connect').click();
-  await byTestId(tablet, 'tablet-state').filter({ hasText: 'connected' }).waitFor();
+  await byTestId(tablet, 'tablet-state').filter({ hasText: /^\s*connected\s*$/ }).waitFor();
   await shot(tablet, '21-tablet-connected');
 
   const { page: console_ } = await person(browser, 'console');
@@ -44,8 +44,16 @@ await scenario('voice', async (browser) => {
   await byTestId(tablet, 'call-state').filter({ hasText: /answered|已接通|接听/ }).waitFor();
 
   await byTestId(console_, 'voice-start').click();
-  await byTestId(console_, 'voice-state').filter({ hasText: 'connected' }).waitFor();
-  await byTestId(tablet, 'voice-state').filter({ hasText: 'connected' }).waitFor();
+  await byTestId(console_, 'voice-state').filter({ hasText: /^\s*connected\s*$/ }).waitFor();
+  await byTestId(tablet, 'voice-state').filter({ hasText: /^\s*connected\s*$/ }).waitFor();
+  check(
+    (await console_.evaluate(() => window.carebellVoice?.pc?.connectionState)) === 'connected',
+    'the console\'s peer connection is connected',
+  );
+  check(
+    (await tablet.evaluate(() => window.carebellVoice?.pc?.connectionState)) === 'connected',
+    'the tablet\'s peer connection is connected',
+  );
   const heard_by_console = await waitForPackets(console_, 'the console');
   const heard_by_tablet = await waitForPackets(tablet, 'the tablet');
   console.log(`voice: inbound audio packets: console ${heard_by_console}, tablet ${heard_by_tablet}`);

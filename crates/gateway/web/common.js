@@ -157,10 +157,9 @@ function errorFromBody(body) {
  * Resolves to the response message; rejects with an RpcError (`.code`, `.message`).
  */
 export async function rpc(service, method, body = {}) {
-  // X-Carebell-Errors: the page can read an error from a 200 answer `{"error": {code, message}}`
-  // (a non-2xx answer makes the browser log a console error, which the page cannot prevent);
-  // non-2xx errors are understood too.
-  const headers = { 'Content-Type': 'application/json', Accept: 'application/json', 'X-Carebell-Errors': 'in-body' };
+  // The bridge answers a refused call with HTTP 200 and `{"error": {code, message}}` (a non-2xx
+  // answer would make the browser log a console error); a non-2xx answer is understood too.
+  const headers = { 'Content-Type': 'application/json', Accept: 'application/json' };
   const token = getSession(service)?.token;
   if (token && method !== 'SignIn') headers.Authorization = `Bearer ${token}`;
   let response;

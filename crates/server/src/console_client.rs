@@ -12,8 +12,8 @@ use carebell_proto::console::v1::{
 };
 use carebell_proto::console::v1::{
     CancelOrderRequest, CreateOrderRequest, CreateOrderResponse, ListOrdersRequest,
-    ProviderSuggestion, RecordOrderCallBackRequest, ReinstateProviderRequest, ServiceOrder,
-    ServiceReportRequest, ServiceReportResponse, SuggestProvidersRequest,
+    ProviderSuggestion, RecordOrderCallBackRequest, ReinstateProviderRequest, RtcSignal,
+    ServiceOrder, ServiceReportRequest, ServiceReportResponse, SuggestProvidersRequest,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status, Streaming};
@@ -290,6 +290,12 @@ impl OperatorClient {
             station_id: station_id.to_owned(),
         })?;
         Ok(self.client.service_report(request).await?.into_inner())
+    }
+
+    /// Voice signalling to the tablet of a call this operator holds.
+    pub async fn send_rtc_signal(&mut self, signal: RtcSignal) -> Result<(), Status> {
+        let request = self.request(signal)?;
+        self.client.send_rtc_signal(request).await.map(|_| ())
     }
 
     pub async fn get_resident(&mut self, resident_id: &str) -> Result<ResidentRecord, Status> {
