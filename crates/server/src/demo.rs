@@ -282,7 +282,15 @@ pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result
     store
         .set_operator_skills(
             &you,
-            &["supervisor".to_owned(), format!("station:{station}")],
+            &[
+                "supervisor".to_owned(),
+                format!("station:{station}"),
+                "dialect:cantonese".to_owned(),
+                "dialect:mandarin".to_owned(),
+                "dialect:hakka".to_owned(),
+                "dialect:teochew".to_owned(),
+                "dialect:english".to_owned(),
+            ],
         )
         .await
         .context("failed to give the browser operator skills")?;
