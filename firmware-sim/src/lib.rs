@@ -6,6 +6,7 @@
 //! has not acknowledged and acknowledges what it receives.
 
 mod credentials;
+pub mod fleet;
 mod link;
 mod pending;
 mod tablet;

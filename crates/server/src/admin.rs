@@ -122,6 +122,20 @@ pub enum AdminCommand {
         )]
         password: String,
     },
+    /// Register a fleet of simulated tablets for load tests (`tablet-fleet`), their keys derived
+    /// from a seed; prints how many were added.
+    FleetProvision {
+        #[arg(long, default_value = "fleet")]
+        seed: String,
+        #[arg(long, default_value = "fleet")]
+        prefix: String,
+        #[arg(long, default_value_t = 0)]
+        first: u64,
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value = "Fleet station")]
+        station_name: String,
+    },
     /// Service orders: the provider network, the policy, service cards, statements, reports.
     Services {
         #[command(subcommand)]
@@ -301,6 +315,38 @@ pub async fn run(store: &Store, command: AdminCommand) -> anyhow::Result<String>
             Ok(format!("{username}: {}", skills.join(", ")))
         }
         AdminCommand::Services { command } => crate::admin_services::run(store, command).await,
+        AdminCommand::FleetProvision {
+            seed,
+            prefix,
+            first,
+            count,
+            station_name,
+        } => {
+            carebell_domain::DeviceId::parse(&firmware_sim::fleet::fleet_device_id(&prefix, first))
+                .context("the prefix makes invalid device ids")?;
+            if count > 1_000_000 {
+                bail!("at most 1,000,000 tablets at a time");
+            }
+            let devices: Vec<(String, [u8; 32])> = (first..first + count)
+                .map(|index| {
+                    (
+                        firmware_sim::fleet::fleet_device_id(&prefix, index),
+                        firmware_sim::fleet::fleet_signing_key(&seed, index)
+                            .verifying_key()
+                            .to_bytes(),
+                    )
+                })
+                .collect();
+            let station = store
+                .add_station(&station_name)
+                .await
+                .context("failed to add the fleet's station")?;
+            let added = store
+                .add_fleet(station, &devices)
+                .await
+                .context("failed to register the fleet")?;
+            Ok(format!("{added} tablets registered ({} already were)", count - added))
+        }
         AdminCommand::Routing {
             command: RoutingCommand::Show,
         } => Ok(store

@@ -7,6 +7,8 @@ use clap::Parser;
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
+    // A gateway holds one file per tablet: take the whole allowance the system grants.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     // Commands that need no configuration are allowed without one.
     let settings = match &cli.command {
         Command::DevCert { .. } => carebell_server::settings::Settings::defaults(),

@@ -202,3 +202,37 @@ impl Store {
         )
     }
 }
+
+impl Store {
+    /// Registers a fleet of simulated tablets at once (for load tests): one resident per new
+    /// device at `station_id`; devices already registered are left alone. Returns how many
+    /// were added.
+    pub async fn add_fleet(&self, station_id: Uuid, devices: &[(String, [u8; 32])]) -> Result<u64> {
+        let mut added = 0;
+        for chunk in devices.chunks(5000) {
+            let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
+            let keys: Vec<&[u8]> = chunk.iter().map(|(_, key)| &key[..]).collect();
+            added += sqlx::query(
+                "WITH input AS (
+                     SELECT * FROM unnest($2::text[], $3::bytea[]) AS t(device_id, public_key)),
+                 fresh AS (
+                     SELECT i.device_id, i.public_key, gen_random_uuid() AS resident_id
+                     FROM input i
+                     WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = i.device_id)),
+                 residents_added AS (
+                     INSERT INTO residents (id, station_id, full_name)
+                     SELECT resident_id, $1, 'Fleet ' || device_id FROM fresh)
+                 INSERT INTO devices (id, resident_id, public_key)
+                 SELECT device_id, resident_id, public_key FROM fresh",
+            )
+            .bind(station_id)
+            .bind(&ids)
+            .bind(&keys)
+            .execute(&self.pool)
+            .await
+            .map_err(|error| refuse_constraint(error, "fleet device"))?
+            .rows_affected();
+        }
+        Ok(added)
+    }
+}

@@ -1,0 +1,272 @@
+//! `tablet-fleet`: many simulated tablets in one process (`run`), or several such processes
+//! with their figures summed (`launch`). Tablets use keys derived from a fleet seed, registered
+//! with `carebell admin fleet-provision --seed ... --count ...`.
+//!
+//! `run` prints one JSON line of figures per second on stdout and a last line with
+//! `"final": true`; `launch` reads its children's lines, shows their sum on stderr as it goes,
+//! and prints the combined final figures as JSON on stdout.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use firmware_sim::fleet::{run_fleet, FleetConfig, FleetReport, FleetStats};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[derive(Parser, Debug)]
+#[command(name = "tablet-fleet")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run `--count` tablets in this process.
+    Run(RunArgs),
+    /// Run `--processes` processes of `--per-process` tablets each, from 127.0.0.2, .3, ...
+    Launch {
+        #[arg(long)]
+        processes: u64,
+        #[arg(long)]
+        per_process: u64,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct CommonArgs {
+    /// The gateway's address.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    server: SocketAddr,
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// PEM of the CA that signed the gateway's certificate.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    #[arg(long, default_value = "fleet")]
+    seed: String,
+    #[arg(long, default_value = "fleet")]
+    prefix: String,
+    /// The first tablet's index.
+    #[arg(long, default_value_t = 0)]
+    first: u64,
+    /// Alarms (or presses, with --brief-mix) per second over all tablets.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Presses drawn from the brief's call mix instead of SOS alarms only.
+    #[arg(long)]
+    brief_mix: bool,
+    /// New connections per second per process while ramping up (0: all at once).
+    #[arg(long, default_value_t = 2000)]
+    connect_rate: u32,
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    backoff_base: Duration,
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    backoff_cap: Duration,
+    /// Offer TLS session resumption.
+    #[arg(long)]
+    resumption: bool,
+    /// Hold bare TLS WebSocket links without the device protocol (for other servers).
+    #[arg(long)]
+    raw: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+struct RunArgs {
+    #[arg(long)]
+    count: u64,
+    /// Local address to connect from.
+    #[arg(long)]
+    source_ip: Option<IpAddr>,
+    /// Alarms per second for all tablets of the whole fleet (this process's share is
+    /// `--count / --fleet-size`).
+    #[arg(long)]
+    fleet_size: Option<u64>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Line {
+    #[serde(rename = "final", default)]
+    last: bool,
+    #[serde(flatten)]
+    report: FleetReport,
+}
+
+#[tokio::main]
+async fn main() {
+    // One file per simulated tablet: take the whole allowance the system grants.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    if let Err(error) = match Cli::parse().command {
+        Command::Run(args) => run(args).await,
+        Command::Launch {
+            processes,
+            per_process,
+            common,
+        } => launch(processes, per_process, common).await,
+    } {
+        eprintln!("tablet-fleet: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let common = args.common;
+    let ca_pem = common
+        .ca
+        .as_ref()
+        .map(|path| std::fs::read_to_string(path).with_context(|| format!("read {}", path.display())))
+        .transpose()?;
+    let fleet_size = args.fleet_size.unwrap_or(args.count).max(1);
+    let config = FleetConfig {
+        server: common.server,
+        server_name: common.server_name,
+        ca_pem,
+        seed: common.seed,
+        prefix: common.prefix,
+        first: common.first,
+        count: args.count,
+        source_ip: args.source_ip,
+        alarm_rate_per_tablet: common.rate / fleet_size as f64,
+        connect_rate: common.connect_rate,
+        run_for: common.duration,
+        backoff_base: common.backoff_base,
+        backoff_cap: common.backoff_cap,
+        resumption: common.resumption,
+        raw: common.raw,
+        brief_mix: common.brief_mix,
+    };
+    let stats = Arc::new(FleetStats::default());
+    let reporter_stats = Arc::clone(&stats);
+    let reporter = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            ticker.tick().await;
+            let line = Line {
+                last: false,
+                report: reporter_stats.report(),
+            };
+            if let Ok(text) = serde_json::to_string(&line) {
+                println!("{text}");
+            }
+        }
+    });
+    let report = run_fleet(config, stats).await?;
+    reporter.abort();
+    println!("{}", serde_json::to_string(&Line { last: true, report })?);
+    Ok(())
+}
+
+async fn launch(processes: u64, per_process: u64, common: CommonArgs) -> anyhow::Result<()> {
+    if processes == 0 || processes > 250 {
+        bail!("--processes must be 1 to 250 (one 127.0.0.x source address each)");
+    }
+    let exe = std::env::current_exe().context("cannot find this program")?;
+    let fleet_size = processes * per_process;
+    let latest: Arc<std::sync::Mutex<Vec<(FleetReport, bool)>>> = Arc::new(std::sync::Mutex::new(
+        vec![(FleetReport::default(), false); usize::try_from(processes).unwrap_or(0)],
+    ));
+    let mut children = Vec::new();
+    for process in 0..processes {
+        let mut command = tokio::process::Command::new(&exe);
+        command
+            .arg("run")
+            .arg("--count")
+            .arg(per_process.to_string())
+            .arg("--fleet-size")
+            .arg(fleet_size.to_string())
+            .arg("--source-ip")
+            .arg(format!("127.0.0.{}", process + 2))
+            .arg("--server")
+            .arg(common.server.to_string())
+            .arg("--server-name")
+            .arg(&common.server_name)
+            .arg("--seed")
+            .arg(&common.seed)
+            .arg("--prefix")
+            .arg(&common.prefix)
+            .arg("--first")
+            .arg((common.first + process * per_process).to_string())
+            .arg("--rate")
+            .arg(common.rate.to_string())
+            .arg("--connect-rate")
+            .arg(common.connect_rate.to_string())
+            .arg("--duration")
+            .arg(humantime::format_duration(common.duration).to_string())
+            .arg("--backoff-base")
+            .arg(humantime::format_duration(common.backoff_base).to_string())
+            .arg("--backoff-cap")
+            .arg(humantime::format_duration(common.backoff_cap).to_string())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(ca) = &common.ca {
+            command.arg("--ca").arg(ca);
+        }
+        for (flag, on) in [
+            ("--resumption", common.resumption),
+            ("--raw", common.raw),
+            ("--brief-mix", common.brief_mix),
+        ] {
+            if on {
+                command.arg(flag);
+            }
+        }
+        let mut child = command.spawn().context("cannot start a fleet process")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let latest = Arc::clone(&latest);
+        let slot = usize::try_from(process).unwrap_or(0);
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(line) = serde_json::from_str::<Line>(&line) {
+                    let mut latest = latest.lock().unwrap_or_else(|e| e.into_inner());
+                    latest[slot] = (line.report, line.last);
+                }
+            }
+        });
+        children.push(child);
+    }
+    let progress_latest = Arc::clone(&latest);
+    let progress = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            ticker.tick().await;
+            let reports: Vec<FleetReport> = progress_latest
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(report, _)| report.clone())
+                .collect();
+            let sum = FleetReport::combine(&reports);
+            eprintln!(
+                "fleet: {} connected, {} connects, {} failures, {} drops, {} heartbeats, {}/{} acknowledged",
+                sum.connected, sum.connects, sum.failures, sum.drops, sum.heartbeats, sum.alarms_acked, sum.alarms_sent
+            );
+        }
+    });
+    for mut child in children {
+        let status = child.wait().await.context("a fleet process failed")?;
+        if !status.success() {
+            eprintln!("tablet-fleet: a fleet process exited with {status}");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    progress.abort();
+    let reports: Vec<FleetReport> = latest
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(report, _)| report.clone())
+        .collect();
+    println!("{}", serde_json::to_string(&FleetReport::combine(&reports))?);
+    Ok(())
+}

@@ -1,0 +1,517 @@
+//! Fleet mode: many tablets in one process, each a lean task holding one TLS WebSocket link
+//! (no channels, no driver task), with keys derived from a fleet seed so that no credentials
+//! files are needed (`carebell admin fleet-provision` registers the same keys). Tablets
+//! heartbeat, raise alarms at a Poisson rate drawn from the brief's call mix, acknowledge what
+//! the server sends, and reconnect with full-jitter exponential backoff. Figures (connections,
+//! heartbeats, alarm acknowledgement latency in an HDR histogram) are shared by all tablets.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use carebell_proto::device::v1::{
+    envelope::Body, Alarm, AlarmKind, CallRequest, Envelope, Heartbeat, Hello, Proof,
+};
+use carebell_proto::{auth_message, decode_envelope, encode_envelope, WS_SUBPROTOCOL};
+use ed25519_dalek::{Signer, SigningKey};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use rand::Rng;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpSocket;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The key of fleet tablet `index`: SHA-256 of the seed and the index, as an Ed25519 seed.
+pub fn fleet_signing_key(seed: &str, index: u64) -> SigningKey {
+    let digest = Sha256::digest(format!("carebell-fleet/{seed}/{index}").as_bytes());
+    SigningKey::from_bytes(&digest.into())
+}
+
+/// The device id of fleet tablet `index`.
+pub fn fleet_device_id(prefix: &str, index: u64) -> String {
+    format!("{prefix}-{index:07}")
+}
+
+/// Of all presses, the share that are SOS alarms (the brief's call mix: about 0.6%
+/// emergencies; the rest are mostly accidental presses).
+pub const EMERGENCY_SHARE: f64 = 0.006;
+
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// The gateway, e.g. 127.0.0.1:8443.
+    pub server: SocketAddr,
+    pub server_name: String,
+    pub ca_pem: Option<String>,
+    pub seed: String,
+    pub prefix: String,
+    pub first: u64,
+    pub count: u64,
+    /// Local address to connect from (127.0.0.0/8 gives each process its own ephemeral ports).
+    pub source_ip: Option<IpAddr>,
+    /// Alarms per second per tablet (0: none).
+    pub alarm_rate_per_tablet: f64,
+    /// New connections per second while ramping up (0: all at once).
+    pub connect_rate: u32,
+    pub run_for: Duration,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// Offer TLS session resumption (a client-side session cache shared by the fleet).
+    pub resumption: bool,
+    /// Only hold TLS WebSocket links, without the device protocol (for the floor program and
+    /// other servers).
+    pub raw: bool,
+    /// Presses drawn from the brief's call mix (mostly calls, [`EMERGENCY_SHARE`] SOS) instead
+    /// of SOS alarms only.
+    pub brief_mix: bool,
+}
+
+fn next(ws_message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> Option<Envelope> {
+    match ws_message {
+        Some(Ok(Message::Binary(bytes))) => decode_envelope(&bytes, 64 * 1024).ok(),
+        _ => None,
+    }
+}
+
+/// Live figures, shared by the fleet's tablets.
+#[derive(Default)]
+pub struct FleetStats {
+    pub connected: AtomicU64,
+    pub connects: AtomicU64,
+    pub failures: AtomicU64,
+    pub drops: AtomicU64,
+    pub heartbeats: AtomicU64,
+    pub alarms_sent: AtomicU64,
+    pub alarms_acked: AtomicU64,
+    pub resumed: AtomicU64,
+    latency_us: Mutex<Option<Histogram<u64>>>,
+}
+
+impl FleetStats {
+    fn record_latency(&self, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1);
+        let mut guard = self.latency_us.lock().unwrap_or_else(|e| e.into_inner());
+        let histogram = guard.get_or_insert_with(|| {
+            Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+        });
+        let _ = histogram.record(micros.min(60_000_000));
+    }
+
+    /// The figures now.
+    pub fn report(&self) -> FleetReport {
+        let guard = self.latency_us.lock().unwrap_or_else(|e| e.into_inner());
+        let quantile = |q: f64| {
+            guard
+                .as_ref()
+                .filter(|h| !h.is_empty())
+                .map(|h| h.value_at_quantile(q) as f64 / 1000.0)
+        };
+        FleetReport {
+            connected: self.connected.load(Ordering::Relaxed),
+            connects: self.connects.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            drops: self.drops.load(Ordering::Relaxed),
+            heartbeats: self.heartbeats.load(Ordering::Relaxed),
+            alarms_sent: self.alarms_sent.load(Ordering::Relaxed),
+            alarms_acked: self.alarms_acked.load(Ordering::Relaxed),
+            resumed: self.resumed.load(Ordering::Relaxed),
+            alarm_ack_ms_p50: quantile(0.5),
+            alarm_ack_ms_p99: quantile(0.99),
+            alarm_ack_ms_p999: quantile(0.999),
+            alarm_ack_ms_max: guard.as_ref().filter(|h| !h.is_empty()).map(|h| h.max() as f64 / 1000.0),
+        }
+    }
+}
+
+/// What a fleet did, as JSON for the launcher and the benchmarks.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Default, PartialEq)]
+pub struct FleetReport {
+    /// Links authenticated now.
+    pub connected: u64,
+    /// Successful authentications (first connections and reconnections).
+    pub connects: u64,
+    /// Connection attempts that failed before Welcome.
+    pub failures: u64,
+    /// Links lost after Welcome.
+    pub drops: u64,
+    pub heartbeats: u64,
+    pub alarms_sent: u64,
+    pub alarms_acked: u64,
+    /// TLS handshakes that resumed a session.
+    pub resumed: u64,
+    pub alarm_ack_ms_p50: Option<f64>,
+    pub alarm_ack_ms_p99: Option<f64>,
+    pub alarm_ack_ms_p999: Option<f64>,
+    pub alarm_ack_ms_max: Option<f64>,
+}
+
+impl FleetReport {
+    /// Sums the counters of several fleets (latency quantiles cannot be summed: the launcher
+    /// reports the worst of each).
+    pub fn combine(reports: &[FleetReport]) -> FleetReport {
+        let worst = |f: fn(&FleetReport) -> Option<f64>| {
+            reports.iter().filter_map(f).fold(None, |acc: Option<f64>, v| {
+                Some(acc.map_or(v, |a| a.max(v)))
+            })
+        };
+        FleetReport {
+            connected: reports.iter().map(|r| r.connected).sum(),
+            connects: reports.iter().map(|r| r.connects).sum(),
+            failures: reports.iter().map(|r| r.failures).sum(),
+            drops: reports.iter().map(|r| r.drops).sum(),
+            heartbeats: reports.iter().map(|r| r.heartbeats).sum(),
+            alarms_sent: reports.iter().map(|r| r.alarms_sent).sum(),
+            alarms_acked: reports.iter().map(|r| r.alarms_acked).sum(),
+            resumed: reports.iter().map(|r| r.resumed).sum(),
+            alarm_ack_ms_p50: worst(|r| r.alarm_ack_ms_p50),
+            alarm_ack_ms_p99: worst(|r| r.alarm_ack_ms_p99),
+            alarm_ack_ms_p999: worst(|r| r.alarm_ack_ms_p999),
+            alarm_ack_ms_max: worst(|r| r.alarm_ack_ms_max),
+        }
+    }
+}
+
+struct Shared {
+    config: FleetConfig,
+    tls: tokio_rustls::TlsConnector,
+    server_name: rustls::pki_types::ServerName<'static>,
+    stats: Arc<FleetStats>,
+    deadline: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("bad fleet configuration: {0}")]
+    Config(String),
+}
+
+/// The TLS client configuration of a fleet: trusting `ca_pem`, with a session cache for
+/// resumption when asked.
+fn client_config(config: &FleetConfig) -> Result<rustls::ClientConfig, FleetError> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(pem) = &config.ca_pem {
+        for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let certificate = certificate.map_err(|e| FleetError::Config(e.to_string()))?;
+            roots
+                .add(certificate)
+                .map_err(|e| FleetError::Config(e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| FleetError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    client.resumption = if config.resumption {
+        rustls::client::Resumption::in_memory_sessions(
+            usize::try_from(config.count).unwrap_or(usize::MAX).max(256),
+        )
+    } else {
+        rustls::client::Resumption::disabled()
+    };
+    Ok(client)
+}
+
+/// Runs the fleet until `config.run_for` has passed; returns the shared figures (live while it
+/// runs, through `stats`).
+pub async fn run_fleet(
+    config: FleetConfig,
+    stats: Arc<FleetStats>,
+) -> Result<FleetReport, FleetError> {
+    let client = client_config(&config)?;
+    let server_name = rustls::pki_types::ServerName::try_from(config.server_name.clone())
+        .map_err(|e| FleetError::Config(e.to_string()))?;
+    let shared = Arc::new(Shared {
+        tls: tokio_rustls::TlsConnector::from(Arc::new(client)),
+        server_name,
+        stats: Arc::clone(&stats),
+        deadline: Instant::now() + config.run_for,
+        config,
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    for offset in 0..shared.config.count {
+        if shared.config.connect_rate > 0 {
+            let at = start
+                + Duration::from_secs_f64(offset as f64 / f64::from(shared.config.connect_rate));
+            tokio::time::sleep_until(at).await;
+        }
+        let shared = Arc::clone(&shared);
+        tasks.spawn(async move {
+            tablet(shared, offset).await;
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(stats.report())
+}
+
+/// One tablet: connect, run, reconnect with full jitter until the deadline.
+async fn tablet(shared: Arc<Shared>, offset: u64) {
+    let index = shared.config.first + offset;
+    let key = fleet_signing_key(&shared.config.seed, index);
+    let device_id = fleet_device_id(&shared.config.prefix, index);
+    let mut attempt: u32 = 0;
+    while Instant::now() < shared.deadline {
+        match session(&shared, &key, &device_id).await {
+            Outcome::Done => return,
+            Outcome::Failed => {
+                shared.stats.failures.fetch_add(1, Ordering::Relaxed);
+                attempt = attempt.saturating_add(1);
+            }
+            Outcome::Dropped => {
+                shared.stats.drops.fetch_add(1, Ordering::Relaxed);
+                attempt = 1;
+            }
+        }
+        // Full jitter: anywhere between 0 and the exponential ceiling.
+        let ceiling = shared
+            .config
+            .backoff_base
+            .saturating_mul(2u32.saturating_pow(attempt.min(16)))
+            .min(shared.config.backoff_cap);
+        let pause = rand::thread_rng().gen_range(Duration::ZERO..=ceiling);
+        tokio::time::sleep_until((Instant::now() + pause).min(shared.deadline)).await;
+    }
+}
+
+enum Outcome {
+    /// The run is over.
+    Done,
+    /// Could not connect or authenticate.
+    Failed,
+    /// Was connected, then lost the link.
+    Dropped,
+}
+
+fn envelope(seq: u64, ack: u64, body: Option<Body>) -> Message {
+    Message::Binary(encode_envelope(&Envelope { seq, ack, body }).into())
+}
+
+async fn session(shared: &Shared, key: &SigningKey, device_id: &str) -> Outcome {
+    let config = &shared.config;
+    let socket = match TcpSocket::new_v4() {
+        Ok(socket) => socket,
+        Err(_) => return Outcome::Failed,
+    };
+    if let Some(ip) = config.source_ip {
+        if socket.bind(SocketAddr::new(ip, 0)).is_err() {
+            return Outcome::Failed;
+        }
+    }
+    let tcp = match tokio::time::timeout(Duration::from_secs(10), socket.connect(config.server)).await {
+        Ok(Ok(tcp)) => tcp,
+        _ => return Outcome::Failed,
+    };
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(
+        Duration::from_secs(10),
+        shared.tls.connect(shared.server_name.clone(), tcp),
+    )
+    .await
+    {
+        Ok(Ok(tls)) => tls,
+        _ => return Outcome::Failed,
+    };
+    if matches!(
+        tls.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    ) {
+        shared.stats.resumed.fetch_add(1, Ordering::Relaxed);
+    }
+    let Ok(mut request) = format!("wss://{}/", config.server_name).into_client_request() else {
+        return Outcome::Failed;
+    };
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static(WS_SUBPROTOCOL),
+    );
+    // The same small buffers as the gateway: memory per link is the point of fleet mode.
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(64 * 1024));
+    let mut ws = match tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async_with_config(request, tls, Some(ws_config)),
+    )
+    .await
+    {
+        Ok(Ok((ws, _))) => ws,
+        _ => return Outcome::Failed,
+    };
+
+    if config.raw {
+        shared.stats.connects.fetch_add(1, Ordering::Relaxed);
+        shared.stats.connected.fetch_add(1, Ordering::Relaxed);
+        let outcome = loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(shared.deadline) => break Outcome::Done,
+                incoming = ws.next() => match incoming {
+                    Some(Ok(_)) => {}
+                    _ => break Outcome::Dropped,
+                },
+            }
+        };
+        shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
+        let _ = ws.close(None).await;
+        return outcome;
+    }
+
+    // Hello → Challenge → Proof → Welcome.
+    let hello = Body::Hello(Hello {
+        device_id: device_id.to_owned(),
+        protocol_versions: vec![1],
+        firmware_version: "fleet".to_owned(),
+    });
+    if ws.send(envelope(1, 0, Some(hello))).await.is_err() {
+        return Outcome::Failed;
+    }
+    let mut last_received = 0;
+    let challenge = match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
+        Ok(message) => next(message),
+        Err(_) => None,
+    };
+    let Some(Envelope {
+        seq,
+        body: Some(Body::Challenge(challenge)),
+        ..
+    }) = challenge
+    else {
+        return Outcome::Failed;
+    };
+    last_received = last_received.max(seq);
+    let signature = key.sign(&auth_message(device_id, &challenge.nonce));
+    let proof = Body::Proof(Proof {
+        signature: signature.to_bytes().to_vec(),
+    });
+    if ws.send(envelope(2, last_received, Some(proof))).await.is_err() {
+        return Outcome::Failed;
+    }
+    let welcome = match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
+        Ok(message) => next(message),
+        Err(_) => None,
+    };
+    let Some(Envelope {
+        seq,
+        body: Some(Body::Welcome(welcome)),
+        ..
+    }) = welcome
+    else {
+        return Outcome::Failed;
+    };
+    last_received = last_received.max(seq);
+    shared.stats.connects.fetch_add(1, Ordering::Relaxed);
+    shared.stats.connected.fetch_add(1, Ordering::Relaxed);
+
+    let heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(1000)));
+    // The first heartbeat at a random point of the interval, so a fleet does not beat in step.
+    let mut next_heartbeat =
+        Instant::now() + rand::thread_rng().gen_range(Duration::ZERO..heartbeat);
+    let next_alarm = |rate: f64| -> Instant {
+        if rate <= 0.0 {
+            return shared.deadline + Duration::from_secs(3600);
+        }
+        let uniform: f64 = rand::thread_rng().gen_range(f64::EPSILON..1.0);
+        Instant::now() + Duration::from_secs_f64((-uniform.ln() / rate).min(86_400.0))
+    };
+    let mut alarm_at = next_alarm(config.alarm_rate_per_tablet);
+    let mut seq: u64 = 2;
+    let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::new();
+    let outcome = loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(shared.deadline) => break Outcome::Done,
+            _ = tokio::time::sleep_until(next_heartbeat) => {
+                seq += 1;
+                let body = Body::Heartbeat(Heartbeat { battery_percent: 90 });
+                if ws.send(envelope(seq, last_received, Some(body))).await.is_err() {
+                    break Outcome::Dropped;
+                }
+                shared.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+                next_heartbeat += heartbeat;
+            }
+            _ = tokio::time::sleep_until(alarm_at) => {
+                seq += 1;
+                let sos = !config.brief_mix || rand::thread_rng().gen_bool(EMERGENCY_SHARE);
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                let body = if sos {
+                    Body::Alarm(Alarm {
+                        alarm_id: id,
+                        kind: AlarmKind::Sos as i32,
+                        raised_at_ms: 0,
+                        detail: String::new(),
+                    })
+                } else {
+                    Body::CallRequest(CallRequest { request_id: id, pressed_at_ms: 0 })
+                };
+                if ws.send(envelope(seq, last_received, Some(body))).await.is_err() {
+                    break Outcome::Dropped;
+                }
+                in_flight.push_back((seq, Instant::now()));
+                shared.stats.alarms_sent.fetch_add(1, Ordering::Relaxed);
+                alarm_at = next_alarm(config.alarm_rate_per_tablet);
+            }
+            incoming = ws.next() => {
+                let Some(envelope_in) = next(incoming) else { break Outcome::Dropped };
+                while in_flight.front().is_some_and(|(sent, _)| *sent <= envelope_in.ack) {
+                    if let Some((_, at)) = in_flight.pop_front() {
+                        shared.stats.record_latency(at.elapsed());
+                        shared.stats.alarms_acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if envelope_in.seq > 0 {
+                    last_received = last_received.max(envelope_in.seq);
+                    // A pure acknowledgement of what the server sent (call updates).
+                    if ws.send(envelope(0, last_received, None)).await.is_err() {
+                        break Outcome::Dropped;
+                    }
+                }
+            }
+        }
+    };
+    shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
+    let _ = ws.close(None).await;
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fleet_keys_and_ids_are_deterministic_and_distinct() {
+        let a = fleet_signing_key("seed", 1);
+        assert_eq!(a.to_bytes(), fleet_signing_key("seed", 1).to_bytes());
+        assert_ne!(a.to_bytes(), fleet_signing_key("seed", 2).to_bytes());
+        assert_ne!(a.to_bytes(), fleet_signing_key("other", 1).to_bytes());
+        assert_eq!(fleet_device_id("fleet", 42), "fleet-0000042");
+    }
+
+    #[test]
+    fn reports_combine_by_summing_counts_and_keeping_the_worst_latency() {
+        let one = FleetReport {
+            connected: 3,
+            alarms_acked: 5,
+            alarm_ack_ms_p99: Some(4.0),
+            ..FleetReport::default()
+        };
+        let two = FleetReport {
+            connected: 4,
+            alarms_acked: 1,
+            alarm_ack_ms_p99: Some(9.0),
+            ..FleetReport::default()
+        };
+        let both = FleetReport::combine(&[one, two]);
+        assert_eq!((both.connected, both.alarms_acked), (7, 6));
+        assert_eq!(both.alarm_ack_ms_p99, Some(9.0));
+        assert_eq!(both.alarm_ack_ms_p50, None);
+    }
+}
