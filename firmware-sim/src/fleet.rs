@@ -72,7 +72,9 @@ pub struct FleetConfig {
     pub brief_mix: bool,
 }
 
-fn next(ws_message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> Option<Envelope> {
+fn next(
+    ws_message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+) -> Option<Envelope> {
     match ws_message {
         Some(Ok(Message::Binary(bytes))) => decode_envelope(&bytes, 64 * 1024).ok(),
         _ => None,
@@ -95,7 +97,9 @@ pub struct FleetStats {
 
 impl FleetStats {
     fn record_latency(&self, elapsed: Duration) {
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1);
+        let micros = u64::try_from(elapsed.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let mut guard = self.latency_us.lock().unwrap_or_else(|e| e.into_inner());
         let histogram = guard.get_or_insert_with(|| {
             Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
@@ -124,7 +128,10 @@ impl FleetStats {
             alarm_ack_ms_p50: quantile(0.5),
             alarm_ack_ms_p99: quantile(0.99),
             alarm_ack_ms_p999: quantile(0.999),
-            alarm_ack_ms_max: guard.as_ref().filter(|h| !h.is_empty()).map(|h| h.max() as f64 / 1000.0),
+            alarm_ack_ms_max: guard
+                .as_ref()
+                .filter(|h| !h.is_empty())
+                .map(|h| h.max() as f64 / 1000.0),
         }
     }
 }
@@ -156,9 +163,12 @@ impl FleetReport {
     /// reports the worst of each).
     pub fn combine(reports: &[FleetReport]) -> FleetReport {
         let worst = |f: fn(&FleetReport) -> Option<f64>| {
-            reports.iter().filter_map(f).fold(None, |acc: Option<f64>, v| {
-                Some(acc.map_or(v, |a| a.max(v)))
-            })
+            reports
+                .iter()
+                .filter_map(f)
+                .fold(None, |acc: Option<f64>, v| {
+                    Some(acc.map_or(v, |a| a.max(v)))
+                })
         };
         FleetReport {
             connected: reports.iter().map(|r| r.connected).sum(),
@@ -307,10 +317,11 @@ async fn session(shared: &Shared, key: &SigningKey, device_id: &str) -> Outcome 
             return Outcome::Failed;
         }
     }
-    let tcp = match tokio::time::timeout(Duration::from_secs(10), socket.connect(config.server)).await {
-        Ok(Ok(tcp)) => tcp,
-        _ => return Outcome::Failed,
-    };
+    let tcp =
+        match tokio::time::timeout(Duration::from_secs(10), socket.connect(config.server)).await {
+            Ok(Ok(tcp)) => tcp,
+            _ => return Outcome::Failed,
+        };
     let _ = tcp.set_nodelay(true);
     let tls = match tokio::time::timeout(
         Duration::from_secs(10),
@@ -393,7 +404,11 @@ async fn session(shared: &Shared, key: &SigningKey, device_id: &str) -> Outcome 
     let proof = Body::Proof(Proof {
         signature: signature.to_bytes().to_vec(),
     });
-    if ws.send(envelope(2, last_received, Some(proof))).await.is_err() {
+    if ws
+        .send(envelope(2, last_received, Some(proof)))
+        .await
+        .is_err()
+    {
         return Outcome::Failed;
     }
     let welcome = match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {

@@ -68,6 +68,11 @@ impl PemIdentity {
             .with_no_client_auth()
             .with_single_cert(certs, key)?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Session resumption, so a reconnect storm costs abbreviated handshakes: stateless
+        // TLS 1.3 tickets (the key is this process's own: a tablet resumes when it reaches the
+        // same process again) and a session cache for TLS 1.2.
+        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        config.session_storage = rustls::server::ServerSessionMemoryCache::new(65_536);
         Ok(Arc::new(config))
     }
 

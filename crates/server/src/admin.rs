@@ -345,7 +345,10 @@ pub async fn run(store: &Store, command: AdminCommand) -> anyhow::Result<String>
                 .add_fleet(station, &devices)
                 .await
                 .context("failed to register the fleet")?;
-            Ok(format!("{added} tablets registered ({} already were)", count - added))
+            Ok(format!(
+                "{added} tablets registered ({} already were)",
+                count - added
+            ))
         }
         AdminCommand::Routing {
             command: RoutingCommand::Show,

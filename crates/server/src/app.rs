@@ -95,6 +95,7 @@ impl Application {
                 max_frame_bytes: settings.device.max_frame_bytes,
                 handshake_timeout: Settings::ms(settings.device.handshake_timeout_ms),
                 go_away_window: Settings::ms(settings.device.go_away_window_ms),
+                max_concurrent_handshakes: settings.device.max_concurrent_handshakes,
                 ..DeviceSettings::default()
             }),
             shutdown: shutdown.clone(),

@@ -116,6 +116,8 @@ pub struct DeviceSection {
     pub go_away_window_ms: u64,
     /// A device not heard for two heartbeat intervals plus this raises "device offline".
     pub offline_grace_ms: u64,
+    /// TLS handshakes and WebSocket upgrades in progress at once (admission control).
+    pub max_concurrent_handshakes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -159,6 +161,7 @@ max_frame_bytes = 65536
 handshake_timeout_ms = 10000
 go_away_window_ms = 30000
 offline_grace_ms = 15000
+max_concurrent_handshakes = 256
 
 [dispatch]
 ring_timeout_ms = 20000

@@ -124,7 +124,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ca_pem = common
         .ca
         .as_ref()
-        .map(|path| std::fs::read_to_string(path).with_context(|| format!("read {}", path.display())))
+        .map(|path| {
+            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))
+        })
         .transpose()?;
     let fleet_size = args.fleet_size.unwrap_or(args.count).max(1);
     let config = FleetConfig {
@@ -172,9 +174,12 @@ async fn launch(processes: u64, per_process: u64, common: CommonArgs) -> anyhow:
     }
     let exe = std::env::current_exe().context("cannot find this program")?;
     let fleet_size = processes * per_process;
-    let latest: Arc<std::sync::Mutex<Vec<(FleetReport, bool)>>> = Arc::new(std::sync::Mutex::new(
-        vec![(FleetReport::default(), false); usize::try_from(processes).unwrap_or(0)],
-    ));
+    let latest: Arc<std::sync::Mutex<Vec<(FleetReport, bool)>>> =
+        Arc::new(std::sync::Mutex::new(vec![
+            (FleetReport::default(), false);
+            usize::try_from(processes)
+                .unwrap_or(0)
+        ]));
     let mut children = Vec::new();
     for process in 0..processes {
         let mut command = tokio::process::Command::new(&exe);
@@ -267,6 +272,9 @@ async fn launch(processes: u64, per_process: u64, common: CommonArgs) -> anyhow:
         .iter()
         .map(|(report, _)| report.clone())
         .collect();
-    println!("{}", serde_json::to_string(&FleetReport::combine(&reports))?);
+    println!(
+        "{}",
+        serde_json::to_string(&FleetReport::combine(&reports))?
+    );
     Ok(())
 }

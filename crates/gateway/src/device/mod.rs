@@ -28,6 +28,10 @@ pub struct DeviceSettings {
     pub handshake_timeout: Duration,
     /// On shutdown, devices are told to reconnect after a random delay in this window.
     pub go_away_window: Duration,
+    /// Connections in their TLS handshake and WebSocket upgrade at once, per process. The rest
+    /// wait (at most the handshake timeout): a reconnect storm is absorbed at the rate the CPU
+    /// allows while connected tablets' alarms keep flowing.
+    pub max_concurrent_handshakes: usize,
 }
 
 impl Default for DeviceSettings {
@@ -38,6 +42,7 @@ impl Default for DeviceSettings {
             max_frame_bytes: carebell_proto::MAX_FRAME_BYTES,
             handshake_timeout: Duration::from_secs(10),
             go_away_window: Duration::from_secs(30),
+            max_concurrent_handshakes: 256,
         }
     }
 }

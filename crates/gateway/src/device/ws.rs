@@ -29,6 +29,7 @@ pub struct WsListener {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     context: DeviceContext,
+    handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 impl WsListener {
@@ -38,10 +39,14 @@ impl WsListener {
         tls: Option<Arc<rustls::ServerConfig>>,
         context: DeviceContext,
     ) -> Self {
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(
+            context.settings.max_concurrent_handshakes.max(1),
+        ));
         Self {
             listener,
             tls: tls.map(TlsAcceptor::from),
             context,
+            handshakes,
         }
     }
 
@@ -68,8 +73,18 @@ impl WsListener {
             };
             let context = self.context.clone();
             let tls = self.tls.clone();
+            let handshakes = Arc::clone(&self.handshakes);
             tracker.spawn(async move {
-                handle_connection(context, tls, stream, peer).await;
+                // Admission: wait for a handshake slot, at most the handshake timeout.
+                let timeout = context.settings.handshake_timeout;
+                let permit = match tokio::time::timeout(timeout, handshakes.acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => {
+                        tracing::debug!(%peer, "no handshake slot in time; closing");
+                        return;
+                    }
+                };
+                handle_connection(context, tls, stream, peer, permit).await;
             });
         }
     }
@@ -80,16 +95,17 @@ async fn handle_connection(
     tls: Option<TlsAcceptor>,
     stream: TcpStream,
     peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
     let timeout = context.settings.handshake_timeout;
     match tls {
         Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls_stream)) => upgrade(context, tls_stream, peer).await,
+            Ok(Ok(tls_stream)) => upgrade(context, tls_stream, peer, permit).await,
             Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         },
-        None => upgrade(context, stream, peer).await,
+        None => upgrade(context, stream, peer, permit).await,
     }
 }
 
@@ -124,8 +140,12 @@ fn check_subprotocol(request: &Request, mut response: Response) -> Result<Respon
     Ok(response)
 }
 
-async fn upgrade<S>(context: DeviceContext, stream: S, peer: SocketAddr)
-where
+async fn upgrade<S>(
+    context: DeviceContext,
+    stream: S,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = websocket_config(context.settings.max_frame_bytes);
@@ -146,6 +166,8 @@ where
             return;
         }
     };
+    // The expensive part is over: the slot goes to the next connection.
+    drop(permit);
     let transport = WsTransport {
         websocket,
         max_frame_bytes: context.settings.max_frame_bytes,

@@ -1,0 +1,613 @@
+//! The district benchmark: a fleet of TLS tablets held by several gateway processes sharing one
+//! port, measured beside a floor program (bare tokio-tungstenite + rustls) and `nats-server`'s
+//! WebSocket listener holding the same number of connections, in one run. Prints JSON and a
+//! markdown table, writes `target/bench-fleet.json` (with the samples the plots are drawn from);
+//! never fails a build because the machine was slow.
+//!
+//! ```text
+//! cargo build --release --bins
+//! CAREBELL_BENCH_TABLETS=100000 cargo bench -p carebell-benches --bench fleet
+//! ```
+//!
+//! Settings (environment): CAREBELL_BENCH_TABLETS (20000), CAREBELL_BENCH_RATE (alarms/s, 1000),
+//! CAREBELL_BENCH_HOLD_SECS (30; the goal's figure is 600), CAREBELL_BENCH_DATABASE_ADMIN_URL.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use carebell_benches::{report, Figure};
+use firmware_sim::fleet::FleetReport;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Connections per process, under the 20,000 open files one process may hold here.
+const PER_PROCESS: u64 = 18_000;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn release_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/release")
+        .to_path_buf()
+}
+
+fn binary(name: &str) -> PathBuf {
+    let path = release_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --release --bins` first",
+        path.display()
+    );
+    path
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmRSS:"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// User plus system CPU seconds a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+async fn wait_for_port(port: u16) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("nothing listens on port {port}");
+}
+
+struct Bench {
+    dir: PathBuf,
+    database_url: String,
+    tablets: u64,
+}
+
+impl Bench {
+    fn gateway(&self, index: u64, port: u16, heartbeat_ms: u64) -> Child {
+        Command::new(binary("carebell"))
+            .arg("serve")
+            .env("CAREBELL_DATABASE_URL", &self.database_url)
+            .env("CAREBELL_DATABASE_MAX_CONNECTIONS", "6")
+            .env("CAREBELL_NODE_ID", format!("bench-{index}"))
+            .env("CAREBELL_LISTEN__WEBSOCKET", format!("127.0.0.1:{port}"))
+            .env("CAREBELL_LISTEN__GRPC", "127.0.0.1:0")
+            .env("CAREBELL_LISTEN__WEB", "127.0.0.1:0")
+            .env("CAREBELL_TLS__CERT_PATH", self.dir.join("certs/server.pem"))
+            .env("CAREBELL_TLS__KEY_PATH", self.dir.join("certs/server.key"))
+            .env(
+                "CAREBELL_DEVICE__HEARTBEAT_INTERVAL_MS",
+                heartbeat_ms.to_string(),
+            )
+            .env("CAREBELL_RUN_MIGRATIONS", "false")
+            .env("CAREBELL_LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start a gateway")
+    }
+
+    /// Starts a fleet (through `tablet-fleet launch`); its live "connected" count is sent on the
+    /// returned channel.
+    fn fleet(
+        &self,
+        port: u16,
+        first: u64,
+        count: u64,
+        rate: f64,
+        duration: Duration,
+        extra: &[&str],
+    ) -> (Child, tokio::sync::watch::Receiver<u64>) {
+        let processes = count.div_ceil(PER_PROCESS).max(1);
+        let mut child = Command::new(binary("tablet-fleet"))
+            .arg("launch")
+            .arg("--processes")
+            .arg(processes.to_string())
+            .arg("--per-process")
+            .arg(count.div_ceil(processes).to_string())
+            .arg("--server")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--ca")
+            .arg(self.dir.join("certs/ca.pem"))
+            .arg("--first")
+            .arg(first.to_string())
+            .arg("--rate")
+            .arg(rate.to_string())
+            .arg("--connect-rate")
+            .arg("3000")
+            .arg("--duration")
+            .arg(format!("{}s", duration.as_secs()))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start a fleet");
+        let (tx, rx) = tokio::sync::watch::channel(0u64);
+        let stderr = child.stderr.take().expect("stderr");
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.strip_prefix("fleet: ") {
+                    if let Some(n) = rest.split_whitespace().next().and_then(|n| n.parse().ok()) {
+                        let _ = tx.send(n);
+                    }
+                }
+            }
+        });
+        (child, rx)
+    }
+}
+
+async fn final_report(child: Child) -> FleetReport {
+    let output = child.wait_with_output().await.expect("fleet ran");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .rev()
+        .find_map(|line| serde_json::from_str(line).ok())
+        .unwrap_or_default()
+}
+
+/// Waits until `connected` reaches `target` (or `limit` passes); samples (connected, rss) every
+/// second on the way.
+async fn ramp(
+    connected: &mut tokio::sync::watch::Receiver<u64>,
+    target: u64,
+    limit: Duration,
+    rss: impl Fn() -> u64,
+) -> (Duration, Vec<(u64, u64)>) {
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    while start.elapsed() < limit {
+        let now = *connected.borrow();
+        samples.push((now, rss()));
+        if now >= target {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    (start.elapsed(), samples)
+}
+
+fn per_connection(baseline: u64, loaded: u64, connections: u64) -> f64 {
+    if connections == 0 {
+        return f64::NAN;
+    }
+    loaded.saturating_sub(baseline) as f64 / connections as f64
+}
+
+#[tokio::main]
+async fn main() {
+    let tablets = env_u64("CAREBELL_BENCH_TABLETS", 20_000);
+    let rate = env_u64("CAREBELL_BENCH_RATE", 1000) as f64;
+    let hold = Duration::from_secs(env_u64("CAREBELL_BENCH_HOLD_SECS", 30));
+    let admin_url = std::env::var("CAREBELL_BENCH_DATABASE_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://carebell:carebell@127.0.0.1:5432/postgres".to_owned());
+    let dir = std::env::temp_dir().join(format!("carebell-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let run = |program: &Path, args: &[&str], env: &[(&str, String)]| {
+        let mut command = std::process::Command::new(program);
+        command.args(args);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let output = command.output().expect("run a command");
+        assert!(
+            output.status.success(),
+            "{} {args:?} failed: {}",
+            program.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let database = format!("carebell_bench_{}", std::process::id());
+    run(
+        Path::new("psql"),
+        &[&admin_url, "-qc", &format!("create database {database}")],
+        &[],
+    );
+    let database_url = admin_url
+        .rsplit_once('/')
+        .map(|(base, _)| format!("{base}/{database}"))
+        .expect("a database URL");
+    let carebell = binary("carebell");
+    let env = [("CAREBELL_DATABASE_URL", database_url.clone())];
+    run(
+        &carebell,
+        &["dev-cert", "--out", &dir.join("certs").to_string_lossy()],
+        &env,
+    );
+    run(&carebell, &["migrate"], &env);
+    // The held fleet, and a second small fleet that raises the alarms.
+    let alarm_tablets = 2000;
+    run(
+        &carebell,
+        &[
+            "admin",
+            "fleet-provision",
+            "--count",
+            &(tablets + alarm_tablets).to_string(),
+        ],
+        &env,
+    );
+    let bench = Bench {
+        dir: dir.clone(),
+        database_url: database_url.clone(),
+        tablets,
+    };
+    let mut figures = Vec::new();
+    let mut details = serde_json::Map::new();
+
+    // 1a. The floor program.
+    let floor_port = 19443;
+    let mut floor = Command::new(binary("carebell-floor"))
+        .arg(format!("127.0.0.1:{floor_port}"))
+        .arg(dir.join("certs/server.pem"))
+        .arg(dir.join("certs/server.key"))
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the floor program");
+    wait_for_port(floor_port).await;
+    let floor_pid = floor.id().expect("floor pid");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let baseline = rss_bytes(floor_pid);
+    let floor_count = tablets.min(PER_PROCESS);
+    let (fleet, mut connected) = bench.fleet(
+        floor_port,
+        0,
+        floor_count,
+        0.0,
+        Duration::from_secs(600),
+        &["--raw"],
+    );
+    let (_, samples) = ramp(
+        &mut connected,
+        floor_count,
+        Duration::from_secs(120),
+        || rss_bytes(floor_pid),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let floor_held = *connected.borrow();
+    let floor_per = per_connection(baseline, rss_bytes(floor_pid), floor_held);
+    drop(fleet);
+    let _ = floor.kill().await;
+    details.insert("floor_samples".into(), json!(samples));
+    figures.push(Figure {
+        name: "floor: connections held (one process)".into(),
+        value: floor_held as f64,
+        unit: "connections",
+    });
+    figures.push(Figure {
+        name: "floor: memory per idle TLS WebSocket".into(),
+        value: floor_per,
+        unit: "bytes",
+    });
+
+    // 1b. nats-server's WebSocket listener, when installed.
+    let nats = [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ]
+    .into_iter()
+    .find(|path| Path::new(path).exists());
+    if let Some(nats) = nats {
+        let nats_port = 19444;
+        let conf = dir.join("nats.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port: 14222\nmax_connections: 1000000\nping_interval: \"10m\"\nwebsocket {{\n  port: {nats_port}\n  tls {{ cert_file: \"{}\"\n key_file: \"{}\" }}\n  compression: false\n}}\n",
+                dir.join("certs/server.pem").display(),
+                dir.join("certs/server.key").display()
+            ),
+        )
+        .expect("nats config");
+        let mut server = Command::new(nats)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start nats-server");
+        wait_for_port(nats_port).await;
+        let pid = server.id().expect("nats pid");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let baseline = rss_bytes(pid);
+        let (fleet, mut connected) = bench.fleet(
+            nats_port,
+            0,
+            floor_count,
+            0.0,
+            Duration::from_secs(600),
+            &["--raw"],
+        );
+        let (_, samples) = ramp(
+            &mut connected,
+            floor_count,
+            Duration::from_secs(120),
+            || rss_bytes(pid),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let held = *connected.borrow();
+        let per = per_connection(baseline, rss_bytes(pid), held);
+        drop(fleet);
+        let _ = server.kill().await;
+        details.insert("nats_samples".into(), json!(samples));
+        figures.push(Figure {
+            name: "nats-server: connections held".into(),
+            value: held as f64,
+            unit: "connections",
+        });
+        figures.push(Figure {
+            name: "nats-server: memory per idle TLS WebSocket".into(),
+            value: per,
+            unit: "bytes",
+        });
+    }
+
+    // 2. The gateway: several processes on one port.
+    let port = 18443;
+    let processes = tablets.div_ceil(PER_PROCESS).max(1);
+    let heartbeat_ms = 10_000;
+    let mut gateways: Vec<Child> = (0..processes)
+        .map(|i| bench.gateway(i, port, heartbeat_ms))
+        .collect();
+    wait_for_port(port).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pids: Vec<u32> = gateways.iter().filter_map(Child::id).collect();
+    let gateway_rss = || pids.iter().map(|pid| rss_bytes(*pid)).sum::<u64>();
+    let gateway_cpu = || pids.iter().map(|pid| cpu_seconds(*pid)).sum::<f64>();
+    let baseline = gateway_rss();
+    let run_for = hold + Duration::from_secs(240);
+    let (held_fleet, mut connected) =
+        bench.fleet(port, 0, tablets, 0.0, run_for, &["--resumption"]);
+    let (ramp_time, samples) = ramp(
+        &mut connected,
+        tablets,
+        Duration::from_secs(240),
+        &gateway_rss,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = *connected.borrow();
+    let per = per_connection(baseline, gateway_rss(), held);
+    details.insert("gateway_samples".into(), json!(samples));
+    figures.push(Figure {
+        name: "gateway: processes".into(),
+        value: processes as f64,
+        unit: "processes",
+    });
+    figures.push(Figure {
+        name: "gateway: connections held".into(),
+        value: held as f64,
+        unit: "connections",
+    });
+    figures.push(Figure {
+        name: "gateway: time to connect the fleet".into(),
+        value: ramp_time.as_secs_f64(),
+        unit: "s",
+    });
+    figures.push(Figure {
+        name: "gateway: memory per idle TLS connection".into(),
+        value: per,
+        unit: "bytes",
+    });
+    figures.push(Figure {
+        name: "gateway / floor memory per connection".into(),
+        value: per / floor_per,
+        unit: "x",
+    });
+
+    // 3. Heartbeats per second and CPU per heartbeat over a window.
+    let window = Duration::from_secs(20);
+    let cpu_before = gateway_cpu();
+    tokio::time::sleep(window).await;
+    let cpu_used = gateway_cpu() - cpu_before;
+    let heartbeats_per_second = held as f64 * 1000.0 / heartbeat_ms as f64;
+    figures.push(Figure {
+        name: "heartbeats per second (fleet)".into(),
+        value: heartbeats_per_second,
+        unit: "/s",
+    });
+    figures.push(Figure {
+        name: "gateway CPU while idle with heartbeats".into(),
+        value: cpu_used / window.as_secs_f64(),
+        unit: "cores",
+    });
+    figures.push(Figure {
+        name: "heartbeats per CPU-second".into(),
+        value: if cpu_used > 0.0 {
+            heartbeats_per_second * window.as_secs_f64() / cpu_used
+        } else {
+            f64::NAN
+        },
+        unit: "/cpu-s",
+    });
+
+    // 4. Alarm durable-acknowledgement latency at `rate` with the fleet connected, and pgbench
+    // single-row inserts in the same run for scale.
+    let alarm_window = Duration::from_secs(30);
+    let (alarm_fleet, _) = bench.fleet(port, tablets, alarm_tablets, rate, alarm_window, &[]);
+    let pgbench_file = dir.join("insert.sql");
+    std::fs::write(
+        &pgbench_file,
+        "INSERT INTO bench_insert (at) VALUES (now());\n",
+    )
+    .expect("pgbench script");
+    run(
+        Path::new("psql"),
+        &[
+            &database_url,
+            "-qc",
+            "create table bench_insert (id bigserial primary key, at timestamptz)",
+        ],
+        &[],
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let pgbench = std::process::Command::new("pgbench")
+        .args(["-n", "-c", "1", "-T", "10", "-f"])
+        .arg(&pgbench_file)
+        .arg(&database_url)
+        .output()
+        .ok()
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+        .unwrap_or_default();
+    let pgbench_ms = pgbench
+        .lines()
+        .find(|line| line.starts_with("latency average"))
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(f64::NAN);
+    let alarms = final_report(alarm_fleet).await;
+    details.insert("alarms".into(), json!(alarms));
+    figures.push(Figure {
+        name: "alarms sent / acknowledged".into(),
+        value: alarms.alarms_acked as f64 / alarms.alarms_sent.max(1) as f64,
+        unit: "ratio",
+    });
+    figures.push(Figure {
+        name: "alarm ack p50".into(),
+        value: alarms.alarm_ack_ms_p50.unwrap_or(f64::NAN),
+        unit: "ms",
+    });
+    figures.push(Figure {
+        name: "alarm ack p99".into(),
+        value: alarms.alarm_ack_ms_p99.unwrap_or(f64::NAN),
+        unit: "ms",
+    });
+    figures.push(Figure {
+        name: "alarm ack p99.9".into(),
+        value: alarms.alarm_ack_ms_p999.unwrap_or(f64::NAN),
+        unit: "ms",
+    });
+    figures.push(Figure {
+        name: "pgbench single-row insert, average".into(),
+        value: pgbench_ms,
+        unit: "ms",
+    });
+    figures.push(Figure {
+        name: "alarm rate asked".into(),
+        value: rate,
+        unit: "/s",
+    });
+
+    // 5. Hold, then a reconnect storm: every gateway killed and restarted.
+    tokio::time::sleep(hold.saturating_sub(alarm_window + Duration::from_secs(28))).await;
+    let still = *connected.borrow();
+    figures.push(Figure {
+        name: "connections still held after the hold".into(),
+        value: still as f64,
+        unit: "connections",
+    });
+    for gateway in &mut gateways {
+        let _ = gateway.kill().await;
+    }
+    let storm_start = Instant::now();
+    let gateways: Vec<Child> = (0..processes)
+        .map(|i| bench.gateway(i, port, heartbeat_ms))
+        .collect();
+    let (storm_alarms, _) = bench.fleet(
+        port,
+        tablets,
+        alarm_tablets,
+        rate.min(200.0),
+        Duration::from_secs(45),
+        &[],
+    );
+    // The held fleet's count dropped to zero and climbs back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, storm_samples) = ramp(&mut connected, tablets, Duration::from_secs(180), || 0).await;
+    let storm_time = storm_start.elapsed();
+    let back = *connected.borrow();
+    details.insert("storm_samples".into(), json!(storm_samples));
+    figures.push(Figure {
+        name: "storm: tablets back".into(),
+        value: back as f64,
+        unit: "connections",
+    });
+    figures.push(Figure {
+        name: "storm: time until all back".into(),
+        value: storm_time.as_secs_f64(),
+        unit: "s",
+    });
+    let storm_report = final_report(storm_alarms).await;
+    details.insert("storm_alarms".into(), json!(storm_report));
+    figures.push(Figure {
+        name: "storm: alarm ack p99".into(),
+        value: storm_report.alarm_ack_ms_p99.unwrap_or(f64::NAN),
+        unit: "ms",
+    });
+    figures.push(Figure {
+        name: "storm: alarms sent / acknowledged".into(),
+        value: storm_report.alarms_acked as f64 / storm_report.alarms_sent.max(1) as f64,
+        unit: "ratio",
+    });
+    drop(held_fleet);
+    drop(gateways);
+
+    report(
+        &format!("Carebell district benchmark ({tablets} tablets)"),
+        &figures,
+    );
+    let json_figures: serde_json::Map<String, serde_json::Value> = figures
+        .iter()
+        .map(|f| (f.name.clone(), json!({ "value": f.value, "unit": f.unit })))
+        .collect();
+    let out = release_dir()
+        .parent()
+        .expect("target")
+        .join("bench-fleet.json");
+    let document = json!({ "tablets": bench.tablets, "figures": json_figures, "details": details });
+    let _ = std::fs::write(
+        &out,
+        serde_json::to_string_pretty(&document).unwrap_or_default(),
+    );
+    println!("details written to {}", out.display());
+    let _ = std::process::Command::new("psql")
+        .args([
+            &admin_url,
+            "-qc",
+            &format!("drop database if exists {database} with (force)"),
+        ])
+        .output();
+}
