@@ -6,6 +6,7 @@ mod bad_input;
 mod demo;
 mod dispatch;
 mod family;
+mod fleet;
 mod flow;
 mod ledger;
 mod orders;

@@ -79,6 +79,10 @@ pub struct NodeOptions {
     pub redis_url: Option<String>,
     pub database_url: Option<String>,
     pub node_id: String,
+    /// The device WebSocket address (default: any free port on 127.0.0.1).
+    pub websocket_listen: Option<std::net::SocketAddr>,
+    /// The CA and certificate to serve with (default: freshly made for this node).
+    pub certificates: Option<DevCertificates>,
 }
 
 impl Default for NodeOptions {
@@ -94,6 +98,8 @@ impl Default for NodeOptions {
             redis_url: Some(redis_url()),
             database_url: None,
             node_id: "test-node".to_owned(),
+            websocket_listen: None,
+            certificates: None,
         }
     }
 }
@@ -147,7 +153,10 @@ impl TestNode {
     pub async fn start(options: NodeOptions) -> Self {
         init_tracing();
         let dir = TempDir::new();
-        let certificates = DevCertificates::generate().expect("failed to make certificates");
+        let certificates = match options.certificates.clone() {
+            Some(certificates) => certificates,
+            None => DevCertificates::generate().expect("failed to make certificates"),
+        };
         let (cert_path, key_path) = certificates
             .write(&dir.0)
             .expect("failed to write certificates");
@@ -164,7 +173,9 @@ impl TestNode {
         settings.redis_key_prefix = redis_prefix.clone();
         settings.tls.cert_path = Some(cert_path);
         settings.tls.key_path = Some(key_path);
-        settings.listen.websocket = "127.0.0.1:0".parse().expect("address");
+        settings.listen.websocket = options
+            .websocket_listen
+            .unwrap_or_else(|| "127.0.0.1:0".parse().expect("address"));
         settings.listen.grpc = "127.0.0.1:0".parse().expect("address");
         settings.listen.web = "127.0.0.1:0".parse().expect("address");
         settings.dispatch.ring_timeout_ms =

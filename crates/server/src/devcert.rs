@@ -7,6 +7,13 @@ use anyhow::Context;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 /// PEM files of a development CA and a server certificate it signed.
+impl std::fmt::Debug for DevCertificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The private key is a secret, even a development one: never printed.
+        f.debug_struct("DevCertificates").finish_non_exhaustive()
+    }
+}
+
 #[derive(Clone)]
 pub struct DevCertificates {
     pub ca_pem: String,

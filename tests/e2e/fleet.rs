@@ -1,0 +1,198 @@
+//! Small versions of the district benchmark's scenarios, to keep the harness working: a fleet
+//! holds its links and has every alarm acknowledged and stored once; the floor program holds raw
+//! links; a fleet comes back after its gateway is replaced. Counts and correctness only, never
+//! timings (those are in `benches/fleet.rs`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use carebell_tests::{NodeOptions, TestNode};
+use firmware_sim::fleet::{fleet_device_id, fleet_signing_key, run_fleet, FleetConfig, FleetStats};
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+}
+
+fn config(node: &TestNode, server: SocketAddr, count: u64, alarms_per_second: f64) -> FleetConfig {
+    FleetConfig {
+        server,
+        server_name: "localhost".to_owned(),
+        ca_pem: Some(node.ca_pem.clone()),
+        seed: "suite".to_owned(),
+        prefix: "fleet".to_owned(),
+        first: 0,
+        count,
+        source_ip: Some("127.0.0.2".parse().expect("address")),
+        alarm_rate_per_tablet: alarms_per_second / count as f64,
+        connect_rate: 0,
+        run_for: Duration::from_secs(6),
+        backoff_base: Duration::from_millis(100),
+        backoff_cap: Duration::from_secs(1),
+        resumption: true,
+        raw: false,
+        brief_mix: false,
+    }
+}
+
+async fn provision(node: &TestNode, count: u64) {
+    let station = node.station().await;
+    let devices: Vec<(String, [u8; 32])> = (0..count)
+        .map(|index| {
+            (
+                fleet_device_id("fleet", index),
+                fleet_signing_key("suite", index).verifying_key().to_bytes(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        node.store.add_fleet(station, &devices).await.unwrap(),
+        count
+    );
+    // Registering again adds nothing.
+    assert_eq!(node.store.add_fleet(station, &devices).await.unwrap(), 0);
+}
+
+fn websocket_addr(node: &TestNode) -> SocketAddr {
+    let port: u16 = node
+        .websocket_url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .expect("a port");
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_holds_its_links_and_every_alarm_is_acknowledged_and_stored_once() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    provision(&node, 40).await;
+    let stats = Arc::new(FleetStats::default());
+    let report = run_fleet(
+        config(&node, websocket_addr(&node), 40, 10.0),
+        Arc::clone(&stats),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.connects, 40, "{report:?}");
+    assert_eq!((report.failures, report.drops), (0, 0), "{report:?}");
+    assert!(report.alarms_sent > 0, "{report:?}");
+    // Alarms in flight when the run ended may be unacknowledged; an acknowledged one is stored.
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM alarms WHERE device_id LIKE 'fleet-%'")
+            .fetch_one(node.store.pool())
+            .await
+            .unwrap();
+    assert!(
+        stored as u64 >= report.alarms_acked,
+        "{stored} stored, {report:?}"
+    );
+    assert!(
+        stored as u64 <= report.alarms_sent,
+        "{stored} stored, {report:?}"
+    );
+    assert!(report.alarm_ack_ms_p99.is_some());
+    node.stop().await;
+}
+
+fn floor_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join("carebell-floor");
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first",
+        path.display()
+    );
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floor_program_holds_raw_links() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let dir = carebell_tests::TempDir::new();
+    let (cert, key) = carebell_server::devcert::DevCertificates::generate()
+        .unwrap()
+        .write(&dir.0)
+        .unwrap();
+    let ca = std::fs::read_to_string(dir.0.join("ca.pem")).unwrap();
+    let addr = free_port();
+    let mut floor = tokio::process::Command::new(floor_binary())
+        .arg(addr.to_string())
+        .arg(cert)
+        .arg(key)
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut fleet = config(&node, addr, 25, 0.0);
+    fleet.ca_pem = Some(ca);
+    fleet.raw = true;
+    fleet.run_for = Duration::from_secs(3);
+    let report = run_fleet(fleet, Arc::new(FleetStats::default()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.connects, report.failures, report.drops),
+        (25, 0, 0),
+        "{report:?}"
+    );
+    let _ = floor.kill().await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_comes_back_after_its_gateway_is_replaced() {
+    let database_url = carebell_tests::fresh_database().await;
+    let listen = free_port();
+    let certificates = carebell_server::devcert::DevCertificates::generate().unwrap();
+    let options = || NodeOptions {
+        database_url: Some(database_url.clone()),
+        websocket_listen: Some(listen),
+        certificates: Some(certificates.clone()),
+        ..NodeOptions::default()
+    };
+    let first = TestNode::start(options()).await;
+    provision(&first, 30).await;
+    let stats = Arc::new(FleetStats::default());
+    let mut fleet = config(&first, listen, 30, 0.0);
+    fleet.run_for = Duration::from_secs(30);
+    let running = tokio::spawn(run_fleet(fleet, Arc::clone(&stats)));
+    let wait_for = |target: u64| {
+        let stats = Arc::clone(&stats);
+        async move {
+            for _ in 0..200 {
+                if stats.connected.load(Ordering::Relaxed) == target {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            false
+        }
+    };
+    assert!(wait_for(30).await, "the fleet connected");
+    // The gateway is replaced (same database, port and certificate): the storm, in small.
+    first.stop().await;
+    assert!(wait_for(0).await, "the fleet saw its gateway go");
+    let second = TestNode::start(options()).await;
+    assert!(wait_for(30).await, "every tablet came back");
+    let report = stats.report();
+    assert_eq!(
+        report.connects, 60,
+        "each tablet connected twice: {report:?}"
+    );
+    assert!(report.drops >= 30, "{report:?}");
+    running.abort();
+    second.stop().await;
+}
