@@ -341,10 +341,12 @@ async fn session(shared: &Shared, key: &SigningKey, device_id: &str) -> Outcome 
     let Ok(mut request) = format!("wss://{}/", config.server_name).into_client_request() else {
         return Outcome::Failed;
     };
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_static(WS_SUBPROTOCOL),
-    );
+    if !config.raw {
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static(WS_SUBPROTOCOL),
+        );
+    }
     // The same small buffers as the gateway: memory per link is the point of fleet mode.
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)

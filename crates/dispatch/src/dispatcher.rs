@@ -50,28 +50,36 @@ impl Dispatcher {
     /// (row locks with SKIP LOCKED) keep them from deciding the same thing twice.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut failures: u32 = 0;
+        // One ticker across iterations: a steady stream of "wanted" must not starve the sweeps.
+        let mut sweeps = tokio::time::interval(self.config.sweep_interval);
+        sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let event = tokio::select! {
                 _ = shutdown.cancelled() => Event::Shutdown,
+                _ = sweeps.tick() => Event::Sweep,
                 _ = self.hub.dispatch_wanted() => Event::Wanted,
-                _ = tokio::time::sleep(self.config.sweep_interval) => Event::Sweep,
             };
             match event {
                 Event::Shutdown => return,
                 Event::Wanted | Event::Sweep => {
+                    // The sweeps run on the timer only: new work (a call, an alarm) wants a
+                    // matching round, not a pass over every device, cascade and order; under a
+                    // thousand alarms a second that difference is the database's whole budget.
                     // Each sweep on its own: one failing must not stop the others.
-                    if let Err(error) = self
-                        .store
-                        .sweep_offline_devices(self.config.offline_after, 100)
-                        .await
-                    {
-                        tracing::warn!(%error, "offline sweep failed");
-                    }
-                    if let Err(error) = self.store.sweep_cascades().await {
-                        tracing::warn!(%error, "family cascade sweep failed");
-                    }
-                    if let Err(error) = self.store.sweep_orders(None).await {
-                        tracing::warn!(%error, "service order sweep failed");
+                    if matches!(event, Event::Sweep) {
+                        if let Err(error) = self
+                            .store
+                            .sweep_offline_devices(self.config.offline_after, 100)
+                            .await
+                        {
+                            tracing::warn!(%error, "offline sweep failed");
+                        }
+                        if let Err(error) = self.store.sweep_cascades().await {
+                            tracing::warn!(%error, "family cascade sweep failed");
+                        }
+                        if let Err(error) = self.store.sweep_orders(None).await {
+                            tracing::warn!(%error, "service order sweep failed");
+                        }
                     }
                     let round = self.store.dispatch_round(self.config.ring_timeout).await;
                     match round {

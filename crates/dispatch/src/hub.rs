@@ -70,6 +70,8 @@ struct DeviceSlot {
     kicked: CancellationToken,
     /// When the device was last heard, in milliseconds since the hub's epoch.
     last_heard_ms: Arc<AtomicU64>,
+    /// When its last-seen time was last written to the database (hub epoch ms; 0: never).
+    written_ms: AtomicU64,
 }
 
 /// Capacity of each operator's event channel. An operator receives a handful of events per
@@ -187,6 +189,29 @@ impl Hub {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// The devices whose durable last-seen time was not written for `every` (or never), with
+    /// how long each has been silent; marks them written. Spreads the writes of a large fleet
+    /// over `every` instead of rewriting every device at each pass.
+    pub fn device_silences_due(&self, every: Duration) -> Vec<(String, Duration)> {
+        let now = self.elapsed_ms();
+        let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+        lock(&self.devices)
+            .iter()
+            .filter_map(|(device_id, slot)| {
+                let written = slot.written_ms.load(Ordering::Relaxed);
+                if written != 0 && now.saturating_sub(written) < every_ms {
+                    return None;
+                }
+                slot.written_ms.store(now.max(1), Ordering::Relaxed);
+                let heard = slot.last_heard_ms.load(Ordering::Relaxed);
+                Some((
+                    device_id.clone(),
+                    Duration::from_millis(now.saturating_sub(heard)),
+                ))
+            })
+            .collect()
+    }
+
     /// Every device this node holds and how long each has been silent.
     pub fn device_silences(&self) -> Vec<(String, Duration)> {
         let now = self.elapsed_ms();
@@ -228,6 +253,7 @@ impl Hub {
                 session,
                 outbox_changed: Arc::clone(&outbox_changed),
                 signals: signals_tx,
+                written_ms: AtomicU64::new(0),
                 kicked: kicked.clone(),
                 last_heard_ms: Arc::clone(&last_heard_ms),
             },

@@ -51,13 +51,16 @@ pub async fn run_listener(
     }
 }
 
-/// Writes the durable last-seen times of the devices this node holds every `interval`: one
-/// statement for all of them, each as "silent for so long" applied to the database's clock.
-/// Offline supervision reads these times, so it holds across nodes and without Redis.
+/// Writes the durable last-seen times of the devices this node holds: every `interval` it
+/// writes, in one statement, the devices not written for `write_every` (a new device at once),
+/// each as "silent for so long" applied to the database's clock. Offline supervision reads
+/// these times, so it holds across nodes and without Redis; `write_every` must stay well under
+/// the offline threshold.
 pub async fn run_last_seen_refresher(
     store: carebell_store::Store,
     hub: std::sync::Arc<Hub>,
     interval: std::time::Duration,
+    write_every: std::time::Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     loop {
@@ -65,7 +68,7 @@ pub async fn run_last_seen_refresher(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        let silences = hub.device_silences();
+        let silences = hub.device_silences_due(write_every);
         if silences.is_empty() {
             continue;
         }

@@ -225,10 +225,15 @@ impl Application {
         // Durable last-seen times, often enough that a live device never looks offline.
         let last_seen_interval =
             Settings::ms(settings.device.heartbeat_interval_ms / 2).min(Duration::from_secs(5));
+        // Each device's time is rewritten at most every quarter of the offline threshold: the
+        // offline sweep still sees a live device as live, and a fleet of 100,000 costs a few
+        // thousand row updates a second instead of tens of thousands.
+        let write_every = (settings.offline_after() / 4).max(last_seen_interval);
         tracker.spawn(carebell_dispatch::run_last_seen_refresher(
             store.clone(),
             Arc::clone(&hub),
             last_seen_interval,
+            write_every,
             shutdown.clone(),
         ));
         let refresh = Settings::ms(settings.presence.refresh_interval_ms);

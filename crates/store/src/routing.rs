@@ -35,23 +35,49 @@ pub(crate) async fn now_ms(tx: &mut Transaction<'_, Postgres>) -> Result<i64> {
 }
 
 /// The rule set in force (the newest loaded), or the built-in one.
+/// The rules in force, parsed once per version and process: every call and alarm reads them,
+/// and parsing on each would cost more than the insert itself.
+static RULES_CACHE: std::sync::Mutex<Option<(i64, ValidRuleSet)>> = std::sync::Mutex::new(None);
+
+fn default_rules() -> ValidRuleSet {
+    static DEFAULT: std::sync::OnceLock<ValidRuleSet> = std::sync::OnceLock::new();
+    DEFAULT.get_or_init(ValidRuleSet::default_rules).clone()
+}
+
 pub(crate) async fn active_rules(tx: &mut Transaction<'_, Postgres>) -> Result<ValidRuleSet> {
-    let body: Option<serde_json::Value> =
-        sqlx::query_scalar("SELECT body FROM routing_rules ORDER BY version DESC LIMIT 1")
-            .fetch_optional(&mut **tx)
-            .await?;
-    let Some(body) = body else {
-        return Ok(ValidRuleSet::default_rules());
+    let version: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM routing_rules")
+        .fetch_one(&mut **tx)
+        .await?;
+    let Some(version) = version else {
+        return Ok(default_rules());
     };
+    if let Some((cached_version, rules)) = RULES_CACHE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .as_ref()
+    {
+        if *cached_version == version {
+            return Ok(rules.clone());
+        }
+    }
+    let body: serde_json::Value =
+        sqlx::query_scalar("SELECT body FROM routing_rules WHERE version = $1")
+            .bind(version)
+            .fetch_one(&mut **tx)
+            .await?;
     // Rules are validated before they are stored, so this only fails if someone edited the
     // table by hand. Calls must still flow: fall back to the built-in rules, loudly.
     let parsed = serde_json::from_value::<RuleSet>(body)
         .map_err(|error| error.to_string())
         .and_then(|rules| ValidRuleSet::validate(rules).map_err(|error| error.to_string()));
-    Ok(parsed.unwrap_or_else(|error| {
+    let rules = parsed.unwrap_or_else(|error| {
         tracing::error!(%error, "the stored routing rules are unusable; routing by the built-in rules");
-        ValidRuleSet::default_rules()
-    }))
+        default_rules()
+    });
+    *RULES_CACHE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((version, rules.clone()));
+    Ok(rules)
 }
 
 /// The seconds from `queued_at` to the item's next deadline.
