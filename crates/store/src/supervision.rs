@@ -106,8 +106,13 @@ impl Store {
     /// The counters kept live by the event log's trigger.
     pub async fn live_statistics(&self) -> Result<StatisticsCounts> {
         let row = sqlx::query(
-            "SELECT offered, answered, answered_within_60s, answered_within_180s, abandoned,
-                    short_abandoned, sum_answer_ms, ended, sum_handle_ms FROM stats_live",
+            "SELECT sum(offered)::bigint AS offered, sum(answered)::bigint AS answered,
+                    sum(answered_within_60s)::bigint AS answered_within_60s,
+                    sum(answered_within_180s)::bigint AS answered_within_180s,
+                    sum(abandoned)::bigint AS abandoned, sum(short_abandoned)::bigint AS short_abandoned,
+                    sum(sum_answer_ms)::bigint AS sum_answer_ms, sum(ended)::bigint AS ended,
+                    sum(sum_handle_ms)::bigint AS sum_handle_ms
+             FROM stats_live",
         )
         .fetch_one(&self.pool)
         .await?;
