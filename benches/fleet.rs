@@ -124,8 +124,10 @@ impl Bench {
 
     /// Starts a fleet (through `tablet-fleet launch`); its live "connected" count is sent on the
     /// returned channel.
+    #[allow(clippy::too_many_arguments)]
     fn fleet(
         &self,
+        net: u8,
         port: u16,
         first: u64,
         count: u64,
@@ -136,6 +138,8 @@ impl Bench {
         let processes = count.div_ceil(PER_PROCESS).max(1);
         let mut child = Command::new(binary("tablet-fleet"))
             .arg("launch")
+            .arg("--source-net")
+            .arg(format!("127.{}.{net}", std::process::id() % 200 + 1))
             .arg("--processes")
             .arg(processes.to_string())
             .arg("--per-process")
@@ -289,6 +293,7 @@ async fn main() {
     let baseline = rss_bytes(floor_pid);
     let floor_count = tablets.min(PER_PROCESS);
     let (fleet, mut connected) = bench.fleet(
+        1,
         floor_port,
         0,
         floor_count,
@@ -353,6 +358,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let baseline = rss_bytes(pid);
         let (fleet, mut connected) = bench.fleet(
+            2,
             nats_port,
             0,
             floor_count,
@@ -400,7 +406,7 @@ async fn main() {
     let baseline = gateway_rss();
     let run_for = hold + Duration::from_secs(240);
     let (held_fleet, mut connected) =
-        bench.fleet(port, 0, tablets, 0.0, run_for, &["--resumption"]);
+        bench.fleet(3, port, 0, tablets, 0.0, run_for, &["--resumption"]);
     let (ramp_time, samples) = ramp(
         &mut connected,
         tablets,
@@ -467,7 +473,7 @@ async fn main() {
     // 4. Alarm durable-acknowledgement latency at `rate` with the fleet connected, and pgbench
     // single-row inserts in the same run for scale.
     let alarm_window = Duration::from_secs(30);
-    let (alarm_fleet, _) = bench.fleet(port, tablets, alarm_tablets, rate, alarm_window, &[]);
+    let (alarm_fleet, _) = bench.fleet(4, port, tablets, alarm_tablets, rate, alarm_window, &[]);
     let pgbench_file = dir.join("insert.sql");
     std::fs::write(
         &pgbench_file,
@@ -531,8 +537,35 @@ async fn main() {
         unit: "/s",
     });
 
+    // 4b. Where the knee is: the same measurement at lower rates.
+    let mut sweep = Vec::new();
+    for lower in [100.0, 300.0] {
+        let (fleet, _) = bench.fleet(
+            5,
+            port,
+            tablets,
+            alarm_tablets,
+            lower,
+            Duration::from_secs(20),
+            &[],
+        );
+        let report = final_report(fleet).await;
+        figures.push(Figure {
+            name: format!("alarm ack p50 at {lower}/s"),
+            value: report.alarm_ack_ms_p50.unwrap_or(f64::NAN),
+            unit: "ms",
+        });
+        figures.push(Figure {
+            name: format!("alarm ack p99 at {lower}/s"),
+            value: report.alarm_ack_ms_p99.unwrap_or(f64::NAN),
+            unit: "ms",
+        });
+        sweep.push(json!({ "rate": lower, "report": report }));
+    }
+    details.insert("rate_sweep".into(), json!(sweep));
+
     // 5. Hold, then a reconnect storm: every gateway killed and restarted.
-    tokio::time::sleep(hold.saturating_sub(alarm_window + Duration::from_secs(28))).await;
+    tokio::time::sleep(hold.saturating_sub(alarm_window + Duration::from_secs(68))).await;
     let still = *connected.borrow();
     figures.push(Figure {
         name: "connections still held after the hold".into(),
@@ -547,6 +580,7 @@ async fn main() {
         .map(|i| bench.gateway(i, port, heartbeat_ms))
         .collect();
     let (storm_alarms, _) = bench.fleet(
+        6,
         port,
         tablets,
         alarm_tablets,

@@ -28,12 +28,17 @@ struct Cli {
 enum Command {
     /// Run `--count` tablets in this process.
     Run(RunArgs),
-    /// Run `--processes` processes of `--per-process` tablets each, from 127.0.0.2, .3, ...
+    /// Run `--processes` processes of `--per-process` tablets each, from NET.2, NET.3, ...
     Launch {
         #[arg(long)]
         processes: u64,
         #[arg(long)]
         per_process: u64,
+        /// The first three parts of the source addresses (each process connects from its own
+        /// address, with its own ephemeral ports; a separate net per run avoids the ports still
+        /// in TIME_WAIT from an earlier one).
+        #[arg(long, default_value = "127.0.0")]
+        source_net: String,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -111,8 +116,9 @@ async fn main() {
         Command::Launch {
             processes,
             per_process,
+            source_net,
             common,
-        } => launch(processes, per_process, common).await,
+        } => launch(processes, per_process, &source_net, common).await,
     } {
         eprintln!("tablet-fleet: {error:#}");
         std::process::exit(1);
@@ -168,7 +174,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn launch(processes: u64, per_process: u64, common: CommonArgs) -> anyhow::Result<()> {
+async fn launch(
+    processes: u64,
+    per_process: u64,
+    source_net: &str,
+    common: CommonArgs,
+) -> anyhow::Result<()> {
+    if source_net.split('.').count() != 3 || !source_net.starts_with("127.") {
+        bail!("--source-net must be three parts of a 127.0.0.0/8 address, like 127.0.3");
+    }
     if processes == 0 || processes > 250 {
         bail!("--processes must be 1 to 250 (one 127.0.0.x source address each)");
     }
@@ -190,7 +204,7 @@ async fn launch(processes: u64, per_process: u64, common: CommonArgs) -> anyhow:
             .arg("--fleet-size")
             .arg(fleet_size.to_string())
             .arg("--source-ip")
-            .arg(format!("127.0.0.{}", process + 2))
+            .arg(format!("{source_net}.{}", process + 2))
             .arg("--server")
             .arg(common.server.to_string())
             .arg("--server-name")
