@@ -59,14 +59,46 @@ pub struct DeviceSignal {
     pub payload: String,
 }
 
-/// Signals waiting for one device session; a session that falls this far behind drops them
-/// (the console starts the voice again).
+/// Signals waiting for one device session; a session that falls this far behind drops the
+/// oldest (the console starts the voice again).
 const DEVICE_SIGNAL_CAPACITY: usize = 64;
+
+/// The WebRTC signals waiting for one device session. Allocates nothing until a signal arrives:
+/// almost no tablet is in a voice call at any moment, and a channel per connection would cost
+/// kilobytes on each of a hundred thousand idle links.
+#[derive(Default)]
+pub struct SignalQueue {
+    queue: Mutex<std::collections::VecDeque<DeviceSignal>>,
+    arrived: Notify,
+}
+
+impl SignalQueue {
+    fn push(&self, signal: DeviceSignal) {
+        let mut queue = lock(&self.queue);
+        if queue.len() >= DEVICE_SIGNAL_CAPACITY {
+            queue.pop_front();
+        }
+        queue.push_back(signal);
+        drop(queue);
+        self.arrived.notify_one();
+    }
+
+    /// Waits for signals and takes every one waiting, oldest first.
+    pub async fn next_batch(&self) -> Vec<DeviceSignal> {
+        loop {
+            let batch: Vec<DeviceSignal> = lock(&self.queue).drain(..).collect();
+            if !batch.is_empty() {
+                return batch;
+            }
+            self.arrived.notified().await;
+        }
+    }
+}
 
 struct DeviceSlot {
     session: u64,
     outbox_changed: Arc<Notify>,
-    signals: tokio::sync::mpsc::Sender<DeviceSignal>,
+    signals: Arc<SignalQueue>,
     kicked: CancellationToken,
     /// When the device was last heard, in milliseconds since the hub's epoch.
     last_heard_ms: Arc<AtomicU64>,
@@ -141,7 +173,7 @@ pub struct DeviceRegistration {
     pub kicked: CancellationToken,
     last_heard_ms: Arc<AtomicU64>,
     /// WebRTC signalling for the tablet.
-    pub signals: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<DeviceSignal>>,
+    pub signals: Arc<SignalQueue>,
 }
 
 impl DeviceRegistration {
@@ -246,13 +278,13 @@ impl Hub {
         let outbox_changed = Arc::new(Notify::new());
         let kicked = CancellationToken::new();
         let last_heard_ms = Arc::new(AtomicU64::new(self.elapsed_ms()));
-        let (signals_tx, signals_rx) = tokio::sync::mpsc::channel(DEVICE_SIGNAL_CAPACITY);
+        let signals = Arc::new(SignalQueue::default());
         let previous = lock(&self.devices).insert(
             device_id.to_owned(),
             DeviceSlot {
                 session,
                 outbox_changed: Arc::clone(&outbox_changed),
-                signals: signals_tx,
+                signals: Arc::clone(&signals),
                 written_ms: AtomicU64::new(0),
                 kicked: kicked.clone(),
                 last_heard_ms: Arc::clone(&last_heard_ms),
@@ -268,7 +300,7 @@ impl Hub {
             outbox_changed,
             kicked,
             last_heard_ms,
-            signals: tokio::sync::Mutex::new(signals_rx),
+            signals,
         }
     }
 
@@ -353,8 +385,7 @@ impl Hub {
                 payload,
             } => {
                 if let Some(slot) = lock(&self.devices).get(&device_id) {
-                    // A full queue drops the signal: the voice attempt fails and is retried.
-                    let _ = slot.signals.try_send(DeviceSignal {
+                    slot.signals.push(DeviceSignal {
                         call_id,
                         kind,
                         payload,
@@ -424,6 +455,24 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn signals_wait_in_order_and_the_oldest_go_when_a_session_falls_behind() {
+        let queue = SignalQueue::default();
+        for n in 0..(DEVICE_SIGNAL_CAPACITY + 3) {
+            queue.push(DeviceSignal {
+                call_id: Uuid::nil(),
+                kind: "candidate".to_owned(),
+                payload: n.to_string(),
+            });
+        }
+        let batch = queue.next_batch().await;
+        assert_eq!(batch.len(), DEVICE_SIGNAL_CAPACITY);
+        assert_eq!(batch[0].payload, "3", "the three oldest were dropped");
+        // Nothing waiting: the next batch waits for the next signal.
+        let waiting = tokio::time::timeout(Duration::from_millis(50), queue.next_batch()).await;
+        assert!(waiting.is_err());
+    }
 
     #[test]
     fn a_new_session_of_the_same_device_kicks_the_old_one() {

@@ -345,8 +345,8 @@ impl<T: DeviceTransport> Session<'_, T> {
                         return reason;
                     }
                 }
-                signal = async { registration.signals.lock().await.recv().await } => {
-                    if let Some(signal) = signal {
+                signals = registration.signals.next_batch() => {
+                    for signal in signals {
                         let body = Body::RtcSignal(RtcSignal {
                             call_id: signal.call_id.to_string(),
                             kind: signal.kind,
