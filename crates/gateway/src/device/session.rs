@@ -319,15 +319,31 @@ impl<T: DeviceTransport> Session<'_, T> {
         let silence_limit = settings
             .heartbeat_interval
             .mul_f64(settings.missed_heartbeats);
-        let mut silent_until = Instant::now() + silence_limit;
         // Resumption: whatever the device has not acknowledged goes out again.
         if let Next::End(reason) = self.send_outbox().await {
             return reason;
         }
+        // The futures that live as long as the session are made once, not on every message:
+        // a tablet's heartbeat then costs a frame and an acknowledgement, not half a dozen
+        // waiter registrations. The silence timer is checked lazily: it fires at the old
+        // deadline and is moved on if the device was heard since (at most one re-arm per
+        // silence limit instead of one per message).
+        let context: &DeviceContext = self.context;
+        let mut last_heard = Instant::now();
+        let silence = tokio::time::sleep_until(last_heard + silence_limit);
+        tokio::pin!(silence);
+        let kicked = registration.kicked.cancelled();
+        tokio::pin!(kicked);
+        let shutdown = context.shutdown.cancelled();
+        tokio::pin!(shutdown);
+        let outbox_changed = registration.outbox_changed.notified();
+        tokio::pin!(outbox_changed);
+        let signals = registration.signals.next_batch();
+        tokio::pin!(signals);
         loop {
             tokio::select! {
                 incoming = self.link.transport.recv() => {
-                    silent_until = Instant::now() + silence_limit;
+                    last_heard = Instant::now();
                     registration.heard();
                     let next = match incoming {
                         Incoming::Closed => Next::End("closed by the device"),
@@ -340,13 +356,15 @@ impl<T: DeviceTransport> Session<'_, T> {
                         return reason;
                     }
                 }
-                _ = registration.outbox_changed.notified() => {
+                _ = &mut outbox_changed => {
+                    outbox_changed.set(registration.outbox_changed.notified());
                     if let Next::End(reason) = self.send_outbox().await {
                         return reason;
                     }
                 }
-                signals = registration.signals.next_batch() => {
-                    for signal in signals {
+                batch = &mut signals => {
+                    signals.set(registration.signals.next_batch());
+                    for signal in batch {
                         let body = Body::RtcSignal(RtcSignal {
                             call_id: signal.call_id.to_string(),
                             kind: signal.kind,
@@ -357,16 +375,21 @@ impl<T: DeviceTransport> Session<'_, T> {
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(silent_until) => {
+                _ = &mut silence => {
+                    let deadline = last_heard + silence_limit;
+                    if deadline > Instant::now() {
+                        silence.as_mut().reset(deadline);
+                        continue;
+                    }
                     self.link.transport.close(CLOSE_TIMEOUT, "no heartbeat").await;
                     return "heartbeat supervision timed out";
                 }
-                _ = registration.kicked.cancelled() => {
+                _ = &mut kicked => {
                     self.link.transport.close(CLOSE_GOING_AWAY, "replaced by a newer connection of this device").await;
                     return "replaced by a newer connection";
                 }
-                _ = self.context.shutdown.cancelled() => {
-                    let window = u64::try_from(self.context.settings.go_away_window.as_millis()).unwrap_or(u64::MAX).max(1);
+                _ = &mut shutdown => {
+                    let window = u64::try_from(context.settings.go_away_window.as_millis()).unwrap_or(u64::MAX).max(1);
                     let delay = rand::thread_rng().gen_range(0..window);
                     let _ = self.link.send_body(Body::GoAway(GoAway {
                         reconnect_after_ms: u32::try_from(delay).unwrap_or(u32::MAX),
