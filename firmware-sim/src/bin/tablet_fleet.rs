@@ -95,6 +95,10 @@ struct RunArgs {
     /// `--count / --fleet-size`).
     #[arg(long)]
     fleet_size: Option<u64>,
+    /// Exit when the parent process is gone (set by `launch`, so that killing the launcher
+    /// never leaves fleets behind).
+    #[arg(long)]
+    exit_with_parent: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -153,6 +157,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         raw: common.raw,
         brief_mix: common.brief_mix,
     };
+    if args.exit_with_parent {
+        let parent = std::os::unix::process::parent_id();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if std::os::unix::process::parent_id() != parent {
+                    std::process::exit(2);
+                }
+            }
+        });
+    }
     let stats = Arc::new(FleetStats::default());
     let reporter_stats = Arc::clone(&stats);
     let reporter = tokio::spawn(async move {
@@ -199,6 +214,7 @@ async fn launch(
         let mut command = tokio::process::Command::new(&exe);
         command
             .arg("run")
+            .arg("--exit-with-parent")
             .arg("--count")
             .arg(per_process.to_string())
             .arg("--fleet-size")
