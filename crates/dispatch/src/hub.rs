@@ -244,21 +244,6 @@ impl Hub {
             .collect()
     }
 
-    /// Every device this node holds and how long each has been silent.
-    pub fn device_silences(&self) -> Vec<(String, Duration)> {
-        let now = self.elapsed_ms();
-        lock(&self.devices)
-            .iter()
-            .map(|(device_id, slot)| {
-                let heard = slot.last_heard_ms.load(Ordering::Relaxed);
-                (
-                    device_id.clone(),
-                    Duration::from_millis(now.saturating_sub(heard)),
-                )
-            })
-            .collect()
-    }
-
     pub fn subscribe_operator(self: &Arc<Self>, operator_id: Uuid) -> OperatorSubscription {
         let mut operators = lock(&self.operators);
         let events = operators

@@ -41,7 +41,7 @@ use uuid::Uuid;
 mod alarms;
 mod orders;
 
-use crate::credentials::{bearer_token, check_lengths, new_token, token_hash, verify_password};
+use crate::credentials::{bearer_token, check_lengths, new_token, token_hash, verified_account};
 use crate::status_from_store;
 
 /// Longest note on a call's end.
@@ -363,13 +363,11 @@ impl Console for ConsoleService {
             .operator_credentials(&username)
             .await
             .map_err(status_from_store)?;
-        let stored = credentials
-            .as_ref()
-            .map(|credentials| credentials.password_hash.clone());
-        let credentials = match credentials {
-            Some(credentials) if verify_password(stored, password).await? => credentials,
-            _ => return Err(Status::unauthenticated("invalid username or password")),
-        };
+        let found = credentials.map(|credentials| {
+            let hash = credentials.password_hash.clone();
+            (credentials, hash)
+        });
+        let credentials = verified_account(found, password).await?;
         let token = new_token();
         let expires_at = self
             .store

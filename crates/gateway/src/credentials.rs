@@ -63,6 +63,23 @@ pub(crate) async fn verify_password(
     Ok(known && matches)
 }
 
+/// The account of a sign-in whose password matches: `found` is the account looked up by
+/// username with its stored hash (None: no such user, checked against a dummy hash in the same
+/// time). Every API's sign-in refuses with the same message, whichever part was wrong.
+pub(crate) async fn verified_account<A>(
+    found: Option<(A, String)>,
+    password: String,
+) -> Result<A, Status> {
+    let (account, stored) = match found {
+        Some((account, stored)) => (Some(account), Some(stored)),
+        None => (None, None),
+    };
+    match account {
+        Some(account) if verify_password(stored, password).await? => Ok(account),
+        _ => Err(Status::unauthenticated("invalid username or password")),
+    }
+}
+
 /// A new random bearer token (64 hex digits).
 pub(crate) fn new_token() -> String {
     let mut token_bytes = [0u8; 32];

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::credentials::{bearer_token, check_lengths, new_token, token_hash, verify_password};
+use crate::credentials::{bearer_token, check_lengths, new_token, token_hash, verified_account};
 use crate::status_from_store;
 
 /// How often a family member's alert stream looks for new alerts.
@@ -139,13 +139,9 @@ impl Family for FamilyService {
             .family_credentials(&username)
             .await
             .map_err(status_from_store)?;
-        let stored = credentials.as_ref().map(|(_, _, hash)| hash.clone());
-        let (account_id, display_name) = match credentials {
-            Some((account_id, display_name, _)) if verify_password(stored, password).await? => {
-                (account_id, display_name)
-            }
-            _ => return Err(Status::unauthenticated("invalid username or password")),
-        };
+        let found =
+            credentials.map(|(account_id, display_name, hash)| ((account_id, display_name), hash));
+        let (account_id, display_name) = verified_account(found, password).await?;
         let token = new_token();
         let expires_at = self
             .store

@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::credentials::{bearer_token, check_lengths, new_token, token_hash, verify_password};
+use crate::credentials::{bearer_token, check_lengths, new_token, token_hash, verified_account};
 use crate::status_from_store;
 
 /// A feed re-reads at least this often, even when no notification arrived.
@@ -149,13 +149,9 @@ impl Provider for ProviderService {
             .provider_credentials(&username)
             .await
             .map_err(status_from_store)?;
-        let stored = credentials.as_ref().map(|(_, _, hash)| hash.clone());
-        let (session, display_name) = match credentials {
-            Some((session, display_name, _)) if verify_password(stored, password).await? => {
-                (session, display_name)
-            }
-            _ => return Err(Status::unauthenticated("invalid username or password")),
-        };
+        let found =
+            credentials.map(|(session, display_name, hash)| ((session, display_name), hash));
+        let (session, display_name) = verified_account(found, password).await?;
         let provider = self
             .store
             .provider(session.provider_id)

@@ -35,6 +35,17 @@ pub struct OperatorClient {
     pub display_name: String,
 }
 
+/// A request carrying `token` as the bearer credential (the console, family and provider APIs
+/// all take it so).
+pub(crate) fn authorized<T>(token: &str, message: T) -> Result<Request<T>, Status> {
+    let mut request = Request::new(message);
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| Status::internal("token is not a valid header value"))?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
+}
+
 /// Opens a channel to `url` (`https://` trusting `ca_pem`, or `http://`).
 pub async fn channel(url: &str, ca_pem: Option<&str>) -> Result<Channel, ClientError> {
     let mut endpoint = Endpoint::from_shared(url.to_owned())
@@ -77,12 +88,7 @@ impl OperatorClient {
     }
 
     fn request<T>(&self, message: T) -> Result<Request<T>, Status> {
-        let mut request = Request::new(message);
-        let value = format!("Bearer {}", self.token)
-            .parse()
-            .map_err(|_| Status::internal("token is not a valid header value"))?;
-        request.metadata_mut().insert("authorization", value);
-        Ok(request)
+        authorized(&self.token, message)
     }
 
     pub async fn set_status(&mut self, status: OperatorStatus) -> Result<(), Status> {

@@ -44,12 +44,7 @@ impl ProviderClient {
     }
 
     fn request<T>(&self, message: T) -> Result<Request<T>, Status> {
-        let mut request = Request::new(message);
-        let value = format!("Bearer {}", self.token)
-            .parse()
-            .map_err(|_| Status::internal("token is not a valid header value"))?;
-        request.metadata_mut().insert("authorization", value);
-        Ok(request)
+        crate::console_client::authorized(&self.token, message)
     }
 
     pub async fn feed(&mut self) -> Result<Streaming<OrderView>, Status> {
