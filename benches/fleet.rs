@@ -12,11 +12,14 @@
 //! Settings (environment): CAREBELL_BENCH_TABLETS (20000), CAREBELL_BENCH_RATE (alarms/s, 1000),
 //! CAREBELL_BENCH_HOLD_SECS (30; the goal's figure is 600), CAREBELL_BENCH_DATABASE_ADMIN_URL.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use carebell_benches::{report, Figure};
+use carebell_benches::harness::{
+    binary, cpu_seconds, env_u64, per_connection, release_dir, rss_bytes, wait_for_port, Setup,
+};
+use carebell_benches::{report, report_goals, Figure, Goal};
 use firmware_sim::fleet::FleetReport;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -25,101 +28,14 @@ use tokio::process::{Child, Command};
 /// Connections per process, under the 20,000 open files one process may hold here.
 const PER_PROCESS: u64 = 18_000;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn release_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("own path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/release")
-        .to_path_buf()
-}
-
-fn binary(name: &str) -> PathBuf {
-    let path = release_dir().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --release --bins` first",
-        path.display()
-    );
-    path
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|line| line.starts_with("VmRSS:"))
-                .and_then(|line| line.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
-/// User plus system CPU seconds a process has used.
-fn cpu_seconds(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let after = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = after.split_whitespace().collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some((utime + stime) / 100.0)
-        })
-        .unwrap_or(0.0)
-}
-
-async fn wait_for_port(port: u16) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("nothing listens on port {port}");
-}
-
 struct Bench {
-    dir: PathBuf,
-    database_url: String,
+    setup: Setup,
     tablets: u64,
 }
 
 impl Bench {
     fn gateway(&self, index: u64, port: u16, heartbeat_ms: u64) -> Child {
-        Command::new(binary("carebell"))
-            .arg("serve")
-            .env("CAREBELL_DATABASE_URL", &self.database_url)
-            .env("CAREBELL_DATABASE_MAX_CONNECTIONS", "6")
-            .env("CAREBELL_NODE_ID", format!("bench-{index}"))
-            .env("CAREBELL_LISTEN__WEBSOCKET", format!("127.0.0.1:{port}"))
-            .env("CAREBELL_LISTEN__GRPC", "127.0.0.1:0")
-            .env("CAREBELL_LISTEN__WEB", "127.0.0.1:0")
-            .env("CAREBELL_TLS__CERT_PATH", self.dir.join("certs/server.pem"))
-            .env("CAREBELL_TLS__KEY_PATH", self.dir.join("certs/server.key"))
-            .env(
-                "CAREBELL_DEVICE__HEARTBEAT_INTERVAL_MS",
-                heartbeat_ms.to_string(),
-            )
-            .env("CAREBELL_RUN_MIGRATIONS", "false")
-            .env("CAREBELL_LOG_FORMAT", "json")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start a gateway")
+        self.setup.gateway(index, port, 0, heartbeat_ms)
     }
 
     /// Starts a fleet (through `tablet-fleet launch`); its live "connected" count is sent on the
@@ -147,7 +63,7 @@ impl Bench {
             .arg("--server")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--ca")
-            .arg(self.dir.join("certs/ca.pem"))
+            .arg(self.setup.dir.join("certs/ca.pem"))
             .arg("--first")
             .arg(first.to_string())
             .arg("--rate")
@@ -208,72 +124,19 @@ async fn ramp(
     (start.elapsed(), samples)
 }
 
-fn per_connection(baseline: u64, loaded: u64, connections: u64) -> f64 {
-    if connections == 0 {
-        return f64::NAN;
-    }
-    loaded.saturating_sub(baseline) as f64 / connections as f64
-}
-
 #[tokio::main]
 async fn main() {
     let tablets = env_u64("CAREBELL_BENCH_TABLETS", 20_000);
     let rate = env_u64("CAREBELL_BENCH_RATE", 1000) as f64;
     let hold = Duration::from_secs(env_u64("CAREBELL_BENCH_HOLD_SECS", 30));
-    let admin_url = std::env::var("CAREBELL_BENCH_DATABASE_ADMIN_URL")
-        .unwrap_or_else(|_| "postgres://carebell:carebell@127.0.0.1:5432/postgres".to_owned());
-    let dir = std::env::temp_dir().join(format!("carebell-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("bench dir");
-    let run = |program: &Path, args: &[&str], env: &[(&str, String)]| {
-        let mut command = std::process::Command::new(program);
-        command.args(args);
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let output = command.output().expect("run a command");
-        assert!(
-            output.status.success(),
-            "{} {args:?} failed: {}",
-            program.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
-    let database = format!("carebell_bench_{}", std::process::id());
-    run(
-        Path::new("psql"),
-        &[&admin_url, "-qc", &format!("create database {database}")],
-        &[],
-    );
-    let database_url = admin_url
-        .rsplit_once('/')
-        .map(|(base, _)| format!("{base}/{database}"))
-        .expect("a database URL");
-    let carebell = binary("carebell");
-    let env = [("CAREBELL_DATABASE_URL", database_url.clone())];
-    run(
-        &carebell,
-        &["dev-cert", "--out", &dir.join("certs").to_string_lossy()],
-        &env,
-    );
-    run(&carebell, &["migrate"], &env);
     // The held fleet, and a second small fleet that raises the alarms.
     let alarm_tablets = 2000;
-    run(
-        &carebell,
-        &[
-            "admin",
-            "fleet-provision",
-            "--count",
-            &(tablets + alarm_tablets).to_string(),
-        ],
-        &env,
-    );
     let bench = Bench {
-        dir: dir.clone(),
-        database_url: database_url.clone(),
+        setup: Setup::new("bench", tablets + alarm_tablets),
         tablets,
     };
+    let dir = bench.setup.dir.clone();
+    let database_url = bench.setup.database_url.clone();
     let mut figures = Vec::new();
     let mut details = serde_json::Map::new();
 
@@ -326,6 +189,7 @@ async fn main() {
     });
 
     // 1b. nats-server's WebSocket listener, when installed.
+    let mut nats_per = f64::NAN;
     let nats = [
         "/usr/sbin/nats-server",
         "/usr/bin/nats-server",
@@ -376,6 +240,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let held = *connected.borrow();
         let per = per_connection(baseline, rss_bytes(pid), held);
+        nats_per = per;
         drop(fleet);
         let _ = server.kill().await;
         details.insert("nats_samples".into(), json!(samples));
@@ -462,13 +327,14 @@ async fn main() {
         value: cpu_used / window.as_secs_f64(),
         unit: "cores",
     });
+    let heartbeats_per_cpu_second = if cpu_used > 0.0 {
+        heartbeats_per_second * window.as_secs_f64() / cpu_used
+    } else {
+        f64::NAN
+    };
     figures.push(Figure {
         name: "heartbeats per CPU-second".into(),
-        value: if cpu_used > 0.0 {
-            heartbeats_per_second * window.as_secs_f64() / cpu_used
-        } else {
-            f64::NAN
-        },
+        value: heartbeats_per_cpu_second,
         unit: "/cpu-s",
     });
 
@@ -511,15 +377,9 @@ async fn main() {
         "INSERT INTO bench_insert (at) VALUES (now());\n",
     )
     .expect("pgbench script");
-    run(
-        Path::new("psql"),
-        &[
-            &database_url,
-            "-qc",
-            "create table bench_insert (id bigserial primary key, at timestamptz)",
-        ],
-        &[],
-    );
+    bench
+        .setup
+        .psql("create table bench_insert (id bigserial primary key, at timestamptz)");
     tokio::time::sleep(Duration::from_secs(8)).await;
     let pgbench = std::process::Command::new("pgbench")
         .args(["-n", "-c", "1", "-T", "10", "-f"])
@@ -641,11 +501,80 @@ async fn main() {
         serde_json::to_string_pretty(&document).unwrap_or_default(),
     );
     println!("details written to {}", out.display());
-    let _ = std::process::Command::new("psql")
-        .args([
-            &admin_url,
-            "-qc",
-            &format!("drop database if exists {database} with (force)"),
-        ])
-        .output();
+    // What the issue asks of this machine, and by how much each goal is met or missed.
+    let storm_all_back = if back >= tablets {
+        storm_time.as_secs_f64()
+    } else {
+        f64::INFINITY
+    };
+    let goal = |name: &str, measured: f64, target: f64, unit, higher_is_better| Goal {
+        name: name.to_owned(),
+        measured,
+        target,
+        unit,
+        higher_is_better,
+    };
+    report_goals(
+        "Goals (issue 7)",
+        &[
+            goal("TLS tablets held", held as f64, 100_000.0, "tablets", true),
+            goal(
+                "still held after the hold",
+                still as f64,
+                100_000.0,
+                "tablets",
+                true,
+            ),
+            goal("hold", hold.as_secs_f64(), 600.0, "s", true),
+            goal(
+                "memory per idle TLS connection vs the floor",
+                per / floor_per,
+                1.25,
+                "x",
+                false,
+            ),
+            goal(
+                "memory per idle TLS connection vs nats-server",
+                per / nats_per,
+                1.0,
+                "x",
+                false,
+            ),
+            goal(
+                "heartbeats per CPU-second",
+                heartbeats_per_cpu_second,
+                30_000.0,
+                "/cpu-s",
+                true,
+            ),
+            goal(
+                &format!("alarm ack p99 at {rate}/s"),
+                alarms.alarm_ack_ms_p99.unwrap_or(f64::NAN),
+                15.0,
+                "ms",
+                false,
+            ),
+            goal(
+                "reconnect storm: all back (resumption offered)",
+                storm_all_back,
+                20.0,
+                "s",
+                false,
+            ),
+            goal(
+                "reconnect storm: all back",
+                storm_all_back,
+                45.0,
+                "s",
+                false,
+            ),
+            goal(
+                "alarm ack p99 during the storm",
+                storm_report.alarm_ack_ms_p99.unwrap_or(f64::NAN),
+                100.0,
+                "ms",
+                false,
+            ),
+        ],
+    );
 }

@@ -55,3 +55,290 @@ pub fn report(title: &str, figures: &[Figure]) {
     }
     println!();
 }
+
+/// A goal from an issue, checked against what a benchmark measured.
+#[derive(Debug, Clone)]
+pub struct Goal {
+    pub name: String,
+    pub measured: f64,
+    pub target: f64,
+    pub unit: &'static str,
+    /// `true`: the measured value must reach the target (connections, rates); `false`: it must
+    /// stay at or under it (latencies, memory, time).
+    pub higher_is_better: bool,
+}
+
+impl Goal {
+    pub fn met(&self) -> bool {
+        if self.higher_is_better {
+            self.measured >= self.target
+        } else {
+            self.measured <= self.target
+        }
+    }
+
+    /// "met", or by how much it is missed, e.g. "short by 40% (0.60 x the goal)".
+    pub fn verdict(&self) -> String {
+        if !self.measured.is_finite() {
+            return "not measured".to_owned();
+        }
+        if self.met() {
+            return "met".to_owned();
+        }
+        let ratio = self.measured / self.target;
+        if self.higher_is_better {
+            format!(
+                "short by {:.0}% ({ratio:.2} x the goal)",
+                (1.0 - ratio) * 100.0
+            )
+        } else {
+            format!(
+                "over by {:.0}% ({ratio:.2} x the goal)",
+                (ratio - 1.0) * 100.0
+            )
+        }
+    }
+}
+
+/// Prints the goals as a markdown table (goal, measured, verdict) and one JSON line.
+pub fn report_goals(title: &str, goals: &[Goal]) {
+    let json: Vec<serde_json::Value> = goals
+        .iter()
+        .map(|goal| {
+            serde_json::json!({
+                "goal": goal.name,
+                "measured": goal.measured,
+                "target": goal.target,
+                "unit": goal.unit,
+                "met": goal.met(),
+                "verdict": goal.verdict(),
+            })
+        })
+        .collect();
+    println!("{}", serde_json::json!({ "goals": title, "checks": json }));
+    println!();
+    println!("| {title} | measured | goal | verdict |");
+    println!("|---|---:|---:|---|");
+    for goal in goals {
+        let bound = if goal.higher_is_better { "≥" } else { "≤" };
+        println!(
+            "| {} | {:.3} {} | {bound} {} {} | {} |",
+            goal.name,
+            goal.measured,
+            goal.unit,
+            goal.target,
+            goal.unit,
+            goal.verdict()
+        );
+    }
+    println!();
+}
+
+/// Processes, files and databases the multi-process benchmarks share.
+pub mod harness {
+    use std::path::{Path, PathBuf};
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    use tokio::process::{Child, Command};
+
+    /// `target/release`, where `cargo build --release --bins` put the programs.
+    pub fn release_dir() -> PathBuf {
+        let exe = std::env::current_exe().expect("own path");
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("target/release")
+            .to_path_buf()
+    }
+
+    /// A program from `target/release`; says how to build it when it is missing.
+    pub fn binary(name: &str) -> PathBuf {
+        let path = release_dir().join(name);
+        assert!(
+            path.exists(),
+            "{} is missing: run `cargo build --release --bins` first",
+            path.display()
+        );
+        path
+    }
+
+    pub fn env_u64(name: &str, default: u64) -> u64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// A process's resident memory (0 when it is gone).
+    pub fn rss_bytes(pid: u32) -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find(|line| line.starts_with("VmRSS:"))
+                    .and_then(|line| line.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// User plus system CPU seconds a process has used.
+    pub fn cpu_seconds(pid: u32) -> f64 {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let after = stat.rsplit_once(')')?.1;
+                let fields: Vec<&str> = after.split_whitespace().collect();
+                let utime: f64 = fields.get(11)?.parse().ok()?;
+                let stime: f64 = fields.get(12)?.parse().ok()?;
+                Some((utime + stime) / 100.0)
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Memory added per connection between two readings.
+    pub fn per_connection(baseline: u64, loaded: u64, connections: u64) -> f64 {
+        if connections == 0 {
+            return f64::NAN;
+        }
+        loaded.saturating_sub(baseline) as f64 / connections as f64
+    }
+
+    pub async fn wait_for_port(port: u16) {
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("nothing listens on port {port}");
+    }
+
+    fn run(program: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+        let mut command = std::process::Command::new(program);
+        command.args(args);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let output = command.output().expect("run a command");
+        assert!(
+            output.status.success(),
+            "{} {args:?} failed: {}",
+            program.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// A fresh database with the schema, development certificates and `tablets` fleet tablets
+    /// (`carebell admin fleet-provision`, seed and prefix "fleet"); dropped with the value.
+    pub struct Setup {
+        pub dir: PathBuf,
+        pub admin_url: String,
+        pub database: String,
+        pub database_url: String,
+    }
+
+    impl Setup {
+        pub fn new(name: &str, tablets: u64) -> Self {
+            let admin_url =
+                std::env::var("CAREBELL_BENCH_DATABASE_ADMIN_URL").unwrap_or_else(|_| {
+                    "postgres://carebell:carebell@127.0.0.1:5432/postgres".to_owned()
+                });
+            let dir = std::env::temp_dir().join(format!("carebell-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("bench dir");
+            let database = format!("carebell_{name}_{}", std::process::id());
+            run(
+                Path::new("psql"),
+                &[&admin_url, "-qc", &format!("create database {database}")],
+                &[],
+            );
+            let database_url = admin_url
+                .rsplit_once('/')
+                .map(|(base, _)| format!("{base}/{database}"))
+                .expect("a database URL");
+            let setup = Self {
+                dir,
+                admin_url,
+                database,
+                database_url,
+            };
+            setup.carebell(&[
+                "dev-cert",
+                "--out",
+                &setup.dir.join("certs").to_string_lossy(),
+            ]);
+            setup.carebell(&["migrate"]);
+            setup.carebell(&["admin", "fleet-provision", "--count", &tablets.to_string()]);
+            setup
+        }
+
+        /// Runs `carebell` against this database; returns its standard output.
+        pub fn carebell(&self, args: &[&str]) -> String {
+            run(
+                &binary("carebell"),
+                args,
+                &[("CAREBELL_DATABASE_URL", self.database_url.as_str())],
+            )
+        }
+
+        /// Runs SQL against this database.
+        pub fn psql(&self, sql: &str) -> String {
+            run(Path::new("psql"), &[&self.database_url, "-qAtc", sql], &[])
+        }
+
+        pub fn ca_pem(&self) -> String {
+            std::fs::read_to_string(self.dir.join("certs/ca.pem")).expect("the CA certificate")
+        }
+
+        /// Starts `carebell serve` (node `bench-{index}`): devices over WebSocket on `ws_port`
+        /// (several processes may share it) and over gRPC on `grpc_port` (0: any).
+        pub fn gateway(
+            &self,
+            index: u64,
+            ws_port: u16,
+            grpc_port: u16,
+            heartbeat_ms: u64,
+        ) -> Child {
+            Command::new(binary("carebell"))
+                .arg("serve")
+                .env("CAREBELL_DATABASE_URL", &self.database_url)
+                .env("CAREBELL_DATABASE_MAX_CONNECTIONS", "6")
+                .env("CAREBELL_NODE_ID", format!("bench-{index}"))
+                .env("CAREBELL_LISTEN__WEBSOCKET", format!("127.0.0.1:{ws_port}"))
+                .env("CAREBELL_LISTEN__GRPC", format!("127.0.0.1:{grpc_port}"))
+                .env("CAREBELL_LISTEN__WEB", "127.0.0.1:0")
+                .env("CAREBELL_TLS__CERT_PATH", self.dir.join("certs/server.pem"))
+                .env("CAREBELL_TLS__KEY_PATH", self.dir.join("certs/server.key"))
+                .env(
+                    "CAREBELL_DEVICE__HEARTBEAT_INTERVAL_MS",
+                    heartbeat_ms.to_string(),
+                )
+                .env("CAREBELL_RUN_MIGRATIONS", "false")
+                .env("CAREBELL_LOG_FORMAT", "json")
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start a gateway")
+        }
+    }
+
+    impl Drop for Setup {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("psql")
+                .args([
+                    &self.admin_url,
+                    "-qc",
+                    &format!("drop database if exists {} with (force)", self.database),
+                ])
+                .output();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

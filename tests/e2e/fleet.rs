@@ -1,7 +1,9 @@
-//! Small versions of the district benchmark's scenarios, to keep the harness working: a fleet
-//! holds its links and has every alarm acknowledged and stored once; the floor program holds raw
-//! links; a fleet comes back after its gateway is replaced. Counts and correctness only, never
-//! timings (those are in `benches/fleet.rs`).
+//! Small versions of the benchmarks' scenarios, to keep the harnesses working: a fleet holds
+//! its links and has every alarm acknowledged and stored once; the floor program holds raw
+//! links; a fleet comes back after its gateway is replaced; calls at a steady rate are each
+//! taken once and a rung-out offer is made again (`benches/dispatch.rs`); tablets over gRPC hold
+//! their links (`benches/grpc_memory.rs`). Counts and correctness only, never timings (those
+//! are in `benches/`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -195,4 +197,177 @@ async fn a_fleet_comes_back_after_its_gateway_is_replaced() {
     assert!(report.drops >= 30, "{report:?}");
     running.abort();
     second.stop().await;
+}
+
+/// Takes offers until stopped: every offer is accepted and its call ended at once, except that
+/// the first offer of each call in `ring_out` is left to ring out. Returns the call ids taken.
+async fn taking_operator(
+    mut console: carebell_tests::Console,
+    ring_out: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Vec<String> {
+    use carebell_proto::console::v1::console_event::Event;
+    let mut taken = Vec::new();
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return taken,
+            event = console.next_event(Duration::from_secs(30)) => event,
+        };
+        let Some(Event::Offer(offer)) = event else {
+            continue;
+        };
+        // `remove` is true once per call: its first offer.
+        if ring_out.lock().unwrap().remove(&offer.call_id) {
+            continue;
+        }
+        console.client.accept(&offer.offer_id).await.unwrap();
+        console
+            .client
+            .end_call(
+                &offer.call_id,
+                carebell_proto::console::v1::Disposition::Information,
+                "",
+            )
+            .await
+            .unwrap();
+        taken.push(offer.call_id);
+    }
+}
+
+/// The dispatch benchmark in small: calls pressed at a steady rate are each offered and taken
+/// exactly once; a call whose offer rings out is offered again after the deadline and taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_at_a_steady_rate_are_each_taken_once_and_a_rung_out_offer_is_made_again() {
+    let node = TestNode::start(NodeOptions {
+        ring_timeout: Duration::from_secs(1),
+        ..NodeOptions::default()
+    })
+    .await;
+    let ring_out = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut operators = Vec::new();
+    for n in 0..3 {
+        let console = node
+            .available_operator(&format!("rate{n}"), &format!("Rate {n}"))
+            .await;
+        operators.push(tokio::spawn(taking_operator(
+            console,
+            Arc::clone(&ring_out),
+            stop.clone(),
+        )));
+    }
+    let mut tablets = Vec::new();
+    for n in 0..12 {
+        let (_, config) = node
+            .tablet_config(
+                &format!("Rate senior {n}"),
+                firmware_sim::TransportKind::WebSocket,
+            )
+            .await;
+        tablets.push(firmware_sim::Tablet::connect(&config).await.unwrap());
+    }
+    let calls = |state: &'static str| {
+        let pool = node.store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM calls WHERE state = $1")
+                .bind(state)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let wait_until_ended = |target: i64| async move {
+        for _ in 0..200 {
+            if calls("ended").await == target {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("not every call ended");
+    };
+    // 24 calls at 20 per second.
+    for n in 0..24 {
+        tablets[n % tablets.len()].press().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_until_ended(24).await;
+    let one_winner: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT call_id FROM offers WHERE state = 'accepted'
+                               GROUP BY call_id HAVING count(*) = 1) won",
+    )
+    .fetch_one(node.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(one_winner, 24);
+
+    // Three more calls whose first offers ring out.
+    let mut rung_out = Vec::new();
+    for tablet in &tablets[..3] {
+        let request_id = tablet.press().await.unwrap();
+        let call_id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM calls WHERE request_id = $1")
+            .bind(&request_id)
+            .fetch_one(node.store.pool())
+            .await
+            .unwrap();
+        ring_out.lock().unwrap().insert(call_id.to_string());
+        rung_out.push(call_id);
+    }
+    wait_until_ended(27).await;
+    for call_id in &rung_out {
+        let offers: Vec<(String, bool)> = sqlx::query_as(
+            "SELECT state, created_at >= (SELECT min(expires_at) FROM offers WHERE call_id = $1)
+             FROM offers WHERE call_id = $1 ORDER BY created_at",
+        )
+        .bind(call_id)
+        .fetch_all(node.store.pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            offers,
+            vec![("expired".to_owned(), false), ("accepted".to_owned(), true)],
+            "call {call_id}: offered again only after the first offer's deadline"
+        );
+    }
+    stop.cancel();
+    let mut taken = Vec::new();
+    for operator in operators {
+        taken.extend(operator.await.unwrap());
+    }
+    taken.sort();
+    let before = taken.len();
+    taken.dedup();
+    assert_eq!((before, taken.len()), (27, 27), "each call taken once");
+    for tablet in tablets {
+        tablet.close().await;
+    }
+    node.stop().await;
+}
+
+/// The gRPC transport benchmark in small: tablets over `DeviceLink.Link` each hold a link and
+/// have a press stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tablets_over_grpc_hold_their_links_and_are_heard() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let mut tablets = Vec::new();
+    for n in 0..25 {
+        let (_, config) = node
+            .tablet_config(
+                &format!("gRPC senior {n}"),
+                firmware_sim::TransportKind::Grpc,
+            )
+            .await;
+        tablets.push(firmware_sim::Tablet::connect(&config).await.unwrap());
+    }
+    for tablet in &tablets {
+        tablet.press().await.unwrap();
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(DISTINCT device_id) FROM calls")
+        .fetch_one(node.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, 25);
+    for tablet in tablets {
+        tablet.close().await;
+    }
+    node.stop().await;
 }

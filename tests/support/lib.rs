@@ -65,6 +65,8 @@ pub async fn fresh_store() -> Store {
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
     pub ring_timeout: Duration,
+    /// How often the dispatcher sweeps (expiries, deadlines); tests use 50 ms, production 250.
+    pub sweep_interval: Duration,
     pub heartbeat_interval: Duration,
     pub handshake_timeout: Duration,
     /// Presence entries live three times this.
@@ -89,6 +91,7 @@ impl Default for NodeOptions {
     fn default() -> Self {
         Self {
             ring_timeout: Duration::from_secs(15),
+            sweep_interval: Duration::from_millis(50),
             heartbeat_interval: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             presence_refresh: Duration::from_millis(200),
@@ -180,7 +183,8 @@ impl TestNode {
         settings.listen.web = "127.0.0.1:0".parse().expect("address");
         settings.dispatch.ring_timeout_ms =
             u64::try_from(options.ring_timeout.as_millis()).expect("ring timeout");
-        settings.dispatch.sweep_interval_ms = 50;
+        settings.dispatch.sweep_interval_ms =
+            u64::try_from(options.sweep_interval.as_millis()).expect("sweep interval");
         settings.device.heartbeat_interval_ms =
             u64::try_from(options.heartbeat_interval.as_millis()).expect("heartbeat");
         settings.device.handshake_timeout_ms =
