@@ -99,6 +99,64 @@ async fn durable_ack_latency(n_presses: usize) -> Result<Vec<Figure>, String> {
     ])
 }
 
+/// From a revocation committed through node A to the tablet held by node B seeing its link
+/// closed (the issue asks for under a second).
+async fn revocation_latency(n: usize) -> Result<Vec<Figure>, String> {
+    let database_url = carebell_tests::fresh_database().await;
+    let certificates = carebell_tests::carebell_server::devcert::DevCertificates::generate()
+        .map_err(|e| e.to_string())?;
+    let options = |node_id: &str| carebell_tests::NodeOptions {
+        database_url: Some(database_url.clone()),
+        certificates: Some(certificates.clone()),
+        node_id: node_id.to_owned(),
+        ..carebell_tests::NodeOptions::default()
+    };
+    let a = carebell_tests::TestNode::start(options("bench-a")).await;
+    let b = carebell_tests::TestNode::start(options("bench-b")).await;
+    let mut latencies = Vec::with_capacity(n);
+    for index in 0..n {
+        let (_, config) = b
+            .tablet_config(&format!("revoked {index}"), TransportKind::WebSocket)
+            .await;
+        let mut tablet = Tablet::connect(&config)
+            .await
+            .map_err(|error| error.to_string())?;
+        let start = Instant::now();
+        a.store
+            .revoke_device(&config.credentials.device_id, "bench", "")
+            .await
+            .map_err(|error| error.to_string())?;
+        loop {
+            match tablet.next_event(Duration::from_secs(10)).await {
+                Some(firmware_sim::TabletEvent::Closed { .. }) => break,
+                Some(_) => continue,
+                None => return Err("a revoked tablet was not cut off".to_owned()),
+            }
+        }
+        latencies.push(start.elapsed());
+    }
+    a.stop().await;
+    b.stop().await;
+    latencies.sort();
+    Ok(vec![
+        Figure {
+            name: "revocation (node A) → link closed (node B) p50".to_owned(),
+            value: quantile_ms(&latencies, 0.5),
+            unit: "ms",
+        },
+        Figure {
+            name: "revocation → link closed p99".to_owned(),
+            value: quantile_ms(&latencies, 0.99),
+            unit: "ms",
+        },
+        Figure {
+            name: "revocation → link closed max".to_owned(),
+            value: quantile_ms(&latencies, 1.0),
+            unit: "ms",
+        },
+    ])
+}
+
 fn main() {
     report("device protocol (in process)", &codec_and_auth());
     let runtime = match tokio::runtime::Runtime::new() {
@@ -122,5 +180,18 @@ fn main() {
         Ok(Ok(Err(error))) => eprintln!("durable-ack benchmark skipped: {error}"),
         Ok(Err(panic)) => eprintln!("durable-ack benchmark skipped (is PostgreSQL reachable? run ./deploy/test.sh once): {panic}"),
         Err(_) => eprintln!("durable-ack benchmark timed out"),
+    }
+    let outcome = runtime.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            tokio::spawn(revocation_latency(100)),
+        )
+        .await
+    });
+    match outcome {
+        Ok(Ok(Ok(figures))) => report("device revocation across two nodes", &figures),
+        Ok(Ok(Err(error))) => eprintln!("revocation benchmark skipped: {error}"),
+        Ok(Err(panic)) => eprintln!("revocation benchmark skipped: {panic}"),
+        Err(_) => eprintln!("revocation benchmark timed out"),
     }
 }

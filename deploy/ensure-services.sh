@@ -53,6 +53,15 @@ ensure_role() {
     echo "carebell: creating the carebell database role" >&2
     psql_admin -c "create role carebell login createdb password 'carebell'" >/dev/null
   fi
+  # The application's own role: it reads and writes data but owns nothing, and cannot alter
+  # the append-only audit log (see docs/security.md). The owner may switch to it (SET ROLE).
+  if [ "$(psql_admin -c "select 1 from pg_roles where rolname = 'carebell_app'")" != "1" ]; then
+    echo "carebell: creating the carebell_app database role" >&2
+    psql_admin -c "create role carebell_app login password 'carebell_app'" >/dev/null
+  fi
+  if [ "$(psql_admin -c "select 1 from pg_auth_members m join pg_roles r on r.oid = m.roleid join pg_roles u on u.oid = m.member where r.rolname = 'carebell_app' and u.rolname = 'carebell'")" != "1" ]; then
+    psql_admin -c "grant carebell_app to carebell" >/dev/null
+  fi
 }
 
 redis_up() {

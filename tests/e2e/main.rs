@@ -12,6 +12,7 @@ mod ledger;
 mod orders;
 mod redis_down;
 mod routing;
+mod security;
 mod session;
 mod statistics;
 mod supervision;

@@ -122,7 +122,13 @@ pub struct Hub {
     /// The origin of the devices' last-heard times (a monotonic clock: only differences are
     /// sent to the database, which applies them to its own clock).
     epoch: Instant,
+    /// Devices revoked in the last [`REVOKED_MEMORY`]: a handshake that read the key just before
+    /// the revocation committed is cut off when it registers.
+    recently_revoked: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a revocation is remembered on each node (far longer than a handshake).
+const REVOKED_MEMORY: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The maps stay consistent across a panic in another holder (each operation is a single
@@ -177,6 +183,11 @@ pub struct DeviceRegistration {
 }
 
 impl DeviceRegistration {
+    /// Whether this device has been revoked (then `kicked` is cancelled too).
+    pub fn revoked(&self) -> bool {
+        self.hub.was_revoked(&self.device_id)
+    }
+
     /// The device was heard from just now.
     pub fn heard(&self) {
         self.last_heard_ms
@@ -214,6 +225,7 @@ impl Hub {
             dispatch_wanted: Notify::new(),
             provider_feeds: broadcast::channel(256).0,
             epoch: Instant::now(),
+            recently_revoked: Mutex::default(),
         })
     }
 
@@ -278,6 +290,9 @@ impl Hub {
         if let Some(previous) = previous {
             previous.kicked.cancel();
         }
+        if self.was_revoked(device_id) {
+            kicked.cancel();
+        }
         DeviceRegistration {
             hub: Arc::clone(self),
             device_id: device_id.to_owned(),
@@ -286,6 +301,24 @@ impl Hub {
             kicked,
             last_heard_ms,
             signals,
+        }
+    }
+
+    /// Whether `device_id` was revoked recently (its sessions end at once).
+    pub fn was_revoked(&self, device_id: &str) -> bool {
+        lock(&self.recently_revoked).contains_key(device_id)
+    }
+
+    /// A device was revoked: its session on this node (if any) ends now, and for a while a new
+    /// registration of it is cut off too.
+    fn revoke(&self, device_id: String) {
+        {
+            let mut revoked = lock(&self.recently_revoked);
+            revoked.retain(|_, at| at.elapsed() < REVOKED_MEMORY);
+            revoked.insert(device_id.clone(), Instant::now());
+        }
+        if let Some(slot) = lock(&self.devices).get(&device_id) {
+            slot.kicked.cancel();
         }
     }
 
@@ -394,6 +427,7 @@ impl Hub {
                 // No subscribers is fine: no provider feed is open on this node.
                 let _ = self.provider_feeds.send(provider_id);
             }
+            Notification::DeviceRevoked { device_id } => self.revoke(device_id),
             Notification::DeviceOutbox { device_id } => {
                 if let Some(slot) = lock(&self.devices).get(&device_id) {
                     slot.outbox_changed.notify_one();

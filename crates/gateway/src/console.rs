@@ -367,7 +367,8 @@ impl Console for ConsoleService {
             let hash = credentials.password_hash.clone();
             (credentials, hash)
         });
-        let credentials = verified_account(found, password).await?;
+        let credentials =
+            verified_account(&self.store, "operator", &username, found, password).await?;
         let token = new_token();
         let expires_at = self
             .store

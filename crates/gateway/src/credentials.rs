@@ -65,19 +65,54 @@ pub(crate) async fn verify_password(
 
 /// The account of a sign-in whose password matches: `found` is the account looked up by
 /// username with its stored hash (None: no such user, checked against a dummy hash in the same
-/// time). Every API's sign-in refuses with the same message, whichever part was wrong.
+/// time). Every API's sign-in refuses with the same message, whichever part was wrong. After
+/// [`carebell_store::MAX_SIGN_IN_FAILURES`] failures in a row the name (known or not) is
+/// locked for [`carebell_store::SIGN_IN_LOCKOUT`] on every node: refused before any password
+/// check, with `RESOURCE_EXHAUSTED`.
 pub(crate) async fn verified_account<A>(
+    store: &carebell_store::Store,
+    kind: &str,
+    username: &str,
     found: Option<(A, String)>,
     password: String,
 ) -> Result<A, Status> {
+    let locked = store
+        .sign_in_locked(kind, username)
+        .await
+        .map_err(crate::status_from_store)?;
+    if let Some(left) = locked {
+        return Err(locked_out(left));
+    }
     let (account, stored) = match found {
         Some((account, stored)) => (Some(account), Some(stored)),
         None => (None, None),
     };
     match account {
-        Some(account) if verify_password(stored, password).await? => Ok(account),
-        _ => Err(Status::unauthenticated("invalid username or password")),
+        Some(account) if verify_password(stored, password).await? => {
+            store
+                .sign_in_succeeded(kind, username)
+                .await
+                .map_err(crate::status_from_store)?;
+            Ok(account)
+        }
+        _ => {
+            let now_locked = store
+                .sign_in_failed(kind, username)
+                .await
+                .map_err(crate::status_from_store)?;
+            if now_locked {
+                return Err(locked_out(carebell_store::SIGN_IN_LOCKOUT));
+            }
+            Err(Status::unauthenticated("invalid username or password"))
+        }
     }
+}
+
+fn locked_out(left: std::time::Duration) -> Status {
+    Status::resource_exhausted(format!(
+        "too many failed sign-ins for this name; try again in {} minutes",
+        left.as_secs().div_ceil(60).max(1)
+    ))
 }
 
 /// A new random bearer token (64 hex digits).

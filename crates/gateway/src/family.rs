@@ -141,7 +141,8 @@ impl Family for FamilyService {
             .map_err(status_from_store)?;
         let found =
             credentials.map(|(account_id, display_name, hash)| ((account_id, display_name), hash));
-        let (account_id, display_name) = verified_account(found, password).await?;
+        let (account_id, display_name) =
+            verified_account(&self.store, "family", &username, found, password).await?;
         let token = new_token();
         let expires_at = self
             .store

@@ -151,7 +151,8 @@ impl Provider for ProviderService {
             .map_err(status_from_store)?;
         let found =
             credentials.map(|(session, display_name, hash)| ((session, display_name), hash));
-        let (session, display_name) = verified_account(found, password).await?;
+        let (session, display_name) =
+            verified_account(&self.store, "provider", &username, found, password).await?;
         let provider = self
             .store
             .provider(session.provider_id)

@@ -78,6 +78,31 @@ pub enum AdminCommand {
         #[arg(long)]
         id: Uuid,
     },
+    /// Revoke a tablet: it is disconnected from whichever node holds it and cannot connect
+    /// again (a replacement is provisioned as a new device).
+    RevokeDevice {
+        #[arg(long)]
+        device_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Write everything stored about a resident as JSON (audited).
+    ExportResident {
+        #[arg(long)]
+        id: Uuid,
+        /// Where to write it ("-": standard output).
+        #[arg(long, default_value = "-")]
+        out: PathBuf,
+    },
+    /// Erase a resident's personal data on request, keeping the care and money records that
+    /// must be kept (see docs/security.md). Cannot be undone.
+    EraseResident {
+        #[arg(long)]
+        id: Uuid,
+        /// Required: the resident's id again, to confirm.
+        #[arg(long)]
+        confirm: Uuid,
+    },
     /// Replace an operator's skills (e.g. dialect:cantonese,station:<station id>,nurse).
     SetSkills {
         #[arg(long)]
@@ -315,6 +340,43 @@ pub async fn run(store: &Store, command: AdminCommand) -> anyhow::Result<String>
             Ok(format!("{username}: {}", skills.join(", ")))
         }
         AdminCommand::Services { command } => crate::admin_services::run(store, command).await,
+        AdminCommand::RevokeDevice { device_id, reason } => {
+            store
+                .revoke_device(device_id.trim(), "admin:cli", reason.trim())
+                .await
+                .context("failed to revoke the device")?;
+            Ok(format!("device {} revoked", device_id.trim()))
+        }
+        AdminCommand::ExportResident { id, out } => {
+            let export = store
+                .export_resident(id, "admin:cli")
+                .await
+                .context("failed to export the resident")?;
+            let text = serde_json::to_string_pretty(&export)?;
+            if out.as_os_str() == "-" {
+                Ok(text)
+            } else {
+                std::fs::write(&out, text)
+                    .with_context(|| format!("failed to write {}", out.display()))?;
+                Ok(format!("written to {}", out.display()))
+            }
+        }
+        AdminCommand::EraseResident { id, confirm } => {
+            if id != confirm {
+                bail!("--confirm must repeat the resident's id");
+            }
+            let erasure = store
+                .erase_resident(id, "admin:cli")
+                .await
+                .context("failed to erase the resident")?;
+            Ok(format!(
+                "resident {id} erased: {} devices revoked, {} contacts anonymised, {} events scrubbed, {} webhook bodies cleared",
+                erasure.devices_revoked,
+                erasure.contacts_anonymised,
+                erasure.events_scrubbed,
+                erasure.webhook_bodies_cleared
+            ))
+        }
         AdminCommand::FleetProvision {
             seed,
             prefix,

@@ -47,18 +47,37 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         // Only the ring provider is compiled in; make it the process default for tonic's TLS.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let store = Store::connect(
-            settings.database_url.expose(),
-            settings.database_max_connections,
-        )
-        .await
-        .context("failed to connect to PostgreSQL")?;
         if settings.run_migrations {
-            store
+            // As the schema's owner, on a connection of its own.
+            let owner = Store::connect(
+                settings
+                    .database_migrate_url
+                    .as_ref()
+                    .unwrap_or(&settings.database_url)
+                    .expose(),
+                2,
+            )
+            .await
+            .context("failed to connect to PostgreSQL to apply migrations")?;
+            owner
                 .migrate()
                 .await
                 .context("failed to apply database migrations")?;
+            owner.close().await;
         }
+        let store = Store::connect_as(
+            settings.database_url.expose(),
+            settings.database_max_connections,
+            Some(settings.database_app_role.as_str()),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "failed to connect to PostgreSQL as role {:?} (deploy/ensure-services.sh makes \
+                 it; docs/security.md says how; database_app_role = \"\" works as the URL's user)",
+                settings.database_app_role
+            )
+        })?;
         let backend: Arc<dyn PresenceBackend> = match &settings.redis_url {
             Some(url) => Arc::new(
                 RedisBackend::new(

@@ -44,6 +44,12 @@ pub struct Settings {
     /// `postgres://...`; may contain a password, so it is a secret.
     pub database_url: Secret,
     pub database_max_connections: u32,
+    /// The role the application works as (`SET ROLE` on every connection): it owns nothing and
+    /// cannot alter the audit log. Empty: work as the user in `database_url` (for a login role
+    /// that is itself the application's role).
+    pub database_app_role: String,
+    /// Where migrations run, as the schema's owner (default: `database_url`).
+    pub database_migrate_url: Option<Secret>,
     /// Without it, presence is kept in memory and only one node may run.
     pub redis_url: Option<Secret>,
     pub redis_key_prefix: String,
@@ -141,6 +147,7 @@ const DEFAULTS: &str = r#"
 node_id = "carebell-1"
 database_url = "postgres://postgres@127.0.0.1:5432/carebell"
 database_max_connections = 20
+database_app_role = "carebell_app"
 redis_key_prefix = "carebell:"
 insecure = false
 run_migrations = true
@@ -286,6 +293,18 @@ impl Settings {
         {
             return invalid(
                 "dispatch.sweep_interval_ms must be between 1 and ring_timeout_ms".to_owned(),
+            );
+        }
+        let role = &self.database_app_role;
+        let valid_role = role.len() <= 63
+            && role
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && !role.starts_with(|c: char| c.is_ascii_digit());
+        if !valid_role {
+            return invalid(
+                "database_app_role must be a lower-case role name (letters, digits, _) or empty"
+                    .to_owned(),
             );
         }
         if self.database_max_connections < 2 {

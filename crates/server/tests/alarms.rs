@@ -256,6 +256,11 @@ async fn alarms_survive_a_database_crash_and_a_dead_redis() {
             .execute(&mut connection)
             .await
             .unwrap();
+        // The application's own role, as deploy/ensure-services.sh makes it.
+        sqlx::query("CREATE ROLE carebell_app LOGIN")
+            .execute(&mut connection)
+            .await
+            .unwrap();
     }
     let mut redis = common::PrivateRedis::start().await;
     let database_url = postgres.url("carebell");

@@ -19,6 +19,7 @@ mod residents;
 mod routing;
 mod rtc;
 mod supervision;
+mod trust;
 mod webhooks;
 
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,7 @@ pub use rtc::{MAX_RTC_PAYLOAD_BYTES, RTC_KINDS};
 pub use supervision::{
     OperatorRow, QueueFigures, QueueStatus, StatisticsCounts, WaitingRow, SHORT_ABANDON_SECS,
 };
+pub use trust::{Erasure, MAX_SIGN_IN_FAILURES, SIGN_IN_LOCKOUT};
 pub use webhooks::WebhookDelivery;
 
 /// The PostgreSQL channel every node listens on.
@@ -111,6 +113,8 @@ pub enum Notification {
     },
     /// A device has new messages in its outbox.
     DeviceOutbox { device_id: String },
+    /// A device was revoked: whichever node holds its session ends it.
+    DeviceRevoked { device_id: String },
     /// The system changed an operator's status (paused after missed offers, wrap-up over).
     OperatorStatus {
         operator_id: Uuid,
@@ -155,13 +159,38 @@ pub struct Store {
 impl Store {
     /// Connects a pool; fails fast (within `connect_timeout`) if the database is unreachable.
     pub async fn connect(database_url: &str, max_connections: u32) -> Result<Self> {
+        Self::connect_as(database_url, max_connections, None).await
+    }
+
+    /// As [`Store::connect`], with every connection switched to `role` (`SET ROLE`) first: the
+    /// application's own role, which owns nothing and cannot alter the append-only logs.
+    pub async fn connect_as(
+        database_url: &str,
+        max_connections: u32,
+        role: Option<&str>,
+    ) -> Result<Self> {
         let options = PgConnectOptions::from_str(database_url)?.application_name("carebell");
-        let pool = PgPoolOptions::new()
+        let mut pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
-            .await?;
+            .acquire_timeout(Duration::from_secs(5));
+        if let Some(role) = role.filter(|role| !role.is_empty()) {
+            let statement: std::sync::Arc<str> =
+                format!("SET ROLE \"{}\"", role.replace('"', "\"\"")).into();
+            pool = pool.after_connect(move |connection, _| {
+                let statement = std::sync::Arc::clone(&statement);
+                Box::pin(async move {
+                    sqlx::Executor::execute(connection, &*statement).await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool.connect_with(options).await?;
         Ok(Self { pool })
+    }
+
+    /// Closes the pool (waiting for connections in use to be returned).
+    pub async fn close(&self) {
+        self.pool.close().await;
     }
 
     pub fn from_pool(pool: PgPool) -> Self {

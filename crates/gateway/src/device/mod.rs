@@ -13,7 +13,7 @@ use carebell_store::Store;
 use tokio_util::sync::CancellationToken;
 
 pub use grpc::DeviceLinkService;
-pub use ws::WsListener;
+pub use ws::{fuzz_websocket, WsListener};
 
 /// The device protocol's tunables.
 #[derive(Debug, Clone)]

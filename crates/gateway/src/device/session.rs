@@ -385,6 +385,10 @@ impl<T: DeviceTransport> Session<'_, T> {
                     return "heartbeat supervision timed out";
                 }
                 _ = &mut kicked => {
+                    if registration.revoked() {
+                        self.link.reject(RejectReason::BadCredentials, "this device has been revoked").await;
+                        return "device revoked";
+                    }
                     self.link.transport.close(CLOSE_GOING_AWAY, "replaced by a newer connection of this device").await;
                     return "replaced by a newer connection";
                 }

@@ -140,6 +140,39 @@ fn check_subprotocol(request: &Request, mut response: Response) -> Result<Respon
     Ok(response)
 }
 
+/// The path a device's first bytes take before anything else looks at them, without a network
+/// or a database: the HTTP upgrade (with the subprotocol check and the frame limits), then the
+/// decoding of frames into envelopes. For the fuzz targets in `tests/fuzz`; returns how many
+/// envelopes were decoded and how many frames were refused.
+#[doc(hidden)]
+pub async fn fuzz_websocket<S>(stream: S, max_frame_bytes: usize) -> (usize, usize)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let config = websocket_config(max_frame_bytes);
+    let Ok(websocket) =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check_subprotocol, Some(config))
+            .await
+    else {
+        return (0, 0);
+    };
+    let mut transport = WsTransport {
+        websocket,
+        max_frame_bytes,
+        closed: false,
+    };
+    let (mut envelopes, mut refused) = (0, 0);
+    // Every frame is consumed by one `recv`; the bound only guards against a bug here.
+    for _ in 0..10_000 {
+        match transport.recv().await {
+            Incoming::Envelope(_) => envelopes += 1,
+            Incoming::Bad(..) => refused += 1,
+            Incoming::Closed => break,
+        }
+    }
+    (envelopes, refused)
+}
+
 async fn upgrade<S>(
     context: DeviceContext,
     stream: S,

@@ -1,0 +1,427 @@
+//! Trust and privacy: revoking a device everywhere at once, and a resident's data exported or
+//! erased on request (keeping what must legally be kept: the care and money records, without
+//! the free text that could name or describe the person).
+
+use serde_json::{json, Value};
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::{append_event, notify, Notification, Result, Store, StoreError};
+
+/// Columns never exported: secrets that are not "data about" anyone.
+const SECRET_COLUMNS: &[&str] = &["password_hash", "token_hash"];
+
+/// What an erasure changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Erasure {
+    pub devices_revoked: u64,
+    pub contacts_anonymised: u64,
+    pub events_scrubbed: i64,
+    pub webhook_bodies_cleared: u64,
+}
+
+async fn audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    actor: &str,
+    action: &str,
+    resident_id: Option<Uuid>,
+    detail: Value,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (actor, action, resident_id, detail) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(actor)
+    .bind(action)
+    .bind(resident_id)
+    .bind(detail)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Revokes a device: it can no longer authenticate, and whichever node holds its session
+    /// ends it as soon as the notification arrives. Revoking twice is refused.
+    pub async fn revoke_device(&self, device_id: &str, actor: &str, reason: &str) -> Result<()> {
+        if reason.chars().count() > 500 {
+            return Err(StoreError::Invalid(
+                "the reason is longer than 500 characters".to_owned(),
+            ));
+        }
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT resident_id, revoked_at IS NOT NULL AS revoked FROM devices WHERE id = $1 FOR UPDATE",
+        )
+        .bind(device_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "device",
+            id: device_id.to_owned(),
+        })?;
+        if row.try_get::<bool, _>("revoked")? {
+            return Err(StoreError::Refused(format!(
+                "device {device_id} is already revoked"
+            )));
+        }
+        let resident_id: Uuid = row.try_get("resident_id")?;
+        sqlx::query(
+            "UPDATE devices SET revoked_at = clock_timestamp(), revoked_reason = $2 WHERE id = $1",
+        )
+        .bind(device_id)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        append_event(
+            &mut tx,
+            "device.revoked",
+            None,
+            None,
+            None,
+            Some(device_id),
+            json!({ "by": actor }),
+        )
+        .await?;
+        audit(
+            &mut tx,
+            actor,
+            "device.revoke",
+            Some(resident_id),
+            json!({ "device_id": device_id }),
+        )
+        .await?;
+        notify(
+            &mut tx,
+            &Notification::DeviceRevoked {
+                device_id: device_id.to_owned(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Everything stored about a resident, table by table, as JSON: every row that refers to
+    /// the resident, their devices, calls, orders, contacts, money and notifications (found
+    /// through the schema's own columns, so a new table is included without changing this).
+    /// The export is itself audited.
+    pub async fn export_resident(&self, resident_id: Uuid, actor: &str) -> Result<Value> {
+        let mut tx = self.pool.begin().await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM residents WHERE id = $1)")
+                .bind(resident_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if !exists {
+            return Err(StoreError::NotFound {
+                what: "resident",
+                id: resident_id.to_string(),
+            });
+        }
+        let devices: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM devices WHERE resident_id = $1")
+                .bind(resident_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        let calls: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM calls WHERE resident_id = $1 OR device_id = ANY($2)",
+        )
+        .bind(resident_id)
+        .bind(&devices)
+        .fetch_all(&mut *tx)
+        .await?;
+        let orders: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM orders WHERE resident_id = $1")
+            .bind(resident_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let contacts: Vec<Uuid> =
+            sqlx::query_scalar("SELECT id FROM contacts WHERE resident_id = $1")
+                .bind(resident_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        let transactions: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM ledger_transactions WHERE resident_id = $1 OR order_id = ANY($2)",
+        )
+        .bind(resident_id)
+        .bind(&orders)
+        .fetch_all(&mut *tx)
+        .await?;
+        let notifications: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM family_notifications WHERE call_id = ANY($1) OR contact_id = ANY($2)",
+        )
+        .bind(&calls)
+        .bind(&contacts)
+        .fetch_all(&mut *tx)
+        .await?;
+        // Which tables have which of the linking columns.
+        let columns: Vec<(String, String)> = sqlx::query_as(
+            "SELECT table_name::text, column_name::text FROM information_schema.columns
+             WHERE table_schema = current_schema()
+               AND column_name IN ('resident_id', 'device_id', 'call_id', 'order_id',
+                                   'contact_id', 'transaction_id', 'notification_id')
+             ORDER BY table_name, column_name",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut links: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (table, column) in columns {
+            links.entry(table).or_default().push(column);
+        }
+        links.insert("residents".to_owned(), vec!["id".to_owned()]);
+        let mut tables = serde_json::Map::new();
+        for (table, columns) in links {
+            let mut conditions: Vec<String> = columns
+                .iter()
+                .map(|column| {
+                    let parameter = match column.as_str() {
+                        "id" | "resident_id" => "$1",
+                        "device_id" => "$2",
+                        "call_id" => "$3",
+                        "order_id" => "$4",
+                        "contact_id" => "$5",
+                        "transaction_id" => "$6",
+                        _ => "$7",
+                    };
+                    if parameter == "$1" {
+                        format!("t.\"{column}\" = {parameter}")
+                    } else {
+                        format!("t.\"{column}\" = ANY({parameter})")
+                    }
+                })
+                .collect();
+            // The device table's own key is `id`.
+            if table == "devices" {
+                conditions.push("t.id = ANY($2)".to_owned());
+            }
+            let hidden: String = SECRET_COLUMNS
+                .iter()
+                .map(|column| format!(" - '{column}'"))
+                .collect();
+            let sql = format!(
+                "SELECT coalesce(json_agg(to_jsonb(t){hidden}), '[]'::json) FROM \"{table}\" t
+                 WHERE {}",
+                conditions.join(" OR ")
+            );
+            let rows: Value = sqlx::query_scalar(&sql)
+                .bind(resident_id)
+                .bind(&devices)
+                .bind(&calls)
+                .bind(&orders)
+                .bind(&contacts)
+                .bind(&transactions)
+                .bind(&notifications)
+                .fetch_one(&mut *tx)
+                .await?;
+            if rows.as_array().is_some_and(|rows| !rows.is_empty()) {
+                tables.insert(table, rows);
+            }
+        }
+        audit(
+            &mut tx,
+            actor,
+            "resident.export",
+            Some(resident_id),
+            json!({}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(json!({
+            "resident_id": resident_id,
+            "exported_by": actor,
+            "tables": tables,
+        }))
+    }
+
+    /// Erases a resident's personal data on request. What is kept, because care and money
+    /// records must be: calls, alarms, offers, orders and the ledger, with their times, kinds
+    /// and outcomes, under the resident's id. What goes: name, address, phone, position,
+    /// medical notes, risk warnings, key safe, contacts' names and phones, free-text notes on
+    /// calls, alarms and orders, messages waiting for the tablet, webhook bodies that carried
+    /// personal data, and free text in the event log. The resident's tablets are revoked.
+    pub async fn erase_resident(&self, resident_id: Uuid, actor: &str) -> Result<Erasure> {
+        let mut tx = self.pool.begin().await?;
+        let erased: Option<Option<chrono::DateTime<chrono::Utc>>> =
+            sqlx::query_scalar("SELECT erased_at FROM residents WHERE id = $1 FOR UPDATE")
+                .bind(resident_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match erased {
+            None => {
+                return Err(StoreError::NotFound {
+                    what: "resident",
+                    id: resident_id.to_string(),
+                })
+            }
+            Some(Some(_)) => {
+                return Err(StoreError::Refused(format!(
+                    "resident {resident_id} is already erased"
+                )))
+            }
+            Some(None) => {}
+        }
+        let devices: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM devices WHERE resident_id = $1")
+                .bind(resident_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        let revoked: Vec<String> = sqlx::query_scalar(
+            "UPDATE devices SET revoked_at = clock_timestamp(), revoked_reason = 'erased'
+             WHERE resident_id = $1 AND revoked_at IS NULL RETURNING id",
+        )
+        .bind(resident_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE residents SET full_name = '(erased)', address = '', phone = '', dialect = '',
+                    medical_notes = '', risk_warnings = '', key_safe = '', lat = NULL, lon = NULL,
+                    erased_at = clock_timestamp()
+             WHERE id = $1",
+        )
+        .bind(resident_id)
+        .execute(&mut *tx)
+        .await?;
+        let contacts = sqlx::query(
+            "UPDATE contacts SET name = '(erased)', relationship = '', phone = '',
+                    family_account_id = NULL, channels = '{}'
+             WHERE resident_id = $1",
+        )
+        .bind(resident_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("UPDATE calls SET note = '' WHERE resident_id = $1 AND note <> ''")
+            .bind(resident_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE alarms SET detail = '' WHERE device_id = ANY($1) AND detail <> ''")
+            .bind(&devices)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE alarm_actions SET note = '' WHERE note <> ''
+               AND call_id IN (SELECT id FROM calls WHERE resident_id = $1)",
+        )
+        .bind(resident_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE orders SET note = '', completion_notes = '', callback_note = '',
+                    cancel_reason = '',
+                    arrived_lat = NULL, arrived_lon = NULL
+             WHERE resident_id = $1",
+        )
+        .bind(resident_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM device_outbox WHERE device_id = ANY($1)")
+            .bind(&devices)
+            .execute(&mut *tx)
+            .await?;
+        let webhook_bodies_cleared = sqlx::query(
+            "UPDATE webhook_deliveries SET body = jsonb_build_object('erased', true)
+             WHERE notification_id IN (
+                 SELECT n.id FROM family_notifications n JOIN calls c ON c.id = n.call_id
+                 WHERE c.resident_id = $1)",
+        )
+        .bind(resident_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let events_scrubbed: i64 = sqlx::query_scalar("SELECT scrub_resident_events($1)")
+            .bind(resident_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        append_event(
+            &mut tx,
+            "resident.erased",
+            None,
+            None,
+            None,
+            None,
+            json!({ "resident_id": resident_id, "by": actor }),
+        )
+        .await?;
+        audit(
+            &mut tx,
+            actor,
+            "resident.erase",
+            Some(resident_id),
+            json!({}),
+        )
+        .await?;
+        for device_id in &revoked {
+            notify(
+                &mut tx,
+                &Notification::DeviceRevoked {
+                    device_id: device_id.clone(),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Erasure {
+            devices_revoked: revoked.len() as u64,
+            contacts_anonymised: contacts,
+            events_scrubbed,
+            webhook_bodies_cleared,
+        })
+    }
+}
+
+/// Failed sign-ins in a row (per API and account name) before the name is locked.
+pub const MAX_SIGN_IN_FAILURES: i32 = 5;
+/// How long a locked name stays locked.
+pub const SIGN_IN_LOCKOUT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+impl Store {
+    /// How long `username` (for the `kind` API: operator, family, provider) is still locked
+    /// after too many failed sign-ins, if it is.
+    pub async fn sign_in_locked(
+        &self,
+        kind: &str,
+        username: &str,
+    ) -> Result<Option<std::time::Duration>> {
+        let left_ms: Option<i64> = sqlx::query_scalar(
+            "SELECT (extract(epoch FROM locked_until - clock_timestamp()) * 1000)::bigint
+             FROM sign_in_failures
+             WHERE kind = $1 AND username = $2 AND locked_until > clock_timestamp()",
+        )
+        .bind(kind)
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(left_ms.map(|ms| std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
+    }
+
+    /// Counts a failed sign-in; the [`MAX_SIGN_IN_FAILURES`]th in a row locks the name for
+    /// [`SIGN_IN_LOCKOUT`] (and starts the count again). Returns whether it is locked now.
+    pub async fn sign_in_failed(&self, kind: &str, username: &str) -> Result<bool> {
+        let locked: bool = sqlx::query_scalar(
+            "INSERT INTO sign_in_failures AS f (kind, username, failures) VALUES ($1, $2, 1)
+             ON CONFLICT (kind, username) DO UPDATE SET
+                 failures = CASE WHEN f.failures + 1 >= $3 THEN 0 ELSE f.failures + 1 END,
+                 locked_until = CASE WHEN f.failures + 1 >= $3
+                                     THEN clock_timestamp() + make_interval(secs => $4)
+                                     ELSE f.locked_until END,
+                 last_failure_at = clock_timestamp()
+             RETURNING coalesce(locked_until > clock_timestamp(), false)",
+        )
+        .bind(kind)
+        .bind(username)
+        .bind(MAX_SIGN_IN_FAILURES)
+        .bind(SIGN_IN_LOCKOUT.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(locked)
+    }
+
+    /// A successful sign-in clears the name's failures.
+    pub async fn sign_in_succeeded(&self, kind: &str, username: &str) -> Result<()> {
+        sqlx::query("DELETE FROM sign_in_failures WHERE kind = $1 AND username = $2")
+            .bind(kind)
+            .bind(username)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,540 @@
+//! Trust: a revoked tablet is cut off on whichever node holds it and cannot come back; the
+//! application's database role cannot alter the audit log; a resident's export holds
+//! everything about them and erasure leaves no personal data outside what must be kept;
+//! hostile text (SQL in every field) is stored as text or refused, never executed.
+
+use std::time::Duration;
+
+use carebell_proto::console::v1::Disposition;
+use carebell_proto::device::v1::envelope::Body;
+use carebell_proto::device::v1::{Alarm, AlarmKind};
+use carebell_store::{NewContact, NewResident};
+use carebell_tests::{NodeOptions, TestNode};
+use firmware_sim::{SimError, Tablet, TabletEvent, TransportKind};
+use uuid::Uuid;
+
+/// Waits for the tablet's link to close; returns what it heard on the way.
+async fn closed(tablet: &mut Tablet, within: Duration) -> Option<TabletEvent> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tablet.next_event(left).await? {
+            event @ TabletEvent::Closed { .. } => return Some(event),
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_tablet_is_cut_off_on_the_other_node_and_cannot_come_back() {
+    let database_url = carebell_tests::fresh_database().await;
+    let certificates = carebell_server::devcert::DevCertificates::generate().unwrap();
+    let options = |node_id: &str| NodeOptions {
+        database_url: Some(database_url.clone()),
+        certificates: Some(certificates.clone()),
+        node_id: node_id.to_owned(),
+        ..NodeOptions::default()
+    };
+    let a = TestNode::start(options("node-a")).await;
+    let b = TestNode::start(options("node-b")).await;
+    // Two tablets on node B; only one is revoked, through node A.
+    let (_, config) = b.tablet_config("吊销 测试", TransportKind::WebSocket).await;
+    let (_, bystander_config) = b.tablet_config("旁观 测试", TransportKind::WebSocket).await;
+    let mut tablet = Tablet::connect(&config).await.unwrap();
+    let bystander = Tablet::connect(&bystander_config).await.unwrap();
+    tablet.press().await.unwrap();
+    let device_id = config.credentials.device_id.clone();
+    a.store
+        .revoke_device(&device_id, "admin:test", "lost in a move")
+        .await
+        .unwrap();
+    match closed(&mut tablet, Duration::from_secs(5)).await {
+        Some(TabletEvent::Closed { code, reason, .. }) => {
+            assert_eq!(
+                code,
+                Some(carebell_proto::CLOSE_AUTH_REJECTED),
+                "closed as rejected: {reason}"
+            );
+            assert!(reason.contains("revoked"), "{reason}");
+        }
+        other => panic!("the revoked tablet was not cut off: {other:?}"),
+    }
+    // It cannot come back, on either node.
+    for node in [&a, &b] {
+        let mut again = config.clone();
+        again.credentials.websocket_url = node.websocket_url.clone();
+        match Tablet::connect(&again).await {
+            Err(SimError::Rejected { .. }) => {}
+            other => panic!("a revoked tablet connected again: {:?}", other.map(|_| ())),
+        }
+    }
+    // The other tablet on the same node is untouched.
+    bystander.press().await.unwrap();
+    // Revoking twice, or an unknown device, is a clear error.
+    let twice = a.store.revoke_device(&device_id, "admin:test", "").await;
+    assert!(
+        matches!(twice, Err(carebell_store::StoreError::Refused(_))),
+        "{twice:?}"
+    );
+    let unknown = a
+        .store
+        .revoke_device("tab-000000000000", "admin:test", "")
+        .await;
+    assert!(
+        matches!(unknown, Err(carebell_store::StoreError::NotFound { .. })),
+        "{unknown:?}"
+    );
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'device.revoke' AND detail->>'device_id' = $1",
+    )
+    .bind(&device_id)
+    .fetch_one(a.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(audited, 1);
+    bystander.close().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Statements that would alter the audit log (or the event log, or the ledger).
+const ALTERATIONS: &[&str] = &[
+    "UPDATE audit_log SET actor = 'someone else'",
+    "DELETE FROM audit_log",
+    "TRUNCATE audit_log",
+    "ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only",
+    "DROP TRIGGER audit_log_append_only ON audit_log",
+    "DROP TABLE audit_log",
+    "ALTER TABLE audit_log OWNER TO carebell_app",
+    "UPDATE events SET kind = 'x'",
+    "DELETE FROM events",
+    "TRUNCATE events",
+    "DELETE FROM ledger_entries",
+    "CREATE OR REPLACE FUNCTION refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$",
+];
+
+async fn assert_cannot_alter(pool: &sqlx::PgPool, who: &str) {
+    for statement in ALTERATIONS {
+        let outcome = sqlx::query(statement).execute(pool).await;
+        let error = match outcome {
+            Ok(_) => panic!("{who} could run: {statement}"),
+            Err(error) => error.to_string(),
+        };
+        assert!(
+            error.contains("permission denied") || error.contains("must be owner"),
+            "{who}: {statement}: unexpected error {error}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_application_role_cannot_alter_the_audit_log() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let resident = node.resident("审计 测试").await;
+    let mut operator = node
+        .sign_in(&node.operator_account("auditor", "Auditor").await)
+        .await;
+    operator.get_resident(&resident.to_string()).await.unwrap();
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit_log")
+            .fetch_one(node.store.pool())
+            .await
+            .unwrap()
+    };
+    let before = count().await;
+    assert!(before >= 1, "the read was audited");
+    // The node's own pool works as carebell_app.
+    let role: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(node.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(role, "carebell_app");
+    assert_cannot_alter(node.store.pool(), "the node's pool").await;
+    // And a direct login as the role (how production connects) can do no more.
+    let database = sqlx::query_scalar::<_, String>("SELECT current_database()::text")
+        .fetch_one(node.store.pool())
+        .await
+        .unwrap();
+    let login = sqlx::PgPool::connect(&format!(
+        "postgres://carebell_app:carebell_app@127.0.0.1:5432/{database}"
+    ))
+    .await
+    .unwrap();
+    assert_cannot_alter(&login, "a carebell_app login").await;
+    // A GRANT on a table the role does not own is a no-op with a warning: no right appears.
+    let _ = sqlx::query("GRANT UPDATE, DELETE ON audit_log TO carebell_app")
+        .execute(&login)
+        .await;
+    let rights: (bool, bool, bool) = sqlx::query_as(
+        "SELECT has_table_privilege('carebell_app', 'audit_log', 'UPDATE'),
+                has_table_privilege('carebell_app', 'audit_log', 'DELETE'),
+                has_table_privilege('carebell_app', 'audit_log', 'INSERT')",
+    )
+    .fetch_one(&login)
+    .await
+    .unwrap();
+    assert_eq!(rights, (false, false, true));
+    // It can still append (the application's every read is audited).
+    sqlx::query("INSERT INTO audit_log (actor, action) VALUES ('test', 'test.append')")
+        .execute(&login)
+        .await
+        .unwrap();
+    assert_eq!(count().await, before + 1);
+    login.close().await;
+    node.stop().await;
+}
+
+/// Every text, JSON and array column in the database that mentions `needle`.
+async fn mentions(pool: &sqlx::PgPool, needle: &str) -> Vec<String> {
+    let columns: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_name::text, column_name::text FROM information_schema.columns
+         WHERE table_schema = current_schema()
+           AND data_type IN ('text', 'jsonb', 'json', 'character varying', 'ARRAY')",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut found = Vec::new();
+    for (table, column) in columns {
+        let hits: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM \"{table}\" WHERE \"{column}\"::text LIKE '%' || $1 || '%'"
+        ))
+        .bind(needle)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if hits > 0 {
+            found.push(format!("{table}.{column}"));
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_holds_everything_and_erasure_leaves_no_personal_data() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let station = node.station().await;
+    // Every personal field carries the marker, so that any copy of it can be found.
+    let resident = node
+        .store
+        .add_resident(&NewResident {
+            station_id: station,
+            full_name: "ZQX 王秀兰".to_owned(),
+            address: "ZQX 深圳市盐田区海山街道 8 号".to_owned(),
+            phone: "ZQX +86 138 0000 0000".to_owned(),
+            // (A dialect would route the call to an operator who speaks it.)
+            dialect: String::new(),
+            medical_notes: "ZQX 糖尿病, insulin".to_owned(),
+            risk_warnings: "ZQX lives alone".to_owned(),
+            key_safe: "ZQX key safe 4711".to_owned(),
+        })
+        .await
+        .unwrap();
+    let family = node
+        .store
+        .add_family_account("zqx-son", "Son", "not-a-real-hash")
+        .await
+        .unwrap();
+    node.store
+        .add_contact(&NewContact {
+            resident_id: resident,
+            name: "ZQX 李明".to_owned(),
+            relationship: "ZQX son".to_owned(),
+            phone: "ZQX 139 0000 0000".to_owned(),
+            holds_keys: true,
+            position: Some(1),
+            family_account_id: Some(family),
+            channels: vec!["app".to_owned()],
+        })
+        .await
+        .unwrap();
+    let credentials = node.provision(resident).await;
+    let config = firmware_sim::TabletConfig::new(credentials, TransportKind::WebSocket);
+    let mut tablet = Tablet::connect(&config).await.unwrap();
+    // A call with the operator's note, a technical alarm with the device's detail, and a
+    // message from the family waiting for the tablet.
+    let mut console = node.available_operator("privacy-op", "Privacy").await;
+    tablet.press().await.unwrap();
+    let offer = console.next_offer(Duration::from_secs(10)).await.unwrap();
+    console.client.accept(&offer.offer_id).await.unwrap();
+    console
+        .client
+        .end_call(
+            &offer.call_id,
+            Disposition::HealthConcern,
+            "ZQX 说头晕, 明天复查",
+        )
+        .await
+        .unwrap();
+    tablet
+        .send(Body::Alarm(Alarm {
+            alarm_id: Uuid::new_v4().simple().to_string(),
+            kind: AlarmKind::LowBattery as i32,
+            raised_at_ms: chrono::Utc::now().timestamp_millis(),
+            detail: "ZQX battery 5%".to_owned(),
+        }))
+        .await
+        .unwrap();
+    node.store
+        .send_family_message(family, resident, "ZQX 妈, 周日来看您")
+        .await
+        .unwrap();
+    // The console read the record (audited).
+    console
+        .client
+        .get_resident(&resident.to_string())
+        .await
+        .unwrap();
+
+    let export = node
+        .store
+        .export_resident(resident, "admin:test")
+        .await
+        .unwrap();
+    let text = export.to_string();
+    for expected in [
+        "ZQX 王秀兰",
+        "ZQX 深圳市盐田区海山街道 8 号",
+        "ZQX +86 138 0000 0000",
+        "ZQX 糖尿病, insulin",
+        "ZQX lives alone",
+        "ZQX key safe 4711",
+        "ZQX 李明",
+        "ZQX 139 0000 0000",
+        "ZQX 说头晕, 明天复查",
+        "ZQX battery 5%",
+        "ZQX 妈, 周日来看您",
+        &config.credentials.device_id,
+        &offer.call_id,
+    ] {
+        assert!(text.contains(expected), "the export lacks {expected}");
+    }
+    for table in [
+        "residents",
+        "contacts",
+        "devices",
+        "calls",
+        "offers",
+        "alarms",
+        "events",
+        "audit_log",
+        "device_outbox",
+    ] {
+        assert!(
+            export["tables"][table]
+                .as_array()
+                .is_some_and(|rows| !rows.is_empty()),
+            "the export has no {table} rows"
+        );
+    }
+    assert!(!text.contains("password_hash") && !text.contains("not-a-real-hash"));
+    let calls_before: i64 = sqlx::query_scalar("SELECT count(*) FROM calls WHERE resident_id = $1")
+        .bind(resident)
+        .fetch_one(node.store.pool())
+        .await
+        .unwrap();
+
+    // An event carrying free text about the resident (as an order's call-back note does).
+    sqlx::query("INSERT INTO events (kind, call_id, detail) VALUES ('test.note', $1::uuid, $2)")
+        .bind(&offer.call_id)
+        .bind(serde_json::json!({ "note": "ZQX 回访: 已好转" }))
+        .execute(node.store.pool())
+        .await
+        .unwrap();
+    let before = mentions(node.store.pool(), "ZQX").await;
+    for place in [
+        "residents.full_name",
+        "contacts.phone",
+        "calls.note",
+        "alarms.detail",
+        "device_outbox.payload",
+        "events.detail",
+    ] {
+        assert!(
+            before.iter().any(|found| found == place),
+            "{place} not in {before:?}"
+        );
+    }
+    let erasure = node
+        .store
+        .erase_resident(resident, "admin:test")
+        .await
+        .unwrap();
+    assert_eq!(erasure.devices_revoked, 1);
+    assert_eq!(erasure.contacts_anonymised, 1);
+    assert_eq!(
+        mentions(node.store.pool(), "ZQX").await,
+        Vec::<String>::new(),
+        "personal data left after erasure"
+    );
+    // The care record stays, under the resident's id; the tablet is cut off.
+    let calls_after: i64 = sqlx::query_scalar("SELECT count(*) FROM calls WHERE resident_id = $1")
+        .bind(resident)
+        .fetch_one(node.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(calls_after, calls_before);
+    assert!(closed(&mut tablet, Duration::from_secs(5)).await.is_some());
+    let again = node.store.erase_resident(resident, "admin:test").await;
+    assert!(
+        matches!(again, Err(carebell_store::StoreError::Refused(_))),
+        "{again:?}"
+    );
+    let actions: Vec<String> = sqlx::query_scalar(
+        "SELECT action FROM audit_log WHERE resident_id = $1 AND action LIKE 'resident.%' ORDER BY id",
+    )
+    .bind(resident)
+    .fetch_all(node.store.pool())
+    .await
+    .unwrap();
+    assert!(actions.ends_with(&["resident.export".to_owned(), "resident.erase".to_owned()]));
+    node.stop().await;
+}
+
+/// SQL in every kind of text field: stored exactly as text where text is wanted, refused where
+/// it is not valid, and never executed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_in_text_fields_is_only_ever_text() {
+    const INJECTIONS: &[&str] = &[
+        "'; DROP TABLE calls; --",
+        "x' OR '1'='1",
+        "\\\"); DELETE FROM residents; --",
+        "1; UPDATE operators SET skills = '{supervisor}'",
+    ];
+    let node = TestNode::start(NodeOptions::default()).await;
+    let station = node.station().await;
+    let channel = carebell_server::console_client::channel(&node.grpc_url, Some(&node.ca_pem))
+        .await
+        .unwrap();
+    let mut console = node.available_operator("injection-op", "Injection").await;
+    for (n, injection) in INJECTIONS.iter().enumerate() {
+        // Sign-in with SQL as the user name or the password: refused like any wrong password.
+        for (username, password) in [(*injection, "x"), ("injection-op", *injection)] {
+            let outcome = carebell_server::console_client::OperatorClient::sign_in(
+                channel.clone(),
+                username,
+                password,
+            )
+            .await;
+            assert!(outcome.is_err(), "sign-in with {injection:?} succeeded");
+        }
+        // As a resident's name, address and notes: kept exactly.
+        let resident = node
+            .store
+            .add_resident(&NewResident {
+                station_id: station,
+                full_name: format!("{injection}{n}"),
+                address: injection.to_string(),
+                medical_notes: injection.to_string(),
+                ..NewResident::default()
+            })
+            .await
+            .unwrap();
+        let record = console
+            .client
+            .get_resident(&resident.to_string())
+            .await
+            .unwrap();
+        assert_eq!(record.full_name, format!("{injection}{n}"));
+        assert_eq!(record.medical_notes, *injection);
+        // As an id in an RPC: refused as a malformed id.
+        let refused = console.client.get_resident(injection).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        // As the operator's note on a call: kept exactly.
+        let config = firmware_sim::TabletConfig::new(
+            node.provision(resident).await,
+            TransportKind::WebSocket,
+        );
+        let tablet = Tablet::connect(&config).await.unwrap();
+        tablet.press().await.unwrap();
+        let offer = console.next_offer(Duration::from_secs(10)).await.unwrap();
+        console.client.accept(&offer.offer_id).await.unwrap();
+        console
+            .client
+            .end_call(&offer.call_id, Disposition::Information, injection)
+            .await
+            .unwrap();
+        let note: String = sqlx::query_scalar("SELECT note FROM calls WHERE id = $1::uuid")
+            .bind(&offer.call_id)
+            .fetch_one(node.store.pool())
+            .await
+            .unwrap();
+        assert_eq!(note, *injection);
+        tablet.close().await;
+    }
+    // Nothing was executed: every table and every resident is still there, and nobody became
+    // a supervisor.
+    let residents: i64 = sqlx::query_scalar("SELECT count(*) FROM residents")
+        .fetch_one(node.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(residents as usize, INJECTIONS.len());
+    let calls: i64 = sqlx::query_scalar("SELECT count(*) FROM calls")
+        .fetch_one(node.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(calls as usize, INJECTIONS.len());
+    let supervisors: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM operators WHERE 'supervisor' = ANY(skills)")
+            .fetch_one(node.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(supervisors, 0);
+    // And an operator who is not a supervisor cannot do a supervisor's work.
+    let denied = console
+        .client
+        .reclaim_call(&Uuid::new_v4().to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    node.stop().await;
+}
+
+/// Failed sign-ins lock the name (known or not) after five in a row, before any password is
+/// checked, and only that name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failed_sign_ins_lock_the_name_and_only_that_name() {
+    use carebell_server::console_client::{ClientError, OperatorClient};
+    let node = TestNode::start(NodeOptions::default()).await;
+    node.operator_account("target", "Target").await;
+    node.operator_account("neighbour", "Neighbour").await;
+    let channel = carebell_server::console_client::channel(&node.grpc_url, Some(&node.ca_pem))
+        .await
+        .unwrap();
+    let code = |outcome: Result<OperatorClient, ClientError>| match outcome {
+        Ok(_) => tonic::Code::Ok,
+        Err(ClientError::Status(status)) => status.code(),
+        Err(error) => panic!("{error}"),
+    };
+    for (name, exists) in [("target", true), ("nobody-by-this-name", false)] {
+        for attempt in 1..=carebell_store::MAX_SIGN_IN_FAILURES {
+            let outcome = OperatorClient::sign_in(channel.clone(), name, "wrong password").await;
+            let expected = if attempt < carebell_store::MAX_SIGN_IN_FAILURES {
+                tonic::Code::Unauthenticated
+            } else {
+                tonic::Code::ResourceExhausted
+            };
+            assert_eq!(code(outcome), expected, "{name} attempt {attempt}");
+        }
+        // Locked: even the right password is refused, the same way for a name that exists and
+        // one that does not.
+        let outcome =
+            OperatorClient::sign_in(channel.clone(), name, carebell_tests::PASSWORD).await;
+        assert_eq!(
+            code(outcome),
+            tonic::Code::ResourceExhausted,
+            "{name} ({exists})"
+        );
+    }
+    // Another name is not affected, and its success clears its own count.
+    let outcome =
+        OperatorClient::sign_in(channel.clone(), "neighbour", carebell_tests::PASSWORD).await;
+    assert_eq!(code(outcome), tonic::Code::Ok);
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sign_in_failures WHERE username = 'neighbour'")
+            .fetch_one(node.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(rows, 0);
+    node.stop().await;
+}
