@@ -319,6 +319,8 @@ pub mod harness {
                     heartbeat_ms.to_string(),
                 )
                 .env("CAREBELL_RUN_MIGRATIONS", "false")
+                // Each load-generator process speaks from one address.
+                .env("CAREBELL_DEVICE__MAX_HANDSHAKES_PER_ADDRESS", "0")
                 .env("CAREBELL_LOG_FORMAT", "json")
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())

@@ -12,6 +12,6 @@ mod pending;
 mod tablet;
 
 pub use credentials::{Credentials, CredentialsError};
-pub use link::{Link, LinkError, LinkEvent, TransportKind};
+pub use link::{enrol, EnrolError, Link, LinkError, LinkEvent, TransportKind};
 pub use pending::PendingStore;
 pub use tablet::{authenticate, Carryover, SimError, Tablet, TabletConfig, TabletEvent};

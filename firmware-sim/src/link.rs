@@ -120,21 +120,7 @@ impl Link {
         ca_pem: Option<&str>,
         server_name: &str,
     ) -> Result<Self, LinkError> {
-        let mut endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|error| LinkError::BadUrl(error.to_string()))?;
-        if url.starts_with("https://") {
-            let mut tls = ClientTlsConfig::new().domain_name(server_name);
-            if let Some(pem) = ca_pem {
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
-            }
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|error| LinkError::BadCertificate(error.to_string()))?;
-        }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|error| LinkError::Connect(format!("{error:?}")))?;
+        let channel = grpc_channel(url, ca_pem, server_name).await?;
         let mut client = DeviceLinkClient::new(channel)
             .max_decoding_message_size(MAX_FRAME_BYTES)
             .max_encoding_message_size(usize::MAX);
@@ -235,4 +221,63 @@ impl Link {
             },
         }
     }
+}
+
+/// A gRPC channel to `url` (`https://` trusting `ca_pem` for `server_name`, or `http://`).
+pub(crate) async fn grpc_channel(
+    url: &str,
+    ca_pem: Option<&str>,
+    server_name: &str,
+) -> Result<tonic::transport::Channel, LinkError> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|error| LinkError::BadUrl(error.to_string()))?;
+    if url.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new().domain_name(server_name);
+        if let Some(pem) = ca_pem {
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|error| LinkError::BadCertificate(error.to_string()))?;
+    }
+    endpoint
+        .connect()
+        .await
+        .map_err(|error| LinkError::Connect(format!("{error:?}")))
+}
+
+/// Enrols a new tablet: generates its key here, registers the public half with the
+/// installer's one-time `code`, and returns the credentials to keep (the private key never
+/// leaves this function except in them).
+pub async fn enrol(
+    grpc_url: &str,
+    websocket_url: &str,
+    ca_pem: Option<&str>,
+    server_name: &str,
+    code: &str,
+) -> Result<crate::Credentials, EnrolError> {
+    use carebell_proto::device::v1::device_enrolment_client::DeviceEnrolmentClient;
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let channel = grpc_channel(grpc_url, ca_pem, server_name).await?;
+    let response = DeviceEnrolmentClient::new(channel)
+        .enrol(carebell_proto::device::v1::EnrolRequest {
+            code: code.to_owned(),
+            public_key: key.verifying_key().to_bytes().to_vec(),
+            firmware_version: concat!("tablet-sim/", env!("CARGO_PKG_VERSION")).to_owned(),
+        })
+        .await?
+        .into_inner();
+    let mut credentials =
+        crate::Credentials::new(&response.device_id, &key, websocket_url, grpc_url);
+    credentials.ca_certificate_pem = ca_pem.map(str::to_owned);
+    credentials.server_name = server_name.to_owned();
+    Ok(credentials)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrolError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("the server refused the enrolment: {}", .0.message())]
+    Refused(#[from] tonic::Status),
 }

@@ -21,9 +21,23 @@ use firmware_sim::{Credentials, Tablet, TabletConfig, TabletEvent, TransportKind
 #[derive(Parser, Debug)]
 #[command(name = "tablet-sim", verbatim_doc_comment)]
 struct Args {
-    /// The credentials file written by `carebell admin provision-device`.
+    /// The credentials file written by `carebell admin provision-device` (or by `--enrol`).
     #[arg(long, short)]
     credentials: PathBuf,
+    /// Enrol first, with the installer's one-time code (`carebell admin enrolment-code`): a key
+    /// is generated here, registered, and written with the device id to `--credentials` (which
+    /// must not exist yet).
+    #[arg(long, value_name = "CODE")]
+    enrol: Option<String>,
+    /// With --enrol: the gateway's gRPC address.
+    #[arg(long, default_value = "https://localhost:8444")]
+    grpc_url: String,
+    /// With --enrol: the gateway's WebSocket address.
+    #[arg(long, default_value = "wss://localhost:8443/")]
+    websocket_url: String,
+    /// With --enrol: PEM of the CA to trust (a private or development CA).
+    #[arg(long)]
+    ca: Option<PathBuf>,
     /// Use the gRPC transport instead of WebSocket.
     #[arg(long)]
     grpc: bool,
@@ -97,6 +111,32 @@ async fn main() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(code) = &args.enrol {
+        let ca = match &args.ca {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("failed to read the CA {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let credentials = firmware_sim::enrol(
+            &args.grpc_url,
+            &args.websocket_url,
+            ca.as_deref(),
+            "localhost",
+            code,
+        )
+        .await
+        .context("enrolment failed")?;
+        credentials
+            .save_new(&args.credentials)
+            .context("failed to write the credentials")?;
+        println!(
+            "[tablet] enrolled as {}; credentials in {}",
+            credentials.device_id,
+            args.credentials.display()
+        );
+    }
     let credentials =
         Credentials::load(&args.credentials).context("failed to load the credentials")?;
     let transport = if args.grpc {

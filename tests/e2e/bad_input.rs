@@ -306,3 +306,129 @@ async fn a_slow_handshake_is_cut_off() {
     assert!(codes.is_empty());
     assert_eq!(close, Some(carebell_proto::CLOSE_TIMEOUT));
 }
+
+/// A device sending far more than any tablet would is told so and cut off; what it sent past
+/// the limit was neither stored nor acknowledged (a reconnecting device resends it), and what
+/// was acknowledged is stored. A tablet connected at the same time is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_device_is_cut_off_and_nothing_acknowledged_is_lost() {
+    bystander_is_unaffected(|node, config| async move {
+        let mut link = config.open_link().await.unwrap();
+        authenticate(&mut link, &config.credentials, "flood")
+            .await
+            .unwrap();
+        let sent = 300u64;
+        for seq in 3..3 + sent {
+            let alarm = carebell_proto::device::v1::Alarm {
+                alarm_id: format!("{:032x}", seq),
+                kind: carebell_proto::device::v1::AlarmKind::LowBattery as i32,
+                raised_at_ms: 0,
+                detail: String::new(),
+            };
+            let envelope = Envelope {
+                seq,
+                ack: 0,
+                body: Some(Body::Alarm(alarm)),
+            };
+            if link.send(envelope).await.is_err() {
+                break;
+            }
+        }
+        let mut acknowledged = 0;
+        let mut codes = Vec::new();
+        let close = loop {
+            match tokio::time::timeout(WAIT, link.recv())
+                .await
+                .expect("answers")
+            {
+                Ok(LinkEvent::Envelope(envelope)) => {
+                    acknowledged = acknowledged.max(envelope.ack);
+                    if let Some(Body::Error(error)) = envelope.body {
+                        codes.push(error.code);
+                    }
+                }
+                Ok(LinkEvent::Closed { code, .. }) => break code,
+                Err(_) => break None,
+            }
+        };
+        assert_eq!(codes, vec![ErrorCode::RateLimited as i32]);
+        assert_eq!(close, Some(carebell_proto::CLOSE_RATE_LIMITED));
+        let stored: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM alarms WHERE device_id = $1 AND alarm_id LIKE '0000%'",
+        )
+        .bind(&config.credentials.device_id)
+        .fetch_one(node.store.pool())
+        .await
+        .unwrap();
+        // Sequence numbers 3.. carried the alarms: every acknowledged one is stored, and the
+        // flood was stopped well short of its end.
+        let acknowledged_alarms = acknowledged.saturating_sub(2) as i64;
+        assert!(
+            acknowledged_alarms > 0 && stored >= acknowledged_alarms,
+            "{stored} stored, {acknowledged_alarms} acknowledged"
+        );
+        assert!(
+            (stored as u64) < sent,
+            "{stored} of {sent} stored: the flood was not cut off"
+        );
+        node
+    })
+    .await;
+}
+
+/// One address cannot hold every handshake slot: past its share, its new connections are closed
+/// at once, while another address still gets a slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_every_handshake_slot() {
+    use tokio::io::AsyncReadExt;
+    let node = TestNode::start(NodeOptions {
+        handshake_timeout: Duration::from_secs(30),
+        ..NodeOptions::default()
+    })
+    .await;
+    let port: u16 = node
+        .websocket_url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .unwrap();
+    let connect_from = |ip: &str| {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(std::net::SocketAddr::new(ip, 0)).unwrap();
+            socket
+                .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+                .await
+                .unwrap()
+        }
+    };
+    // Silent connections (a slow-loris) from one address, up to its share.
+    let share = carebell_gateway::device::DeviceSettings::default().max_handshakes_per_address;
+    let mut silent = Vec::new();
+    for _ in 0..share {
+        silent.push(connect_from("127.0.0.7").await);
+    }
+    // Give the gateway time to accept them all.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut one_more = connect_from("127.0.0.7").await;
+    let mut buffer = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(10), one_more.read(&mut buffer))
+        .await
+        .expect("closed well before the handshake timeout");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the extra connection was closed: {read:?}"
+    );
+    // Another address is still let in (its connection waits for a TLS hello, open).
+    let mut other = connect_from("127.0.0.8").await;
+    let waiting = tokio::time::timeout(Duration::from_millis(500), other.read(&mut buffer)).await;
+    assert!(waiting.is_err(), "another address was refused: {waiting:?}");
+    // And a real tablet connects once the silent ones are gone.
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, config) = node.tablet_config("慢后", TransportKind::WebSocket).await;
+    let tablet = Tablet::connect(&config).await.unwrap();
+    tablet.close().await;
+}

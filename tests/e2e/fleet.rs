@@ -20,6 +20,15 @@ fn free_port() -> SocketAddr {
         .expect("a free port")
 }
 
+/// A node for a fleet connecting all at once from one address (no per-address handshake
+/// limit, as in the benchmark).
+fn fleet_node() -> NodeOptions {
+    NodeOptions {
+        max_handshakes_per_address: 0,
+        ..NodeOptions::default()
+    }
+}
+
 fn config(node: &TestNode, server: SocketAddr, count: u64, alarms_per_second: f64) -> FleetConfig {
     FleetConfig {
         server,
@@ -72,7 +81,7 @@ fn websocket_addr(node: &TestNode) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_holds_its_links_and_every_alarm_is_acknowledged_and_stored_once() {
-    let node = TestNode::start(NodeOptions::default()).await;
+    let node = TestNode::start(fleet_node()).await;
     provision(&node, 40).await;
     let stats = Arc::new(FleetStats::default());
     let report = run_fleet(
@@ -163,7 +172,7 @@ async fn a_fleet_comes_back_after_its_gateway_is_replaced() {
         database_url: Some(database_url.clone()),
         websocket_listen: Some(listen),
         certificates: Some(certificates.clone()),
-        ..NodeOptions::default()
+        ..fleet_node()
     };
     let first = TestNode::start(options()).await;
     provision(&first, 30).await;

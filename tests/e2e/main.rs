@@ -10,6 +10,7 @@ mod fleet;
 mod flow;
 mod ledger;
 mod orders;
+mod permissions;
 mod redis_down;
 mod routing;
 mod security;

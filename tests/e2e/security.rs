@@ -538,3 +538,153 @@ async fn repeated_failed_sign_ins_lock_the_name_and_only_that_name() {
     assert_eq!(rows, 0);
     node.stop().await;
 }
+
+/// A tablet enrols with the installer's one-time code and a key it made itself; the code works
+/// once and not after it expires; a replacement's enrolment cuts the old tablet off for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tablet_enrols_once_with_its_own_key_and_a_replacement_retires_the_old_one() {
+    use carebell_proto::device::v1::device_enrolment_client::DeviceEnrolmentClient;
+    use carebell_proto::device::v1::EnrolRequest;
+    let node = TestNode::start(NodeOptions::default()).await;
+    let resident = node.resident("入网 测试").await;
+    let enrol = |code: String| {
+        let (grpc, ws, ca) = (
+            node.grpc_url.clone(),
+            node.websocket_url.clone(),
+            node.ca_pem.clone(),
+        );
+        async move { firmware_sim::enrol(&grpc, &ws, Some(&ca), "localhost", &code).await }
+    };
+    let refused_code =
+        |outcome: Result<firmware_sim::Credentials, firmware_sim::EnrolError>| match outcome {
+            Err(firmware_sim::EnrolError::Refused(status)) => status.code(),
+            Err(error) => panic!("{error}"),
+            Ok(credentials) => panic!("enrolled as {}", credentials.device_id),
+        };
+    let day = Duration::from_secs(86_400);
+    let code = node
+        .store
+        .create_enrolment_code(resident, None, day, "admin:test")
+        .await
+        .unwrap();
+    // Typed by hand: lower case works too.
+    let first = enrol(code.to_lowercase()).await.unwrap();
+    let mut tablet = Tablet::connect(&firmware_sim::TabletConfig::new(
+        first.clone(),
+        TransportKind::WebSocket,
+    ))
+    .await
+    .unwrap();
+    tablet.press().await.unwrap();
+    let owner: Uuid = sqlx::query_scalar("SELECT resident_id FROM devices WHERE id = $1")
+        .bind(&first.device_id)
+        .fetch_one(node.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(owner, resident);
+    // Once only.
+    assert_eq!(
+        refused_code(enrol(code.clone()).await),
+        tonic::Code::PermissionDenied
+    );
+    // Not after it expires (the same answer as an unknown code).
+    let late = node
+        .store
+        .create_enrolment_code(resident, None, day, "admin:test")
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE enrolment_codes SET expires_at = now() - interval '1 second' WHERE used_at IS NULL",
+    )
+    .execute(node.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        refused_code(enrol(late).await),
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        refused_code(enrol("ZZZZ-ZZZZ-ZZZZ".to_owned()).await),
+        tonic::Code::PermissionDenied
+    );
+    // Malformed requests: clear errors.
+    assert_eq!(
+        refused_code(enrol("'; DROP TABLE devices; --".to_owned()).await),
+        tonic::Code::InvalidArgument
+    );
+    let channel = carebell_server::console_client::channel(&node.grpc_url, Some(&node.ca_pem))
+        .await
+        .unwrap();
+    let valid = node
+        .store
+        .create_enrolment_code(resident, Some(&first.device_id), day, "admin:test")
+        .await
+        .unwrap();
+    let short_key = DeviceEnrolmentClient::new(channel.clone())
+        .enrol(EnrolRequest {
+            code: valid.clone(),
+            public_key: vec![7; 31],
+            firmware_version: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        short_key.code(),
+        tonic::Code::InvalidArgument,
+        "{short_key:?}"
+    );
+    // A code for another resident's device is refused when it is made.
+    let stranger = node.resident("陌生 测试").await;
+    let wrong = node
+        .store
+        .create_enrolment_code(stranger, Some(&first.device_id), day, "admin:test")
+        .await;
+    assert!(
+        matches!(wrong, Err(carebell_store::StoreError::Refused(_))),
+        "{wrong:?}"
+    );
+
+    // The replacement enrols (the malformed attempt did not use the code up): the old tablet
+    // is cut off and cannot come back; the new one works.
+    let second = enrol(valid).await.unwrap();
+    assert_ne!(second.device_id, first.device_id);
+    assert!(matches!(
+        closed(&mut tablet, Duration::from_secs(5)).await,
+        Some(TabletEvent::Closed { .. })
+    ));
+    let old = Tablet::connect(&firmware_sim::TabletConfig::new(
+        first,
+        TransportKind::WebSocket,
+    ))
+    .await;
+    assert!(
+        matches!(old, Err(SimError::Rejected { .. })),
+        "the old tablet came back"
+    );
+    let replacement = Tablet::connect(&firmware_sim::TabletConfig::new(
+        second,
+        TransportKind::WebSocket,
+    ))
+    .await
+    .unwrap();
+    replacement.press().await.unwrap();
+    let audited: Vec<String> = sqlx::query_scalar(
+        "SELECT action FROM audit_log WHERE resident_id = $1 AND action LIKE 'device.%' ORDER BY id",
+    )
+    .bind(resident)
+    .fetch_all(node.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        audited,
+        [
+            "device.enrolment_code",
+            "device.enrol",
+            "device.enrolment_code",
+            "device.enrolment_code",
+            "device.enrol"
+        ]
+    );
+    replacement.close().await;
+    node.stop().await;
+}

@@ -67,6 +67,9 @@ pub struct NodeOptions {
     pub ring_timeout: Duration,
     /// How often the dispatcher sweeps (expiries, deadlines); tests use 50 ms, production 250.
     pub sweep_interval: Duration,
+    /// Handshakes at once from one source address (0: no limit; a load generator on one
+    /// address needs that).
+    pub max_handshakes_per_address: usize,
     pub heartbeat_interval: Duration,
     pub handshake_timeout: Duration,
     /// Presence entries live three times this.
@@ -92,6 +95,7 @@ impl Default for NodeOptions {
         Self {
             ring_timeout: Duration::from_secs(15),
             sweep_interval: Duration::from_millis(50),
+            max_handshakes_per_address: 32,
             heartbeat_interval: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             presence_refresh: Duration::from_millis(200),
@@ -187,6 +191,7 @@ impl TestNode {
             u64::try_from(options.sweep_interval.as_millis()).expect("sweep interval");
         settings.device.heartbeat_interval_ms =
             u64::try_from(options.heartbeat_interval.as_millis()).expect("heartbeat");
+        settings.device.max_handshakes_per_address = options.max_handshakes_per_address;
         settings.device.handshake_timeout_ms =
             u64::try_from(options.handshake_timeout.as_millis()).expect("handshake timeout");
         if let Some(url) = &options.webhook_url {

@@ -10,6 +10,7 @@ pub mod device;
 mod errors;
 pub mod family;
 pub mod net;
+pub mod permissions;
 pub mod provider;
 pub mod tls;
 pub mod web;

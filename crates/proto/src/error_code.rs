@@ -19,6 +19,7 @@ pub fn close_code_for(code: ErrorCode) -> Option<CloseCode> {
         ErrorCode::ProtocolViolation => Some(4400),
         ErrorCode::Unavailable => Some(1013),
         ErrorCode::Internal => Some(1011),
+        ErrorCode::RateLimited => Some(CLOSE_RATE_LIMITED),
         // Forward compatibility: a newer device may send messages this server does not know;
         // a bad argument is the request's fault, not the session's.
         ErrorCode::UnknownMessage | ErrorCode::InvalidArgument | ErrorCode::Unspecified => None,
@@ -31,6 +32,8 @@ pub const CLOSE_AUTH_REJECTED: CloseCode = 4403;
 pub const CLOSE_GOING_AWAY: CloseCode = 1001;
 /// WebSocket close code used when the handshake or heartbeat supervision times out.
 pub const CLOSE_TIMEOUT: CloseCode = 4408;
+/// WebSocket close code used when a device sent more messages than it may.
+pub const CLOSE_RATE_LIMITED: CloseCode = 4429;
 
 /// The gRPC status that ends a device stream where the WebSocket transport would close with
 /// `code`: the same table, read from the other side.
@@ -39,7 +42,7 @@ pub fn grpc_code_for_close(code: CloseCode) -> tonic::Code {
         CLOSE_AUTH_REJECTED | 4401 => tonic::Code::Unauthenticated,
         CLOSE_TIMEOUT => tonic::Code::DeadlineExceeded,
         CLOSE_GOING_AWAY | 1013 => tonic::Code::Unavailable,
-        1009 => tonic::Code::ResourceExhausted,
+        1009 | CLOSE_RATE_LIMITED => tonic::Code::ResourceExhausted,
         1011 => tonic::Code::Internal,
         _ => tonic::Code::InvalidArgument,
     }
@@ -51,7 +54,7 @@ mod tests {
 
     #[test]
     fn each_fatal_code_maps_to_a_distinct_failure_status() {
-        for raw in 0..=9 {
+        for raw in 0..=10 {
             let code = ErrorCode::try_from(raw).unwrap();
             if let Some(close) = close_code_for(code) {
                 assert_ne!(grpc_code_for_close(close), tonic::Code::Ok, "{code:?}");

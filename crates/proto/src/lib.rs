@@ -36,7 +36,7 @@ mod error_code;
 pub use codec::{auth_message, decode_envelope, encode_envelope, FrameError};
 pub use error_code::{
     close_code_for, grpc_code_for_close, CloseCode, CLOSE_AUTH_REJECTED, CLOSE_GOING_AWAY,
-    CLOSE_TIMEOUT,
+    CLOSE_RATE_LIMITED, CLOSE_TIMEOUT,
 };
 
 /// The WebSocket subprotocol a tablet must offer.

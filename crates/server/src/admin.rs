@@ -78,8 +78,22 @@ pub enum AdminCommand {
         #[arg(long)]
         id: Uuid,
     },
+    /// A one-time enrolment code for a new tablet of a resident, printed as text and as a QR
+    /// code for the installer; the tablet generates its own key and registers it with the code
+    /// (`tablet-sim --enrol CODE`). `--replaces` revokes the old tablet when the new one enrols.
+    EnrolmentCode {
+        #[arg(long)]
+        resident: Uuid,
+        #[arg(long)]
+        replaces: Option<String>,
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        valid_for: std::time::Duration,
+        /// The gateway's gRPC address, put in the QR code with the code.
+        #[arg(long, default_value = "https://localhost:8444")]
+        grpc_url: String,
+    },
     /// Revoke a tablet: it is disconnected from whichever node holds it and cannot connect
-    /// again (a replacement is provisioned as a new device).
+    /// again (a replacement enrols with `enrolment-code --replaces`).
     RevokeDevice {
         #[arg(long)]
         device_id: String,
@@ -340,6 +354,28 @@ pub async fn run(store: &Store, command: AdminCommand) -> anyhow::Result<String>
             Ok(format!("{username}: {}", skills.join(", ")))
         }
         AdminCommand::Services { command } => crate::admin_services::run(store, command).await,
+        AdminCommand::EnrolmentCode {
+            resident,
+            replaces,
+            valid_for,
+            grpc_url,
+        } => {
+            let code = store
+                .create_enrolment_code(resident, replaces.as_deref(), valid_for, "admin:cli")
+                .await
+                .context("failed to make an enrolment code")?;
+            let payload = format!("carebell:enrol?code={code}&server={grpc_url}");
+            let qr = qrcode::QrCode::new(payload.as_bytes())
+                .context("the code does not fit a QR code")?
+                .render::<char>()
+                .quiet_zone(true)
+                .module_dimensions(2, 1)
+                .build();
+            Ok(format!(
+                "enrolment code: {code} (valid for {}, once)\n{payload}\n\n{qr}",
+                humantime::format_duration(valid_for)
+            ))
+        }
         AdminCommand::RevokeDevice { device_id, reason } => {
             store
                 .revoke_device(device_id.trim(), "admin:cli", reason.trim())

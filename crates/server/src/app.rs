@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use carebell_dispatch::{Dispatcher, DispatcherConfig, Hub};
-use carebell_gateway::device::{DeviceLinkService, WsListener};
+use carebell_gateway::device::{DeviceLinkService, EnrolmentService, WsListener};
 use carebell_gateway::tls::PemIdentity;
 use carebell_gateway::{ConsoleService, ConsoleSettings, DeviceContext, DeviceSettings};
 use carebell_presence::{InMemoryBackend, KeySchema, Presence, PresenceBackend, RedisBackend};
@@ -115,6 +115,9 @@ impl Application {
                 handshake_timeout: Settings::ms(settings.device.handshake_timeout_ms),
                 go_away_window: Settings::ms(settings.device.go_away_window_ms),
                 max_concurrent_handshakes: settings.device.max_concurrent_handshakes,
+                max_handshakes_per_address: settings.device.max_handshakes_per_address,
+                max_messages_per_second: settings.device.max_messages_per_second,
+                message_burst: settings.device.message_burst,
                 ..DeviceSettings::default()
             }),
             shutdown: shutdown.clone(),
@@ -326,6 +329,7 @@ impl Application {
             .add_service(FamilyServer::from_arc(family))
             .add_service(ProviderServer::from_arc(provider))
             .add_service(devices.into_server())
+            .add_service(EnrolmentService::new(store.clone()).into_server())
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(grpc_listener),
                 grpc_shutdown.cancelled_owned(),

@@ -124,6 +124,11 @@ pub struct DeviceSection {
     pub offline_grace_ms: u64,
     /// TLS handshakes and WebSocket upgrades in progress at once (admission control).
     pub max_concurrent_handshakes: usize,
+    /// Of those, at most this many from one source address (0: no limit).
+    pub max_handshakes_per_address: usize,
+    /// A device's message rate (average per second, and burst) before it is cut off.
+    pub max_messages_per_second: f64,
+    pub message_burst: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +174,9 @@ handshake_timeout_ms = 10000
 go_away_window_ms = 30000
 offline_grace_ms = 15000
 max_concurrent_handshakes = 256
+max_handshakes_per_address = 32
+max_messages_per_second = 20.0
+message_burst = 60.0
 
 [dispatch]
 ring_timeout_ms = 20000
@@ -284,6 +292,17 @@ impl Settings {
         }
         if self.device.heartbeat_interval_ms < 1000 {
             return invalid("device.heartbeat_interval_ms must be at least 1000".to_owned());
+        }
+        // A tablet sends a heartbeat per interval and now and then a press: it must never come
+        // near the limit.
+        if !(self.device.max_messages_per_second >= 1.0
+            && self.device.message_burst >= self.device.max_messages_per_second)
+        {
+            return invalid(
+                "device.max_messages_per_second must be at least 1, and device.message_burst at \
+                 least that"
+                    .to_owned(),
+            );
         }
         if self.dispatch.ring_timeout_ms < 500 {
             return invalid("dispatch.ring_timeout_ms must be at least 500".to_owned());

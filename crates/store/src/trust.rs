@@ -313,6 +313,14 @@ impl Store {
         .bind(resident_id)
         .execute(&mut *tx)
         .await?;
+        // An enrolment code not yet used must not bring a tablet back.
+        sqlx::query(
+            "UPDATE enrolment_codes SET expires_at = clock_timestamp()
+             WHERE resident_id = $1 AND used_at IS NULL AND expires_at > clock_timestamp()",
+        )
+        .bind(resident_id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM device_outbox WHERE device_id = ANY($1)")
             .bind(&devices)
             .execute(&mut *tx)
@@ -423,5 +431,226 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+/// The alphabet of enrolment codes (Crockford's base 32: no I, L, O or U to misread).
+const CODE_ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+/// Characters in an enrolment code: 60 random bits, far beyond guessing within its lifetime.
+const CODE_LENGTH: usize = 12;
+
+/// A code as typed, in its canonical form (upper case, without separators, I/L → 1, O → 0);
+/// `None` when it cannot be a code.
+fn canonical_code(code: &str) -> Option<String> {
+    let canonical: String = code
+        .chars()
+        .filter(|c| !matches!(c, '-' | ' '))
+        .map(|c| match c.to_ascii_uppercase() {
+            'I' | 'L' => '1',
+            'O' => '0',
+            other => other,
+        })
+        .collect();
+    (canonical.len() == CODE_LENGTH && canonical.bytes().all(|b| CODE_ALPHABET.contains(&b)))
+        .then_some(canonical)
+}
+
+fn code_hash(canonical: &str) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(canonical.as_bytes()).to_vec()
+}
+
+impl Store {
+    /// A one-time enrolment code for a new tablet of `resident_id` (replacing `replaces`, which
+    /// is revoked when the new tablet enrols), valid for `valid_for`. Returns the code as
+    /// printed (`XXXX-XXXX-XXXX`); only its hash is stored.
+    pub async fn create_enrolment_code(
+        &self,
+        resident_id: Uuid,
+        replaces: Option<&str>,
+        valid_for: std::time::Duration,
+        actor: &str,
+    ) -> Result<String> {
+        if valid_for.is_zero() || valid_for > std::time::Duration::from_secs(30 * 86_400) {
+            return Err(StoreError::Invalid(
+                "an enrolment code is valid for between a second and 30 days".to_owned(),
+            ));
+        }
+        let code: String = {
+            use rand::Rng;
+            let mut rng = rand::thread_rng();
+            (0..CODE_LENGTH)
+                .map(|_| char::from(CODE_ALPHABET[rng.gen_range(0..CODE_ALPHABET.len())]))
+                .collect()
+        };
+        let mut tx = self.pool.begin().await?;
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM residents WHERE id = $1 AND erased_at IS NULL)",
+        )
+        .bind(resident_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !exists {
+            return Err(StoreError::NotFound {
+                what: "resident",
+                id: resident_id.to_string(),
+            });
+        }
+        if let Some(old) = replaces {
+            let same_resident: Option<bool> =
+                sqlx::query_scalar("SELECT resident_id = $2 FROM devices WHERE id = $1")
+                    .bind(old)
+                    .bind(resident_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            match same_resident {
+                None => {
+                    return Err(StoreError::NotFound {
+                        what: "device",
+                        id: old.to_owned(),
+                    })
+                }
+                Some(false) => {
+                    return Err(StoreError::Refused(format!(
+                        "device {old} belongs to another resident"
+                    )))
+                }
+                Some(true) => {}
+            }
+        }
+        sqlx::query(
+            "INSERT INTO enrolment_codes (code_hash, resident_id, replaces, created_by, expires_at)
+             VALUES ($1, $2, $3, $4, clock_timestamp() + make_interval(secs => $5))",
+        )
+        .bind(code_hash(&code))
+        .bind(resident_id)
+        .bind(replaces)
+        .bind(actor)
+        .bind(valid_for.as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
+        audit(
+            &mut tx,
+            actor,
+            "device.enrolment_code",
+            Some(resident_id),
+            json!({ "replaces": replaces }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(format!("{}-{}-{}", &code[0..4], &code[4..8], &code[8..12]))
+    }
+
+    /// Enrols a tablet: the code (once, before it expires) registers `public_key` as a new
+    /// device of the code's resident and revokes the device it replaces. Every failure of the
+    /// code itself (unknown, used, expired) is the same `Refused`, so that guessing learns
+    /// nothing. Returns the new device's id.
+    pub async fn enrol_device(&self, code: &str, public_key: &[u8; 32]) -> Result<String> {
+        const REFUSED: &str = "unknown, used or expired enrolment code";
+        let Some(canonical) = canonical_code(code) else {
+            return Err(StoreError::Invalid(format!(
+                "an enrolment code is {CODE_LENGTH} letters and digits, e.g. 7K3D-9QXM-2HFA"
+            )));
+        };
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT resident_id, replaces FROM enrolment_codes
+             WHERE code_hash = $1 AND used_at IS NULL AND expires_at > clock_timestamp()
+             FOR UPDATE",
+        )
+        .bind(code_hash(&canonical))
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::Refused(REFUSED.to_owned()))?;
+        let resident_id: Uuid = row.try_get("resident_id")?;
+        let replaces: Option<String> = row.try_get("replaces")?;
+        let device_id = format!("tab-{}", &Uuid::new_v4().simple().to_string()[..12]);
+        sqlx::query("INSERT INTO devices (id, resident_id, public_key) VALUES ($1, $2, $3)")
+            .bind(&device_id)
+            .bind(resident_id)
+            .bind(public_key.as_slice())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE enrolment_codes SET used_at = clock_timestamp(), device_id = $2
+             WHERE code_hash = $1",
+        )
+        .bind(code_hash(&canonical))
+        .bind(&device_id)
+        .execute(&mut *tx)
+        .await?;
+        append_event(
+            &mut tx,
+            "device.enrolled",
+            None,
+            None,
+            None,
+            Some(&device_id),
+            json!({ "replaces": replaces }),
+        )
+        .await?;
+        if let Some(old) = &replaces {
+            let revoked = sqlx::query(
+                "UPDATE devices SET revoked_at = clock_timestamp(), revoked_reason = 'replaced'
+                 WHERE id = $1 AND revoked_at IS NULL",
+            )
+            .bind(old)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if revoked > 0 {
+                append_event(
+                    &mut tx,
+                    "device.revoked",
+                    None,
+                    None,
+                    None,
+                    Some(old),
+                    json!({ "by": "enrolment", "replaced_by": device_id }),
+                )
+                .await?;
+                notify(
+                    &mut tx,
+                    &Notification::DeviceRevoked {
+                        device_id: old.clone(),
+                    },
+                )
+                .await?;
+            }
+        }
+        audit(
+            &mut tx,
+            "enrolment",
+            "device.enrol",
+            Some(resident_id),
+            json!({ "device_id": device_id, "replaces": replaces }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(device_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical_code;
+
+    #[test]
+    fn codes_are_read_as_people_type_them() {
+        assert_eq!(
+            canonical_code("7k3d-9qxm-2hfa").as_deref(),
+            Some("7K3D9QXM2HFA")
+        );
+        assert_eq!(
+            canonical_code("7K3D 9QXM 2HFA").as_deref(),
+            Some("7K3D9QXM2HFA")
+        );
+        assert_eq!(
+            canonical_code("ILO0-0000-0000").as_deref(),
+            Some("110000000000")
+        );
+        assert_eq!(canonical_code("7K3D-9QXM"), None);
+        assert_eq!(canonical_code("7K3D-9QXM-2HFU"), None);
+        assert_eq!(canonical_code("'; DROP TABLE--"), None);
     }
 }

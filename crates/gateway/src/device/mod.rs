@@ -1,5 +1,6 @@
 //! Device links: the session logic shared by both transports, and the two transports.
 
+mod enrol;
 mod grpc;
 mod session;
 mod ws;
@@ -12,6 +13,7 @@ use carebell_presence::Presence;
 use carebell_store::Store;
 use tokio_util::sync::CancellationToken;
 
+pub use enrol::EnrolmentService;
 pub use grpc::DeviceLinkService;
 pub use ws::{fuzz_websocket, WsListener};
 
@@ -32,6 +34,13 @@ pub struct DeviceSettings {
     /// wait (at most the handshake timeout): a reconnect storm is absorbed at the rate the CPU
     /// allows while connected tablets' alarms keep flowing.
     pub max_concurrent_handshakes: usize,
+    /// Of those, at most this many from one source address (0: no per-address limit), so that
+    /// one address cannot hold every slot (slow-loris).
+    pub max_handshakes_per_address: usize,
+    /// Messages one device may send per second on average, and in a burst (a token bucket);
+    /// past it the session answers `RATE_LIMITED` and closes.
+    pub max_messages_per_second: f64,
+    pub message_burst: f64,
 }
 
 impl Default for DeviceSettings {
@@ -43,6 +52,9 @@ impl Default for DeviceSettings {
             handshake_timeout: Duration::from_secs(10),
             go_away_window: Duration::from_secs(30),
             max_concurrent_handshakes: 256,
+            max_handshakes_per_address: 32,
+            max_messages_per_second: 20.0,
+            message_burst: 60.0,
         }
     }
 }

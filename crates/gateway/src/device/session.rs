@@ -142,6 +142,8 @@ pub(crate) async fn run<T: DeviceTransport>(context: DeviceContext, transport: T
         device_id: &device_id,
         link,
         inflight: BTreeMap::new(),
+        tokens: context.settings.message_burst,
+        refilled: Instant::now(),
     };
     let reason = session.run(&registration).instrument(span.clone()).await;
     tracing::info!(parent: &span, reason, "device session ended");
@@ -305,6 +307,27 @@ struct Session<'a, T> {
     link: Link<T>,
     /// Our sequence number → the outbox message it carried, until the device acknowledges.
     inflight: BTreeMap<u64, i64>,
+    /// Messages the device may still send now (a token bucket refilled at
+    /// `max_messages_per_second`, holding at most `message_burst`), and when it was refilled.
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl<T> Session<'_, T> {
+    /// Takes one message's token; `false` when the device has sent too many.
+    fn take_token(&mut self) -> bool {
+        let settings = &self.context.settings;
+        let now = Instant::now();
+        let earned =
+            now.duration_since(self.refilled).as_secs_f64() * settings.max_messages_per_second;
+        self.tokens = (self.tokens + earned).min(settings.message_burst);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
 }
 
 /// What the session should do after handling one message.
@@ -488,6 +511,18 @@ impl<T: DeviceTransport> Session<'_, T> {
     }
 
     async fn handle(&mut self, envelope: Envelope) -> Next {
+        // A flood is cut off before anything is done for it: the message is neither processed
+        // nor acknowledged, so a device that reconnects later resends it (nothing is lost).
+        if !self.take_token() {
+            let message = format!(
+                "more than {} messages a second; reconnect later and resend what is unacknowledged",
+                self.context.settings.max_messages_per_second
+            );
+            self.link
+                .error(ErrorCode::RateLimited, &message, envelope.seq)
+                .await;
+            return Next::End("rate limited");
+        }
         if envelope.ack > 0 {
             let still_open = self.inflight.split_off(&envelope.ack.saturating_add(1));
             let acked: Vec<i64> = std::mem::replace(&mut self.inflight, still_open)

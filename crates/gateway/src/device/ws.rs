@@ -30,6 +30,52 @@ pub struct WsListener {
     tls: Option<TlsAcceptor>,
     context: DeviceContext,
     handshakes: Arc<tokio::sync::Semaphore>,
+    per_address: Arc<PerAddress>,
+}
+
+/// Handshakes in progress per source address.
+#[derive(Default)]
+struct PerAddress {
+    counts: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+impl PerAddress {
+    /// A slot for `ip`, or `None` when it already holds `limit` (0: unlimited).
+    fn try_acquire(self: &Arc<Self>, ip: std::net::IpAddr, limit: usize) -> Option<AddressSlot> {
+        if limit == 0 {
+            return Some(AddressSlot(None));
+        }
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot(Some((Arc::clone(self), ip))))
+    }
+}
+
+/// One handshake's place in its address's count; released when dropped.
+struct AddressSlot(Option<(Arc<PerAddress>, std::net::IpAddr)>);
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        if let Some((map, ip)) = self.0.take() {
+            let mut counts = map.counts.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = counts.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// What a connection holds while it handshakes: a process-wide slot and its address's.
+struct HandshakePermit {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    _address: AddressSlot,
 }
 
 impl WsListener {
@@ -47,6 +93,7 @@ impl WsListener {
             tls: tls.map(TlsAcceptor::from),
             context,
             handshakes,
+            per_address: Arc::default(),
         }
     }
 
@@ -71,18 +118,31 @@ impl WsListener {
                     continue;
                 }
             };
+            // One address may not hold every handshake slot: past its share it is closed at once.
+            let Some(address) = self
+                .per_address
+                .try_acquire(peer.ip(), self.context.settings.max_handshakes_per_address)
+            else {
+                tracing::debug!(%peer, "too many handshakes from this address; closing");
+                drop(stream);
+                continue;
+            };
             let context = self.context.clone();
             let tls = self.tls.clone();
             let handshakes = Arc::clone(&self.handshakes);
             tracker.spawn(async move {
                 // Admission: wait for a handshake slot, at most the handshake timeout.
                 let timeout = context.settings.handshake_timeout;
-                let permit = match tokio::time::timeout(timeout, handshakes.acquire_owned()).await {
-                    Ok(Ok(permit)) => permit,
+                let slot = match tokio::time::timeout(timeout, handshakes.acquire_owned()).await {
+                    Ok(Ok(slot)) => slot,
                     _ => {
                         tracing::debug!(%peer, "no handshake slot in time; closing");
                         return;
                     }
+                };
+                let permit = HandshakePermit {
+                    _slot: slot,
+                    _address: address,
                 };
                 handle_connection(context, tls, stream, peer, permit).await;
             });
@@ -95,7 +155,7 @@ async fn handle_connection(
     tls: Option<TlsAcceptor>,
     stream: TcpStream,
     peer: SocketAddr,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: HandshakePermit,
 ) {
     let _ = stream.set_nodelay(true);
     let timeout = context.settings.handshake_timeout;
@@ -173,12 +233,8 @@ where
     (envelopes, refused)
 }
 
-async fn upgrade<S>(
-    context: DeviceContext,
-    stream: S,
-    peer: SocketAddr,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) where
+async fn upgrade<S>(context: DeviceContext, stream: S, peer: SocketAddr, permit: HandshakePermit)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = websocket_config(context.settings.max_frame_bytes);

@@ -1,0 +1,191 @@
+//! The permission table, exhaustively: every RPC of the console, family and provider APIs
+//! (read from `proto/`), called as every role, answers as `carebell_gateway::permissions` says:
+//! refused (`UNAUTHENTICATED`, or `PERMISSION_DENIED` for a signed-in role without the right)
+//! for the roles it does not list, and past the door (any other answer) for those it does.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use carebell_gateway::permissions::{allowed, Role, PERMISSIONS};
+use carebell_store::NewProvider;
+use carebell_tests::{NodeOptions, TestNode, PASSWORD};
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// Every RPC in the three APIs' proto files: (`package.Service/Method`, server-streaming).
+fn rpcs_in_proto() -> Vec<(String, bool)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/carebell");
+    let mut rpcs = Vec::new();
+    for api in ["console", "family", "provider"] {
+        let dir = root.join(api).join("v1");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            let package = text
+                .lines()
+                .find_map(|line| line.trim().strip_prefix("package "))
+                .map(|package| package.trim_end_matches(';').to_owned())
+                .unwrap();
+            let mut service = String::new();
+            for line in text.lines().map(str::trim) {
+                if let Some(rest) = line.strip_prefix("service ") {
+                    service = rest.trim_end_matches('{').trim().to_owned();
+                }
+                if let Some(rest) = line.strip_prefix("rpc ") {
+                    let method = rest.split('(').next().unwrap().trim();
+                    let streaming = rest.contains("returns (stream ");
+                    rpcs.push((format!("{package}.{service}/{method}"), streaming));
+                }
+            }
+        }
+    }
+    rpcs.sort();
+    rpcs
+}
+
+/// Calls `rpc` with an empty request (every field at its default) as the holder of `token`;
+/// returns the status code (`Ok` also for a stream that stays open).
+async fn call(channel: &Channel, rpc: &str, streaming: bool, token: Option<&str>) -> Code {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(());
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let path = PathAndQuery::try_from(format!("/{rpc}")).unwrap();
+    // `()` encodes as an empty message and decodes any message (unknown fields are skipped).
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    if streaming {
+        match grpc.server_streaming(request, path, codec).await {
+            Err(status) => status.code(),
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                match tokio::time::timeout(Duration::from_millis(500), stream.message()).await {
+                    Ok(Err(status)) => status.code(),
+                    _ => Code::Ok,
+                }
+            }
+        }
+    } else {
+        match grpc.unary(request, path, codec).await {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_as_every_role_answers_as_the_permission_table_says() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let channel = carebell_server::console_client::channel(&node.grpc_url, Some(&node.ca_pem))
+        .await
+        .unwrap();
+    let hash = carebell_gateway::console::hash_password(PASSWORD).unwrap();
+    // One account per role.
+    node.operator_account("perm-operator", "Operator").await;
+    node.operator_account("perm-supervisor", "Supervisor").await;
+    node.store
+        .set_operator_skills("perm-supervisor", &["supervisor".to_owned()])
+        .await
+        .unwrap();
+    node.store
+        .add_family_account("perm-family", "Family", &hash)
+        .await
+        .unwrap();
+    let provider = node
+        .store
+        .add_provider(&NewProvider::new("权限测试服务社", "LIC-PERMISSIONS"))
+        .await
+        .unwrap();
+    node.store
+        .add_provider_account(provider, "perm-provider", "Provider", &hash)
+        .await
+        .unwrap();
+    let console_token = |username: &'static str| {
+        let channel = channel.clone();
+        async move {
+            carebell_proto::console::v1::console_client::ConsoleClient::new(channel)
+                .sign_in(carebell_proto::console::v1::SignInRequest {
+                    username: username.to_owned(),
+                    password: PASSWORD.to_owned(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .token
+        }
+    };
+    let mut tokens: HashMap<Role, Option<String>> = HashMap::new();
+    tokens.insert(Role::Anonymous, None);
+    tokens.insert(Role::Operator, Some(console_token("perm-operator").await));
+    tokens.insert(
+        Role::Supervisor,
+        Some(console_token("perm-supervisor").await),
+    );
+    tokens.insert(
+        Role::Family,
+        Some(
+            carebell_proto::family::v1::family_client::FamilyClient::new(channel.clone())
+                .sign_in(carebell_proto::family::v1::SignInRequest {
+                    username: "perm-family".to_owned(),
+                    password: PASSWORD.to_owned(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .token,
+        ),
+    );
+    tokens.insert(
+        Role::Provider,
+        Some(
+            carebell_proto::provider::v1::provider_client::ProviderClient::new(channel.clone())
+                .sign_in(carebell_proto::provider::v1::SignInRequest {
+                    username: "perm-provider".to_owned(),
+                    password: PASSWORD.to_owned(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .token,
+        ),
+    );
+
+    // The table and the proto files list the same RPCs.
+    let rpcs = rpcs_in_proto();
+    let mut in_table: Vec<&str> = PERMISSIONS.iter().map(|p| p.rpc).collect();
+    in_table.sort_unstable();
+    let in_proto: Vec<&str> = rpcs.iter().map(|(rpc, _)| rpc.as_str()).collect();
+    assert_eq!(
+        in_table, in_proto,
+        "the permission table and proto/ disagree"
+    );
+
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    for (rpc, streaming) in &rpcs {
+        // Sign-in is the open door; an empty one is simply a failed sign-in.
+        if rpc.ends_with("/SignIn") {
+            continue;
+        }
+        for role in Role::ALL {
+            let code = call(&channel, rpc, *streaming, tokens[&role].as_deref()).await;
+            checked += 1;
+            let refused = matches!(code, Code::Unauthenticated | Code::PermissionDenied);
+            let expected_refusal = !allowed(rpc, role);
+            if refused != expected_refusal || code == Code::Unimplemented {
+                wrong.push(format!("{rpc} as {role:?}: {code:?}"));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "answers against the table:\n{}",
+        wrong.join("\n")
+    );
+    // Every RPC but the three sign-ins, as each of the five roles.
+    assert_eq!(checked, (rpcs.len() - 3) * Role::ALL.len());
+    node.stop().await;
+}
