@@ -688,3 +688,60 @@ async fn a_tablet_enrols_once_with_its_own_key_and_a_replacement_retires_the_old
     replacement.close().await;
     node.stop().await;
 }
+
+/// A renewed certificate is used by new connections on the device and gRPC listeners without
+/// a restart; connected tablets stay; a renewal that does not parse leaves the one in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_used_without_a_restart() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let (_, connected_config) = node
+        .tablet_config("续期 测试", TransportKind::WebSocket)
+        .await;
+    let connected = Tablet::connect(&connected_config).await.unwrap();
+    // Another tablet makes the new connections (one device, one session).
+    let (_, mut config) = node
+        .tablet_config("续期 新连接", TransportKind::WebSocket)
+        .await;
+    // The renewal: a certificate from another CA, written the way renewal tools do (a new file
+    // moved into place).
+    let renewed = carebell_server::devcert::DevCertificates::generate().unwrap();
+    let staging = carebell_tests::TempDir::new();
+    let (new_cert, new_key) = renewed.write(&staging.0).unwrap();
+    let (cert_path, key_path) = node.certificate_paths.clone();
+    let (next_key, next_cert) = (
+        key_path.with_extension("key.next"),
+        cert_path.with_extension("pem.next"),
+    );
+    std::fs::copy(&new_key, &next_key).unwrap();
+    std::fs::copy(&new_cert, &next_cert).unwrap();
+    std::fs::rename(&next_key, &key_path).unwrap();
+    std::fs::rename(&next_cert, &cert_path).unwrap();
+    // New connections now see the renewed certificate (trusted through the new CA only).
+    config.credentials.ca_certificate_pem = Some(renewed.ca_pem.clone());
+    let mut renewed_tablet = None;
+    for _ in 0..50 {
+        if let Ok(tablet) = Tablet::connect(&config).await {
+            renewed_tablet = Some(tablet);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let renewed_tablet = renewed_tablet.expect("the renewed certificate was never served");
+    renewed_tablet.press().await.unwrap();
+    let grpc =
+        carebell_server::console_client::channel(&node.grpc_url, Some(&renewed.ca_pem)).await;
+    assert!(grpc.is_ok(), "gRPC still serves the old certificate");
+    // The old CA no longer verifies new connections; the tablet connected before is untouched.
+    config.credentials.ca_certificate_pem = Some(node.ca_pem.clone());
+    assert!(Tablet::connect(&config).await.is_err());
+    connected.press().await.unwrap();
+    // A broken renewal is refused and the renewed certificate stays in use.
+    std::fs::write(&cert_path, "not a certificate").unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    config.credentials.ca_certificate_pem = Some(renewed.ca_pem.clone());
+    let still = Tablet::connect(&config).await.unwrap();
+    still.close().await;
+    renewed_tablet.close().await;
+    connected.close().await;
+    node.stop().await;
+}

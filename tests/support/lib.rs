@@ -124,6 +124,8 @@ pub struct TestNode {
     stop: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     _dir: TempDir,
+    /// Where the node reads its certificate and key (replace them to test a renewal).
+    pub certificate_paths: (PathBuf, PathBuf),
 }
 
 /// A directory removed on drop.
@@ -178,8 +180,9 @@ impl TestNode {
         settings.database_max_connections = 10;
         settings.redis_url = options.redis_url.map(Secret::new);
         settings.redis_key_prefix = redis_prefix.clone();
-        settings.tls.cert_path = Some(cert_path);
-        settings.tls.key_path = Some(key_path);
+        settings.tls.cert_path = Some(cert_path.clone());
+        settings.tls.key_path = Some(key_path.clone());
+        settings.tls.reload_interval_ms = 200;
         settings.listen.websocket = options
             .websocket_listen
             .unwrap_or_else(|| "127.0.0.1:0".parse().expect("address"));
@@ -229,6 +232,7 @@ impl TestNode {
             stop,
             handle: Some(handle),
             _dir: dir,
+            certificate_paths: (cert_path, key_path),
         }
     }
 

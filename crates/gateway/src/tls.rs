@@ -80,3 +80,173 @@ impl PemIdentity {
         tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem)
     }
 }
+
+fn certified_key(identity: &PemIdentity) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(&identity.cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| TlsError::NoCertificate("the certificate file".to_owned()))?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate("the certificate file".to_owned()));
+    }
+    let key =
+        PrivateKeyDer::from_pem_slice(&identity.key_pem).map_err(|error| TlsError::BadKey {
+            path: "the key file".to_owned(),
+            detail: error.to_string(),
+        })?;
+    let signing_key = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(key)?;
+    let certified = rustls::sign::CertifiedKey::new(certs, signing_key);
+    // The key must belong to the certificate: a renewal that paired the wrong files is refused.
+    certified.keys_match()?;
+    Ok(Arc::new(certified))
+}
+
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path)
+        .and_then(|meta| meta.modified())
+        .ok()
+}
+
+/// The server's certificate and key, re-read from their files when they change: a renewed
+/// certificate is used by new connections on every listener (WebSocket, gRPC, web) without a
+/// restart. A renewal that does not parse, or whose key does not match, is logged and the
+/// certificate in use is kept.
+pub struct CertificateStore {
+    cert_path: std::path::PathBuf,
+    key_path: std::path::PathBuf,
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+    stamps: std::sync::Mutex<(Option<std::time::SystemTime>, Option<std::time::SystemTime>)>,
+}
+
+impl std::fmt::Debug for CertificateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateStore")
+            .field("cert_path", &self.cert_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateStore {
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, TlsError> {
+        let stamps = (modified(cert_path), modified(key_path));
+        let key = certified_key(&PemIdentity::read(cert_path, key_path)?)?;
+        Ok(Arc::new(Self {
+            cert_path: cert_path.to_owned(),
+            key_path: key_path.to_owned(),
+            current: std::sync::RwLock::new(key),
+            stamps: std::sync::Mutex::new(stamps),
+        }))
+    }
+
+    /// Re-reads the files if either changed since the last look; `Ok(true)` when a new
+    /// certificate is now in use.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let now = (modified(&self.cert_path), modified(&self.key_path));
+        {
+            let mut stamps = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
+            if *stamps == now {
+                return Ok(false);
+            }
+            // Looked at once per change, whether or not it parses.
+            *stamps = now;
+        }
+        let key = certified_key(&PemIdentity::read(&self.cert_path, &self.key_path)?)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
+        Ok(true)
+    }
+
+    /// Looks for renewed files every `interval` until `shutdown`.
+    pub async fn watch(
+        self: Arc<Self>,
+        interval: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            match self.reload_if_changed() {
+                Ok(true) => {
+                    tracing::info!(path = %self.cert_path.display(), "TLS certificate reloaded")
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::error!(%error, path = %self.cert_path.display(), "the renewed TLS certificate was not loaded; keeping the one in use")
+                }
+            }
+        }
+    }
+
+    /// A rustls server configuration drawing its certificate from this store, offering `alpn`.
+    /// With session resumption, so a reconnect storm costs abbreviated handshakes: stateless
+    /// TLS 1.3 tickets (the key is this process's own: a tablet resumes when it reaches the
+    /// same process again) and a session cache for TLS 1.2.
+    pub fn server_config(
+        self: &Arc<Self>,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::clone(self) as Arc<dyn rustls::server::ResolvesServerCert>);
+        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        config.session_storage = rustls::server::ServerSessionMemoryCache::new(65_536);
+        Ok(Arc::new(config))
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertificateStore {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(Arc::clone(
+            &self.current.read().unwrap_or_else(|e| e.into_inner()),
+        ))
+    }
+}
+
+/// TLS connections accepted from `listener` with `config`, for a server that takes a stream of
+/// connections (tonic): each handshake runs on its own task (bounded by `timeout`), so a slow
+/// one holds up nobody.
+pub fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    timeout: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<
+    Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Ok(Ok(tls)) = tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    let _ = tx.send(Ok(tls)).await;
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}

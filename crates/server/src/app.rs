@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use carebell_dispatch::{Dispatcher, DispatcherConfig, Hub};
 use carebell_gateway::device::{DeviceLinkService, EnrolmentService, WsListener};
-use carebell_gateway::tls::PemIdentity;
+use carebell_gateway::tls::CertificateStore;
 use carebell_gateway::{ConsoleService, ConsoleSettings, DeviceContext, DeviceSettings};
 use carebell_presence::{InMemoryBackend, KeySchema, Presence, PresenceBackend, RedisBackend};
 use carebell_proto::console::v1::console_server::ConsoleServer;
@@ -28,7 +28,7 @@ pub struct Application {
     store: Store,
     hub: Arc<Hub>,
     presence: Presence,
-    identity: Option<PemIdentity>,
+    certificates: Option<Arc<CertificateStore>>,
     device_context: DeviceContext,
     websocket: WsListener,
     websocket_addr: SocketAddr,
@@ -91,15 +91,15 @@ impl Application {
         };
         let presence = Presence::new(&settings.node_id, backend);
         let hub = Hub::new();
-        let identity = match (&settings.tls.cert_path, &settings.tls.key_path) {
-            (Some(cert), Some(key)) if !settings.insecure => {
-                Some(PemIdentity::read(cert, key).context("failed to read the TLS certificate")?)
-            }
+        let certificates = match (&settings.tls.cert_path, &settings.tls.key_path) {
+            (Some(cert), Some(key)) if !settings.insecure => Some(
+                CertificateStore::load(cert, key).context("failed to read the TLS certificate")?,
+            ),
             _ => None,
         };
-        let tls_config = identity
+        let tls_config = certificates
             .as_ref()
-            .map(PemIdentity::server_config)
+            .map(|certificates| certificates.server_config(&[b"http/1.1"]))
             .transpose()
             .context("failed to build the TLS configuration")?;
 
@@ -160,7 +160,7 @@ impl Application {
             store,
             hub,
             presence,
-            identity,
+            certificates,
             device_context,
             websocket,
             websocket_addr,
@@ -202,7 +202,7 @@ impl Application {
             store,
             hub,
             presence,
-            identity,
+            certificates,
             device_context,
             websocket,
             websocket_addr,
@@ -214,7 +214,7 @@ impl Application {
             shutdown,
             tracker,
         } = self;
-        let scheme = if identity.is_some() {
+        let scheme = if certificates.is_some() {
             "TLS"
         } else {
             "plaintext (insecure)"
@@ -313,28 +313,42 @@ impl Application {
             tracker.clone(),
         ));
         let devices = DeviceLinkService::new(device_context, tracker.clone());
-        let mut builder = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .timeout(Duration::from_secs(3600));
-        if let Some(identity) = &identity {
-            builder = builder
-                .tls_config(
-                    tonic::transport::ServerTlsConfig::new().identity(identity.tonic_identity()),
-                )
-                .context("failed to configure gRPC TLS")?;
-        }
         let grpc_shutdown = shutdown.clone();
-        let grpc = builder
+        let router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .timeout(Duration::from_secs(3600))
             .add_service(ConsoleServer::from_arc(console))
             .add_service(FamilyServer::from_arc(family))
             .add_service(ProviderServer::from_arc(provider))
             .add_service(devices.into_server())
-            .add_service(EnrolmentService::new(store.clone()).into_server())
-            .serve_with_incoming_shutdown(
+            .add_service(EnrolmentService::new(store.clone()).into_server());
+        // TLS is ours rather than tonic's, so that a renewed certificate is picked up here too.
+        let grpc = match &certificates {
+            Some(certificates) => {
+                let config = certificates
+                    .server_config(&[b"h2"])
+                    .context("failed to configure gRPC TLS")?;
+                let incoming = carebell_gateway::tls::tls_incoming(
+                    grpc_listener,
+                    config,
+                    Settings::ms(settings.device.handshake_timeout_ms),
+                    shutdown.clone(),
+                );
+                tokio::spawn(
+                    router.serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned()),
+                )
+            }
+            None => tokio::spawn(router.serve_with_incoming_shutdown(
                 TcpListenerStream::new(grpc_listener),
                 grpc_shutdown.cancelled_owned(),
-            );
-        let grpc = tokio::spawn(grpc);
+            )),
+        };
+        if let Some(certificates) = certificates {
+            tracker.spawn(certificates.watch(
+                Settings::ms(settings.tls.reload_interval_ms),
+                shutdown.clone(),
+            ));
+        }
 
         stop.await;
         tracing::info!("shutting down: telling devices to go away and draining");

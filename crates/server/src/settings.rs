@@ -112,6 +112,9 @@ pub struct ListenSettings {
 pub struct TlsSettings {
     pub cert_path: Option<PathBuf>,
     pub key_path: Option<PathBuf>,
+    /// How often the certificate files are checked for a renewal (picked up without a
+    /// restart).
+    pub reload_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +169,7 @@ web = "0.0.0.0:8445"
 backlog = 4096
 
 [tls]
+reload_interval_ms = 10000
 
 [device]
 heartbeat_interval_ms = 30000
