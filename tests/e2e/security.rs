@@ -745,3 +745,103 @@ async fn a_renewed_certificate_is_used_without_a_restart() {
     connected.close().await;
     node.stop().await;
 }
+
+/// Logs carry ids, never the personal data they are about: a whole call (the record read, a
+/// note, a family message, an alarm's detail) logged at debug level leaves no name, phone
+/// number, address or note in the output.
+#[tokio::test]
+async fn logs_carry_no_names_phone_numbers_or_notes() {
+    #[derive(Clone, Default)]
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Capture {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let capture = Capture::default();
+    let writer = capture.clone();
+    // This runtime has one thread, so everything the node logs goes through this subscriber.
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing_subscriber::util::SubscriberInitExt::set_default(subscriber);
+
+    let node = TestNode::start(NodeOptions::default()).await;
+    let station = node.station().await;
+    let resident = node
+        .store
+        .add_resident(&NewResident {
+            station_id: station,
+            full_name: "ZQXLOG 陈桂芳".to_owned(),
+            address: "ZQXLOG 福田区".to_owned(),
+            phone: "ZQXLOG-13800000000".to_owned(),
+            dialect: String::new(),
+            medical_notes: "ZQXLOG 心脏起搏器".to_owned(),
+            risk_warnings: "ZQXLOG 独居".to_owned(),
+            key_safe: "ZQXLOG 1234".to_owned(),
+        })
+        .await
+        .unwrap();
+    let family = node
+        .store
+        .add_family_account("zqxlog-daughter", "ZQXLOG 女儿", "unused")
+        .await
+        .unwrap();
+    node.store
+        .add_contact(&NewContact {
+            resident_id: resident,
+            name: "ZQXLOG 陈女士".to_owned(),
+            relationship: "daughter".to_owned(),
+            phone: "ZQXLOG-13900000000".to_owned(),
+            holds_keys: false,
+            position: Some(1),
+            family_account_id: Some(family),
+            channels: vec!["app".to_owned()],
+        })
+        .await
+        .unwrap();
+    let config =
+        firmware_sim::TabletConfig::new(node.provision(resident).await, TransportKind::WebSocket);
+    let tablet = Tablet::connect(&config).await.unwrap();
+    let mut console = node.available_operator("zqxlog-op", "Log").await;
+    tablet.press().await.unwrap();
+    let offer = console.next_offer(Duration::from_secs(10)).await.unwrap();
+    console.client.accept(&offer.offer_id).await.unwrap();
+    console
+        .client
+        .get_resident(&resident.to_string())
+        .await
+        .unwrap();
+    console
+        .client
+        .end_call(&offer.call_id, Disposition::HealthConcern, "ZQXLOG 胸闷")
+        .await
+        .unwrap();
+    tablet
+        .send(Body::Alarm(Alarm {
+            alarm_id: Uuid::new_v4().simple().to_string(),
+            kind: AlarmKind::Fall as i32,
+            raised_at_ms: chrono::Utc::now().timestamp_millis(),
+            detail: "ZQXLOG fell in the kitchen".to_owned(),
+        }))
+        .await
+        .unwrap();
+    node.store
+        .send_family_message(family, resident, "ZQXLOG 妈妈晚上好")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tablet.close().await;
+    node.stop().await;
+    let logged = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    // The run was logged (ids are there), and no personal data is.
+    assert!(logged.contains(&offer.call_id), "the call was not logged at all");
+    assert!(logged.contains("device session ended"));
+    let leaks: Vec<&str> = logged.lines().filter(|line| line.contains("ZQXLOG")).collect();
+    assert!(leaks.is_empty(), "personal data in the logs:\n{}", leaks.join("\n"));
+}
