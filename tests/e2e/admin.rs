@@ -501,3 +501,38 @@ async fn the_provider_network_cards_statements_and_reports_through_admin() {
         "{error:#}"
     );
 }
+
+/// An administrator reads the audit log: every read of a resident's record, by whom.
+#[tokio::test]
+async fn the_audit_log_is_queried_by_resident_and_actor() {
+    let database_url = carebell_tests::fresh_database().await;
+    let node = TestNode::start(NodeOptions {
+        database_url: Some(database_url.clone()),
+        ..NodeOptions::default()
+    })
+    .await;
+    let watched = node.resident("审计 对象").await;
+    let other = node.resident("审计 其他").await;
+    let mut operator = node
+        .sign_in(&node.operator_account("auditee", "Auditee").await)
+        .await;
+    operator.get_resident(&watched.to_string()).await.unwrap();
+    operator.get_resident(&watched.to_string()).await.unwrap();
+    operator.get_resident(&other.to_string()).await.unwrap();
+    let watched_text = watched.to_string();
+    let lines = admin(&database_url, &["audit", "--resident", &watched_text])
+        .await
+        .unwrap();
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines
+        .iter()
+        .all(|line| line.contains("resident.read") && line.contains(&watched_text)));
+    let everything = admin(&database_url, &["audit", "--limit", "10"])
+        .await
+        .unwrap();
+    assert_eq!(everything.lines().count(), 3);
+    let refused = admin(&database_url, &["audit", "--limit", "0"]).await;
+    assert!(refused.is_err());
+    node.stop().await;
+}

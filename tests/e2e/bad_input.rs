@@ -432,3 +432,37 @@ async fn one_address_cannot_hold_every_handshake_slot() {
     let tablet = Tablet::connect(&config).await.unwrap();
     tablet.close().await;
 }
+
+/// A process holds at most its cap of device connections: past it a new connection is closed
+/// at once, and a place freed is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_connection_cap_a_new_connection_is_closed() {
+    let node = TestNode::start(NodeOptions {
+        max_connections: 2,
+        ..NodeOptions::default()
+    })
+    .await;
+    let mut configs = Vec::new();
+    for name in ["上限一", "上限二", "上限三"] {
+        configs.push(node.tablet_config(name, TransportKind::WebSocket).await.1);
+    }
+    let first = Tablet::connect(&configs[0]).await.unwrap();
+    let second = Tablet::connect(&configs[1]).await.unwrap();
+    assert!(
+        Tablet::connect(&configs[2]).await.is_err(),
+        "a third connection past the cap of two"
+    );
+    // The connected ones are unaffected.
+    first.press().await.unwrap();
+    second.close().await;
+    let mut third = None;
+    for _ in 0..50 {
+        if let Ok(tablet) = Tablet::connect(&configs[2]).await {
+            third = Some(tablet);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    third.expect("a freed place is taken again").close().await;
+    first.close().await;
+}

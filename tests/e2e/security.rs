@@ -840,8 +840,18 @@ async fn logs_carry_no_names_phone_numbers_or_notes() {
     node.stop().await;
     let logged = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
     // The run was logged (ids are there), and no personal data is.
-    assert!(logged.contains(&offer.call_id), "the call was not logged at all");
+    assert!(
+        logged.contains(&offer.call_id),
+        "the call was not logged at all"
+    );
     assert!(logged.contains("device session ended"));
-    let leaks: Vec<&str> = logged.lines().filter(|line| line.contains("ZQXLOG")).collect();
-    assert!(leaks.is_empty(), "personal data in the logs:\n{}", leaks.join("\n"));
+    let leaks: Vec<&str> = logged
+        .lines()
+        .filter(|line| line.contains("ZQXLOG"))
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "personal data in the logs:\n{}",
+        leaks.join("\n")
+    );
 }

@@ -70,6 +70,8 @@ pub struct NodeOptions {
     /// Handshakes at once from one source address (0: no limit; a load generator on one
     /// address needs that).
     pub max_handshakes_per_address: usize,
+    /// Device connections the node holds at most (0: the open-file limit less 1,000).
+    pub max_connections: usize,
     pub heartbeat_interval: Duration,
     pub handshake_timeout: Duration,
     /// Presence entries live three times this.
@@ -96,6 +98,7 @@ impl Default for NodeOptions {
             ring_timeout: Duration::from_secs(15),
             sweep_interval: Duration::from_millis(50),
             max_handshakes_per_address: 32,
+            max_connections: 0,
             heartbeat_interval: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             presence_refresh: Duration::from_millis(200),
@@ -195,6 +198,7 @@ impl TestNode {
         settings.device.heartbeat_interval_ms =
             u64::try_from(options.heartbeat_interval.as_millis()).expect("heartbeat");
         settings.device.max_handshakes_per_address = options.max_handshakes_per_address;
+        settings.device.max_connections = options.max_connections;
         settings.device.handshake_timeout_ms =
             u64::try_from(options.handshake_timeout.as_millis()).expect("handshake timeout");
         if let Some(url) = &options.webhook_url {

@@ -100,6 +100,15 @@ pub enum AdminCommand {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// The audit log, newest first: who read or changed what, when.
+    Audit {
+        #[arg(long)]
+        resident: Option<Uuid>,
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
     /// Write everything stored about a resident as JSON (audited).
     ExportResident {
         #[arg(long)]
@@ -382,6 +391,35 @@ pub async fn run(store: &Store, command: AdminCommand) -> anyhow::Result<String>
                 .await
                 .context("failed to revoke the device")?;
             Ok(format!("device {} revoked", device_id.trim()))
+        }
+        AdminCommand::Audit {
+            resident,
+            actor,
+            limit,
+        } => {
+            let entries = store
+                .audit_entries(resident, actor.as_deref(), limit)
+                .await
+                .context("failed to read the audit log")?;
+            Ok(entries
+                .iter()
+                .map(|entry| {
+                    format!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        entry
+                            .at
+                            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                        entry.actor,
+                        entry.action,
+                        entry
+                            .resident_id
+                            .map(|id| id.to_string())
+                            .unwrap_or_else(|| "-".to_owned()),
+                        entry.detail
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n"))
         }
         AdminCommand::ExportResident { id, out } => {
             let export = store

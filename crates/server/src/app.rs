@@ -118,6 +118,16 @@ impl Application {
                 max_handshakes_per_address: settings.device.max_handshakes_per_address,
                 max_messages_per_second: settings.device.max_messages_per_second,
                 message_burst: settings.device.message_burst,
+                max_connections: match settings.device.max_connections {
+                    0 => rlimit::getrlimit(rlimit::Resource::NOFILE)
+                        .map(|(soft, _)| {
+                            usize::try_from(soft.saturating_sub(1000))
+                                .unwrap_or(usize::MAX)
+                                .max(100)
+                        })
+                        .unwrap_or(0),
+                    cap => cap,
+                },
                 ..DeviceSettings::default()
             }),
             shutdown: shutdown.clone(),

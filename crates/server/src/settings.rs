@@ -132,6 +132,9 @@ pub struct DeviceSection {
     /// A device's message rate (average per second, and burst) before it is cut off.
     pub max_messages_per_second: f64,
     pub message_burst: f64,
+    /// Device connections one process holds at most; 0: the open-file limit less 1,000 (for
+    /// the database pool, listeners, consoles and logs).
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -181,6 +184,7 @@ max_concurrent_handshakes = 256
 max_handshakes_per_address = 32
 max_messages_per_second = 20.0
 message_burst = 60.0
+max_connections = 0
 
 [dispatch]
 ring_timeout_ms = 20000

@@ -49,7 +49,7 @@ pub use rtc::{MAX_RTC_PAYLOAD_BYTES, RTC_KINDS};
 pub use supervision::{
     OperatorRow, QueueFigures, QueueStatus, StatisticsCounts, WaitingRow, SHORT_ABANDON_SECS,
 };
-pub use trust::{Erasure, MAX_SIGN_IN_FAILURES, SIGN_IN_LOCKOUT};
+pub use trust::{AuditEntry, Erasure, MAX_SIGN_IN_FAILURES, SIGN_IN_LOCKOUT};
 pub use webhooks::WebhookDelivery;
 
 /// The PostgreSQL channel every node listens on.

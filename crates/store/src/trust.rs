@@ -654,3 +654,51 @@ mod tests {
         assert_eq!(canonical_code("'; DROP TABLE--"), None);
     }
 }
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub actor: String,
+    pub action: String,
+    pub resident_id: Option<Uuid>,
+    pub detail: Value,
+}
+
+impl Store {
+    /// The audit log, newest first: optionally one resident's entries, one actor's, at most
+    /// `limit` (1 to 10,000).
+    pub async fn audit_entries(
+        &self,
+        resident_id: Option<Uuid>,
+        actor: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>> {
+        if !(1..=10_000).contains(&limit) {
+            return Err(StoreError::Invalid(
+                "the limit is between 1 and 10000 entries".to_owned(),
+            ));
+        }
+        let rows = sqlx::query(
+            "SELECT at, actor, action, resident_id, detail FROM audit_log
+             WHERE ($1::uuid IS NULL OR resident_id = $1) AND ($2::text IS NULL OR actor = $2)
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(resident_id)
+        .bind(actor)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(AuditEntry {
+                    at: row.try_get("at")?,
+                    actor: row.try_get("actor")?,
+                    action: row.try_get("action")?,
+                    resident_id: row.try_get("resident_id")?,
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -41,6 +41,9 @@ pub struct DeviceSettings {
     /// past it the session answers `RATE_LIMITED` and closes.
     pub max_messages_per_second: f64,
     pub message_burst: f64,
+    /// Device connections this process holds at most (WebSocket); past it a new connection is
+    /// closed at once, before TLS (0: no cap).
+    pub max_connections: usize,
 }
 
 impl Default for DeviceSettings {
@@ -55,6 +58,7 @@ impl Default for DeviceSettings {
             max_handshakes_per_address: 32,
             max_messages_per_second: 20.0,
             message_burst: 60.0,
+            max_connections: 0,
         }
     }
 }

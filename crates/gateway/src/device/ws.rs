@@ -31,6 +31,16 @@ pub struct WsListener {
     context: DeviceContext,
     handshakes: Arc<tokio::sync::Semaphore>,
     per_address: Arc<PerAddress>,
+    live: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One held connection in the process's count; released when dropped.
+struct LiveConnection(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Handshakes in progress per source address.
@@ -94,6 +104,7 @@ impl WsListener {
             context,
             handshakes,
             per_address: Arc::default(),
+            live: Arc::default(),
         }
     }
 
@@ -118,6 +129,15 @@ impl WsListener {
                     continue;
                 }
             };
+            // The process's cap on held connections (under its open-file limit).
+            let cap = self.context.settings.max_connections;
+            let held = self.live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let live = LiveConnection(Arc::clone(&self.live));
+            if cap > 0 && held >= cap {
+                tracing::debug!(%peer, cap, "at the connection cap; closing");
+                drop(stream);
+                continue;
+            }
             // One address may not hold every handshake slot: past its share it is closed at once.
             let Some(address) = self
                 .per_address
@@ -131,6 +151,7 @@ impl WsListener {
             let tls = self.tls.clone();
             let handshakes = Arc::clone(&self.handshakes);
             tracker.spawn(async move {
+                let _live = live;
                 // Admission: wait for a handshake slot, at most the handshake timeout.
                 let timeout = context.settings.handshake_timeout;
                 let slot = match tokio::time::timeout(timeout, handshakes.acquire_owned()).await {
