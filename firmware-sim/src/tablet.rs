@@ -121,6 +121,7 @@ pub struct Tablet {
     welcome: Welcome,
     driver: JoinHandle<Carryover>,
     pending: Option<PendingStore>,
+    device_id: String,
 }
 
 /// Performs Hello → Challenge → Proof → Welcome on `link`.
@@ -244,6 +245,7 @@ impl Tablet {
             welcome,
             driver,
             pending: config.pending.clone(),
+            device_id: config.credentials.device_id.clone(),
         })
     }
 
@@ -300,6 +302,19 @@ impl Tablet {
         self.send(Body::OrderRating(OrderRating {
             order_id: order_id.to_owned(),
             stars,
+        }))
+        .await
+    }
+
+    /// Rotates to `new_key`: signs the rotation with it and waits until the server has stored
+    /// it. The caller keeps the new key (in its credentials) for every later connection.
+    pub async fn rotate_key(&self, new_key: &ed25519_dalek::SigningKey) -> Result<(), SimError> {
+        use ed25519_dalek::Signer;
+        let public_key = new_key.verifying_key().to_bytes();
+        let message = carebell_proto::rotation_message(&self.device_id, &public_key);
+        self.send(Body::KeyRotation(carebell_proto::device::v1::KeyRotation {
+            new_public_key: public_key.to_vec(),
+            signature: new_key.sign(&message).to_bytes().to_vec(),
         }))
         .await
     }

@@ -855,3 +855,70 @@ async fn logs_carry_no_names_phone_numbers_or_notes() {
         leaks.join("\n")
     );
 }
+
+/// A connected tablet rotates to a key it proves it holds; from then on only the new key
+/// authenticates. A rotation the new key did not sign is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tablet_rotates_its_key_and_the_old_one_stops_working() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let (_, config) = node
+        .tablet_config("换钥 测试", TransportKind::WebSocket)
+        .await;
+    let mut tablet = Tablet::connect(&config).await.unwrap();
+    // A forged rotation: a key, but signed by another one.
+    let forged = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+    let other = ed25519_dalek::SigningKey::from_bytes(&[4; 32]);
+    let message = carebell_proto::rotation_message(
+        &config.credentials.device_id,
+        &forged.verifying_key().to_bytes(),
+    );
+    tablet
+        .send(Body::KeyRotation(carebell_proto::device::v1::KeyRotation {
+            new_public_key: forged.verifying_key().to_bytes().to_vec(),
+            signature: ed25519_dalek::Signer::sign(&other, &message)
+                .to_bytes()
+                .to_vec(),
+        }))
+        .await
+        .unwrap();
+    let refused = loop {
+        match tablet.next_event(Duration::from_secs(5)).await {
+            Some(TabletEvent::Error(error)) => break error,
+            Some(_) => continue,
+            None => panic!("the forged rotation got no answer"),
+        }
+    };
+    assert_eq!(
+        refused.code,
+        carebell_proto::device::v1::ErrorCode::InvalidArgument as i32
+    );
+    // The real rotation.
+    let new_key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    tablet.rotate_key(&new_key).await.unwrap();
+    tablet.close().await;
+    let old = Tablet::connect(&config).await;
+    assert!(
+        matches!(old, Err(SimError::Rejected { .. })),
+        "the old key still works"
+    );
+    let mut rotated = config.clone();
+    rotated.credentials = firmware_sim::Credentials::new(
+        &config.credentials.device_id,
+        &new_key,
+        &config.credentials.websocket_url,
+        &config.credentials.grpc_url,
+    );
+    rotated.credentials.ca_certificate_pem = config.credentials.ca_certificate_pem.clone();
+    let tablet = Tablet::connect(&rotated).await.unwrap();
+    tablet.press().await.unwrap();
+    let events: Vec<String> = sqlx::query_scalar(
+        "SELECT kind FROM events WHERE device_id = $1 AND kind LIKE 'device.%' ORDER BY id",
+    )
+    .bind(&config.credentials.device_id)
+    .fetch_all(node.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(events, ["device.key_rotated"]);
+    tablet.close().await;
+    node.stop().await;
+}

@@ -35,13 +35,23 @@ pub fn encode_envelope(envelope: &Envelope) -> Vec<u8> {
 /// The domain-separation prefix keeps a signature made for this purpose from being valid for
 /// anything else; binding the device id keeps one device's proof from standing for another's.
 pub fn auth_message(device_id: &str, nonce: &[u8]) -> Vec<u8> {
-    const PREFIX: &[u8] = b"carebell.device.v1/auth";
-    let mut message = Vec::with_capacity(PREFIX.len() + device_id.len() + nonce.len() + 2);
-    message.extend_from_slice(PREFIX);
+    signed_message(b"carebell.device.v1/auth", device_id, nonce)
+}
+
+/// What a device signs with its new key to rotate to it (`KeyRotation`):
+/// `"carebell.device.v1/rotate" 0x00 device_id 0x00 new_public_key`.
+pub fn rotation_message(device_id: &str, new_public_key: &[u8]) -> Vec<u8> {
+    signed_message(b"carebell.device.v1/rotate", device_id, new_public_key)
+}
+
+/// `prefix 0x00 device_id 0x00 tail`.
+fn signed_message(prefix: &[u8], device_id: &str, tail: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(prefix.len() + device_id.len() + tail.len() + 2);
+    message.extend_from_slice(prefix);
     message.push(0);
     message.extend_from_slice(device_id.as_bytes());
     message.push(0);
-    message.extend_from_slice(nonce);
+    message.extend_from_slice(tail);
     message
 }
 

@@ -33,7 +33,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("care
 mod codec;
 mod error_code;
 
-pub use codec::{auth_message, decode_envelope, encode_envelope, FrameError};
+pub use codec::{auth_message, decode_envelope, encode_envelope, rotation_message, FrameError};
 pub use error_code::{
     close_code_for, grpc_code_for_close, CloseCode, CLOSE_AUTH_REJECTED, CLOSE_GOING_AWAY,
     CLOSE_RATE_LIMITED, CLOSE_TIMEOUT,

@@ -702,3 +702,52 @@ impl Store {
             .collect()
     }
 }
+
+impl Store {
+    /// A connected device's new key (it proved holding it): every later handshake must use it.
+    /// Rotating to the key in use changes nothing; a revoked or unknown device is refused.
+    pub async fn rotate_device_key(&self, device_id: &str, public_key: &[u8; 32]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT resident_id, public_key = $2 AS same FROM devices
+             WHERE id = $1 AND revoked_at IS NULL FOR UPDATE",
+        )
+        .bind(device_id)
+        .bind(public_key.as_slice())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "device",
+            id: device_id.to_owned(),
+        })?;
+        if row.try_get::<bool, _>("same")? {
+            return Ok(());
+        }
+        let resident_id: Uuid = row.try_get("resident_id")?;
+        sqlx::query("UPDATE devices SET public_key = $2 WHERE id = $1")
+            .bind(device_id)
+            .bind(public_key.as_slice())
+            .execute(&mut *tx)
+            .await?;
+        append_event(
+            &mut tx,
+            "device.key_rotated",
+            None,
+            None,
+            None,
+            Some(device_id),
+            json!({}),
+        )
+        .await?;
+        audit(
+            &mut tx,
+            &format!("device:{device_id}"),
+            "device.rotate_key",
+            Some(resident_id),
+            json!({ "device_id": device_id }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

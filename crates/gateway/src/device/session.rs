@@ -291,14 +291,39 @@ async fn handshake<T: DeviceTransport>(
 }
 
 fn verify(device_id: &DeviceId, public_key: &[u8; 32], nonce: &[u8], signature: &[u8]) -> bool {
+    verify_signed(
+        public_key,
+        &auth_message(device_id.as_str(), nonce),
+        signature,
+    )
+}
+
+/// Whether `signature` is `public_key`'s (strict Ed25519) signature over `message`.
+fn verify_signed(public_key: &[u8; 32], message: &[u8], signature: &[u8]) -> bool {
     let Ok(key) = VerifyingKey::from_bytes(public_key) else {
         return false;
     };
     let Ok(signature) = Signature::from_slice(signature) else {
         return false;
     };
-    key.verify_strict(&auth_message(device_id.as_str(), nonce), &signature)
-        .is_ok()
+    key.verify_strict(message, &signature).is_ok()
+}
+
+/// The new key of a `KeyRotation`, if it is a key and signed the rotation message.
+fn check_rotation(
+    device_id: &DeviceId,
+    rotation: &carebell_proto::device::v1::KeyRotation,
+) -> Result<[u8; 32], String> {
+    let key: [u8; 32] = rotation
+        .new_public_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| "new_public_key must be 32 bytes".to_owned())?;
+    let message = carebell_proto::rotation_message(device_id.as_str(), &key);
+    if !verify_signed(&key, &message, &rotation.signature) {
+        return Err("the signature is not the new key's over the rotation message".to_owned());
+    }
+    Ok(key)
 }
 
 struct Session<'a, T> {
@@ -684,6 +709,24 @@ impl<T: DeviceTransport> Session<'_, T> {
                 {
                     Ok(()) => Ok(()),
                     Err(error @ (StoreError::Invalid(_) | StoreError::Refused(_))) => {
+                        Err((ErrorCode::InvalidArgument, error.to_string()))
+                    }
+                    Err(error) => return self.unavailable(error, seq).await,
+                },
+            },
+            Body::KeyRotation(rotation) => match check_rotation(self.device_id, &rotation) {
+                Err(message) => Err((ErrorCode::InvalidArgument, message)),
+                Ok(key) => match self
+                    .context
+                    .store
+                    .rotate_device_key(self.device_id.as_str(), &key)
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::info!("device key rotated");
+                        Ok(())
+                    }
+                    Err(error @ (StoreError::NotFound { .. } | StoreError::Refused(_))) => {
                         Err((ErrorCode::InvalidArgument, error.to_string()))
                     }
                     Err(error) => return self.unavailable(error, seq).await,
