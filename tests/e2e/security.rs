@@ -922,3 +922,44 @@ async fn a_tablet_rotates_its_key_and_the_old_one_stops_working() {
     tablet.close().await;
     node.stop().await;
 }
+
+/// One signed-in session cannot flood the APIs: past its burst its calls are refused with
+/// `RESOURCE_EXHAUSTED`, another session is unaffected, and the bucket refills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_making_too_many_requests_is_slowed_down() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let mut busy = node
+        .sign_in(&node.operator_account("busy-op", "Busy").await)
+        .await;
+    let mut calm = node
+        .sign_in(&node.operator_account("calm-op", "Calm").await)
+        .await;
+    let (mut answered, mut refused) = (0, 0);
+    for _ in 0..250 {
+        match busy.get_resident(&Uuid::new_v4().to_string()).await {
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => refused += 1,
+            // An unknown resident: answered (past the limit check).
+            Err(status) if status.code() == tonic::Code::NotFound => answered += 1,
+            other => panic!("unexpected answer: {other:?}"),
+        }
+    }
+    assert!(refused > 0, "250 calls in a row were never slowed down");
+    assert!(
+        answered >= 100,
+        "the burst of 100 was not granted ({answered})"
+    );
+    // Another session is not affected.
+    let other = calm
+        .get_resident(&Uuid::new_v4().to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), tonic::Code::NotFound);
+    // And the bucket refills.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = busy
+        .get_resident(&Uuid::new_v4().to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::NotFound);
+    node.stop().await;
+}

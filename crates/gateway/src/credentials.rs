@@ -130,14 +130,71 @@ pub(crate) fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-/// The bearer token of a request.
+/// The bearer token of a request, within the session's request rate (see [`RequestLimiter`]).
 pub(crate) fn bearer_token<T>(request: &Request<T>) -> Result<&str, Status> {
-    request
+    let token = request
         .metadata()
         .get("authorization")
         .ok_or_else(|| Status::unauthenticated("sign in first: no authorization header"))?
         .to_str()
         .ok()
         .and_then(|value| value.strip_prefix("Bearer "))
-        .ok_or_else(|| Status::unauthenticated("the authorization header must be 'Bearer <token>'"))
+        .ok_or_else(|| {
+            Status::unauthenticated("the authorization header must be 'Bearer <token>'")
+        })?;
+    request_limiter().check(token)?;
+    Ok(token)
+}
+
+/// Requests per session token, per node: a token bucket refilled at `rate` a second and
+/// holding at most `burst`, far above what a person at a console makes. Past it a call is
+/// `RESOURCE_EXHAUSTED` until the bucket refills.
+pub struct RequestLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (f64, std::time::Instant)>>,
+}
+
+static LIMITER: OnceLock<RequestLimiter> = OnceLock::new();
+
+/// Sets the request limit of every signed-in session on this node (once, at start; later calls
+/// change nothing). Without it: 20 a second, 100 at once.
+pub fn configure_request_limit(rate: f64, burst: f64) {
+    let _ = LIMITER.set(RequestLimiter::new(rate, burst));
+}
+
+fn request_limiter() -> &'static RequestLimiter {
+    LIMITER.get_or_init(|| RequestLimiter::new(20.0, 100.0))
+}
+
+impl RequestLimiter {
+    fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            rate,
+            burst,
+            buckets: std::sync::Mutex::default(),
+        }
+    }
+
+    fn check(&self, token: &str) -> Result<(), Status> {
+        let now = std::time::Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() > 10_000 {
+            // Sessions idle for a minute are full again anyway.
+            buckets.retain(|_, (_, at)| now.duration_since(*at).as_secs() < 60);
+        }
+        let (tokens, at) = buckets
+            .entry(token_hash(token))
+            .or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
+        *at = now;
+        if *tokens < 1.0 {
+            return Err(Status::resource_exhausted(format!(
+                "too many requests for this session: at most {} a second; slow down",
+                self.rate
+            )));
+        }
+        *tokens -= 1.0;
+        Ok(())
+    }
 }

@@ -16,6 +16,7 @@ pub mod tls;
 pub mod web;
 
 pub use console::{ConsoleService, ConsoleSettings};
+pub use credentials::configure_request_limit;
 pub use device::{DeviceContext, DeviceSettings};
 pub use errors::status_from_store;
 pub use family::FamilyService;

@@ -103,6 +103,10 @@ impl Application {
             .transpose()
             .context("failed to build the TLS configuration")?;
 
+        carebell_gateway::configure_request_limit(
+            settings.console.max_requests_per_second,
+            settings.console.request_burst,
+        );
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let device_context = DeviceContext {

@@ -146,6 +146,10 @@ pub struct DispatchSection {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ConsoleSection {
     pub session_ttl_secs: u64,
+    /// Requests one signed-in session (console, family, provider) may make per second on
+    /// average and at once, per node.
+    pub max_requests_per_second: f64,
+    pub request_burst: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -192,6 +196,8 @@ sweep_interval_ms = 250
 
 [console]
 session_ttl_secs = 43200
+max_requests_per_second = 20.0
+request_burst = 100.0
 
 [presence]
 refresh_interval_ms = 10000
@@ -300,6 +306,15 @@ impl Settings {
         }
         if self.device.heartbeat_interval_ms < 1000 {
             return invalid("device.heartbeat_interval_ms must be at least 1000".to_owned());
+        }
+        if !(self.console.max_requests_per_second >= 1.0
+            && self.console.request_burst >= self.console.max_requests_per_second)
+        {
+            return invalid(
+                "console.max_requests_per_second must be at least 1, and console.request_burst \
+                 at least that"
+                    .to_owned(),
+            );
         }
         // A tablet sends a heartbeat per interval and now and then a press: it must never come
         // near the limit.
