@@ -39,6 +39,12 @@ pub struct Credentials {
     /// The name in the server's certificate.
     #[serde(default = "default_server_name")]
     pub server_name: String,
+    /// Mutual TLS: the client certificate the provisioning CA issued this tablet, and its key
+    /// (`carebell admin issue-client-cert`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_pem: Option<String>,
 }
 
 fn default_server_name() -> String {
@@ -70,6 +76,8 @@ impl Credentials {
             grpc_url: grpc_url.to_owned(),
             ca_certificate_pem: None,
             server_name: default_server_name(),
+            client_certificate_pem: None,
+            client_key_pem: None,
         }
     }
 

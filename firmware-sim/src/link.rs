@@ -86,6 +86,17 @@ impl Link {
         ca_pem: Option<&str>,
         subprotocol: Option<&str>,
     ) -> Result<Self, LinkError> {
+        Self::connect_websocket_as(url, ca_pem, subprotocol, None).await
+    }
+
+    /// As [`Link::connect_websocket_with_subprotocol`], presenting a client certificate and its
+    /// key (PEM) when given: mutual TLS.
+    pub async fn connect_websocket_as(
+        url: &str,
+        ca_pem: Option<&str>,
+        subprotocol: Option<&str>,
+        identity: Option<(&str, &str)>,
+    ) -> Result<Self, LinkError> {
         let mut request = url
             .into_client_request()
             .map_err(|error| LinkError::BadUrl(error.to_string()))?;
@@ -98,11 +109,24 @@ impl Link {
         }
         let connector = if url.starts_with("wss://") {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
+            let builder = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
                 .map_err(|error| LinkError::BadCertificate(error.to_string()))?
-                .with_root_certificates(root_store(ca_pem)?)
-                .with_no_client_auth();
+                .with_root_certificates(root_store(ca_pem)?);
+            let config = match identity {
+                None => builder.with_no_client_auth(),
+                Some((cert_pem, key_pem)) => {
+                    use rustls::pki_types::pem::PemObject;
+                    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|error| LinkError::BadCertificate(error.to_string()))?;
+                    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+                        .map_err(|error| LinkError::BadCertificate(error.to_string()))?;
+                    builder
+                        .with_client_auth_cert(certs, key)
+                        .map_err(|error| LinkError::BadCertificate(error.to_string()))?
+                }
+            };
             Connector::Rustls(Arc::new(config))
         } else {
             Connector::Plain
@@ -120,7 +144,17 @@ impl Link {
         ca_pem: Option<&str>,
         server_name: &str,
     ) -> Result<Self, LinkError> {
-        let channel = grpc_channel(url, ca_pem, server_name).await?;
+        Self::connect_grpc_as(url, ca_pem, server_name, None).await
+    }
+
+    /// As [`Link::connect_grpc`], presenting a client certificate and key (PEM) when given.
+    pub async fn connect_grpc_as(
+        url: &str,
+        ca_pem: Option<&str>,
+        server_name: &str,
+        identity: Option<(&str, &str)>,
+    ) -> Result<Self, LinkError> {
+        let channel = grpc_channel(url, ca_pem, server_name, identity).await?;
         let mut client = DeviceLinkClient::new(channel)
             .max_decoding_message_size(MAX_FRAME_BYTES)
             .max_encoding_message_size(usize::MAX);
@@ -228,6 +262,7 @@ pub(crate) async fn grpc_channel(
     url: &str,
     ca_pem: Option<&str>,
     server_name: &str,
+    identity: Option<(&str, &str)>,
 ) -> Result<tonic::transport::Channel, LinkError> {
     let mut endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|error| LinkError::BadUrl(error.to_string()))?;
@@ -235,6 +270,9 @@ pub(crate) async fn grpc_channel(
         let mut tls = ClientTlsConfig::new().domain_name(server_name);
         if let Some(pem) = ca_pem {
             tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        if let Some((cert_pem, key_pem)) = identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
         }
         endpoint = endpoint
             .tls_config(tls)
@@ -258,7 +296,7 @@ pub async fn enrol(
 ) -> Result<crate::Credentials, EnrolError> {
     use carebell_proto::device::v1::device_enrolment_client::DeviceEnrolmentClient;
     let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-    let channel = grpc_channel(grpc_url, ca_pem, server_name).await?;
+    let channel = grpc_channel(grpc_url, ca_pem, server_name, None).await?;
     let response = DeviceEnrolmentClient::new(channel)
         .enrol(carebell_proto::device::v1::EnrolRequest {
             code: code.to_owned(),

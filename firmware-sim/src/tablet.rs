@@ -70,12 +70,28 @@ impl TabletConfig {
     pub async fn open_link(&self) -> Result<Link, SimError> {
         let credentials = &self.credentials;
         let ca = credentials.ca_certificate_pem.as_deref();
+        let identity = credentials
+            .client_certificate_pem
+            .as_deref()
+            .zip(credentials.client_key_pem.as_deref());
         Ok(match self.transport {
             TransportKind::WebSocket => {
-                Link::connect_websocket(&credentials.websocket_url, ca).await?
+                Link::connect_websocket_as(
+                    &credentials.websocket_url,
+                    ca,
+                    Some(carebell_proto::WS_SUBPROTOCOL),
+                    identity,
+                )
+                .await?
             }
             TransportKind::Grpc => {
-                Link::connect_grpc(&credentials.grpc_url, ca, &credentials.server_name).await?
+                Link::connect_grpc_as(
+                    &credentials.grpc_url,
+                    ca,
+                    &credentials.server_name,
+                    identity,
+                )
+                .await?
             }
         })
     }

@@ -536,3 +536,80 @@ async fn the_audit_log_is_queried_by_resident_and_actor() {
     assert!(refused.is_err());
     node.stop().await;
 }
+
+/// Mutual TLS from the command line: `dev-cert` makes a provisioning CA beside the server's,
+/// and `issue-client-cert` writes a tablet's certificate and key and binds the tablet to it;
+/// an unknown device is refused and nothing is written.
+#[tokio::test]
+async fn a_client_certificate_is_issued_and_bound_from_the_command_line() {
+    let database_url = carebell_tests::fresh_database().await;
+    let node = TestNode::start(NodeOptions {
+        database_url: Some(database_url.clone()),
+        ..NodeOptions::default()
+    })
+    .await;
+    let resident = node.resident("命令行 证书").await;
+    let credentials = node.provision(resident).await;
+    let dir = TempDir::new();
+    let certs = dir.0.join("certs");
+    let certs_text = certs.to_string_lossy().into_owned();
+    let mut settings = Settings::defaults().unwrap();
+    settings.database_url = Secret::new(database_url.as_str());
+    let cli = Cli::try_parse_from(["carebell", "dev-cert", "--out", &certs_text]).unwrap();
+    assert!(matches!(
+        cli::run(cli, settings).await.unwrap(),
+        Outcome::Printed(_)
+    ));
+    assert!(certs.join("client-ca.pem").exists() && certs.join("client-ca.key").exists());
+    let out = dir.0.join("tablets");
+    let out_text = out.to_string_lossy().into_owned();
+    admin(
+        &database_url,
+        &[
+            "issue-client-cert",
+            "--device-id",
+            &credentials.device_id,
+            "--ca-dir",
+            &certs_text,
+            "--out",
+            &out_text,
+        ],
+    )
+    .await
+    .unwrap();
+    let pem = std::fs::read(out.join(format!("{}.pem", credentials.device_id))).unwrap();
+    assert!(out.join(format!("{}.key", credentials.device_id)).exists());
+    let der = rustls_pemfile_der(&pem);
+    let bound: Vec<u8> = sqlx::query_scalar("SELECT client_cert_sha256 FROM devices WHERE id = $1")
+        .bind(&credentials.device_id)
+        .fetch_one(node.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(bound, <sha2::Sha256 as sha2::Digest>::digest(&der).to_vec());
+    let refused = admin(
+        &database_url,
+        &[
+            "issue-client-cert",
+            "--device-id",
+            "tab-000000000000",
+            "--ca-dir",
+            &certs_text,
+            "--out",
+            &out_text,
+        ],
+    )
+    .await;
+    assert!(refused.is_err());
+    assert!(!out.join("tab-000000000000.pem").exists());
+    node.stop().await;
+}
+
+/// The DER of the first certificate in a PEM file.
+fn rustls_pemfile_der(pem: &[u8]) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}

@@ -963,3 +963,85 @@ async fn a_session_making_too_many_requests_is_slowed_down() {
     assert_eq!(again.code(), tonic::Code::NotFound);
     node.stop().await;
 }
+
+/// Mutual TLS: a tablet bound to its client certificate gets in only with it; a certificate
+/// is good for its own tablet only; one from another CA fails the handshake; and when
+/// certificates are required, a tablet without one is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_bind_tablets_when_mutual_tls_is_on() {
+    use carebell_server::devcert::ProvisioningCa;
+    let ca = ProvisioningCa::generate().unwrap();
+    let database_url = carebell_tests::fresh_database().await;
+    let certificates = carebell_server::devcert::DevCertificates::generate().unwrap();
+    let options = |required: bool| NodeOptions {
+        database_url: Some(database_url.clone()),
+        certificates: Some(certificates.clone()),
+        client_ca_pem: Some(ca.ca_pem.clone()),
+        require_client_certificate: required,
+        ..NodeOptions::default()
+    };
+    let node = TestNode::start(options(false)).await;
+    let (_, bound) = node
+        .tablet_config("证书 绑定", TransportKind::WebSocket)
+        .await;
+    let (_, unbound) = node
+        .tablet_config("证书 未绑定", TransportKind::WebSocket)
+        .await;
+    let issued = ca.issue(&bound.credentials.device_id).unwrap();
+    node.store
+        .bind_client_certificate(&bound.credentials.device_id, &issued.sha256)
+        .await
+        .unwrap();
+    let with = |config: &firmware_sim::TabletConfig, cert: &str, key: &str| {
+        let mut config = config.clone();
+        config.credentials.client_certificate_pem = Some(cert.to_owned());
+        config.credentials.client_key_pem = Some(key.to_owned());
+        config
+    };
+    let rejected = |outcome: Result<Tablet, SimError>| match outcome {
+        Err(SimError::Rejected { .. }) => true,
+        Err(_) => false,
+        Ok(_) => panic!("connected"),
+    };
+    // The bound tablet with its certificate, over both transports.
+    let tablet = Tablet::connect(&with(&bound, &issued.cert_pem, &issued.key_pem))
+        .await
+        .unwrap();
+    tablet.press().await.unwrap();
+    tablet.close().await;
+    let mut over_grpc = with(&bound, &issued.cert_pem, &issued.key_pem);
+    over_grpc.transport = TransportKind::Grpc;
+    Tablet::connect(&over_grpc).await.unwrap().close().await;
+    // Without it: refused, though the key is right.
+    assert!(rejected(Tablet::connect(&bound).await));
+    // Its certificate on another tablet: refused.
+    assert!(rejected(
+        Tablet::connect(&with(&unbound, &issued.cert_pem, &issued.key_pem)).await
+    ));
+    // A certificate from another CA: the TLS handshake fails.
+    let stranger = ProvisioningCa::generate()
+        .unwrap()
+        .issue(&bound.credentials.device_id)
+        .unwrap();
+    let outcome = Tablet::connect(&with(&bound, &stranger.cert_pem, &stranger.key_pem)).await;
+    assert!(
+        matches!(
+            outcome,
+            Err(SimError::Link(_)) | Err(SimError::Closed { .. })
+        ),
+        "{:?}",
+        outcome.map(|_| ())
+    );
+    // Not required: an unbound tablet without a certificate still gets in.
+    Tablet::connect(&unbound).await.unwrap().close().await;
+    node.stop().await;
+    // Required: now it does not.
+    let strict = TestNode::start(options(true)).await;
+    let mut unbound_here = unbound.clone();
+    unbound_here.credentials.websocket_url = strict.websocket_url.clone();
+    assert!(rejected(Tablet::connect(&unbound_here).await));
+    let mut bound_here = with(&bound, &issued.cert_pem, &issued.key_pem);
+    bound_here.credentials.websocket_url = strict.websocket_url.clone();
+    Tablet::connect(&bound_here).await.unwrap().close().await;
+    strict.stop().await;
+}

@@ -72,6 +72,10 @@ pub struct NodeOptions {
     pub max_handshakes_per_address: usize,
     /// Device connections the node holds at most (0: the open-file limit less 1,000).
     pub max_connections: usize,
+    /// Mutual TLS: the provisioning CA (PEM) whose client certificates devices may present,
+    /// and whether every device must.
+    pub client_ca_pem: Option<String>,
+    pub require_client_certificate: bool,
     pub heartbeat_interval: Duration,
     pub handshake_timeout: Duration,
     /// Presence entries live three times this.
@@ -99,6 +103,8 @@ impl Default for NodeOptions {
             sweep_interval: Duration::from_millis(50),
             max_handshakes_per_address: 32,
             max_connections: 0,
+            client_ca_pem: None,
+            require_client_certificate: false,
             heartbeat_interval: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             presence_refresh: Duration::from_millis(200),
@@ -186,6 +192,12 @@ impl TestNode {
         settings.tls.cert_path = Some(cert_path.clone());
         settings.tls.key_path = Some(key_path.clone());
         settings.tls.reload_interval_ms = 200;
+        if let Some(pem) = &options.client_ca_pem {
+            let path = dir.0.join("client-ca.pem");
+            std::fs::write(&path, pem).expect("failed to write the client CA");
+            settings.tls.client_ca_path = Some(path);
+        }
+        settings.device.require_client_certificate = options.require_client_certificate;
         settings.listen.websocket = options
             .websocket_listen
             .unwrap_or_else(|| "127.0.0.1:0".parse().expect("address"));

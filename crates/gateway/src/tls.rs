@@ -189,10 +189,44 @@ impl CertificateStore {
         self: &Arc<Self>,
         alpn: &[&[u8]],
     ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        self.server_config_verifying(alpn, None)
+    }
+
+    /// As [`CertificateStore::server_config`], asking clients for a certificate from
+    /// `client_ca` (PEM): mutual TLS for devices. A client without one is still let in (the
+    /// device session decides, per device, whether it needed one); a certificate from another
+    /// CA fails the handshake.
+    pub fn server_config_verifying(
+        self: &Arc<Self>,
+        alpn: &[&[u8]],
+        client_ca: Option<&[u8]>,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(pem) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for certificate in CertificateDer::pem_slice_iter(pem) {
+                    let certificate = certificate
+                        .map_err(|_| TlsError::NoCertificate("the client CA file".to_owned()))?;
+                    roots.add(certificate)?;
+                }
+                if roots.is_empty() {
+                    return Err(TlsError::NoCertificate("the client CA file".to_owned()));
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .allow_unauthenticated()
+                .build()
+                .map_err(|error| TlsError::Rustls(rustls::Error::General(error.to_string())))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
             .with_cert_resolver(Arc::clone(self) as Arc<dyn rustls::server::ResolvesServerCert>);
         config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
         config.ticketer = rustls::crypto::ring::Ticketer::new()?;

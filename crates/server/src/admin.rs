@@ -92,6 +92,18 @@ pub enum AdminCommand {
         #[arg(long, default_value = "https://localhost:8444")]
         grpc_url: String,
     },
+    /// Issue a tablet's client certificate from the provisioning CA (mutual TLS) and bind the
+    /// tablet to it: writes `<device>.pem` and `<device>.key` into `--out`.
+    IssueClientCert {
+        #[arg(long)]
+        device_id: String,
+        /// Where `client-ca.pem` and `client-ca.key` are (`carebell dev-cert` makes a
+        /// development pair).
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Revoke a tablet: it is disconnected from whichever node holds it and cannot connect
     /// again (a replacement enrols with `enrolment-code --replaces`).
     RevokeDevice {
@@ -383,6 +395,31 @@ pub async fn run(store: &Store, command: AdminCommand) -> anyhow::Result<String>
             Ok(format!(
                 "enrolment code: {code} (valid for {}, once)\n{payload}\n\n{qr}",
                 humantime::format_duration(valid_for)
+            ))
+        }
+        AdminCommand::IssueClientCert {
+            device_id,
+            ca_dir,
+            out,
+        } => {
+            let device_id = carebell_domain::DeviceId::parse(device_id.trim())?;
+            let ca = crate::devcert::ProvisioningCa::read(&ca_dir)?;
+            let certificate = ca.issue(device_id.as_str())?;
+            store
+                .bind_client_certificate(device_id.as_str(), &certificate.sha256)
+                .await
+                .context("failed to bind the device to its certificate")?;
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("failed to create {}", out.display()))?;
+            let cert_path = out.join(format!("{device_id}.pem"));
+            let key_path = out.join(format!("{device_id}.key"));
+            std::fs::write(&cert_path, &certificate.cert_pem)
+                .with_context(|| format!("failed to write {}", cert_path.display()))?;
+            crate::devcert::write_private(&key_path, &certificate.key_pem)?;
+            Ok(format!(
+                "device {device_id} bound to the certificate in {} (key {})",
+                cert_path.display(),
+                key_path.display()
             ))
         }
         AdminCommand::RevokeDevice { device_id, reason } => {

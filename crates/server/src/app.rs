@@ -37,6 +37,7 @@ pub struct Application {
     web_listener: TcpListener,
     web_addr: SocketAddr,
     web_tls: Option<Arc<rustls::ServerConfig>>,
+    grpc_tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -97,11 +98,32 @@ impl Application {
             ),
             _ => None,
         };
+        let client_ca = match &settings.tls.client_ca_path {
+            Some(path) => Some(std::fs::read(path).with_context(|| {
+                format!("failed to read the provisioning CA {}", path.display())
+            })?),
+            None => None,
+        };
+        // Devices may present a client certificate (mutual TLS); browsers are not asked for one.
         let tls_config = certificates
+            .as_ref()
+            .map(|certificates| {
+                certificates.server_config_verifying(&[b"http/1.1"], client_ca.as_deref())
+            })
+            .transpose()
+            .context("failed to build the TLS configuration")?;
+        let web_tls = certificates
             .as_ref()
             .map(|certificates| certificates.server_config(&[b"http/1.1"]))
             .transpose()
             .context("failed to build the TLS configuration")?;
+        let grpc_tls = certificates
+            .as_ref()
+            .map(|certificates| {
+                certificates.server_config_verifying(&[b"h2"], client_ca.as_deref())
+            })
+            .transpose()
+            .context("failed to configure gRPC TLS")?;
 
         carebell_gateway::configure_request_limit(
             settings.console.max_requests_per_second,
@@ -122,6 +144,7 @@ impl Application {
                 max_handshakes_per_address: settings.device.max_handshakes_per_address,
                 max_messages_per_second: settings.device.max_messages_per_second,
                 message_burst: settings.device.message_burst,
+                require_client_certificate: settings.device.require_client_certificate,
                 max_connections: match settings.device.max_connections {
                     0 => rlimit::getrlimit(rlimit::Resource::NOFILE)
                         .map(|(soft, _)| {
@@ -148,7 +171,6 @@ impl Application {
         let websocket_addr = websocket_listener
             .local_addr()
             .context("failed to read the WebSocket address")?;
-        let web_tls = tls_config.clone();
         let websocket = WsListener::new(websocket_listener, tls_config, websocket_context);
         let web_listener =
             carebell_gateway::net::bind(settings.listen.web, settings.listen.backlog)
@@ -183,6 +205,7 @@ impl Application {
             web_listener,
             web_addr,
             web_tls,
+            grpc_tls,
             shutdown,
             tracker,
         })
@@ -225,6 +248,7 @@ impl Application {
             web_listener,
             web_addr,
             web_tls,
+            grpc_tls,
             shutdown,
             tracker,
         } = self;
@@ -337,11 +361,8 @@ impl Application {
             .add_service(devices.into_server())
             .add_service(EnrolmentService::new(store.clone()).into_server());
         // TLS is ours rather than tonic's, so that a renewed certificate is picked up here too.
-        let grpc = match &certificates {
-            Some(certificates) => {
-                let config = certificates
-                    .server_config(&[b"h2"])
-                    .context("failed to configure gRPC TLS")?;
+        let grpc = match grpc_tls {
+            Some(config) => {
                 let incoming = carebell_gateway::tls::tls_incoming(
                     grpc_listener,
                     config,

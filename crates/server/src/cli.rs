@@ -160,11 +160,14 @@ pub async fn run(cli: Cli, mut settings: Settings) -> anyhow::Result<Outcome> {
         }
         Command::DevCert { out } => {
             let (cert, key) = DevCertificates::generate()?.write(&out)?;
+            crate::devcert::ProvisioningCa::generate()?.write(&out)?;
             Ok(Outcome::Printed(format!(
-                "wrote {}, {} and {}",
+                "wrote {}, {} and {}, and a provisioning CA for client certificates ({}, {})",
                 out.join("ca.pem").display(),
                 cert.display(),
-                key.display()
+                key.display(),
+                out.join("client-ca.pem").display(),
+                out.join("client-ca.key").display()
             )))
         }
     }

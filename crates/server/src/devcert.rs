@@ -59,13 +59,108 @@ impl DevCertificates {
         let key = dir.join("server.key");
         std::fs::write(dir.join("ca.pem"), &self.ca_pem).context("failed to write ca.pem")?;
         std::fs::write(&cert, &self.cert_pem).context("failed to write server.pem")?;
-        std::fs::write(&key, &self.key_pem).context("failed to write server.key")?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
-                .context("failed to protect server.key")?;
-        }
+        write_private(&key, &self.key_pem)?;
         Ok((cert, key))
     }
+}
+
+/// The provisioning CA: it signs tablets' client certificates for mutual TLS
+/// (`tls.client_ca_path`). Its key stays with the administrator, never on a gateway.
+#[derive(Clone)]
+pub struct ProvisioningCa {
+    pub ca_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ProvisioningCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProvisioningCa").finish_non_exhaustive()
+    }
+}
+
+/// A tablet's client certificate, its key, and the SHA-256 of the certificate (DER) the
+/// device is bound to.
+#[derive(Clone)]
+pub struct ClientCertificate {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub sha256: [u8; 32],
+}
+
+fn provisioning_params() -> anyhow::Result<CertificateParams> {
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).context("failed to make CA parameters")?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Carebell provisioning CA");
+    Ok(params)
+}
+
+impl ProvisioningCa {
+    pub fn generate() -> anyhow::Result<Self> {
+        let key = KeyPair::generate().context("failed to make the provisioning CA key")?;
+        let certificate = provisioning_params()?
+            .self_signed(&key)
+            .context("failed to sign the provisioning CA")?;
+        Ok(Self {
+            ca_pem: certificate.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Reads `client-ca.pem` and `client-ca.key` from `dir`.
+    pub fn read(dir: &Path) -> anyhow::Result<Self> {
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name))
+                .with_context(|| format!("failed to read {}", dir.join(name).display()))
+        };
+        Ok(Self {
+            ca_pem: read("client-ca.pem")?,
+            key_pem: read("client-ca.key")?,
+        })
+    }
+
+    /// Writes `client-ca.pem` and `client-ca.key` (private) into `dir`.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create {}", dir.display()))?;
+        std::fs::write(dir.join("client-ca.pem"), &self.ca_pem)
+            .context("failed to write client-ca.pem")?;
+        write_private(&dir.join("client-ca.key"), &self.key_pem)
+    }
+
+    /// A client certificate for `device_id` (its common name), signed by this CA.
+    pub fn issue(&self, device_id: &str) -> anyhow::Result<ClientCertificate> {
+        use sha2::Digest;
+        let ca_key = KeyPair::from_pem(&self.key_pem).context("the provisioning CA key")?;
+        let issuer = rcgen::Issuer::new(provisioning_params()?, ca_key);
+        let mut params = CertificateParams::new(Vec::<String>::new())
+            .context("failed to make client certificate parameters")?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, device_id);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().context("failed to make the client key")?;
+        let certificate = params
+            .signed_by(&key, &issuer)
+            .context("failed to sign the client certificate")?;
+        Ok(ClientCertificate {
+            sha256: sha2::Sha256::digest(certificate.der().as_ref()).into(),
+            cert_pem: certificate.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+pub(crate) fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    std::fs::write(path, contents)
+        .with_context(|| format!("failed to write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("failed to protect {}", path.display()))?;
+    }
+    Ok(())
 }

@@ -115,6 +115,9 @@ pub struct TlsSettings {
     /// How often the certificate files are checked for a renewal (picked up without a
     /// restart).
     pub reload_interval_ms: u64,
+    /// The provisioning CA (PEM) whose client certificates devices may present (mutual TLS on
+    /// the device listeners). Unset: devices present none.
+    pub client_ca_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -135,6 +138,8 @@ pub struct DeviceSection {
     /// Device connections one process holds at most; 0: the open-file limit less 1,000 (for
     /// the database pool, listeners, consoles and logs).
     pub max_connections: usize,
+    /// Every device must present a client certificate from `tls.client_ca_path`.
+    pub require_client_certificate: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -189,6 +194,7 @@ max_handshakes_per_address = 32
 max_messages_per_second = 20.0
 message_burst = 60.0
 max_connections = 0
+require_client_certificate = false
 
 [dispatch]
 ring_timeout_ms = 20000
@@ -306,6 +312,12 @@ impl Settings {
         }
         if self.device.heartbeat_interval_ms < 1000 {
             return invalid("device.heartbeat_interval_ms must be at least 1000".to_owned());
+        }
+        if self.device.require_client_certificate && self.tls.client_ca_path.is_none() {
+            return invalid(
+                "device.require_client_certificate needs tls.client_ca_path (the provisioning CA)"
+                    .to_owned(),
+            );
         }
         if !(self.console.max_requests_per_second >= 1.0
             && self.console.request_burst >= self.console.max_requests_per_second)

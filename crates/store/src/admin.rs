@@ -108,6 +108,46 @@ impl Store {
         Ok(())
     }
 
+    /// The public key of a device that may connect (known and not revoked), and the SHA-256 of
+    /// the client certificate it is bound to, if any.
+    pub async fn device_credentials(
+        &self,
+        device_id: &str,
+    ) -> Result<Option<([u8; 32], Option<[u8; 32]>)>> {
+        let row: Option<(Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT public_key, client_cert_sha256 FROM devices WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(device_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|(key, certificate)| {
+            let key = <[u8; 32]>::try_from(key.as_slice()).ok()?;
+            let certificate =
+                certificate.and_then(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok());
+            Some((key, certificate))
+        }))
+    }
+
+    /// Binds a device to its client certificate (the SHA-256 of its DER): from then on it must
+    /// present it, and the certificate is good for this device only.
+    pub async fn bind_client_certificate(&self, device_id: &str, sha256: &[u8; 32]) -> Result<()> {
+        let changed = sqlx::query(
+            "UPDATE devices SET client_cert_sha256 = $2 WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(device_id)
+        .bind(sha256.as_slice())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return Err(StoreError::NotFound {
+                what: "device",
+                id: device_id.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     /// The public key of a device that may connect (known and not revoked).
     pub async fn device_public_key(&self, device_id: &str) -> Result<Option<[u8; 32]>> {
         let key: Option<Vec<u8>> = sqlx::query_scalar(

@@ -50,6 +50,9 @@ impl DeviceLink for DeviceLinkService {
             .remote_addr()
             .map(|addr| addr.to_string())
             .unwrap_or_else(|| "unknown".to_owned());
+        let certificate = request
+            .peer_certs()
+            .and_then(|certificates| session::client_certificate(Some(certificates.as_slice())));
         let inbound = request.into_inner();
         let (outbound_tx, outbound_rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let transport = GrpcTransport {
@@ -58,7 +61,8 @@ impl DeviceLink for DeviceLinkService {
             closed: false,
         };
         let context = self.context.clone();
-        self.tracker.spawn(session::run(context, transport, peer));
+        self.tracker
+            .spawn(session::run(context, transport, peer, certificate));
         Ok(Response::new(Box::pin(ReceiverStream::new(outbound_rx))))
     }
 }

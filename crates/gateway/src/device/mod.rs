@@ -44,6 +44,8 @@ pub struct DeviceSettings {
     /// Device connections this process holds at most (WebSocket); past it a new connection is
     /// closed at once, before TLS (0: no cap).
     pub max_connections: usize,
+    /// Mutual TLS: every device must present a client certificate (and the one it is bound to).
+    pub require_client_certificate: bool,
 }
 
 impl Default for DeviceSettings {
@@ -59,6 +61,7 @@ impl Default for DeviceSettings {
             max_messages_per_second: 20.0,
             message_burst: 60.0,
             max_connections: 0,
+            require_client_certificate: false,
         }
     }
 }

@@ -112,13 +112,31 @@ impl<T: DeviceTransport> Link<T> {
 }
 
 /// Runs one connection from the first frame to the close.
-pub(crate) async fn run<T: DeviceTransport>(context: DeviceContext, transport: T, peer: String) {
+/// The SHA-256 of the client certificate a device presented in its TLS handshake (mutual TLS).
+pub(crate) type ClientCertificate = Option<[u8; 32]>;
+
+/// The SHA-256 of the first certificate in `certificates` (the client's own).
+pub(crate) fn client_certificate(
+    certificates: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+) -> ClientCertificate {
+    use sha2::Digest;
+    certificates
+        .and_then(|certificates| certificates.first())
+        .map(|certificate| sha2::Sha256::digest(certificate.as_ref()).into())
+}
+
+pub(crate) async fn run<T: DeviceTransport>(
+    context: DeviceContext,
+    transport: T,
+    peer: String,
+    certificate: ClientCertificate,
+) {
     let mut link = Link {
         transport,
         next_seq: 1,
         last_received: 0,
     };
-    let Some(device_id) = handshake(&context, &mut link).await else {
+    let Some(device_id) = handshake(&context, &mut link, certificate).await else {
         return;
     };
     let span = tracing::info_span!("device", device_id = %device_id, %peer);
@@ -192,6 +210,7 @@ async fn recv_handshake<T: DeviceTransport>(
 async fn handshake<T: DeviceTransport>(
     context: &DeviceContext,
     link: &mut Link<T>,
+    certificate: ClientCertificate,
 ) -> Option<DeviceId> {
     let deadline = Instant::now() + context.settings.handshake_timeout;
     let first = recv_handshake(link, deadline).await?;
@@ -247,9 +266,9 @@ async fn handshake<T: DeviceTransport>(
     };
 
     let device_id = DeviceId::parse(&hello.device_id).ok();
-    let public_key = match &device_id {
-        Some(device_id) => match context.store.device_public_key(device_id.as_str()).await {
-            Ok(key) => key,
+    let credentials = match &device_id {
+        Some(device_id) => match context.store.device_credentials(device_id.as_str()).await {
+            Ok(credentials) => credentials,
             Err(error) => {
                 tracing::error!(%error, "cannot look up a device key");
                 link.error(
@@ -263,9 +282,14 @@ async fn handshake<T: DeviceTransport>(
         },
         None => None,
     };
-    let verified = match (&device_id, public_key) {
-        (Some(device_id), Some(public_key)) => {
+    let verified = match (&device_id, credentials) {
+        (Some(device_id), Some((public_key, bound))) => {
             verify(device_id, &public_key, &nonce, &proof.signature)
+                && certificate_fits(
+                    bound,
+                    certificate,
+                    context.settings.require_client_certificate,
+                )
         }
         _ => false,
     };
@@ -296,6 +320,17 @@ fn verify(device_id: &DeviceId, public_key: &[u8; 32], nonce: &[u8], signature: 
         &auth_message(device_id.as_str(), nonce),
         signature,
     )
+}
+
+/// Mutual TLS: a device bound to a certificate must present it; a presented certificate must
+/// be the device's own; with `required`, every device must present one.
+fn certificate_fits(bound: Option<[u8; 32]>, presented: ClientCertificate, required: bool) -> bool {
+    match (bound, presented) {
+        (Some(bound), Some(presented)) => bound == presented,
+        (Some(_), None) => false,
+        (None, Some(_)) => false,
+        (None, None) => !required,
+    }
 }
 
 /// Whether `signature` is `public_key`'s (strict Ed25519) signature over `message`.

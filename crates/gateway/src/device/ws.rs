@@ -182,11 +182,15 @@ async fn handle_connection(
     let timeout = context.settings.handshake_timeout;
     match tls {
         Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls_stream)) => upgrade(context, tls_stream, peer, permit).await,
+            Ok(Ok(tls_stream)) => {
+                let certificate =
+                    session::client_certificate(tls_stream.get_ref().1.peer_certificates());
+                upgrade(context, tls_stream, peer, permit, certificate).await
+            }
             Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         },
-        None => upgrade(context, stream, peer, permit).await,
+        None => upgrade(context, stream, peer, permit, None).await,
     }
 }
 
@@ -254,8 +258,13 @@ where
     (envelopes, refused)
 }
 
-async fn upgrade<S>(context: DeviceContext, stream: S, peer: SocketAddr, permit: HandshakePermit)
-where
+async fn upgrade<S>(
+    context: DeviceContext,
+    stream: S,
+    peer: SocketAddr,
+    permit: HandshakePermit,
+    certificate: session::ClientCertificate,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = websocket_config(context.settings.max_frame_bytes);
@@ -283,7 +292,7 @@ where
         max_frame_bytes: context.settings.max_frame_bytes,
         closed: false,
     };
-    session::run(context, transport, peer.to_string()).await;
+    session::run(context, transport, peer.to_string(), certificate).await;
 }
 
 struct WsTransport<S> {
