@@ -4,6 +4,10 @@
 //! key is the only permission). The services enforce the table where they authenticate each
 //! call; `tests/e2e/permissions.rs` calls every RPC as every role and checks each answer against
 //! this table, and checks that every RPC in `proto/` is in it.
+//!
+//! The administrator is not a role of these APIs: administration is `carebell admin`, run by
+//! someone with access to the database, and every command it runs is written to the audit log
+//! as `admin:cli`. Provider staff act through their provider's account.
 
 /// Who is calling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

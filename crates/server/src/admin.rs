@@ -223,7 +223,51 @@ pub enum RoutingCommand {
 const MIN_PASSWORD_CHARS: usize = 8;
 
 /// Runs one admin command; returns what to print.
+impl AdminCommand {
+    /// How a successful run is written to the audit log: the action, and the resident it
+    /// concerns. `None` for the commands that audit themselves in their own transaction (the
+    /// record read, enrolment, revocation, export, erasure). Only names and ids: the audit log
+    /// is kept for ever, so it never holds personal data.
+    fn audit_label(&self) -> Option<(&'static str, Option<Uuid>)> {
+        Some(match self {
+            AdminCommand::ShowResident { .. }
+            | AdminCommand::EnrolmentCode { .. }
+            | AdminCommand::RevokeDevice { .. }
+            | AdminCommand::ExportResident { .. }
+            | AdminCommand::EraseResident { .. } => return None,
+            AdminCommand::AddStation { .. } => ("admin.add_station", None),
+            AdminCommand::AddResident { .. } => ("admin.add_resident", None),
+            AdminCommand::AddOperator { .. } => ("admin.add_operator", None),
+            AdminCommand::ProvisionDevice { resident, .. } => {
+                ("admin.provision_device", Some(*resident))
+            }
+            AdminCommand::IssueClientCert { .. } => ("admin.issue_client_cert", None),
+            AdminCommand::Audit { resident, .. } => ("admin.audit", *resident),
+            AdminCommand::SetSkills { .. } => ("admin.set_skills", None),
+            AdminCommand::AddContact { resident, .. } => ("admin.add_contact", Some(*resident)),
+            AdminCommand::AddFamilyAccount { .. } => ("admin.add_family_account", None),
+            AdminCommand::FleetProvision { .. } => ("admin.fleet_provision", None),
+            AdminCommand::Services { .. } => ("admin.services", None),
+            AdminCommand::Routing { .. } => ("admin.routing", None),
+        })
+    }
+}
+
+/// Runs one administration command; what it did is written to the audit log as the
+/// administrator's (`admin:cli`).
 pub async fn run(store: &Store, command: AdminCommand) -> anyhow::Result<String> {
+    let label = command.audit_label();
+    let printed = execute(store, command).await?;
+    if let Some((action, resident)) = label {
+        store
+            .audit_admin(action, resident)
+            .await
+            .context("the command ran, but writing it to the audit log failed")?;
+    }
+    Ok(printed)
+}
+
+async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<String> {
     match command {
         AdminCommand::AddStation { name } => {
             let id = store

@@ -751,3 +751,18 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Records an administration command the administrator ran (`admin:cli`): its name and
+    /// the resident it concerns, never its arguments (they may hold personal data).
+    pub async fn audit_admin(&self, action: &str, resident_id: Option<Uuid>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (actor, action, resident_id) VALUES ('admin:cli', $1, $2)",
+        )
+        .bind(action)
+        .bind(resident_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
