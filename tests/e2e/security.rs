@@ -1045,3 +1045,30 @@ async fn client_certificates_bind_tablets_when_mutual_tls_is_on() {
     Tablet::connect(&bound_here).await.unwrap().close().await;
     strict.stop().await;
 }
+
+/// A password spray (one wrong try at each of many names) from one address is stopped at the
+/// address, though no single name reaches its own lockout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_spray_from_one_address_is_stopped() {
+    use carebell_server::console_client::{ClientError, OperatorClient};
+    let node = TestNode::start(NodeOptions::default()).await;
+    node.operator_account("sprayed", "Sprayed").await;
+    let channel = carebell_server::console_client::channel(&node.grpc_url, Some(&node.ca_pem))
+        .await
+        .unwrap();
+    let code = |outcome: Result<OperatorClient, ClientError>| match outcome {
+        Ok(_) => tonic::Code::Ok,
+        Err(ClientError::Status(status)) => status.code(),
+        Err(error) => panic!("{error}"),
+    };
+    let limit = carebell_gateway::MAX_FAILED_SIGN_INS_PER_ADDRESS;
+    for n in 0..limit {
+        let outcome = OperatorClient::sign_in(channel.clone(), &format!("name-{n}"), "guess").await;
+        assert_eq!(code(outcome), tonic::Code::Unauthenticated, "try {n}");
+    }
+    // Now even a real account with its right password is refused from this address.
+    let outcome =
+        OperatorClient::sign_in(channel.clone(), "sprayed", carebell_tests::PASSWORD).await;
+    assert_eq!(code(outcome), tonic::Code::ResourceExhausted);
+    node.stop().await;
+}

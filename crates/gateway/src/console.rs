@@ -356,6 +356,7 @@ impl Console for ConsoleService {
         &self,
         request: Request<SignInRequest>,
     ) -> Result<Response<SignInResponse>, Status> {
+        let source = crate::credentials::client_address(&request);
         let SignInRequest { username, password } = request.into_inner();
         check_lengths(&username, &password)?;
         let credentials = self
@@ -368,7 +369,7 @@ impl Console for ConsoleService {
             (credentials, hash)
         });
         let credentials =
-            verified_account(&self.store, "operator", &username, found, password).await?;
+            verified_account(&self.store, "operator", &username, source, found, password).await?;
         let token = new_token();
         let expires_at = self
             .store

@@ -73,9 +73,13 @@ pub(crate) async fn verified_account<A>(
     store: &carebell_store::Store,
     kind: &str,
     username: &str,
+    source: Option<std::net::IpAddr>,
     found: Option<(A, String)>,
     password: String,
 ) -> Result<A, Status> {
+    if let Some(source) = source {
+        failures_by_address().check(source)?;
+    }
     let locked = store
         .sign_in_locked(kind, username)
         .await
@@ -96,6 +100,9 @@ pub(crate) async fn verified_account<A>(
             Ok(account)
         }
         _ => {
+            if let Some(source) = source {
+                failures_by_address().failed(source);
+            }
             let now_locked = store
                 .sign_in_failed(kind, username)
                 .await
@@ -105,6 +112,73 @@ pub(crate) async fn verified_account<A>(
             }
             Err(Status::unauthenticated("invalid username or password"))
         }
+    }
+}
+
+/// The address a request came from: the connection's (gRPC), or the browser's as the web
+/// bridge recorded it.
+pub(crate) fn client_address<T>(request: &Request<T>) -> Option<std::net::IpAddr> {
+    request
+        .remote_addr()
+        .map(|address| address.ip())
+        .or_else(|| {
+            request
+                .extensions()
+                .get::<ClientAddress>()
+                .map(|client| client.0)
+        })
+}
+
+/// The browser's address, put on the requests the web bridge makes in process.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddress(pub std::net::IpAddr);
+
+/// Failed sign-ins from one address (any name, any API) allowed per window, per node: past
+/// them the address is refused until the window ends (a password spray across many names
+/// never reaches a name's own lockout).
+pub const MAX_FAILED_SIGN_INS_PER_ADDRESS: u32 = 20;
+const ADDRESS_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+
+struct FailuresByAddress {
+    counts:
+        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+}
+
+fn failures_by_address() -> &'static FailuresByAddress {
+    static FAILURES: OnceLock<FailuresByAddress> = OnceLock::new();
+    FAILURES.get_or_init(|| FailuresByAddress {
+        counts: std::sync::Mutex::default(),
+    })
+}
+
+impl FailuresByAddress {
+    fn check(&self, source: std::net::IpAddr) -> Result<(), Status> {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        match counts.get(&source) {
+            Some((failures, since))
+                if *failures >= MAX_FAILED_SIGN_INS_PER_ADDRESS
+                    && since.elapsed() < ADDRESS_WINDOW =>
+            {
+                Err(Status::resource_exhausted(
+                    "too many failed sign-ins from this address; try again later",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn failed(&self, source: std::net::IpAddr) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if counts.len() > 100_000 {
+            counts.retain(|_, (_, since)| since.elapsed() < ADDRESS_WINDOW);
+        }
+        let entry = counts
+            .entry(source)
+            .or_insert((0, std::time::Instant::now()));
+        if entry.1.elapsed() >= ADDRESS_WINDOW {
+            *entry = (0, std::time::Instant::now());
+        }
+        entry.0 += 1;
     }
 }
 

@@ -132,6 +132,7 @@ impl Family for FamilyService {
         &self,
         request: Request<SignInRequest>,
     ) -> Result<Response<SignInResponse>, Status> {
+        let source = crate::credentials::client_address(&request);
         let SignInRequest { username, password } = request.into_inner();
         check_lengths(&username, &password)?;
         let credentials = self
@@ -142,7 +143,7 @@ impl Family for FamilyService {
         let found =
             credentials.map(|(account_id, display_name, hash)| ((account_id, display_name), hash));
         let (account_id, display_name) =
-            verified_account(&self.store, "family", &username, found, password).await?;
+            verified_account(&self.store, "family", &username, source, found, password).await?;
         let token = new_token();
         let expires_at = self
             .store

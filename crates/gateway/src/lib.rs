@@ -16,7 +16,7 @@ pub mod tls;
 pub mod web;
 
 pub use console::{ConsoleService, ConsoleSettings};
-pub use credentials::configure_request_limit;
+pub use credentials::{configure_request_limit, ClientAddress, MAX_FAILED_SIGN_INS_PER_ADDRESS};
 pub use device::{DeviceContext, DeviceSettings};
 pub use errors::status_from_store;
 pub use family::FamilyService;

@@ -142,6 +142,7 @@ impl Provider for ProviderService {
         &self,
         request: Request<SignInRequest>,
     ) -> Result<Response<SignInResponse>, Status> {
+        let source = crate::credentials::client_address(&request);
         let SignInRequest { username, password } = request.into_inner();
         check_lengths(&username, &password)?;
         let credentials = self
@@ -152,7 +153,7 @@ impl Provider for ProviderService {
         let found =
             credentials.map(|(session, display_name, hash)| ((session, display_name), hash));
         let (session, display_name) =
-            verified_account(&self.store, "provider", &username, found, password).await?;
+            verified_account(&self.store, "provider", &username, source, found, password).await?;
         let provider = self
             .store
             .provider(session.provider_id)

@@ -170,8 +170,15 @@ struct ErrorEnvelope<'a> {
 }
 
 /// A tonic request carrying the browser's bearer token as gRPC metadata.
-fn grpc_request<T>(message: T, token: Option<&str>) -> Result<tonic::Request<T>, Status> {
+fn grpc_request<T>(
+    message: T,
+    token: Option<&str>,
+    client: Option<crate::credentials::ClientAddress>,
+) -> Result<tonic::Request<T>, Status> {
     let mut request = tonic::Request::new(message);
+    if let Some(client) = client {
+        request.extensions_mut().insert(client);
+    }
     if let Some(token) = token {
         let value = format!("Bearer {token}")
             .parse()
@@ -189,7 +196,12 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Decodes the JSON body, calls the service, encodes the answer.
-async fn call<Req, Resp, F, Fut>(headers: &HeaderMap, body: &Bytes, f: F) -> Response
+async fn call<Req, Resp, F, Fut>(
+    headers: &HeaderMap,
+    body: &Bytes,
+    client: Option<crate::credentials::ClientAddress>,
+    f: F,
+) -> Response
 where
     Req: DeserializeOwned,
     Resp: Serialize,
@@ -205,7 +217,7 @@ where
             )))
         }
     };
-    let request = match grpc_request(message, bearer(headers)) {
+    let request = match grpc_request(message, bearer(headers), client) {
         Ok(request) => request,
         Err(status) => return error_response(&status),
     };
@@ -216,9 +228,9 @@ where
 }
 
 macro_rules! dispatch {
-    ($headers:expr, $body:expr, $method:expr, $service:expr, $trait:path, { $($name:literal => $fn:ident),* $(,)? }) => {
+    ($headers:expr, $body:expr, $client:expr, $method:expr, $service:expr, $trait:path, { $($name:literal => $fn:ident),* $(,)? }) => {
         match $method {
-            $($name => call($headers, $body, |request| <_ as $trait>::$fn(&*$service, request)).await,)*
+            $($name => call($headers, $body, $client, |request| <_ as $trait>::$fn(&*$service, request)).await,)*
             other => error_response(&Status::unimplemented(format!("no method {other}"))),
         }
     };
@@ -227,12 +239,14 @@ macro_rules! dispatch {
 async fn unary(
     State(state): State<WebState>,
     Path((service, method)): Path<(String, String)>,
+    client: Option<axum::Extension<crate::credentials::ClientAddress>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let (headers, body, method) = (&headers, &body, method.as_str());
+    let client = client.map(|axum::Extension(client)| client);
     match service.as_str() {
-        "console" => dispatch!(headers, body, method, state.console, Console, {
+        "console" => dispatch!(headers, body, client, method, state.console, Console, {
             "SignIn" => sign_in,
             "SetStatus" => set_status,
             "Accept" => accept,
@@ -257,7 +271,7 @@ async fn unary(
             "FamilyCascade" => family_cascade,
             "SendRtcSignal" => send_rtc_signal,
         }),
-        "family" => dispatch!(headers, body, method, state.family, Family, {
+        "family" => dispatch!(headers, body, client, method, state.family, Family, {
             "SignIn" => sign_in,
             "Acknowledge" => acknowledge,
             "History" => history,
@@ -265,7 +279,7 @@ async fn unary(
             "Relative" => relative,
             "SendMessage" => send_message,
         }),
-        "provider" => dispatch!(headers, body, method, state.provider, Provider, {
+        "provider" => dispatch!(headers, body, client, method, state.provider, Provider, {
             "SignIn" => sign_in,
             "ListOrders" => list_orders,
             "Accept" => accept,
@@ -313,7 +327,7 @@ where
 {
     let message: Req = serde_json::from_value(fields)
         .map_err(|error| Status::invalid_argument(format!("bad stream parameters: {error}")))?;
-    let stream = f(grpc_request(message, token)?).await?.into_inner();
+    let stream = f(grpc_request(message, token, None)?).await?.into_inner();
     Ok(Box::pin(stream.map(|item| {
         item.and_then(|message| {
             serde_json::to_string(&message)
@@ -423,7 +437,10 @@ pub async fn serve(
                 }
             },
         };
-        let service = TowerToHyperService::new(router.clone());
+        // The browser's address, for the sign-in limits (the bridge's calls are in process).
+        let service = TowerToHyperService::new(router.clone().layer(axum::Extension(
+            crate::credentials::ClientAddress(peer.ip()),
+        )));
         let acceptor = acceptor.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
