@@ -134,6 +134,18 @@ async fn a_family_member_sees_only_their_relative_and_their_message_reaches_the_
     };
     assert_eq!(notice.text, "妈，我晚上七点到");
     assert_eq!(notice.from, "林先生");
+    // The family's reads of their relative are audited; the refused look at a stranger is not
+    // a read.
+    let audited: Vec<(String, uuid::Uuid)> =
+        sqlx::query_as("SELECT action, resident_id FROM audit_log WHERE actor = $1 ORDER BY id")
+            .bind(format!("family:{account}"))
+            .fetch_all(node.store.pool())
+            .await
+            .unwrap();
+    assert!(!audited.is_empty());
+    assert!(audited
+        .iter()
+        .all(|(action, resident)| action == "family.read_relative" && *resident == mother));
     node.stop().await;
 }
 

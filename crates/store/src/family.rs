@@ -535,9 +535,15 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let mut relatives = Vec::with_capacity(ids.len());
-        for resident_id in ids {
-            relatives.push(self.relative_row(resident_id).await?);
+        for resident_id in &ids {
+            relatives.push(self.relative_row(*resident_id).await?);
         }
+        self.audit_reads(
+            &format!("family:{account_id}"),
+            "family.read_relative",
+            &ids,
+        )
+        .await?;
         relatives.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(relatives)
     }
@@ -545,7 +551,14 @@ impl Store {
     /// One relative, if this account is their contact; anyone else's is refused.
     pub async fn relative(&self, account_id: Uuid, resident_id: Uuid) -> Result<RelativeRow> {
         self.check_relative(account_id, resident_id).await?;
-        self.relative_row(resident_id).await
+        let row = self.relative_row(resident_id).await?;
+        self.audit_reads(
+            &format!("family:{account_id}"),
+            "family.read_relative",
+            &[resident_id],
+        )
+        .await?;
+        Ok(row)
     }
 
     async fn check_relative(&self, account_id: Uuid, resident_id: Uuid) -> Result<()> {

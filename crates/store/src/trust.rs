@@ -766,3 +766,24 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Audits reads of several residents' data by `actor` in one statement.
+    pub(crate) async fn audit_reads(
+        &self,
+        actor: &str,
+        action: &str,
+        residents: &[Uuid],
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (actor, action, resident_id)
+             SELECT $1, $2, unnest($3::uuid[])",
+        )
+        .bind(actor)
+        .bind(action)
+        .bind(residents)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
