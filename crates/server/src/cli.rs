@@ -48,12 +48,32 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:8445")]
         web: std::net::SocketAddr,
     },
+    /// Configuration: `check` loads it as `serve` would (defaults, `--config`, CAREBELL_*),
+    /// validates it, reads the TLS files it names, and prints the result with secrets
+    /// redacted; exit status 64 when it is wrong.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Write a development CA and a localhost server certificate into a directory.
     DevCert {
         #[arg(long, default_value = ".carebell/certs")]
         out: PathBuf,
     },
 }
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print it (secrets redacted).
+    Check,
+    /// Print every default as TOML (a starting point for a configuration file).
+    Defaults,
+}
+
+/// A configuration that `config check` refuses (exit status 64).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigInvalid(pub String);
 
 /// Exit status for bad configuration (sysexits EX_USAGE... strictly EX_CONFIG is 78; the
 /// project's convention is 64 for any refusal to start on bad input).
@@ -157,6 +177,35 @@ pub async fn run(cli: Cli, mut settings: Settings) -> anyhow::Result<Outcome> {
             )
             .await?;
             Ok(Outcome::Demo(summary))
+        }
+        Command::Config {
+            command: ConfigCommand::Defaults,
+        } => Ok(Outcome::Printed(
+            crate::settings::DEFAULTS.trim().to_owned(),
+        )),
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            // The TLS files must exist and hold a certificate and its key, as `serve` needs.
+            if let (Some(cert), Some(key), false) = (
+                &settings.tls.cert_path,
+                &settings.tls.key_path,
+                settings.insecure,
+            ) {
+                carebell_gateway::tls::CertificateStore::load(cert, key)
+                    .map_err(|error| anyhow::Error::new(ConfigInvalid(format!("tls: {error}"))))?;
+            }
+            if let Some(path) = &settings.tls.client_ca_path {
+                std::fs::read(path).map_err(|error| {
+                    anyhow::Error::new(ConfigInvalid(format!(
+                        "tls.client_ca_path {}: {error}",
+                        path.display()
+                    )))
+                })?;
+            }
+            Ok(Outcome::Printed(format!(
+                "the configuration is valid\n{settings:#?}"
+            )))
         }
         Command::DevCert { out } => {
             let (cert, key) = DevCertificates::generate()?.write(&out)?;

@@ -11,8 +11,11 @@ async fn main() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     // Commands that need no configuration are allowed without one.
     let settings = match &cli.command {
-        Command::DevCert { .. } => carebell_server::settings::Settings::defaults(),
-        Command::Serve => cli::load_settings(&cli),
+        Command::DevCert { .. }
+        | Command::Config {
+            command: cli::ConfigCommand::Defaults,
+        } => carebell_server::settings::Settings::defaults(),
+        Command::Serve | Command::Config { .. } => cli::load_settings(&cli),
         Command::Migrate | Command::Admin { .. } | Command::Demo { .. } => {
             cli::load_settings_without_tls(&cli)
         }
@@ -27,6 +30,10 @@ async fn main() {
     match cli::run(cli, settings).await {
         Ok(Outcome::Done) | Ok(Outcome::Demo(_)) => {}
         Ok(Outcome::Printed(text)) => println!("{text}"),
+        Err(error) if error.is::<cli::ConfigInvalid>() => {
+            eprintln!("carebell: {}", render(&error));
+            std::process::exit(cli::EXIT_BAD_CONFIG);
+        }
         Err(error) => {
             eprintln!("carebell: {}", render(&error));
             std::process::exit(1);

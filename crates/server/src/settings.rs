@@ -163,7 +163,20 @@ pub struct PresenceSection {
     pub redis_timeout_ms: u64,
 }
 
-const DEFAULTS: &str = r#"
+/// The settings that have no default (unset unless configured), dotted.
+pub const OPTIONAL_SETTINGS: &[&str] = &[
+    "database_migrate_url",
+    "redis_url",
+    "tls.cert_path",
+    "tls.key_path",
+    "tls.client_ca_path",
+    "webhook.url",
+    "webhook.secret",
+    "webhook.ca_path",
+];
+
+/// Every default, as TOML (docs/configuration.md describes each key).
+pub const DEFAULTS: &str = r#"
 node_id = "carebell-1"
 database_url = "postgres://postgres@127.0.0.1:5432/carebell"
 database_max_connections = 20
