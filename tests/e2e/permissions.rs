@@ -2,6 +2,7 @@
 //! (read from `proto/`), called as every role, answers as `carebell_gateway::permissions` says:
 //! refused (`UNAUTHENTICATED`, or `PERMISSION_DENIED` for a signed-in role without the right)
 //! for the roles it does not list, and past the door (any other answer) for those it does.
+//! Also the open doors beside the APIs: gRPC health and reflection.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -187,5 +188,80 @@ async fn every_rpc_as_every_role_answers_as_the_permission_table_says() {
     );
     // Every RPC but the three sign-ins, as each of the five roles.
     assert_eq!(checked, (rpcs.len() - 3) * Role::ALL.len());
+    node.stop().await;
+}
+
+/// Probes and tools: gRPC health says every API is serving, and reflection lists the services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_and_reflection_answer() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let node = TestNode::start(NodeOptions::default()).await;
+    let channel = carebell_server::console_client::channel(&node.grpc_url, Some(&node.ca_pem))
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    for service in [
+        "",
+        "carebell.console.v1.Console",
+        "carebell.device.v1.DeviceLink",
+    ] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = responses
+        .message()
+        .await
+        .unwrap()
+        .and_then(|response| response.message_response)
+    else {
+        panic!("no service list");
+    };
+    let names: Vec<String> = list
+        .service
+        .into_iter()
+        .map(|service| service.name)
+        .collect();
+    for expected in [
+        "carebell.console.v1.Console",
+        "carebell.family.v1.Family",
+        "carebell.provider.v1.Provider",
+        "carebell.device.v1.DeviceLink",
+        "carebell.device.v1.DeviceEnrolment",
+    ] {
+        assert!(
+            names.iter().any(|name| name == expected),
+            "{expected} not in {names:?}"
+        );
+    }
     node.stop().await;
 }

@@ -23,6 +23,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::settings::Settings;
 
+/// The names gRPC health reports on: the node as a whole ("") and each API.
+const HEALTH_SERVICES: [&str; 6] = [
+    "",
+    "carebell.console.v1.Console",
+    "carebell.family.v1.Family",
+    "carebell.provider.v1.Provider",
+    "carebell.device.v1.DeviceLink",
+    "carebell.device.v1.DeviceEnrolment",
+];
+
 pub struct Application {
     settings: Settings,
     store: Store,
@@ -352,9 +362,23 @@ impl Application {
         ));
         let devices = DeviceLinkService::new(device_context, tracker.clone());
         let grpc_shutdown = shutdown.clone();
+        // gRPC health (every API by name, and "" for the node) and reflection, for load
+        // balancers, probes and grpcurl.
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for name in HEALTH_SERVICES {
+            health
+                .set_service_status(name, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(carebell_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("failed to build gRPC reflection")?;
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .timeout(Duration::from_secs(3600))
+            .add_service(health_service)
+            .add_service(reflection)
             .add_service(ConsoleServer::from_arc(console))
             .add_service(FamilyServer::from_arc(family))
             .add_service(ProviderServer::from_arc(provider))
@@ -386,6 +410,12 @@ impl Application {
         }
 
         stop.await;
+        // Load balancers stop sending new work here first.
+        for name in HEALTH_SERVICES {
+            health
+                .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
         tracing::info!("shutting down: telling devices to go away and draining");
         shutdown.cancel();
         tracker.close();
