@@ -490,46 +490,48 @@ async fn sql_in_text_fields_is_only_ever_text() {
     node.stop().await;
 }
 
+/// The status code a console sign-in gets (`Ok` when it works).
+async fn sign_in_code(
+    channel: &tonic::transport::Channel,
+    username: &str,
+    password: &str,
+) -> tonic::Code {
+    use carebell_server::console_client::{ClientError, OperatorClient};
+    match OperatorClient::sign_in(channel.clone(), username, password).await {
+        Ok(_) => tonic::Code::Ok,
+        Err(ClientError::Status(status)) => status.code(),
+        Err(error) => panic!("{error}"),
+    }
+}
+
 /// Failed sign-ins lock the name (known or not) after five in a row, before any password is
 /// checked, and only that name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failed_sign_ins_lock_the_name_and_only_that_name() {
-    use carebell_server::console_client::{ClientError, OperatorClient};
     let node = TestNode::start(NodeOptions::default()).await;
     node.operator_account("target", "Target").await;
     node.operator_account("neighbour", "Neighbour").await;
     let channel = carebell_server::console_client::channel(&node.grpc_url, Some(&node.ca_pem))
         .await
         .unwrap();
-    let code = |outcome: Result<OperatorClient, ClientError>| match outcome {
-        Ok(_) => tonic::Code::Ok,
-        Err(ClientError::Status(status)) => status.code(),
-        Err(error) => panic!("{error}"),
-    };
     for (name, exists) in [("target", true), ("nobody-by-this-name", false)] {
         for attempt in 1..=carebell_store::MAX_SIGN_IN_FAILURES {
-            let outcome = OperatorClient::sign_in(channel.clone(), name, "wrong password").await;
+            let outcome = sign_in_code(&channel, name, "wrong password").await;
             let expected = if attempt < carebell_store::MAX_SIGN_IN_FAILURES {
                 tonic::Code::Unauthenticated
             } else {
                 tonic::Code::ResourceExhausted
             };
-            assert_eq!(code(outcome), expected, "{name} attempt {attempt}");
+            assert_eq!(outcome, expected, "{name} attempt {attempt}");
         }
         // Locked: even the right password is refused, the same way for a name that exists and
         // one that does not.
-        let outcome =
-            OperatorClient::sign_in(channel.clone(), name, carebell_tests::PASSWORD).await;
-        assert_eq!(
-            code(outcome),
-            tonic::Code::ResourceExhausted,
-            "{name} ({exists})"
-        );
+        let outcome = sign_in_code(&channel, name, carebell_tests::PASSWORD).await;
+        assert_eq!(outcome, tonic::Code::ResourceExhausted, "{name} ({exists})");
     }
     // Another name is not affected, and its success clears its own count.
-    let outcome =
-        OperatorClient::sign_in(channel.clone(), "neighbour", carebell_tests::PASSWORD).await;
-    assert_eq!(code(outcome), tonic::Code::Ok);
+    let outcome = sign_in_code(&channel, "neighbour", carebell_tests::PASSWORD).await;
+    assert_eq!(outcome, tonic::Code::Ok);
     let rows: i64 =
         sqlx::query_scalar("SELECT count(*) FROM sign_in_failures WHERE username = 'neighbour'")
             .fetch_one(node.store.pool())
@@ -1050,25 +1052,18 @@ async fn client_certificates_bind_tablets_when_mutual_tls_is_on() {
 /// address, though no single name reaches its own lockout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_spray_from_one_address_is_stopped() {
-    use carebell_server::console_client::{ClientError, OperatorClient};
     let node = TestNode::start(NodeOptions::default()).await;
     node.operator_account("sprayed", "Sprayed").await;
     let channel = carebell_server::console_client::channel(&node.grpc_url, Some(&node.ca_pem))
         .await
         .unwrap();
-    let code = |outcome: Result<OperatorClient, ClientError>| match outcome {
-        Ok(_) => tonic::Code::Ok,
-        Err(ClientError::Status(status)) => status.code(),
-        Err(error) => panic!("{error}"),
-    };
     let limit = carebell_gateway::MAX_FAILED_SIGN_INS_PER_ADDRESS;
     for n in 0..limit {
-        let outcome = OperatorClient::sign_in(channel.clone(), &format!("name-{n}"), "guess").await;
-        assert_eq!(code(outcome), tonic::Code::Unauthenticated, "try {n}");
+        let outcome = sign_in_code(&channel, &format!("name-{n}"), "guess").await;
+        assert_eq!(outcome, tonic::Code::Unauthenticated, "try {n}");
     }
     // Now even a real account with its right password is refused from this address.
-    let outcome =
-        OperatorClient::sign_in(channel.clone(), "sprayed", carebell_tests::PASSWORD).await;
-    assert_eq!(code(outcome), tonic::Code::ResourceExhausted);
+    let outcome = sign_in_code(&channel, "sprayed", carebell_tests::PASSWORD).await;
+    assert_eq!(outcome, tonic::Code::ResourceExhausted);
     node.stop().await;
 }

@@ -226,7 +226,7 @@ pub(crate) fn bearer_token<T>(request: &Request<T>) -> Result<&str, Status> {
 pub struct RequestLimiter {
     rate: f64,
     burst: f64,
-    buckets: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (f64, std::time::Instant)>>,
+    buckets: std::sync::Mutex<std::collections::HashMap<Vec<u8>, crate::bucket::TokenBucket>>,
 }
 
 static LIMITER: OnceLock<RequestLimiter> = OnceLock::new();
@@ -255,20 +255,17 @@ impl RequestLimiter {
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() > 10_000 {
             // Sessions idle for a minute are full again anyway.
-            buckets.retain(|_, (_, at)| now.duration_since(*at).as_secs() < 60);
+            buckets.retain(|_, bucket| now.duration_since(bucket.last_used()).as_secs() < 60);
         }
-        let (tokens, at) = buckets
+        let bucket = buckets
             .entry(token_hash(token))
-            .or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
-        *at = now;
-        if *tokens < 1.0 {
+            .or_insert_with(|| crate::bucket::TokenBucket::full(self.burst));
+        if !bucket.take(self.rate, self.burst, now) {
             return Err(Status::resource_exhausted(format!(
                 "too many requests for this session: at most {} a second; slow down",
                 self.rate
             )));
         }
-        *tokens -= 1.0;
         Ok(())
     }
 }

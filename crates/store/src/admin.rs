@@ -148,17 +148,6 @@ impl Store {
         Ok(())
     }
 
-    /// The public key of a device that may connect (known and not revoked).
-    pub async fn device_public_key(&self, device_id: &str) -> Result<Option<[u8; 32]>> {
-        let key: Option<Vec<u8>> = sqlx::query_scalar(
-            "SELECT public_key FROM devices WHERE id = $1 AND revoked_at IS NULL",
-        )
-        .bind(device_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(key.and_then(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok()))
-    }
-
     /// Records when a device was last heard: `silent_for` ago, by the database clock.
     pub async fn device_seen(
         &self,

@@ -39,6 +39,45 @@ async fn audit(
     Ok(())
 }
 
+/// Revokes those of `device_ids` not revoked yet: each is marked, gets a `device.revoked` event
+/// with `detail`, and a `DeviceRevoked` notification, so that whichever node holds its session
+/// ends it. Returns the devices revoked now.
+async fn revoke_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    device_ids: &[String],
+    reason: &str,
+    detail: Value,
+) -> Result<Vec<String>> {
+    let revoked: Vec<String> = sqlx::query_scalar(
+        "UPDATE devices SET revoked_at = clock_timestamp(), revoked_reason = $2
+         WHERE id = ANY($1) AND revoked_at IS NULL RETURNING id",
+    )
+    .bind(device_ids)
+    .bind(reason)
+    .fetch_all(&mut **tx)
+    .await?;
+    for device_id in &revoked {
+        append_event(
+            tx,
+            "device.revoked",
+            None,
+            None,
+            None,
+            Some(device_id),
+            detail.clone(),
+        )
+        .await?;
+        notify(
+            tx,
+            &Notification::DeviceRevoked {
+                device_id: device_id.clone(),
+            },
+        )
+        .await?;
+    }
+    Ok(revoked)
+}
+
 impl Store {
     /// Revokes a device: it can no longer authenticate, and whichever node holds its session
     /// ends it as soon as the notification arrives. Revoking twice is refused.
@@ -65,20 +104,10 @@ impl Store {
             )));
         }
         let resident_id: Uuid = row.try_get("resident_id")?;
-        sqlx::query(
-            "UPDATE devices SET revoked_at = clock_timestamp(), revoked_reason = $2 WHERE id = $1",
-        )
-        .bind(device_id)
-        .bind(reason)
-        .execute(&mut *tx)
-        .await?;
-        append_event(
+        revoke_in(
             &mut tx,
-            "device.revoked",
-            None,
-            None,
-            None,
-            Some(device_id),
+            &[device_id.to_owned()],
+            reason,
             json!({ "by": actor }),
         )
         .await?;
@@ -88,13 +117,6 @@ impl Store {
             "device.revoke",
             Some(resident_id),
             json!({ "device_id": device_id }),
-        )
-        .await?;
-        notify(
-            &mut tx,
-            &Notification::DeviceRevoked {
-                device_id: device_id.to_owned(),
-            },
         )
         .await?;
         tx.commit().await?;
@@ -264,13 +286,7 @@ impl Store {
                 .bind(resident_id)
                 .fetch_all(&mut *tx)
                 .await?;
-        let revoked: Vec<String> = sqlx::query_scalar(
-            "UPDATE devices SET revoked_at = clock_timestamp(), revoked_reason = 'erased'
-             WHERE resident_id = $1 AND revoked_at IS NULL RETURNING id",
-        )
-        .bind(resident_id)
-        .fetch_all(&mut *tx)
-        .await?;
+        let revoked = revoke_in(&mut tx, &devices, "erased", json!({ "by": actor })).await?;
         sqlx::query(
             "UPDATE residents SET full_name = '(erased)', address = '', phone = '', dialect = '',
                     medical_notes = '', risk_warnings = '', key_safe = '', lat = NULL, lon = NULL,
@@ -357,15 +373,6 @@ impl Store {
             json!({}),
         )
         .await?;
-        for device_id in &revoked {
-            notify(
-                &mut tx,
-                &Notification::DeviceRevoked {
-                    device_id: device_id.clone(),
-                },
-            )
-            .await?;
-        }
         tx.commit().await?;
         Ok(Erasure {
             devices_revoked: revoked.len() as u64,
@@ -590,33 +597,13 @@ impl Store {
         )
         .await?;
         if let Some(old) = &replaces {
-            let revoked = sqlx::query(
-                "UPDATE devices SET revoked_at = clock_timestamp(), revoked_reason = 'replaced'
-                 WHERE id = $1 AND revoked_at IS NULL",
+            revoke_in(
+                &mut tx,
+                std::slice::from_ref(old),
+                "replaced",
+                json!({ "by": "enrolment", "replaced_by": device_id }),
             )
-            .bind(old)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if revoked > 0 {
-                append_event(
-                    &mut tx,
-                    "device.revoked",
-                    None,
-                    None,
-                    None,
-                    Some(old),
-                    json!({ "by": "enrolment", "replaced_by": device_id }),
-                )
-                .await?;
-                notify(
-                    &mut tx,
-                    &Notification::DeviceRevoked {
-                        device_id: old.clone(),
-                    },
-                )
-                .await?;
-            }
+            .await?;
         }
         audit(
             &mut tx,

@@ -160,8 +160,7 @@ pub(crate) async fn run<T: DeviceTransport>(
         device_id: &device_id,
         link,
         inflight: BTreeMap::new(),
-        tokens: context.settings.message_burst,
-        refilled: Instant::now(),
+        messages: crate::bucket::TokenBucket::full(context.settings.message_burst),
     };
     let reason = session.run(&registration).instrument(span.clone()).await;
     tracing::info!(parent: &span, reason, "device session ended");
@@ -367,26 +366,19 @@ struct Session<'a, T> {
     link: Link<T>,
     /// Our sequence number → the outbox message it carried, until the device acknowledges.
     inflight: BTreeMap<u64, i64>,
-    /// Messages the device may still send now (a token bucket refilled at
-    /// `max_messages_per_second`, holding at most `message_burst`), and when it was refilled.
-    tokens: f64,
-    refilled: Instant,
+    /// Messages the device may still send (`max_messages_per_second`, `message_burst`).
+    messages: crate::bucket::TokenBucket,
 }
 
 impl<T> Session<'_, T> {
     /// Takes one message's token; `false` when the device has sent too many.
     fn take_token(&mut self) -> bool {
         let settings = &self.context.settings;
-        let now = Instant::now();
-        let earned =
-            now.duration_since(self.refilled).as_secs_f64() * settings.max_messages_per_second;
-        self.tokens = (self.tokens + earned).min(settings.message_burst);
-        self.refilled = now;
-        if self.tokens < 1.0 {
-            return false;
-        }
-        self.tokens -= 1.0;
-        true
+        self.messages.take(
+            settings.max_messages_per_second,
+            settings.message_burst,
+            std::time::Instant::now(),
+        )
     }
 }
 
