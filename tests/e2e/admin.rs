@@ -616,3 +616,69 @@ fn rustls_pemfile_der(pem: &[u8]) -> Vec<u8> {
         .unwrap()
         .to_vec()
 }
+
+/// The installer's enrolment code from the command line: printed as text and as a QR code, and
+/// it enrols a tablet once; a resident that does not exist gets a clear error.
+#[tokio::test]
+async fn an_enrolment_code_from_the_command_line_enrols_a_tablet() {
+    let database_url = carebell_tests::fresh_database().await;
+    let node = TestNode::start(NodeOptions {
+        database_url: Some(database_url.clone()),
+        ..NodeOptions::default()
+    })
+    .await;
+    let resident = node.resident("命令行 入网").await.to_string();
+    let printed = admin(
+        &database_url,
+        &[
+            "enrolment-code",
+            "--resident",
+            &resident,
+            "--valid-for",
+            "1h",
+        ],
+    )
+    .await
+    .unwrap();
+    let code = printed
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("enrolment code: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the code on the first line")
+        .to_owned();
+    assert!(printed.contains(&format!("carebell:enrol?code={code}&server=")));
+    // The QR code: rows of dark and light modules.
+    assert!(
+        printed.lines().filter(|line| line.contains('█')).count() > 20,
+        "{printed}"
+    );
+    let credentials = firmware_sim::enrol(
+        &node.grpc_url,
+        &node.websocket_url,
+        Some(&node.ca_pem),
+        "localhost",
+        &code,
+    )
+    .await
+    .unwrap();
+    let tablet = firmware_sim::Tablet::connect(&firmware_sim::TabletConfig::new(
+        credentials,
+        firmware_sim::TransportKind::WebSocket,
+    ))
+    .await
+    .unwrap();
+    tablet.close().await;
+    let unknown = admin(
+        &database_url,
+        &[
+            "enrolment-code",
+            "--resident",
+            &uuid::Uuid::new_v4().to_string(),
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{unknown:#}").contains("not found"), "{unknown:#}");
+    node.stop().await;
+}
