@@ -209,7 +209,8 @@ async fn a_fleet_comes_back_after_its_gateway_is_replaced() {
 }
 
 /// Takes offers until stopped: every offer is accepted and its call ended at once, except that
-/// the first offer of each call in `ring_out` is left to ring out. Returns the call ids taken.
+/// the first offer from each device in `ring_out` is left to ring out. Returns the call ids
+/// taken.
 async fn taking_operator(
     mut console: carebell_tests::Console,
     ring_out: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
@@ -225,8 +226,8 @@ async fn taking_operator(
         let Some(Event::Offer(offer)) = event else {
             continue;
         };
-        // `remove` is true once per call: its first offer.
-        if ring_out.lock().unwrap().remove(&offer.call_id) {
+        // `remove` is true once per marked device: its next call's first offer.
+        if ring_out.lock().unwrap().remove(&offer.device_id) {
             continue;
         }
         console.client.accept(&offer.offer_id).await.unwrap();
@@ -266,6 +267,7 @@ async fn calls_at_a_steady_rate_are_each_taken_once_and_a_rung_out_offer_is_made
         )));
     }
     let mut tablets = Vec::new();
+    let mut device_ids = Vec::new();
     for n in 0..12 {
         let (_, config) = node
             .tablet_config(
@@ -273,6 +275,7 @@ async fn calls_at_a_steady_rate_are_each_taken_once_and_a_rung_out_offer_is_made
                 firmware_sim::TransportKind::WebSocket,
             )
             .await;
+        device_ids.push(config.credentials.device_id.clone());
         tablets.push(firmware_sim::Tablet::connect(&config).await.unwrap());
     }
     let calls = |state: &'static str| {
@@ -309,7 +312,12 @@ async fn calls_at_a_steady_rate_are_each_taken_once_and_a_rung_out_offer_is_made
     .unwrap();
     assert_eq!(one_winner, 24);
 
-    // Three more calls whose first offers ring out.
+    // Three more calls whose first offers ring out. The devices are marked before they press,
+    // so that no operator can see the offer before the mark.
+    ring_out
+        .lock()
+        .unwrap()
+        .extend(device_ids[..3].iter().cloned());
     let mut rung_out = Vec::new();
     for tablet in &tablets[..3] {
         let request_id = tablet.press().await.unwrap();
@@ -318,7 +326,6 @@ async fn calls_at_a_steady_rate_are_each_taken_once_and_a_rung_out_offer_is_made
             .fetch_one(node.store.pool())
             .await
             .unwrap();
-        ring_out.lock().unwrap().insert(call_id.to_string());
         rung_out.push(call_id);
     }
     wait_until_ended(27).await;
