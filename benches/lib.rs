@@ -312,6 +312,7 @@ pub mod harness {
                 .env("CAREBELL_LISTEN__WEBSOCKET", format!("127.0.0.1:{ws_port}"))
                 .env("CAREBELL_LISTEN__GRPC", format!("127.0.0.1:{grpc_port}"))
                 .env("CAREBELL_LISTEN__WEB", "127.0.0.1:0")
+                .env("CAREBELL_LISTEN__METRICS", "127.0.0.1:0")
                 .env("CAREBELL_TLS__CERT_PATH", self.dir.join("certs/server.pem"))
                 .env("CAREBELL_TLS__KEY_PATH", self.dir.join("certs/server.key"))
                 .env(

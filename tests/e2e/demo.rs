@@ -14,6 +14,7 @@ async fn the_demo_shows_calls_answered_and_ended() {
     settings.listen.websocket = "127.0.0.1:0".parse().unwrap();
     settings.listen.grpc = "127.0.0.1:0".parse().unwrap();
     settings.listen.web = "127.0.0.1:0".parse().unwrap();
+    settings.listen.metrics = "127.0.0.1:0".parse().unwrap();
     let dir = TempDir::new();
     let summary = demo::run(
         settings,

@@ -1,1 +1,224 @@
+//! The metrics and probe endpoint, scraped during a run: every listed series is there with the
+//! values the run produced, and the probes follow the node from serving to draining.
 
+use std::time::Duration;
+
+use carebell_tests::{http_get, metric_value, NodeOptions, TestNode};
+use firmware_sim::{Tablet, TransportKind};
+
+use crate::webhooks::{gateway, unanswered_sos_with_an_sms_contact};
+
+async fn scrape(node: &TestNode) -> String {
+    let (status, body) = http_get(&format!("{}/metrics", node.metrics_url))
+        .await
+        .expect("the metrics endpoint answers");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Scrapes until `series` has reached `at_least` (values are recorded as things happen).
+async fn scrape_until(node: &TestNode, series: &str, at_least: f64) -> String {
+    for _ in 0..150 {
+        let body = scrape(node).await;
+        if metric_value(&body, series).is_some_and(|value| value >= at_least) {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{series} never reached {at_least}:\n{}", scrape(node).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_during_a_run_shows_every_listed_series() {
+    // A webhook gateway that always fails: attempts are counted, then dead-lettered.
+    let (webhook_url, _seen) = gateway(vec![500]).await;
+    let node = TestNode::start(NodeOptions {
+        webhook_url: Some(webhook_url),
+        shutdown_notice: Duration::from_millis(1500),
+        ..NodeOptions::default()
+    })
+    .await;
+    let (status, _) = http_get(&format!("{}/livez", node.metrics_url))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = http_get(&format!("{}/readyz", node.metrics_url))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "a serving node is ready");
+
+    // One tablet on each transport, and an SOS nobody answers yet.
+    let (_, grpc_config) = node
+        .tablet_config("Metrics gRPC", TransportKind::Grpc)
+        .await;
+    let grpc_tablet = Tablet::connect(&grpc_config).await.unwrap();
+    let sos_tablet = unanswered_sos_with_an_sms_contact(&node).await;
+    // A device that cannot authenticate (another tablet's key).
+    let (_, mut stranger) = node
+        .tablet_config("Metrics stranger", TransportKind::WebSocket)
+        .await;
+    stranger.credentials.private_key = grpc_config.credentials.private_key.clone();
+    assert!(Tablet::connect(&stranger).await.is_err());
+
+    let body = scrape_until(
+        &node,
+        "carebell_alarms_open{kind=\"sos\",state=\"queued\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric_value(
+            &body,
+            "carebell_device_connections{transport=\"websocket\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric_value(&body, "carebell_device_connections{transport=\"grpc\"}"),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric_value(
+            &body,
+            "carebell_device_handshakes_total{transport=\"websocket\",outcome=\"accepted\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric_value(
+            &body,
+            "carebell_device_handshakes_total{transport=\"websocket\",outcome=\"refused\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric_value(
+            &body,
+            "carebell_alarms_received_total{kind=\"sos\",outcome=\"new\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    let queue_waiting = body
+        .lines()
+        .find(|line| line.starts_with("carebell_queue_waiting{"))
+        .expect("a waiting queue is shown");
+    assert!(queue_waiting.ends_with(" 1"), "{queue_waiting}");
+    assert!(
+        body.contains("carebell_queue_longest_wait_seconds{"),
+        "{body}"
+    );
+    let in_use = metric_value(
+        &body,
+        "carebell_database_pool_connections{state=\"in_use\"}",
+    );
+    let idle = metric_value(&body, "carebell_database_pool_connections{state=\"idle\"}");
+    assert!(
+        in_use.is_some() && idle.is_some(),
+        "pool figures: {in_use:?} {idle:?}"
+    );
+    assert_eq!(
+        metric_value(&body, "carebell_database_pool_connections{state=\"max\"}"),
+        Some(10.0)
+    );
+
+    // The family cascade's SMS goes to the failing webhook: three attempts, then dead.
+    let body = scrape_until(
+        &node,
+        "carebell_webhook_deliveries_total{outcome=\"dead\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric_value(
+            &body,
+            "carebell_webhook_deliveries_total{outcome=\"failed\"}"
+        ),
+        Some(2.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric_value(&body, "carebell_webhook_backlog{state=\"dead\"}"),
+        Some(1.0),
+        "{body}"
+    );
+
+    // An operator takes the SOS: an offer reaches the console, the wait ends.
+    let mut console = node.available_operator("metrics", "Metrics").await;
+    let offer = console
+        .next_offer(Duration::from_secs(10))
+        .await
+        .expect("the SOS is offered");
+    console.client.accept(&offer.offer_id).await.unwrap();
+    let body = scrape_until(
+        &node,
+        "carebell_queue_wait_seconds_count{kind=\"emergency\"}",
+        1.0,
+    )
+    .await;
+    assert!(
+        metric_value(
+            &body,
+            "carebell_offer_latency_seconds_count{kind=\"emergency\"}"
+        )
+        .is_some_and(|count| count >= 1.0),
+        "{body}"
+    );
+    assert!(
+        metric_value(
+            &body,
+            "carebell_offer_latency_seconds_bucket{le=\"+Inf\",kind=\"emergency\"}"
+        )
+        .is_some_and(|count| count >= 1.0)
+            || metric_value(
+                &body,
+                "carebell_offer_latency_seconds_bucket{kind=\"emergency\",le=\"+Inf\"}"
+            )
+            .is_some_and(|count| count >= 1.0),
+        "histogram buckets: {body}"
+    );
+    assert_eq!(
+        metric_value(
+            &body,
+            "carebell_alarms_open{kind=\"sos\",state=\"answered\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric_value(&body, "carebell_service_level_ratio{within=\"180s\"}"),
+        Some(1.0),
+        "the one answered call was answered within 180 s: {body}"
+    );
+    assert!(body.contains("carebell_service_level_ratio{within=\"60s\"}"));
+    assert_eq!(metric_value(&body, "carebell_draining"), Some(0.0));
+
+    // Draining: the node says not-ready (and draining) while it still serves the tablets.
+    node.begin_stop();
+    let mut seen_draining = false;
+    for _ in 0..100 {
+        let (status, _) = http_get(&format!("{}/readyz", node.metrics_url))
+            .await
+            .unwrap();
+        if status == 503 {
+            seen_draining = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen_draining, "/readyz turns 503 on stop");
+    let body = scrape(&node).await;
+    assert_eq!(metric_value(&body, "carebell_draining"), Some(1.0));
+    assert_eq!(
+        metric_value(&body, "carebell_device_connections{transport=\"grpc\"}"),
+        Some(1.0),
+        "tablets are still served during the notice: {body}"
+    );
+    grpc_tablet.close().await;
+    sos_tablet.close().await;
+    node.stop().await;
+}

@@ -11,11 +11,11 @@ use firmware_sim::{Tablet, TransportKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the fake gateway saw: (timestamp, signature, body) per request.
-type Seen = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+pub(crate) type Seen = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
 
 /// A minimal HTTP/1.1 gateway that answers each request with the next status of `script`
 /// (the last one repeats).
-async fn gateway(script: Vec<u16>) -> (String, Seen) {
+pub(crate) async fn gateway(script: Vec<u16>) -> (String, Seen) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
         "http://127.0.0.1:{}/sms",
@@ -81,7 +81,7 @@ async fn gateway(script: Vec<u16>) -> (String, Seen) {
 
 /// A resident whose neighbour is reached by SMS, and an SOS nobody answers, so the cascade
 /// (family_after_secs = 1) tells the neighbour at once.
-async fn unanswered_sos_with_an_sms_contact(node: &TestNode) -> Tablet {
+pub(crate) async fn unanswered_sos_with_an_sms_contact(node: &TestNode) -> Tablet {
     let rules = carebell_domain::routing::DEFAULT_RULES
         .replace("family_after_secs = 60", "family_after_secs = 1");
     node.store.load_routing_rules(&rules, "test").await.unwrap();

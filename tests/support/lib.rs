@@ -94,6 +94,10 @@ pub struct NodeOptions {
     pub websocket_listen: Option<std::net::SocketAddr>,
     /// The CA and certificate to serve with (default: freshly made for this node).
     pub certificates: Option<DevCertificates>,
+    /// On stop: how long the node reports not-ready while still serving.
+    pub shutdown_notice: Duration,
+    /// On stop: devices are told to reconnect after a random delay within this window.
+    pub go_away_window: Duration,
 }
 
 impl Default for NodeOptions {
@@ -116,6 +120,8 @@ impl Default for NodeOptions {
             node_id: "test-node".to_owned(),
             websocket_listen: None,
             certificates: None,
+            shutdown_notice: Duration::ZERO,
+            go_away_window: Duration::from_secs(30),
         }
     }
 }
@@ -127,6 +133,8 @@ pub struct TestNode {
     pub grpc_url: String,
     /// `https://localhost:<port>`: the browser pages and their JSON API.
     pub web_url: String,
+    /// `http://127.0.0.1:<port>`: `/metrics`, `/livez`, `/readyz`.
+    pub metrics_url: String,
     pub ca_pem: String,
     pub redis_prefix: String,
     pub node_id: String,
@@ -203,6 +211,7 @@ impl TestNode {
             .unwrap_or_else(|| "127.0.0.1:0".parse().expect("address"));
         settings.listen.grpc = "127.0.0.1:0".parse().expect("address");
         settings.listen.web = "127.0.0.1:0".parse().expect("address");
+        settings.listen.metrics = "127.0.0.1:0".parse().expect("address");
         settings.dispatch.ring_timeout_ms =
             u64::try_from(options.ring_timeout.as_millis()).expect("ring timeout");
         settings.dispatch.sweep_interval_ms =
@@ -227,6 +236,10 @@ impl TestNode {
         settings.presence.refresh_interval_ms =
             u64::try_from(options.presence_refresh.as_millis()).expect("refresh");
         settings.shutdown_grace_ms = 3000;
+        settings.device.go_away_window_ms =
+            u64::try_from(options.go_away_window.as_millis()).expect("go-away window");
+        settings.shutdown_notice_ms =
+            u64::try_from(options.shutdown_notice.as_millis()).expect("shutdown notice");
         settings.validate().expect("test settings are valid");
         let application = Application::build(settings)
             .await
@@ -235,13 +248,28 @@ impl TestNode {
         let websocket_url = format!("wss://localhost:{}/", application.websocket_addr().port());
         let grpc_url = format!("https://localhost:{}", application.grpc_addr().port());
         let web_url = format!("https://localhost:{}", application.web_addr().port());
+        let metrics_url = format!("http://{}", application.metrics_addr());
         let stop = CancellationToken::new();
         let handle = tokio::spawn(application.run_until_stopped(stop.clone().cancelled_owned()));
+        // Started is when the node says it is ready (as a load balancer would see it).
+        let mut ready = false;
+        for _ in 0..500 {
+            if matches!(
+                http_get(&format!("{metrics_url}/readyz")).await,
+                Ok((200, _))
+            ) {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(ready, "the node never reported ready");
         Self {
             store,
             websocket_url,
             grpc_url,
             web_url,
+            metrics_url,
             ca_pem: certificates.ca_pem,
             redis_prefix,
             node_id: options.node_id,
@@ -250,6 +278,11 @@ impl TestNode {
             _dir: dir,
             certificate_paths: (cert_path, key_path),
         }
+    }
+
+    /// Starts stopping the node (as SIGTERM does) without waiting: the drain can be watched.
+    pub fn begin_stop(&self) {
+        self.stop.cancel();
     }
 
     /// Stops the node through its shutdown future and waits for it.
@@ -380,4 +413,66 @@ impl Console {
             }
         }
     }
+}
+
+/// A plain-HTTP GET (the metrics and probe endpoint): the status and the body.
+pub async fn http_get(url: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| std::io::Error::other(format!("not an http:// URL: {url}")))?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    stream
+        .write_all(
+            format!("GET /{path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no end of headers"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head}")))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+/// The body of a chunked HTTP/1.1 response.
+fn dechunk(mut chunked: &str) -> String {
+    let mut body = String::new();
+    while let Some((size, rest)) = chunked.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        body.push_str(&rest[..size]);
+        chunked = rest[size..].trim_start_matches("\r\n");
+    }
+    body
+}
+
+/// The value of one series in a metrics scrape: `name{labels}` exactly as rendered (labels in
+/// the order they were recorded), or `None` when it is absent.
+pub fn metric_value(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        line.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|value| value.split_whitespace().next())
+            .and_then(|value| value.parse().ok())
+    })
 }

@@ -146,6 +146,7 @@ pub async fn run_webhook_worker(store: Store, config: WebhookConfig, shutdown: C
                 Ok(outcome) => outcome,
                 Err(_) => Err("timed out".to_owned()),
             };
+            let outcome_ok = outcome.is_ok();
             let settled = match outcome {
                 Ok(()) => store
                     .webhook_delivered(delivery.id, delivery.claim_token)
@@ -165,6 +166,15 @@ pub async fn run_webhook_worker(store: Store, config: WebhookConfig, shutdown: C
                         .await
                 }
             };
+            let counted = match &settled {
+                Ok(true) => "dead",
+                Ok(false) if outcome_ok => "delivered",
+                _ => "failed",
+            };
+            carebell_metrics::metrics()
+                .webhook_deliveries
+                .get_or_create(&carebell_metrics::label("outcome", counted))
+                .inc();
             match settled {
                 Ok(true) => {
                     tracing::warn!(delivery_id = delivery.id, "webhook delivery dead-lettered")

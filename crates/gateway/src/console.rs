@@ -181,6 +181,12 @@ fn event(event: Event) -> ConsoleEvent {
 
 fn offer_event(offer: &OfferRow) -> ConsoleEvent {
     let kind = kind_to_proto(&offer.kind);
+    let since_created = chrono::Utc::now() - offer.call_created_at;
+    carebell_metrics::observe(
+        &carebell_metrics::metrics().offer_latency_seconds,
+        &carebell_metrics::label("kind", offer.kind.as_str()),
+        since_created.to_std().unwrap_or_default(),
+    );
     event(Event::Offer(Offer {
         offer_id: offer.offer_id.to_string(),
         call_id: offer.call_id.to_string(),
@@ -577,6 +583,13 @@ impl Console for ConsoleService {
             .await
             .map_err(status_from_store)?;
         tracing::info!(call_id = %accepted.call_id, operator_id = %session.operator_id, "call answered");
+        if !accepted.answered_before {
+            carebell_metrics::observe(
+                &carebell_metrics::metrics().queue_wait_seconds,
+                &carebell_metrics::label("kind", accepted.kind.as_str()),
+                Duration::from_millis(u64::try_from(accepted.waited_ms).unwrap_or(0)),
+            );
+        }
         // The acceptance is committed: a failure to read the record must not make it look
         // refused (a retry would be told the offer is no longer open).
         let resident = match self.resident_record(accepted.resident_id, &session).await {

@@ -1,7 +1,7 @@
 //! `Application::build` binds everything a node serves; `run_until_stopped` runs it until the
 //! shutdown future resolves, then drains within the grace period.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +48,8 @@ pub struct Application {
     web_addr: SocketAddr,
     web_tls: Option<Arc<rustls::ServerConfig>>,
     grpc_tls: Option<Arc<rustls::ServerConfig>>,
+    metrics_listener: TcpListener,
+    metrics_addr: SocketAddr,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -201,6 +203,18 @@ impl Application {
         let grpc_addr = grpc_listener
             .local_addr()
             .context("failed to read the gRPC address")?;
+        // Not shared between processes (no SO_REUSEPORT): each node's figures are its own.
+        let metrics_listener = TcpListener::bind(settings.listen.metrics)
+            .await
+            .with_context(|| {
+                format!(
+                    "failed to bind the metrics listener on {}",
+                    settings.listen.metrics
+                )
+            })?;
+        let metrics_addr = metrics_listener
+            .local_addr()
+            .context("failed to read the metrics address")?;
         Ok(Self {
             settings,
             store,
@@ -216,9 +230,16 @@ impl Application {
             web_addr,
             web_tls,
             grpc_tls,
+            metrics_listener,
+            metrics_addr,
             shutdown,
             tracker,
         })
+    }
+
+    /// Where `/metrics`, `/livez` and `/readyz` are served (plain HTTP).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
     }
 
     /// Where the browser pages are served.
@@ -259,6 +280,8 @@ impl Application {
             web_addr,
             web_tls,
             grpc_tls,
+            metrics_listener,
+            metrics_addr,
             shutdown,
             tracker,
         } = self;
@@ -267,7 +290,19 @@ impl Application {
         } else {
             "plaintext (insecure)"
         };
-        tracing::info!(node_id = %settings.node_id, %websocket_addr, %grpc_addr, %web_addr, scheme, "carebell is serving");
+        tracing::info!(node_id = %settings.node_id, %websocket_addr, %grpc_addr, %web_addr, %metrics_addr, scheme, "carebell is serving");
+        // The probes and metrics outlive the drain, so that it can be watched; they stop last.
+        let probe =
+            crate::observability::Probe::new(store.clone(), settings.database_max_connections);
+        let metrics_stop = CancellationToken::new();
+        let metrics_server = tokio::spawn(
+            axum::serve(
+                metrics_listener,
+                crate::observability::router(probe.clone()),
+            )
+            .with_graceful_shutdown(metrics_stop.clone().cancelled_owned())
+            .into_future(),
+        );
 
         tracker.spawn(websocket.run(tracker.clone()));
         tracker.spawn(carebell_dispatch::run_listener(
@@ -409,29 +444,42 @@ impl Application {
             ));
         }
 
+        probe.set_ready();
         stop.await;
-        // Load balancers stop sending new work here first.
+        // Everything from here fits in the grace period.
+        let deadline = tokio::time::Instant::now() + Settings::ms(settings.shutdown_grace_ms);
+        // Load balancers stop sending new work here first, while the node still serves.
+        probe.set_draining();
         for name in HEALTH_SERVICES {
             health
                 .set_service_status(name, tonic_health::ServingStatus::NotServing)
                 .await;
         }
-        tracing::info!("shutting down: telling devices to go away and draining");
+        tracing::info!(
+            notice_ms = settings.shutdown_notice_ms,
+            "draining: reporting not-ready before telling devices to go away"
+        );
+        tokio::time::sleep(Settings::ms(settings.shutdown_notice_ms)).await;
+        tracing::info!("draining: telling devices to go away and finishing work in flight");
         shutdown.cancel();
         tracker.close();
-        let grace = Settings::ms(settings.shutdown_grace_ms);
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        if tokio::time::timeout_at(deadline, tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 remaining = tracker.len(),
                 "grace period over; abandoning remaining sessions"
             );
         }
-        match tokio::time::timeout(grace, grpc).await {
+        match tokio::time::timeout_at(deadline, grpc).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(error))) => tracing::warn!(%error, "gRPC server ended with an error"),
             Ok(Err(error)) => tracing::warn!(%error, "gRPC server task failed"),
             Err(_) => tracing::warn!("gRPC server did not stop within the grace period"),
         }
+        metrics_stop.cancel();
+        let _ = metrics_server.await;
         store.pool().close().await;
         tracing::info!("stopped");
         Ok(())

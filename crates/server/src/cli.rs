@@ -167,6 +167,7 @@ pub async fn run(cli: Cli, mut settings: Settings) -> anyhow::Result<Outcome> {
             settings.listen.websocket = "127.0.0.1:0".parse().context("bad address")?;
             settings.listen.grpc = "127.0.0.1:0".parse().context("bad address")?;
             settings.listen.web = web;
+            settings.listen.metrics = "127.0.0.1:9464".parse().context("bad address")?;
             let summary = crate::demo::run(
                 settings,
                 DemoOptions {

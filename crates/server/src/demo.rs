@@ -146,6 +146,8 @@ pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result
     settings.tls.key_path = Some(key_path);
     settings.dispatch.ring_timeout_ms = settings.dispatch.ring_timeout_ms.min(6000);
     settings.shutdown_grace_ms = settings.shutdown_grace_ms.min(3000);
+    // One node and no load balancer: nobody to give notice to.
+    settings.shutdown_notice_ms = 0;
     settings.validate().context("invalid demo settings")?;
 
     let application = Application::build(settings).await?;

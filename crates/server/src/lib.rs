@@ -9,6 +9,7 @@ pub mod cli;
 pub mod console_client;
 pub mod demo;
 pub mod devcert;
+pub mod observability;
 pub mod provider_client;
 pub mod settings;
 pub mod telemetry;

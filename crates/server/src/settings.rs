@@ -59,6 +59,9 @@ pub struct Settings {
     pub run_migrations: bool,
     pub log_format: LogFormat,
     pub shutdown_grace_ms: u64,
+    /// After SIGTERM, how long the node still serves while reporting not-ready, so that load
+    /// balancers take it out before its devices are told to go away. Part of the grace.
+    pub shutdown_notice_ms: u64,
     pub listen: ListenSettings,
     pub tls: TlsSettings,
     pub device: DeviceSection,
@@ -105,6 +108,8 @@ pub struct ListenSettings {
     pub grpc: SocketAddr,
     /// The browser pages (/console, /family, /provider, /tablet) and their JSON API.
     pub web: SocketAddr,
+    /// Plain HTTP: `/metrics` (Prometheus), `/livez` and `/readyz` (probes).
+    pub metrics: SocketAddr,
     pub backlog: u32,
 }
 
@@ -186,11 +191,13 @@ insecure = false
 run_migrations = true
 log_format = "pretty"
 shutdown_grace_ms = 10000
+shutdown_notice_ms = 2000
 
 [listen]
 websocket = "0.0.0.0:8443"
 grpc = "0.0.0.0:8444"
 web = "0.0.0.0:8445"
+metrics = "0.0.0.0:9464"
 backlog = 4096
 
 [tls]
@@ -371,6 +378,13 @@ impl Settings {
         if !valid_role {
             return invalid(
                 "database_app_role must be a lower-case role name (letters, digits, _) or empty"
+                    .to_owned(),
+            );
+        }
+        if self.shutdown_notice_ms >= self.shutdown_grace_ms {
+            return invalid(
+                "shutdown_notice_ms must be shorter than shutdown_grace_ms (the notice is part \
+                 of the grace)"
                     .to_owned(),
             );
         }

@@ -42,6 +42,12 @@ pub struct AcceptedCall {
     pub call_id: Uuid,
     pub device_id: String,
     pub resident_id: Uuid,
+    /// `call`, `emergency`, `technical` or `callback`.
+    pub kind: String,
+    /// From the call's creation to this acceptance (by the database's clock).
+    pub waited_ms: i64,
+    /// Whether the call had been answered before (a transfer).
+    pub answered_before: bool,
 }
 
 /// One offer made during a dispatch round.
@@ -754,6 +760,9 @@ impl Store {
             call_id,
             device_id,
             resident_id,
+            kind: call.try_get("kind")?,
+            waited_ms: call.try_get("wait_ms")?,
+            answered_before,
         })
     }
 

@@ -11,6 +11,7 @@ mod devices;
 mod family;
 mod ledger;
 mod network;
+mod observability;
 mod operators;
 mod orders;
 mod outbox;
@@ -38,6 +39,7 @@ pub use devices::{DEVICE_BACK, DEVICE_OFFLINE};
 pub use family::{CascadeRow, FamilyAlert, NewContact, RelativeRow, MAX_FAMILY_MESSAGE_CHARS};
 pub use ledger::{ChargeSummary, Statement, StatementLine, StatementOf};
 pub use network::{NewProvider, ProviderKind, ProviderRow, ProviderSession, ServiceItemRow};
+pub use observability::ObservedState;
 pub use operators::{OperatorCredentials, OperatorSession};
 pub use orders::{
     CreatedOrder, NewOrder, OrderRow, OrderSweep, ProgressReport, ProviderSuggestion,

@@ -74,6 +74,7 @@ struct GrpcTransport {
 }
 
 impl DeviceTransport for GrpcTransport {
+    const KIND: &'static str = "grpc";
     async fn recv(&mut self) -> Incoming {
         if self.closed {
             return Incoming::Closed;

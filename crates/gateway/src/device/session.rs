@@ -36,6 +36,8 @@ pub(crate) struct TransportClosed;
 
 /// How a session reads and writes envelopes, and how it ends a connection.
 pub(crate) trait DeviceTransport: Send {
+    /// The transport's name in metrics: `websocket` or `grpc`.
+    const KIND: &'static str;
     fn recv(&mut self) -> impl Future<Output = Incoming> + Send;
     fn send(
         &mut self,
@@ -136,9 +138,26 @@ pub(crate) async fn run<T: DeviceTransport>(
         next_seq: 1,
         last_received: 0,
     };
-    let Some(device_id) = handshake(&context, &mut link, certificate).await else {
+    let authenticated = handshake(&context, &mut link, certificate).await;
+    carebell_metrics::metrics()
+        .device_handshakes
+        .get_or_create(&vec![
+            ("transport", T::KIND.to_owned()),
+            (
+                "outcome",
+                if authenticated.is_some() {
+                    "accepted"
+                } else {
+                    "refused"
+                }
+                .to_owned(),
+            ),
+        ])
+        .inc();
+    let Some(device_id) = authenticated else {
         return;
     };
+    let _counted = carebell_metrics::ConnectionGuard::new(T::KIND);
     let span = tracing::info_span!("device", device_id = %device_id, %peer);
     tracing::info!(parent: &span, "device authenticated");
     context.presence.connected(Kind::Device, device_id.as_str());
@@ -685,6 +704,16 @@ impl<T: DeviceTransport> Session<'_, T> {
                     {
                         Ok(outcome) => {
                             tracing::info!(alarm = %outcome.alarm_row_id, created = outcome.created, "alarm stored");
+                            carebell_metrics::metrics()
+                                .alarms_received
+                                .get_or_create(&vec![
+                                    ("kind", carebell_metrics::alarm_kind(kind.as_str_name())),
+                                    (
+                                        "outcome",
+                                        if outcome.created { "new" } else { "resent" }.to_owned(),
+                                    ),
+                                ])
+                                .inc();
                             Ok(())
                         }
                         // The same id with different content: refused for good (and acknowledged,

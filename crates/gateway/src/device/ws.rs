@@ -305,6 +305,8 @@ impl<S> DeviceTransport for WsTransport<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    const KIND: &'static str = "websocket";
+
     async fn recv(&mut self) -> Incoming {
         if self.closed {
             return Incoming::Closed;

@@ -98,6 +98,7 @@ impl Cluster {
                 format!("127.0.0.1:{}", self.grpc_port),
             )
             .env("CAREBELL_LISTEN__WEB", "127.0.0.1:0")
+            .env("CAREBELL_LISTEN__METRICS", "127.0.0.1:0")
             .env("CAREBELL_TLS__CERT_PATH", dir.join("server.pem"))
             .env("CAREBELL_TLS__KEY_PATH", dir.join("server.key"))
             .env("CAREBELL_DISPATCH__RING_TIMEOUT_MS", "2000")
