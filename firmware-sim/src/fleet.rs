@@ -2,7 +2,9 @@
 //! (no channels, no driver task), with keys derived from a fleet seed so that no credentials
 //! files are needed (`carebell admin fleet-provision` registers the same keys). Tablets
 //! heartbeat, raise alarms at a Poisson rate drawn from the brief's call mix, acknowledge what
-//! the server sends, and reconnect with full-jitter exponential backoff. Figures (connections,
+//! the server sends, and reconnect with full-jitter exponential backoff, or after the delay a
+//! draining server's `GoAway` names. An alarm not yet acknowledged is kept and sent again on the
+//! next link (same id: the server stores it once), as a real tablet does. Figures (connections,
 //! heartbeats, alarm acknowledgement latency in an HDR histogram) are shared by all tablets.
 
 use std::collections::VecDeque;
@@ -91,6 +93,12 @@ pub struct FleetStats {
     pub heartbeats: AtomicU64,
     pub alarms_sent: AtomicU64,
     pub alarms_acked: AtomicU64,
+    /// Alarms sent again on a new link because the old one ended before their acknowledgement.
+    pub alarms_resent: AtomicU64,
+    /// Alarms still unacknowledged when their tablet's run ended.
+    pub alarms_unacked_at_end: AtomicU64,
+    /// `GoAway`s received (a draining server).
+    pub go_aways: AtomicU64,
     pub resumed: AtomicU64,
     latency_us: Mutex<Option<Histogram<u64>>>,
 }
@@ -124,6 +132,9 @@ impl FleetStats {
             heartbeats: self.heartbeats.load(Ordering::Relaxed),
             alarms_sent: self.alarms_sent.load(Ordering::Relaxed),
             alarms_acked: self.alarms_acked.load(Ordering::Relaxed),
+            alarms_resent: self.alarms_resent.load(Ordering::Relaxed),
+            alarms_unacked_at_end: self.alarms_unacked_at_end.load(Ordering::Relaxed),
+            go_aways: self.go_aways.load(Ordering::Relaxed),
             resumed: self.resumed.load(Ordering::Relaxed),
             alarm_ack_ms_p50: quantile(0.5),
             alarm_ack_ms_p99: quantile(0.99),
@@ -148,8 +159,16 @@ pub struct FleetReport {
     /// Links lost after Welcome.
     pub drops: u64,
     pub heartbeats: u64,
+    /// Alarms raised (each counted once, however often it was sent).
     pub alarms_sent: u64,
+    /// Alarms acknowledged (each once).
     pub alarms_acked: u64,
+    #[serde(default)]
+    pub alarms_resent: u64,
+    #[serde(default)]
+    pub alarms_unacked_at_end: u64,
+    #[serde(default)]
+    pub go_aways: u64,
     /// TLS handshakes that resumed a session.
     pub resumed: u64,
     pub alarm_ack_ms_p50: Option<f64>,
@@ -178,6 +197,9 @@ impl FleetReport {
             heartbeats: reports.iter().map(|r| r.heartbeats).sum(),
             alarms_sent: reports.iter().map(|r| r.alarms_sent).sum(),
             alarms_acked: reports.iter().map(|r| r.alarms_acked).sum(),
+            alarms_resent: reports.iter().map(|r| r.alarms_resent).sum(),
+            alarms_unacked_at_end: reports.iter().map(|r| r.alarms_unacked_at_end).sum(),
+            go_aways: reports.iter().map(|r| r.go_aways).sum(),
             resumed: reports.iter().map(|r| r.resumed).sum(),
             alarm_ack_ms_p50: worst(|r| r.alarm_ack_ms_p50),
             alarm_ack_ms_p99: worst(|r| r.alarm_ack_ms_p99),
@@ -270,9 +292,10 @@ async fn tablet(shared: Arc<Shared>, offset: u64) {
     let key = fleet_signing_key(&shared.config.seed, index);
     let device_id = fleet_device_id(&shared.config.prefix, index);
     let mut attempt: u32 = 0;
+    let mut pending = VecDeque::new();
     while Instant::now() < shared.deadline {
-        match session(&shared, &key, &device_id).await {
-            Outcome::Done => return,
+        match session(&shared, &key, &device_id, &mut pending).await {
+            Outcome::Done => break,
             Outcome::Failed => {
                 shared.stats.failures.fetch_add(1, Ordering::Relaxed);
                 attempt = attempt.saturating_add(1);
@@ -280,6 +303,13 @@ async fn tablet(shared: Arc<Shared>, offset: u64) {
             Outcome::Dropped => {
                 shared.stats.drops.fetch_add(1, Ordering::Relaxed);
                 attempt = 1;
+            }
+            Outcome::GoAway(after) => {
+                // The server chose when: a drain spreads its tablets over its window.
+                shared.stats.go_aways.fetch_add(1, Ordering::Relaxed);
+                attempt = 0;
+                tokio::time::sleep_until((Instant::now() + after).min(shared.deadline)).await;
+                continue;
             }
         }
         // Full jitter: anywhere between 0 and the exponential ceiling.
@@ -291,6 +321,17 @@ async fn tablet(shared: Arc<Shared>, offset: u64) {
         let pause = rand::thread_rng().gen_range(Duration::ZERO..=ceiling);
         tokio::time::sleep_until((Instant::now() + pause).min(shared.deadline)).await;
     }
+    shared
+        .stats
+        .alarms_unacked_at_end
+        .fetch_add(pending.len() as u64, Ordering::Relaxed);
+}
+
+/// An alarm or call request raised and not yet acknowledged: sent again on every new link
+/// until it is.
+struct Pending {
+    body: Body,
+    raised: Instant,
 }
 
 enum Outcome {
@@ -300,13 +341,20 @@ enum Outcome {
     Failed,
     /// Was connected, then lost the link.
     Dropped,
+    /// The server is draining: come back after this.
+    GoAway(Duration),
 }
 
 fn envelope(seq: u64, ack: u64, body: Option<Body>) -> Message {
     Message::Binary(encode_envelope(&Envelope { seq, ack, body }).into())
 }
 
-async fn session(shared: &Shared, key: &SigningKey, device_id: &str) -> Outcome {
+async fn session(
+    shared: &Shared,
+    key: &SigningKey,
+    device_id: &str,
+    pending: &mut VecDeque<Pending>,
+) -> Outcome {
     let config = &shared.config;
     let socket = match TcpSocket::new_v4() {
         Ok(socket) => socket,
@@ -442,7 +490,21 @@ async fn session(shared: &Shared, key: &SigningKey, device_id: &str) -> Outcome 
     };
     let mut alarm_at = next_alarm(config.alarm_rate_per_tablet);
     let mut seq: u64 = 2;
-    let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::new();
+    // The sequence numbers this link gave `pending`'s entries, in the same order.
+    let mut in_flight: VecDeque<u64> = VecDeque::new();
+    for entry in pending.iter() {
+        seq += 1;
+        if ws
+            .send(envelope(seq, last_received, Some(entry.body.clone())))
+            .await
+            .is_err()
+        {
+            shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
+            return Outcome::Dropped;
+        }
+        in_flight.push_back(seq);
+        shared.stats.alarms_resent.fetch_add(1, Ordering::Relaxed);
+    }
     let outcome = loop {
         tokio::select! {
             _ = tokio::time::sleep_until(shared.deadline) => break Outcome::Done,
@@ -469,20 +531,25 @@ async fn session(shared: &Shared, key: &SigningKey, device_id: &str) -> Outcome 
                 } else {
                     Body::CallRequest(CallRequest { request_id: id, pressed_at_ms: 0 })
                 };
+                pending.push_back(Pending { body: body.clone(), raised: Instant::now() });
+                shared.stats.alarms_sent.fetch_add(1, Ordering::Relaxed);
+                alarm_at = next_alarm(config.alarm_rate_per_tablet);
                 if ws.send(envelope(seq, last_received, Some(body))).await.is_err() {
                     break Outcome::Dropped;
                 }
-                in_flight.push_back((seq, Instant::now()));
-                shared.stats.alarms_sent.fetch_add(1, Ordering::Relaxed);
-                alarm_at = next_alarm(config.alarm_rate_per_tablet);
+                in_flight.push_back(seq);
             }
             incoming = ws.next() => {
                 let Some(envelope_in) = next(incoming) else { break Outcome::Dropped };
-                while in_flight.front().is_some_and(|(sent, _)| *sent <= envelope_in.ack) {
-                    if let Some((_, at)) = in_flight.pop_front() {
-                        shared.stats.record_latency(at.elapsed());
+                while in_flight.front().is_some_and(|sent| *sent <= envelope_in.ack) {
+                    in_flight.pop_front();
+                    if let Some(entry) = pending.pop_front() {
+                        shared.stats.record_latency(entry.raised.elapsed());
                         shared.stats.alarms_acked.fetch_add(1, Ordering::Relaxed);
                     }
+                }
+                if let Some(Body::GoAway(go_away)) = &envelope_in.body {
+                    break Outcome::GoAway(Duration::from_millis(u64::from(go_away.reconnect_after_ms)));
                 }
                 if envelope_in.seq > 0 {
                     last_received = last_received.max(envelope_in.seq);

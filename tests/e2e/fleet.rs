@@ -172,6 +172,7 @@ async fn a_fleet_comes_back_after_its_gateway_is_replaced() {
         database_url: Some(database_url.clone()),
         websocket_listen: Some(listen),
         certificates: Some(certificates.clone()),
+        go_away_window: Duration::from_millis(500),
         ..fleet_node()
     };
     let first = TestNode::start(options()).await;
@@ -203,7 +204,8 @@ async fn a_fleet_comes_back_after_its_gateway_is_replaced() {
         report.connects, 60,
         "each tablet connected twice: {report:?}"
     );
-    assert!(report.drops >= 30, "{report:?}");
+    // Told to go away by the stopping gateway (or, for a tablet caught mid-handshake, dropped).
+    assert!(report.go_aways + report.drops >= 30, "{report:?}");
     running.abort();
     second.stop().await;
 }

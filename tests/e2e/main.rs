@@ -15,6 +15,7 @@ mod orders;
 mod permissions;
 mod redis_down;
 mod restore;
+mod rolling;
 mod routing;
 mod security;
 mod session;
