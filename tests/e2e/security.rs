@@ -1,7 +1,8 @@
 //! Trust: a revoked tablet is cut off on whichever node holds it and cannot come back; the
 //! application's database role cannot alter the audit log; a resident's export holds
 //! everything about them and erasure leaves no personal data outside what must be kept;
-//! hostile text (SQL in every field) is stored as text or refused, never executed.
+//! hostile text (SQL, a NUL, invalid UTF-8 in every field of every API, the admin commands and
+//! the transports) is stored as text or refused clearly, never executed.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use carebell_proto::console::v1::Disposition;
 use carebell_proto::device::v1::envelope::Body;
 use carebell_proto::device::v1::{Alarm, AlarmKind};
 use carebell_store::{NewContact, NewResident};
-use carebell_tests::{NodeOptions, TestNode};
+use carebell_tests::{NodeOptions, TestNode, PASSWORD};
 use firmware_sim::{SimError, Tablet, TabletEvent, TransportKind};
 use uuid::Uuid;
 
@@ -1065,5 +1066,2466 @@ async fn a_password_spray_from_one_address_is_stopped() {
     // Now even a real account with its right password is refused from this address.
     let outcome = sign_in_code(&channel, "sprayed", carebell_tests::PASSWORD).await;
     assert_eq!(outcome, tonic::Code::ResourceExhausted);
+    node.stop().await;
+}
+
+// =============================================================================================
+// Hostile text in every field a client or an administrator can send.
+//
+// Each field gets the SQL in `HOSTILE` and the NUL in `NUL`. A free-text field must store the
+// SQL exactly (read back from its table and compared) and refuse the NUL with
+// INVALID_ARGUMENT: PostgreSQL text cannot hold a NUL. An id, code or name that must match
+// something refuses both as malformed or unknown; a sign-in refuses both like any wrong name.
+// Nothing else may change: each test ends by checking that the tables, their columns, triggers
+// and functions, the supervisors and the rows of a `Bystander` (which no request names) are as
+// they were, and that the append-only logs only grew.
+//
+// Console, family and provider requests go through the browser bridge (`POST /api/...`), which
+// decodes the JSON into the gRPC request message and calls the same service in process (same
+// validation, same store calls); JSON can also carry a NUL, a lone surrogate or raw invalid
+// UTF-8. Over gRPC itself: `sql_in_text_fields_is_only_ever_text` (sign-in, the record read,
+// the call note) and the NUL and invalid UTF-8 cases below.
+//
+// | Field | Expected | Test (`hostile_text_in_…`) |
+// |---|---|---|
+// | **Console API** | | |
+// | `SignIn.username`, `SignIn.password` | refused like a wrong password | `…_console_…`; gRPC: `sql_in_text_fields_…` |
+// | `SetStatus.reason` | stored: `operators.status_reason` | `…_console_…` |
+// | `EndCall.note` | stored: `calls.note` | `sql_in_text_fields_…` (gRPC); NUL over gRPC and the bridge in `…_console_…` |
+// | `RecordAlarmAction.note` | stored: `alarm_actions.note` | `…_console_…` |
+// | `ResolveAlarm.note` | stored: `calls.note` | `…_console_…` |
+// | `Transfer.operator_username` | refused: no such operator | `…_console_…` |
+// | `Transfer.queue_id` | stored: `calls.queue_id` (queues named with the SQL exist); NUL refused | `…_console_…` |
+// | `SendRtcSignal.kind` | refused: unknown kind | `…_console_…` |
+// | `SendRtcSignal.payload` | relayed verbatim to the tablet (never stored) | `…_console_…` |
+// | `SuggestProviders.service_code`, `CreateOrder.service_code` | refused: unknown category | `…_console_…` |
+// | `CreateOrder.note` | stored: `orders.note` | `…_console_…` |
+// | `CancelOrder.reason` | stored: `orders.cancel_reason` | `…_console_…` |
+// | `RecordOrderCallBack.note` | stored: `orders.callback_note` | `…_console_…` |
+// | `ServiceReport.from`, `ServiceReport.to` | refused: not a date | `…_console_…` |
+// | every id: `Accept.offer_id`, `Decline.offer_id`, `EndCall.call_id`, `GetResident.resident_id`, `Transfer.call_id`, `RecordAlarmAction.call_id`, `ResolveAlarm.call_id`, `ReclaimCall.call_id`, `SuggestProviders.resident_id`, `CreateOrder.resident_id`, `CreateOrder.call_id`, `CancelOrder.order_id`, `RecordOrderCallBack.order_id`, `ListOrders.resident_id`, `ReinstateProvider.provider_id`, `ServiceReport.station_id`, `FamilyCascade.call_id`, `SendRtcSignal.call_id` | refused: malformed id | `…_console_…` |
+// | `Statistics`, `SetStatus.status`, dispositions, actions, outcomes | numbers: text is refused as invalid JSON for the call | `…_the_transports_…` |
+// | **Family API** | | |
+// | `SignIn.username`, `SignIn.password` | refused like a wrong password | `…_family_and_provider_…` |
+// | `SendMessage.text` | stored: `device_outbox.payload->>'text'`, and shown on the tablet exactly | `…_family_and_provider_…` |
+// | `SendMessage.resident_id`, `Relative.resident_id` | refused: malformed id | `…_family_and_provider_…` |
+// | `Acknowledge.alert_id`, `Alerts` stream `after_id` | numbers: text refused | `…_family_and_provider_…`, `…_the_transports_…` |
+// | **Provider API** | | |
+// | `SignIn.username`, `SignIn.password` | refused like a wrong password | `…_family_and_provider_…` |
+// | `Decline.reason` | stored: `order_offers.reason` | `…_family_and_provider_…` |
+// | `UpdateStatus.notes` | stored: `orders.completion_notes` | `…_family_and_provider_…` |
+// | `Accept.order_id`, `Accept.staff_id`, `Decline.order_id`, `AssignStaff.order_id`, `AssignStaff.staff_id`, `UpdateStatus.order_id` | refused: malformed id | `…_family_and_provider_…` |
+// | **Devices** | | |
+// | `Alarm.detail` | stored: `alarms.detail`; a NUL is stored as U+FFFD (the alarm itself must not be lost) | `…_device_…` |
+// | `Alarm.alarm_id`, `CallRequest.request_id`, `CallCancel.request_id`, `OrderRating.order_id`, `RtcSignal.call_id`, `RtcSignal.kind` | refused: `ERROR_CODE_INVALID_ARGUMENT`, acknowledged | `…_device_…` |
+// | `RtcSignal.payload` | relayed verbatim to the console (never stored) | `…_device_…` |
+// | `Hello.device_id` | refused: `BAD_CREDENTIALS` | `…_device_…` |
+// | `Hello.firmware_version`, `EnrolRequest.firmware_version` | never stored (a log field): the session or enrolment goes ahead | `…_device_…` |
+// | `EnrolRequest.code` | refused: `INVALID_ARGUMENT` | `…_device_…` |
+// | `Error.message` | never stored (logged, cut to 200 characters) | — |
+// | **`carebell admin`** (NUL cannot be passed in a process's arguments; files can hold one) | | |
+// | `add-station --name`; `fleet-provision --station-name` | stored: `stations.name` | `…_admin_…` |
+// | `add-resident --name --address --phone --dialect --medical-notes --risk-warnings --key-safe` | stored: `residents.*` | `…_admin_…` |
+// | `add-operator --display-name`, `add-family-account --display-name`, `services add-provider-account --display-name` | stored: `*.display_name` | `…_admin_…` |
+// | `add-operator --username`, `add-family-account --username`, `services add-provider-account --username` | refused: not a valid username | `…_admin_…` |
+// | `set-skills --skills` | stored lower-cased (skills compare so): `operators.skills` | `…_admin_…` |
+// | `set-skills --username`, `add-contact --family-account` | refused: no such account | `…_admin_…` |
+// | `add-contact --name --relationship --phone` | stored: `contacts.*` | `…_admin_…` |
+// | `add-contact --channels`, `services set-resident --tier`, `services add-provider --kind --services --hours`, `services statement --month` | refused: not one of the known values | `…_admin_…` |
+// | `revoke-device --device-id`, `enrolment-code --replaces`, `provision-device --device-id`, `issue-client-cert --device-id`, `fleet-provision --prefix` | refused: malformed or unknown device | `…_admin_…` |
+// | `revoke-device --reason` | stored: `devices.revoked_reason` | `…_admin_…` |
+// | `audit --actor` | a filter: matches nothing, changes nothing | `…_admin_…` |
+// | `services add-centre --name`, `services add-community --name` | stored: `centres.name`, `communities.name` | `…_admin_…` |
+// | `services add-provider --name --licence` | stored: `providers.name`, `providers.licence_no` | `…_admin_…` |
+// | `services add-staff --name --phone` | stored: `provider_staff.*` | `…_admin_…` |
+// | `services top-up --memo` | stored: `ledger_transactions.memo` | `…_admin_…` |
+// | `routing load --file` (queue ids) | stored: `routing_rules.body`; a NUL (`\u0000` in the JSON or TOML) or a file that is not UTF-8 refused, the rules in force kept | `…_admin_…` |
+// | `services policy --load` | refused: not a policy | `…_admin_…` |
+// | any argument that is not UTF-8 | refused by the argument parser | `…_admin_…` |
+// | `fleet-provision --seed`, `provision-device`/`enrolment-code --grpc-url`, `--websocket-url`, every `--password` | never stored (key derivation, the credentials file, the QR code, an argon2 hash) | `--seed`: `…_admin_…` |
+// | ids, dates and numbers (`--station`, `--resident`, `--provider`, `--from`, `--fen`, ...) | typed by the argument parser (UUID, date, integer) before anything runs | — |
+// | **Transports** | | |
+// | invalid UTF-8 or a lone surrogate in a bridge body | `invalid_argument` | `…_the_transports_…` |
+// | the bridge's `/api/{service}/{method}` path | compared with fixed names, never stored | — |
+// | invalid UTF-8 in a gRPC string | `INTERNAL` from the protobuf decoder, as gRPC prescribes for a request that does not parse; never reaches the service | `…_the_transports_…` |
+// | stream query parameters (`token`, `after_id`): SQL, NUL, percent-encoding that is not UTF-8 (decoded as U+FFFD) | an error frame: `unauthenticated`, `invalid_argument` | `…_the_transports_…` |
+// | invalid UTF-8 in a device frame | `ERROR_CODE_MALFORMED_FRAME` | `bad_input.rs` (garbage frames) |
+
+/// SQL that would drop a table, widen a condition or stall the database if it were ever spliced
+/// into a statement.
+const HOSTILE: &[&str] = &[
+    "'); DROP TABLE audit_log; --",
+    "' OR '1'='1",
+    "\\'; SELECT pg_sleep(5); --",
+];
+
+/// A NUL character followed by SQL: PostgreSQL text cannot hold it, and C code stops at it.
+const NUL: &str = "nul\0'); DROP TABLE events; --";
+
+/// Every hostile text: the SQL, then the NUL.
+fn hostile_and_nul() -> impl Iterator<Item = &'static str> {
+    HOSTILE.iter().copied().chain([NUL])
+}
+
+/// A client of the browser bridge (`POST /api/{service}/{Method}` with JSON): one TLS connection
+/// per request, HTTP/1.1 by hand.
+struct Bridge {
+    config: std::sync::Arc<rustls::ClientConfig>,
+    tls: tokio_rustls::TlsConnector,
+    port: u16,
+}
+
+/// A request the service refused: the code's name (`invalid_argument`, ...) and the message.
+#[derive(Debug)]
+struct Refusal {
+    code: String,
+    message: String,
+}
+
+type Answer = Result<serde_json::Value, Refusal>;
+
+impl Bridge {
+    fn new(node: &TestNode) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(node.ca_pem.as_bytes())
+        {
+            roots.add(certificate.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let port = node
+            .web_url
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .unwrap();
+        let config = std::sync::Arc::new(config);
+        Self {
+            tls: tokio_rustls::TlsConnector::from(config.clone()),
+            config,
+            port,
+        }
+    }
+
+    /// Sends `head` and `body`; returns the status code and the response's body.
+    async fn exchange(&self, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut stream = self.tls.connect(name, tcp).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(body).await.unwrap();
+        stream.flush().await.unwrap();
+        let mut response = Vec::new();
+        // The server may close without a TLS close_notify: what arrived is kept.
+        let _ = stream.read_to_end(&mut response).await;
+        let split = response
+            .windows(4)
+            .position(|window| window == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no HTTP response: {response:?}"));
+        let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|status| status.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {head}"));
+        let mut body = response[split + 4..].to_vec();
+        if head.contains("transfer-encoding: chunked") {
+            body = dechunk(&body);
+        }
+        (status, body)
+    }
+
+    /// Posts `body` (any bytes) to `/api/{service}/{method}`.
+    async fn post(&self, service: &str, method: &str, token: Option<&str>, body: &[u8]) -> Answer {
+        let authorization = token
+            .map(|token| format!("authorization: Bearer {token}\r\n"))
+            .unwrap_or_default();
+        let head = format!(
+            "POST /api/{service}/{method} HTTP/1.1\r\nhost: localhost\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n{authorization}\
+             connection: close\r\n\r\n",
+            body.len()
+        );
+        let (status, response) = self.exchange(&head, body).await;
+        assert_eq!(
+            status,
+            200,
+            "{service}/{method}: {}",
+            String::from_utf8_lossy(&response)
+        );
+        let answer: serde_json::Value = serde_json::from_slice(&response).unwrap();
+        match answer.get("error") {
+            None => Ok(answer),
+            Some(error) => Err(Refusal {
+                code: error["code"].as_str().unwrap_or_default().to_owned(),
+                message: error["message"].as_str().unwrap_or_default().to_owned(),
+            }),
+        }
+    }
+
+    /// Calls `service`/`method` with `request`, as a signed-in session (waiting out its rate
+    /// limit: these tests make more requests than its burst) or anonymously.
+    async fn call(
+        &self,
+        service: &str,
+        method: &str,
+        token: Option<&str>,
+        request: serde_json::Value,
+    ) -> Answer {
+        let body = request.to_string();
+        loop {
+            match self.post(service, method, token, body.as_bytes()).await {
+                Err(refusal) if refusal.code == "resource_exhausted" && token.is_some() => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                answer => return answer,
+            }
+        }
+    }
+
+    /// Signs in to `service` (password [`PASSWORD`]); returns the token.
+    async fn sign_in(&self, service: &str, username: &str) -> String {
+        let answer = self
+            .call(
+                service,
+                "SignIn",
+                None,
+                serde_json::json!({ "username": username, "password": PASSWORD }),
+            )
+            .await
+            .unwrap_or_else(|refusal| panic!("{service} sign-in as {username}: {refusal:?}"));
+        answer["token"].as_str().unwrap().to_owned()
+    }
+}
+
+/// The body of a chunked HTTP response.
+fn dechunk(mut chunked: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Some(end) = chunked.windows(2).position(|window| window == b"\r\n") {
+        let size = usize::from_str_radix(
+            String::from_utf8_lossy(&chunked[..end])
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim(),
+            16,
+        )
+        .unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = end + 2;
+        body.extend_from_slice(&chunked[start..start + size]);
+        chunked = &chunked[(start + size + 2).min(chunked.len())..];
+    }
+    body
+}
+
+/// Panics unless the request succeeded.
+fn accepted(field: &str, sent: &str, answer: Answer) -> serde_json::Value {
+    answer.unwrap_or_else(|refusal| panic!("{field} = {sent:?} was refused: {refusal:?}"))
+}
+
+/// Panics unless the request was refused with one of `codes` (never a server error).
+fn refused(field: &str, sent: &str, answer: Answer, codes: &[&str]) {
+    match answer {
+        Err(refusal) if codes.contains(&refusal.code.as_str()) => {
+            assert!(
+                !refusal.message.is_empty(),
+                "{field}: refused without a reason"
+            );
+        }
+        other => panic!("{field} = {sent:?}: expected a refusal {codes:?}, got {other:?}"),
+    }
+}
+
+/// One text value read back: `sql` with `$1` bound to `key`.
+async fn stored(pool: &sqlx::PgPool, sql: &str, key: &str) -> String {
+    sqlx::query_scalar(sql)
+        .bind(key)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|error| panic!("{sql} ({key}): {error}"))
+}
+
+/// A count: `sql` with `$1` bound to `key`.
+async fn counted(pool: &sqlx::PgPool, sql: &str, key: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(key)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|error| panic!("{sql} ({key}): {error}"))
+}
+
+/// Rows that no request in these tests names: a resident with a contact and its family account,
+/// an operator, and a provider (far from every other resident) with staff and an account.
+struct Bystander {
+    resident: Uuid,
+    family: Uuid,
+    operator: Uuid,
+    provider: Uuid,
+}
+
+/// What SQL that escaped into a statement would change.
+#[derive(Debug, PartialEq, Eq)]
+struct Untouched {
+    /// Tables and columns, triggers (and whether they are enabled), functions (and their code).
+    schema: Vec<String>,
+    supervisors: Vec<String>,
+    bystander: Vec<String>,
+}
+
+impl Bystander {
+    async fn add(store: &carebell_store::Store) -> Self {
+        let station = store.add_station("旁观站").await.unwrap();
+        let resident = store
+            .add_resident(&NewResident {
+                station_id: station,
+                full_name: "旁观者".to_owned(),
+                address: "旁观路 1 号".to_owned(),
+                phone: "+86 138 1111 2222".to_owned(),
+                medical_notes: "none".to_owned(),
+                ..NewResident::default()
+            })
+            .await
+            .unwrap();
+        let hash = carebell_gateway::console::hash_password(PASSWORD).unwrap();
+        let family = store
+            .add_family_account("bystander-family", "旁观家属", &hash)
+            .await
+            .unwrap();
+        store
+            .add_contact(&NewContact {
+                resident_id: resident,
+                name: "旁观家属".to_owned(),
+                relationship: "女儿".to_owned(),
+                phone: "139 0000 1111".to_owned(),
+                holds_keys: true,
+                position: Some(1),
+                family_account_id: Some(family),
+                channels: vec!["app".to_owned()],
+            })
+            .await
+            .unwrap();
+        let operator = store
+            .add_operator("bystander-op", "旁观接线员", &hash)
+            .await
+            .unwrap();
+        let provider = crate::orders::provider(
+            store,
+            "旁观家政",
+            (40.0, 116.0),
+            1000,
+            vec![],
+            &[("housekeeping", 1000)],
+        )
+        .await;
+        store.add_staff(provider, "旁观师傅", "137").await.unwrap();
+        store
+            .add_provider_account(provider, "bystander-provider", "旁观调度", &hash)
+            .await
+            .unwrap();
+        Self {
+            resident,
+            family,
+            operator,
+            provider,
+        }
+    }
+
+    async fn untouched(&self, pool: &sqlx::PgPool) -> Untouched {
+        let schema: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name || '.' || column_name || ' ' || data_type
+               FROM information_schema.columns WHERE table_schema = current_schema()
+             UNION ALL
+             SELECT 'trigger ' || tgrelid::regclass::text || '.' || tgname || ' ' || tgenabled::text
+               FROM pg_trigger WHERE NOT tgisinternal
+             UNION ALL
+             SELECT 'function ' || proname || ' ' || md5(prosrc)
+               FROM pg_proc WHERE pronamespace = current_schema()::regnamespace
+             ORDER BY 1",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let supervisors: Vec<String> = sqlx::query_scalar(
+            "SELECT username FROM operators WHERE 'supervisor' = ANY(skills) ORDER BY 1",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let mut bystander: Vec<String> = sqlx::query_scalar(
+            "SELECT to_jsonb(t)::text FROM residents t WHERE id = $1
+             UNION ALL SELECT to_jsonb(t)::text FROM stations t
+                 WHERE id = (SELECT station_id FROM residents WHERE id = $1)
+             UNION ALL SELECT to_jsonb(t)::text FROM contacts t WHERE resident_id = $1
+             UNION ALL SELECT to_jsonb(t)::text FROM family_accounts t WHERE id = $2
+             UNION ALL SELECT to_jsonb(t)::text FROM operators t WHERE id = $3
+             UNION ALL SELECT to_jsonb(t)::text FROM providers t WHERE id = $4
+             UNION ALL SELECT to_jsonb(t)::text FROM provider_staff t WHERE provider_id = $4
+             UNION ALL SELECT to_jsonb(t)::text FROM provider_accounts t WHERE provider_id = $4
+             UNION ALL SELECT to_jsonb(t)::text FROM provider_services t WHERE provider_id = $4",
+        )
+        .bind(self.resident)
+        .bind(self.family)
+        .bind(self.operator)
+        .bind(self.provider)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        bystander.sort();
+        assert_eq!(bystander.len(), 9, "{bystander:?}");
+        Untouched {
+            schema,
+            supervisors,
+            bystander,
+        }
+    }
+
+    /// The rows of the append-only logs (audit log, event log).
+    async fn log_rows(pool: &sqlx::PgPool) -> (i64, i64) {
+        sqlx::query_as("SELECT (SELECT count(*) FROM audit_log), (SELECT count(*) FROM events)")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    /// Nothing changed since `before` but what the requests were meant to change.
+    async fn assert_untouched(&self, pool: &sqlx::PgPool, before: &Untouched, logs: (i64, i64)) {
+        assert_eq!(&self.untouched(pool).await, before);
+        let now = Self::log_rows(pool).await;
+        assert!(
+            now.0 >= logs.0 && now.1 >= logs.1,
+            "{logs:?} became {now:?}"
+        );
+    }
+}
+
+/// An SOS from `tablet`, accepted by `console`'s operator; returns the call id.
+async fn held_alarm(tablet: &Tablet, console: &mut carebell_tests::Console) -> String {
+    tablet
+        .send(Body::Alarm(Alarm {
+            alarm_id: Uuid::new_v4().simple().to_string(),
+            kind: AlarmKind::Sos as i32,
+            raised_at_ms: chrono::Utc::now().timestamp_millis(),
+            detail: String::new(),
+        }))
+        .await
+        .unwrap();
+    let offer = console
+        .next_offer(Duration::from_secs(10))
+        .await
+        .expect("the alarm is offered");
+    console.client.accept(&offer.offer_id).await.unwrap();
+    offer.call_id
+}
+
+/// The next event of `tablet` that `pick` takes.
+async fn next_tablet<T>(tablet: &mut Tablet, mut pick: impl FnMut(TabletEvent) -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let event = tablet
+            .next_event(left)
+            .await
+            .expect("the tablet heard nothing");
+        if let Some(picked) = pick(event) {
+            return picked;
+        }
+    }
+}
+
+/// The payload of the next voice signal the tablet hears.
+async fn tablet_rtc_payload(tablet: &mut Tablet) -> String {
+    next_tablet(tablet, |event| match event {
+        TabletEvent::RtcSignal(signal) => Some(signal.payload),
+        _ => None,
+    })
+    .await
+}
+
+/// An order for `resident` that `provider` has accepted, gone to and completed.
+async fn completed_order(
+    store: &carebell_store::Store,
+    resident: Uuid,
+    provider: Uuid,
+    staff: Uuid,
+) -> Uuid {
+    use carebell_store::ProgressReport;
+    let order_id = offered_order(store, resident).await;
+    store
+        .accept_order(provider, order_id, staff, 30)
+        .await
+        .unwrap();
+    for report in [
+        ProgressReport::EnRoute,
+        ProgressReport::Arrived { position: None },
+        ProgressReport::Completed {
+            notes: String::new(),
+            duration_minutes: 30,
+        },
+    ] {
+        store
+            .report_progress(provider, order_id, report)
+            .await
+            .unwrap();
+    }
+    order_id
+}
+
+/// A housekeeping order for `resident`, offered to the provider that covers them.
+async fn offered_order(store: &carebell_store::Store, resident: Uuid) -> Uuid {
+    store
+        .create_order(&carebell_store::NewOrder {
+            resident_id: resident,
+            service_code: "housekeeping".to_owned(),
+            call_id: None,
+            note: String::new(),
+            operator_id: None,
+        })
+        .await
+        .unwrap()
+        .order_id
+}
+
+/// Refuses hostile text in each of `fields` (name, method, request with `ID` where the text
+/// goes) as a malformed id.
+async fn ids_refused(bridge: &Bridge, service: &str, token: &str, fields: &[(&str, &str, String)]) {
+    for (field, method, template) in fields {
+        for text in hostile_and_nul() {
+            let request = template.replace("ID", &serde_json::to_string(text).unwrap());
+            let request: serde_json::Value = serde_json::from_str(&request).unwrap();
+            refused(
+                field,
+                text,
+                bridge.call(service, method, Some(token), request).await,
+                &["invalid_argument"],
+            );
+        }
+    }
+}
+
+/// Sign-in with hostile text as the name or the password: refused like a wrong password (or,
+/// once the address has failed too often, like a locked one); a NUL as malformed.
+async fn sign_ins_refused(bridge: &Bridge, service: &str, username: &str) {
+    for text in hostile_and_nul() {
+        for (field, request) in [
+            (
+                "SignIn.username",
+                serde_json::json!({ "username": text, "password": PASSWORD }),
+            ),
+            (
+                "SignIn.password",
+                serde_json::json!({ "username": username, "password": text }),
+            ),
+        ] {
+            refused(
+                &format!("{service} {field}"),
+                text,
+                bridge.call(service, "SignIn", None, request).await,
+                &["unauthenticated", "resource_exhausted", "invalid_argument"],
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_text_in_every_console_field_is_stored_verbatim_or_refused() {
+    use serde_json::json;
+    let node = TestNode::start(NodeOptions::default()).await;
+    let (store, pool) = (&node.store, node.store.pool());
+    let bridge = Bridge::new(&node);
+    let bystander = Bystander::add(store).await;
+    let station = node.station().await;
+    let resident = crate::orders::resident_at(
+        store,
+        station,
+        "敌意文本",
+        Some(crate::orders::HOME),
+        carebell_domain::orders::EntitlementTier::Market,
+    )
+    .await;
+    let provider = crate::orders::provider(
+        store,
+        "近邻家政",
+        (22.551, 114.25),
+        3000,
+        vec![],
+        &[("housekeeping", 5000)],
+    )
+    .await;
+    let staff = store.add_staff(provider, "李师傅", "").await.unwrap();
+    // Queues named with the SQL, for transfers to them.
+    let mut rules = serde_json::to_value(store.routing_rules().await.unwrap().rules()).unwrap();
+    for id in HOSTILE {
+        rules["queues"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({ "id": id, "steps": [{ "after_secs": 0 }] }));
+    }
+    store
+        .load_routing_rules(&rules.to_string(), "test")
+        .await
+        .unwrap();
+    let mut console = node.available_operator("hostile-op", "敌意接线员").await;
+    let op = bridge.sign_in("console", "hostile-op").await;
+    node.operator_account("hostile-supervisor", "主管").await;
+    store
+        .set_operator_skills("hostile-supervisor", &["supervisor".to_owned()])
+        .await
+        .unwrap();
+    let supervisor = bridge.sign_in("console", "hostile-supervisor").await;
+    node.operator_account("status-op", "状态").await;
+    let status_op = bridge.sign_in("console", "status-op").await;
+    let mut tablet = Tablet::connect(&firmware_sim::TabletConfig::new(
+        node.provision(resident).await,
+        TransportKind::WebSocket,
+    ))
+    .await
+    .unwrap();
+    let before = bystander.untouched(pool).await;
+    let logs = Bystander::log_rows(pool).await;
+
+    // SetStatus.reason, kept with the change (an unchanged status keeps its old reason, so the
+    // status alternates: away, available, away).
+    for (n, text) in HOSTILE.iter().enumerate() {
+        let status = if n % 2 == 0 { 3 } else { 2 };
+        let request = json!({ "status": status, "reason": text });
+        let answer = bridge
+            .call("console", "SetStatus", Some(&status_op), request)
+            .await;
+        accepted("SetStatus.reason", text, answer);
+        let reason = stored(
+            pool,
+            "SELECT status_reason FROM operators WHERE username = $1",
+            "status-op",
+        )
+        .await;
+        assert_eq!(reason, *text);
+    }
+    let request = json!({ "status": 2, "reason": NUL });
+    let answer = bridge
+        .call("console", "SetStatus", Some(&status_op), request)
+        .await;
+    refused("SetStatus.reason", NUL, answer, &["invalid_argument"]);
+    let status = stored(
+        pool,
+        "SELECT status FROM operators WHERE username = $1",
+        "status-op",
+    )
+    .await;
+    assert_eq!(status, "away", "the refused change changed the status");
+
+    // Handling an alarm: an action's note, a voice signal, transfers, the resolution's note.
+    for text in HOSTILE {
+        let call_id = held_alarm(&tablet, &mut console).await;
+        let request = json!({ "call_id": call_id, "action": 1, "note": text });
+        let answer = bridge
+            .call("console", "RecordAlarmAction", Some(&op), request)
+            .await;
+        accepted("RecordAlarmAction.note", text, answer);
+        let note = stored(
+            pool,
+            "SELECT note FROM alarm_actions WHERE call_id = $1::uuid ORDER BY id DESC LIMIT 1",
+            &call_id,
+        )
+        .await;
+        assert_eq!(note, *text);
+        let request = json!({ "call_id": call_id, "kind": text, "payload": "" });
+        let answer = bridge
+            .call("console", "SendRtcSignal", Some(&op), request)
+            .await;
+        refused("SendRtcSignal.kind", text, answer, &["invalid_argument"]);
+        let request = json!({ "call_id": call_id, "kind": "candidate", "payload": text });
+        let answer = bridge
+            .call("console", "SendRtcSignal", Some(&op), request)
+            .await;
+        accepted("SendRtcSignal.payload", text, answer);
+        assert_eq!(tablet_rtc_payload(&mut tablet).await, *text);
+        let request = json!({ "call_id": call_id, "target": { "operator_username": text } });
+        let answer = bridge.call("console", "Transfer", Some(&op), request).await;
+        refused("Transfer.operator_username", text, answer, &["not_found"]);
+        let request = json!({ "call_id": call_id, "target": { "queue_id": text } });
+        let answer = bridge.call("console", "Transfer", Some(&op), request).await;
+        accepted("Transfer.queue_id", text, answer);
+        let queue = stored(
+            pool,
+            "SELECT queue_id FROM calls WHERE id = $1::uuid",
+            &call_id,
+        )
+        .await;
+        assert_eq!(queue, *text);
+        // Offered again from that queue.
+        let offer = console
+            .next_offer(Duration::from_secs(10))
+            .await
+            .expect("the transferred call is offered again");
+        assert_eq!(offer.call_id, call_id);
+        console.client.accept(&offer.offer_id).await.unwrap();
+        let request = json!({ "call_id": call_id, "outcome": 1, "note": text });
+        let answer = bridge
+            .call("console", "ResolveAlarm", Some(&op), request)
+            .await;
+        accepted("ResolveAlarm.note", text, answer);
+        let note = stored(pool, "SELECT note FROM calls WHERE id = $1::uuid", &call_id).await;
+        assert_eq!(note, *text);
+    }
+    // A NUL in each: refused, the call still held and unchanged.
+    let call_id = held_alarm(&tablet, &mut console).await;
+    for (field, method, request, codes) in [
+        (
+            "RecordAlarmAction.note",
+            "RecordAlarmAction",
+            json!({ "call_id": call_id, "action": 1, "note": NUL }),
+            &["invalid_argument"][..],
+        ),
+        (
+            "ResolveAlarm.note",
+            "ResolveAlarm",
+            json!({ "call_id": call_id, "outcome": 1, "note": NUL }),
+            &["invalid_argument"],
+        ),
+        (
+            "EndCall.note",
+            "EndCall",
+            json!({ "call_id": call_id, "disposition": 3, "note": NUL }),
+            &["invalid_argument"],
+        ),
+        (
+            "Transfer.operator_username",
+            "Transfer",
+            json!({ "call_id": call_id, "target": { "operator_username": NUL } }),
+            &["invalid_argument", "not_found"],
+        ),
+        (
+            "Transfer.queue_id",
+            "Transfer",
+            json!({ "call_id": call_id, "target": { "queue_id": NUL } }),
+            &["invalid_argument", "failed_precondition"],
+        ),
+        (
+            "SendRtcSignal.kind",
+            "SendRtcSignal",
+            json!({ "call_id": call_id, "kind": NUL, "payload": "" }),
+            &["invalid_argument"],
+        ),
+    ] {
+        let answer = bridge.call("console", method, Some(&op), request).await;
+        refused(field, NUL, answer, codes);
+    }
+    // Over gRPC too.
+    let refusal = console
+        .client
+        .end_call(&call_id, Disposition::Information, NUL)
+        .await
+        .unwrap_err();
+    assert_eq!(refusal.code(), tonic::Code::InvalidArgument, "{refusal:?}");
+    let (state, queue, actions): (String, String, i64) = sqlx::query_as(
+        "SELECT state, queue_id, (SELECT count(*) FROM alarm_actions WHERE call_id = calls.id)
+         FROM calls WHERE id = $1::uuid",
+    )
+    .bind(&call_id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (state.as_str(), queue.as_str(), actions),
+        ("answered", "emergency", 0)
+    );
+    // A voice signal's payload is relayed, not stored: a NUL arrives as sent.
+    let request = json!({ "call_id": call_id, "kind": "candidate", "payload": NUL });
+    let answer = bridge
+        .call("console", "SendRtcSignal", Some(&op), request)
+        .await;
+    accepted("SendRtcSignal.payload", NUL, answer);
+    assert_eq!(tablet_rtc_payload(&mut tablet).await, NUL);
+    console
+        .client
+        .resolve_alarm(
+            &call_id,
+            carebell_proto::console::v1::AlarmOutcome::FalseAlarm,
+            "",
+        )
+        .await
+        .unwrap();
+    // No more offers for this operator: the orders' call-backs must wait.
+    console
+        .client
+        .set_status(carebell_proto::console::v1::OperatorStatus::Away)
+        .await
+        .unwrap();
+
+    // Orders: the note of a new one, the reason for cancelling it, the call-back's note.
+    for text in HOSTILE {
+        let request = json!({
+            "resident_id": resident, "service_code": "housekeeping", "note": text
+        });
+        let answer = bridge
+            .call("console", "CreateOrder", Some(&op), request)
+            .await;
+        let order_id = accepted("CreateOrder.note", text, answer)["order_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let note = stored(
+            pool,
+            "SELECT note FROM orders WHERE id = $1::uuid",
+            &order_id,
+        )
+        .await;
+        assert_eq!(note, *text);
+        let request = json!({ "order_id": order_id, "reason": text });
+        let answer = bridge
+            .call("console", "CancelOrder", Some(&op), request)
+            .await;
+        accepted("CancelOrder.reason", text, answer);
+        let reason = stored(
+            pool,
+            "SELECT cancel_reason FROM orders WHERE id = $1::uuid",
+            &order_id,
+        )
+        .await;
+        assert_eq!(reason, *text);
+        let order_id = completed_order(store, resident, provider, staff)
+            .await
+            .to_string();
+        let request = json!({ "order_id": order_id, "note": text });
+        let answer = bridge
+            .call("console", "RecordOrderCallBack", Some(&op), request)
+            .await;
+        accepted("RecordOrderCallBack.note", text, answer);
+        let note = stored(
+            pool,
+            "SELECT callback_note FROM orders WHERE id = $1::uuid",
+            &order_id,
+        )
+        .await;
+        assert_eq!(note, *text);
+    }
+    let count_orders = "SELECT count(*) FROM orders WHERE resident_id = $1::uuid";
+    let orders_before = counted(pool, count_orders, &resident.to_string()).await;
+    let request = json!({ "resident_id": resident, "service_code": "housekeeping", "note": NUL });
+    let answer = bridge
+        .call("console", "CreateOrder", Some(&op), request)
+        .await;
+    refused("CreateOrder.note", NUL, answer, &["invalid_argument"]);
+    assert_eq!(
+        counted(pool, count_orders, &resident.to_string()).await,
+        orders_before
+    );
+    let open = offered_order(store, resident).await.to_string();
+    let request = json!({ "order_id": open, "reason": NUL });
+    let answer = bridge
+        .call("console", "CancelOrder", Some(&op), request)
+        .await;
+    refused("CancelOrder.reason", NUL, answer, &["invalid_argument"]);
+    let state = stored(pool, "SELECT state FROM orders WHERE id = $1::uuid", &open).await;
+    assert_eq!(state, "offered");
+    let done = completed_order(store, resident, provider, staff)
+        .await
+        .to_string();
+    let request = json!({ "order_id": done, "note": NUL });
+    let answer = bridge
+        .call("console", "RecordOrderCallBack", Some(&op), request)
+        .await;
+    refused(
+        "RecordOrderCallBack.note",
+        NUL,
+        answer,
+        &["invalid_argument"],
+    );
+    let state = stored(pool, "SELECT state FROM orders WHERE id = $1::uuid", &done).await;
+    assert_eq!(state, "completed");
+    // Codes and dates that must match something.
+    for text in hostile_and_nul() {
+        let request = json!({ "resident_id": resident, "service_code": text });
+        let answer = bridge
+            .call("console", "CreateOrder", Some(&op), request)
+            .await;
+        refused(
+            "CreateOrder.service_code",
+            text,
+            answer,
+            &["invalid_argument"],
+        );
+        let request = json!({ "resident_id": resident, "service_code": text });
+        let answer = bridge
+            .call("console", "SuggestProviders", Some(&op), request)
+            .await;
+        refused(
+            "SuggestProviders.service_code",
+            text,
+            answer,
+            &["invalid_argument"],
+        );
+        for (field, request) in [
+            (
+                "ServiceReport.from",
+                json!({ "from": text, "to": "2026-01-02" }),
+            ),
+            (
+                "ServiceReport.to",
+                json!({ "from": "2026-01-01", "to": text }),
+            ),
+        ] {
+            let answer = bridge
+                .call("console", "ServiceReport", Some(&supervisor), request)
+                .await;
+            refused(field, text, answer, &["invalid_argument"]);
+        }
+    }
+    assert_eq!(
+        counted(pool, count_orders, &resident.to_string()).await,
+        orders_before + 2
+    );
+
+    // Every id: refused as malformed.
+    let r = resident.to_string();
+    ids_refused(
+        &bridge,
+        "console",
+        &op,
+        &[
+            (
+                "Accept.offer_id",
+                "Accept",
+                r#"{"offer_id": ID}"#.to_owned(),
+            ),
+            (
+                "Decline.offer_id",
+                "Decline",
+                r#"{"offer_id": ID}"#.to_owned(),
+            ),
+            (
+                "EndCall.call_id",
+                "EndCall",
+                r#"{"call_id": ID, "disposition": 3}"#.to_owned(),
+            ),
+            (
+                "GetResident.resident_id",
+                "GetResident",
+                r#"{"resident_id": ID}"#.to_owned(),
+            ),
+            (
+                "Transfer.call_id",
+                "Transfer",
+                r#"{"call_id": ID, "target": {"queue_id": "calls"}}"#.to_owned(),
+            ),
+            (
+                "RecordAlarmAction.call_id",
+                "RecordAlarmAction",
+                r#"{"call_id": ID, "action": 1}"#.to_owned(),
+            ),
+            (
+                "ResolveAlarm.call_id",
+                "ResolveAlarm",
+                r#"{"call_id": ID, "outcome": 1}"#.to_owned(),
+            ),
+            (
+                "SuggestProviders.resident_id",
+                "SuggestProviders",
+                r#"{"resident_id": ID, "service_code": "housekeeping"}"#.to_owned(),
+            ),
+            (
+                "CreateOrder.resident_id",
+                "CreateOrder",
+                r#"{"resident_id": ID, "service_code": "housekeeping"}"#.to_owned(),
+            ),
+            (
+                "CreateOrder.call_id",
+                "CreateOrder",
+                format!(
+                    r#"{{"resident_id": "{r}", "service_code": "housekeeping", "call_id": ID}}"#
+                ),
+            ),
+            (
+                "CancelOrder.order_id",
+                "CancelOrder",
+                r#"{"order_id": ID, "reason": "x"}"#.to_owned(),
+            ),
+            (
+                "RecordOrderCallBack.order_id",
+                "RecordOrderCallBack",
+                r#"{"order_id": ID}"#.to_owned(),
+            ),
+            (
+                "ListOrders.resident_id",
+                "ListOrders",
+                r#"{"resident_id": ID}"#.to_owned(),
+            ),
+            (
+                "FamilyCascade.call_id",
+                "FamilyCascade",
+                r#"{"call_id": ID}"#.to_owned(),
+            ),
+            (
+                "SendRtcSignal.call_id",
+                "SendRtcSignal",
+                r#"{"call_id": ID, "kind": "candidate"}"#.to_owned(),
+            ),
+        ],
+    )
+    .await;
+    ids_refused(
+        &bridge,
+        "console",
+        &supervisor,
+        &[
+            (
+                "ReclaimCall.call_id",
+                "ReclaimCall",
+                r#"{"call_id": ID}"#.to_owned(),
+            ),
+            (
+                "ReinstateProvider.provider_id",
+                "ReinstateProvider",
+                r#"{"provider_id": ID}"#.to_owned(),
+            ),
+            (
+                "ServiceReport.station_id",
+                "ServiceReport",
+                r#"{"from": "2026-01-01", "to": "2026-01-02", "station_id": ID}"#.to_owned(),
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(
+        counted(pool, count_orders, &resident.to_string()).await,
+        orders_before + 2
+    );
+
+    sign_ins_refused(&bridge, "console", "hostile-op").await;
+    bystander.assert_untouched(pool, &before, logs).await;
+    tablet.close().await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_text_in_every_family_and_provider_field_is_stored_verbatim_or_refused() {
+    use serde_json::json;
+    let node = TestNode::start(NodeOptions::default()).await;
+    let (store, pool) = (&node.store, node.store.pool());
+    let bridge = Bridge::new(&node);
+    let bystander = Bystander::add(store).await;
+    let station = node.station().await;
+    let resident = crate::orders::resident_at(
+        store,
+        station,
+        "敌意文本",
+        Some(crate::orders::HOME),
+        carebell_domain::orders::EntitlementTier::Market,
+    )
+    .await;
+    let hash = carebell_gateway::console::hash_password(PASSWORD).unwrap();
+    let account = store
+        .add_family_account("hostile-family", "家属", &hash)
+        .await
+        .unwrap();
+    store
+        .add_contact(&NewContact {
+            resident_id: resident,
+            name: "家属".to_owned(),
+            relationship: "儿子".to_owned(),
+            phone: String::new(),
+            holds_keys: false,
+            position: Some(1),
+            family_account_id: Some(account),
+            channels: vec!["app".to_owned()],
+        })
+        .await
+        .unwrap();
+    let provider = crate::orders::provider(
+        store,
+        "近邻家政",
+        (22.551, 114.25),
+        3000,
+        vec![],
+        &[("housekeeping", 5000)],
+    )
+    .await;
+    let staff = store.add_staff(provider, "李师傅", "").await.unwrap();
+    store
+        .add_provider_account(provider, "hostile-provider", "调度", &hash)
+        .await
+        .unwrap();
+    let family = bridge.sign_in("family", "hostile-family").await;
+    let dispatcher = bridge.sign_in("provider", "hostile-provider").await;
+    let credentials = node.provision(resident).await;
+    let device_id = credentials.device_id.clone();
+    let mut tablet = Tablet::connect(&firmware_sim::TabletConfig::new(
+        credentials,
+        TransportKind::WebSocket,
+    ))
+    .await
+    .unwrap();
+    let before = bystander.untouched(pool).await;
+    let logs = Bystander::log_rows(pool).await;
+
+    // A family member's message: kept for the tablet and shown on it exactly.
+    let last_notice =
+        "SELECT payload->>'text' FROM device_outbox WHERE device_id = $1 AND kind = 'notice'
+         ORDER BY id DESC LIMIT 1";
+    for text in HOSTILE {
+        let request = json!({ "resident_id": resident, "text": text });
+        let answer = bridge
+            .call("family", "SendMessage", Some(&family), request)
+            .await;
+        accepted("SendMessage.text", text, answer);
+        assert_eq!(stored(pool, last_notice, &device_id).await, *text);
+        let shown = next_tablet(&mut tablet, |event| match event {
+            TabletEvent::Notice(notice) => Some(notice.text),
+            _ => None,
+        })
+        .await;
+        assert_eq!(shown, *text);
+    }
+    let count_outbox = "SELECT count(*) FROM device_outbox WHERE device_id = $1";
+    let outbox = counted(pool, count_outbox, &device_id).await;
+    let request = json!({ "resident_id": resident, "text": NUL });
+    let answer = bridge
+        .call("family", "SendMessage", Some(&family), request)
+        .await;
+    refused("SendMessage.text", NUL, answer, &["invalid_argument"]);
+    assert_eq!(counted(pool, count_outbox, &device_id).await, outbox);
+    ids_refused(
+        &bridge,
+        "family",
+        &family,
+        &[
+            (
+                "SendMessage.resident_id",
+                "SendMessage",
+                r#"{"resident_id": ID, "text": "hello"}"#.to_owned(),
+            ),
+            (
+                "Relative.resident_id",
+                "Relative",
+                r#"{"resident_id": ID}"#.to_owned(),
+            ),
+            // A number: text is not valid JSON for the call.
+            (
+                "Acknowledge.alert_id",
+                "Acknowledge",
+                r#"{"alert_id": ID}"#.to_owned(),
+            ),
+        ],
+    )
+    .await;
+
+    // A provider's reason for declining, and its notes on completing.
+    for text in HOSTILE {
+        let order_id = offered_order(store, resident).await.to_string();
+        let request = json!({ "order_id": order_id, "reason": text });
+        let answer = bridge
+            .call("provider", "Decline", Some(&dispatcher), request)
+            .await;
+        accepted("Decline.reason", text, answer);
+        let reason = stored(
+            pool,
+            "SELECT reason FROM order_offers WHERE order_id = $1::uuid AND state = 'declined'",
+            &order_id,
+        )
+        .await;
+        assert_eq!(reason, *text);
+        let order_id = offered_order(store, resident).await.to_string();
+        for request in [
+            json!({ "order_id": order_id, "staff_id": staff, "eta_minutes": 30 }),
+            json!({ "order_id": order_id, "status": 1 }),
+            json!({ "order_id": order_id, "status": 2 }),
+        ] {
+            let method = if request.get("staff_id").is_some() {
+                "Accept"
+            } else {
+                "UpdateStatus"
+            };
+            let answer = bridge
+                .call("provider", method, Some(&dispatcher), request)
+                .await;
+            accepted(method, "", answer);
+        }
+        let request = json!({
+            "order_id": order_id, "status": 3, "notes": text, "duration_minutes": 30
+        });
+        let answer = bridge
+            .call("provider", "UpdateStatus", Some(&dispatcher), request)
+            .await;
+        accepted("UpdateStatus.notes", text, answer);
+        let notes = stored(
+            pool,
+            "SELECT completion_notes FROM orders WHERE id = $1::uuid",
+            &order_id,
+        )
+        .await;
+        assert_eq!(notes, *text);
+    }
+    let order_id = offered_order(store, resident).await.to_string();
+    let request = json!({ "order_id": order_id, "reason": NUL });
+    let answer = bridge
+        .call("provider", "Decline", Some(&dispatcher), request)
+        .await;
+    refused("Decline.reason", NUL, answer, &["invalid_argument"]);
+    let state = stored(
+        pool,
+        "SELECT state FROM orders WHERE id = $1::uuid",
+        &order_id,
+    )
+    .await;
+    assert_eq!(state, "offered");
+    store
+        .accept_order(provider, Uuid::parse_str(&order_id).unwrap(), staff, 30)
+        .await
+        .unwrap();
+    for report in [
+        carebell_store::ProgressReport::EnRoute,
+        carebell_store::ProgressReport::Arrived { position: None },
+    ] {
+        store
+            .report_progress(provider, Uuid::parse_str(&order_id).unwrap(), report)
+            .await
+            .unwrap();
+    }
+    let request = json!({
+        "order_id": order_id, "status": 3, "notes": NUL, "duration_minutes": 30
+    });
+    let answer = bridge
+        .call("provider", "UpdateStatus", Some(&dispatcher), request)
+        .await;
+    refused("UpdateStatus.notes", NUL, answer, &["invalid_argument"]);
+    let state = stored(
+        pool,
+        "SELECT state FROM orders WHERE id = $1::uuid",
+        &order_id,
+    )
+    .await;
+    assert_eq!(state, "arrived");
+    let o = order_id;
+    let s = staff;
+    ids_refused(
+        &bridge,
+        "provider",
+        &dispatcher,
+        &[
+            (
+                "Accept.order_id",
+                "Accept",
+                format!(r#"{{"order_id": ID, "staff_id": "{s}", "eta_minutes": 30}}"#),
+            ),
+            (
+                "Accept.staff_id",
+                "Accept",
+                format!(r#"{{"order_id": "{o}", "staff_id": ID, "eta_minutes": 30}}"#),
+            ),
+            (
+                "Decline.order_id",
+                "Decline",
+                r#"{"order_id": ID, "reason": "x"}"#.to_owned(),
+            ),
+            (
+                "AssignStaff.order_id",
+                "AssignStaff",
+                format!(r#"{{"order_id": ID, "staff_id": "{s}"}}"#),
+            ),
+            (
+                "AssignStaff.staff_id",
+                "AssignStaff",
+                format!(r#"{{"order_id": "{o}", "staff_id": ID}}"#),
+            ),
+            (
+                "UpdateStatus.order_id",
+                "UpdateStatus",
+                r#"{"order_id": ID, "status": 1}"#.to_owned(),
+            ),
+        ],
+    )
+    .await;
+
+    sign_ins_refused(&bridge, "family", "hostile-family").await;
+    sign_ins_refused(&bridge, "provider", "hostile-provider").await;
+    bystander.assert_untouched(pool, &before, logs).await;
+    tablet.close().await;
+    node.stop().await;
+}
+
+/// The next error the tablet hears, as its code.
+async fn tablet_error(tablet: &mut Tablet) -> carebell_proto::device::v1::ErrorCode {
+    next_tablet(tablet, |event| match event {
+        TabletEvent::Error(error) => Some(error.code()),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_text_in_every_device_field_is_stored_verbatim_or_refused() {
+    use carebell_proto::device::v1::{
+        CallCancel, CallRequest, ErrorCode, OrderRating, RtcSignal as DeviceRtcSignal,
+    };
+    let node = TestNode::start(NodeOptions::default()).await;
+    let (store, pool) = (&node.store, node.store.pool());
+    let bystander = Bystander::add(store).await;
+    let resident = node.resident("敌意设备").await;
+    let mut config =
+        firmware_sim::TabletConfig::new(node.provision(resident).await, TransportKind::WebSocket);
+    let mut console = node.available_operator("device-op", "接线员").await;
+    let before = bystander.untouched(pool).await;
+    let logs = Bystander::log_rows(pool).await;
+
+    // Hello.firmware_version is a log field, never stored: the session goes ahead.
+    config.firmware_version = NUL.to_owned();
+    let mut tablet = Tablet::connect(&config).await.unwrap();
+    // An alarm's detail: stored exactly.
+    for text in HOSTILE {
+        let alarm_id = Uuid::new_v4().simple().to_string();
+        tablet
+            .send(Body::Alarm(Alarm {
+                alarm_id: alarm_id.clone(),
+                kind: AlarmKind::LowBattery as i32,
+                raised_at_ms: chrono::Utc::now().timestamp_millis(),
+                detail: text.to_string(),
+            }))
+            .await
+            .unwrap();
+        let detail = stored(
+            pool,
+            "SELECT detail FROM alarms WHERE alarm_id = $1",
+            &alarm_id,
+        )
+        .await;
+        assert_eq!(detail, *text);
+    }
+    // A NUL cannot be stored; the alarm must not be lost over it, so it is raised with the NUL
+    // shown as U+FFFD (and acknowledged).
+    let alarm_id = Uuid::new_v4().simple().to_string();
+    tablet
+        .send(Body::Alarm(Alarm {
+            alarm_id: alarm_id.clone(),
+            kind: AlarmKind::Sos as i32,
+            raised_at_ms: chrono::Utc::now().timestamp_millis(),
+            detail: NUL.to_owned(),
+        }))
+        .await
+        .unwrap();
+    let detail = stored(
+        pool,
+        "SELECT detail FROM alarms WHERE alarm_id = $1",
+        &alarm_id,
+    )
+    .await;
+    assert_eq!(detail, NUL.replace('\0', "\u{fffd}"));
+    let offer = console
+        .next_offer(Duration::from_secs(10))
+        .await
+        .expect("the SOS is offered");
+    console.client.accept(&offer.offer_id).await.unwrap();
+    let call_id = offer.call_id.clone();
+
+    // Ids and kinds: refused as invalid (and acknowledged, so the tablet stops resending them).
+    let calls = "SELECT count(*) FROM calls WHERE device_id = $1";
+    let alarms = "SELECT count(*) FROM alarms WHERE device_id = $1";
+    let device_id = config.credentials.device_id.clone();
+    let (calls_before, alarms_before) = (
+        counted(pool, calls, &device_id).await,
+        counted(pool, alarms, &device_id).await,
+    );
+    for text in hostile_and_nul() {
+        for (field, body) in [
+            (
+                "Alarm.alarm_id",
+                Body::Alarm(Alarm {
+                    alarm_id: text.to_owned(),
+                    kind: AlarmKind::Sos as i32,
+                    raised_at_ms: 0,
+                    detail: String::new(),
+                }),
+            ),
+            (
+                "CallRequest.request_id",
+                Body::CallRequest(CallRequest {
+                    request_id: text.to_owned(),
+                    pressed_at_ms: 0,
+                }),
+            ),
+            (
+                "CallCancel.request_id",
+                Body::CallCancel(CallCancel {
+                    request_id: text.to_owned(),
+                }),
+            ),
+            (
+                "OrderRating.order_id",
+                Body::OrderRating(OrderRating {
+                    order_id: text.to_owned(),
+                    stars: 5,
+                }),
+            ),
+            (
+                "RtcSignal.call_id",
+                Body::RtcSignal(DeviceRtcSignal {
+                    call_id: text.to_owned(),
+                    kind: "candidate".to_owned(),
+                    payload: String::new(),
+                }),
+            ),
+            (
+                "RtcSignal.kind",
+                Body::RtcSignal(DeviceRtcSignal {
+                    call_id: call_id.clone(),
+                    kind: text.to_owned(),
+                    payload: String::new(),
+                }),
+            ),
+        ] {
+            // Paced: a tablet may send 20 messages a second (its acknowledgements included).
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tablet.send(body).await.unwrap();
+            assert_eq!(
+                tablet_error(&mut tablet).await,
+                ErrorCode::InvalidArgument,
+                "{field} = {text:?}"
+            );
+        }
+        // A voice signal's payload is relayed to the console, not stored: it arrives as sent.
+        tablet
+            .send(Body::RtcSignal(DeviceRtcSignal {
+                call_id: call_id.clone(),
+                kind: "candidate".to_owned(),
+                payload: text.to_owned(),
+            }))
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let payload = loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match console.next_event(left).await {
+                Some(carebell_proto::console::v1::console_event::Event::RtcSignal(signal)) => {
+                    break signal.payload
+                }
+                Some(_) => continue,
+                None => panic!("the console heard no signal"),
+            }
+        };
+        assert_eq!(payload, text, "RtcSignal.payload");
+    }
+    assert_eq!(
+        (
+            counted(pool, calls, &device_id).await,
+            counted(pool, alarms, &device_id).await
+        ),
+        (calls_before, alarms_before)
+    );
+    tablet.close().await;
+
+    // Hello.device_id: refused like any unknown device.
+    for text in hostile_and_nul() {
+        let mut stranger = config.clone();
+        stranger.credentials.device_id = text.to_owned();
+        let outcome = Tablet::connect(&stranger).await;
+        assert!(
+            matches!(
+                outcome,
+                Err(SimError::Rejected {
+                    reason: carebell_proto::device::v1::RejectReason::BadCredentials,
+                    ..
+                })
+            ),
+            "Hello.device_id = {text:?}: {:?}",
+            outcome.err()
+        );
+    }
+    // Enrolment: a code is refused as malformed; the firmware version is a log field only.
+    let channel = carebell_server::console_client::channel(&node.grpc_url, Some(&node.ca_pem))
+        .await
+        .unwrap();
+    let mut enrolment =
+        carebell_proto::device::v1::device_enrolment_client::DeviceEnrolmentClient::new(channel);
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32])
+        .verifying_key()
+        .to_bytes()
+        .to_vec();
+    for text in hostile_and_nul() {
+        let refusal = enrolment
+            .enrol(carebell_proto::device::v1::EnrolRequest {
+                code: text.to_owned(),
+                public_key: key.clone(),
+                firmware_version: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refusal.code(),
+            tonic::Code::InvalidArgument,
+            "EnrolRequest.code = {text:?}: {refusal:?}"
+        );
+    }
+    let code = store
+        .create_enrolment_code(resident, None, Duration::from_secs(600), "admin:test")
+        .await
+        .unwrap();
+    let enrolled = enrolment
+        .enrol(carebell_proto::device::v1::EnrolRequest {
+            code,
+            public_key: key,
+            firmware_version: NUL.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(enrolled.device_id.starts_with("tab-"), "{enrolled:?}");
+
+    bystander.assert_untouched(pool, &before, logs).await;
+    node.stop().await;
+}
+
+/// Runs `carebell admin ARGS` against `database_url`; returns what it printed.
+async fn admin(database_url: &str, args: &[&str]) -> anyhow::Result<String> {
+    use clap::Parser;
+    let mut settings = carebell_server::settings::Settings::defaults().unwrap();
+    settings.database_url = carebell_server::settings::Secret::new(database_url);
+    let cli = carebell_server::cli::Cli::try_parse_from(
+        ["carebell", "admin"]
+            .into_iter()
+            .chain(args.iter().copied()),
+    )?;
+    match carebell_server::cli::run(cli, settings).await? {
+        carebell_server::cli::Outcome::Printed(text) => Ok(text),
+        _ => anyhow::bail!("admin printed nothing"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_text_in_every_admin_command_is_stored_verbatim_or_refused() {
+    let database_url = carebell_tests::fresh_database().await;
+    let store = carebell_store::Store::connect(&database_url, 5)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let pool = store.pool();
+    let bystander = Bystander::add(&store).await;
+    let station = store.add_station("管理站").await.unwrap().to_string();
+    let resident = node_free_resident(&store, &station).await;
+    let provider = crate::orders::provider(
+        &store,
+        "管理家政",
+        (22.551, 114.25),
+        3000,
+        vec![],
+        &[("housekeeping", 5000)],
+    )
+    .await
+    .to_string();
+    let hash = carebell_gateway::console::hash_password(PASSWORD).unwrap();
+    store.add_operator("admin-op", "管理", &hash).await.unwrap();
+    let device = format!("tab-{}", &Uuid::new_v4().simple().to_string()[..12]);
+    store
+        .add_device(&carebell_store::NewDevice {
+            device_id: device.clone(),
+            resident_id: Uuid::parse_str(&resident).unwrap(),
+            public_key: ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+                .verifying_key()
+                .to_bytes(),
+        })
+        .await
+        .unwrap();
+    let dir = carebell_tests::TempDir::new();
+    let before = bystander.untouched(pool).await;
+    let logs = Bystander::log_rows(pool).await;
+    let run = |args: Vec<String>| {
+        let database_url = database_url.clone();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            admin(&database_url, &args).await
+        }
+    };
+    let args = |args: &[&str]| args.iter().map(|arg| (*arg).to_owned()).collect::<Vec<_>>();
+    let ok = |what: &str, text: &str, outcome: anyhow::Result<String>| {
+        outcome.unwrap_or_else(|error| panic!("{what} = {text:?} was refused: {error:#}"))
+    };
+    let no = |what: &str, text: &str, outcome: anyhow::Result<String>| {
+        if let Ok(printed) = outcome {
+            panic!("{what} = {text:?} was accepted: {printed}");
+        }
+    };
+
+    for (n, &text) in HOSTILE.iter().enumerate() {
+        // Stored exactly, each read back from its table.
+        let id = ok(
+            "add-station --name",
+            text,
+            run(args(&["add-station", "--name", text])).await,
+        );
+        assert_eq!(
+            stored(pool, "SELECT name FROM stations WHERE id = $1::uuid", &id).await,
+            text
+        );
+        let id = ok(
+            "add-resident",
+            text,
+            run(args(&[
+                "add-resident",
+                "--station",
+                &station,
+                "--name",
+                text,
+                "--address",
+                text,
+                "--phone",
+                text,
+                "--dialect",
+                text,
+                "--medical-notes",
+                text,
+                "--risk-warnings",
+                text,
+                "--key-safe",
+                text,
+            ]))
+            .await,
+        );
+        let row: Vec<String> = sqlx::query_scalar(
+            "SELECT unnest(ARRAY[full_name, address, phone, dialect, medical_notes, risk_warnings,
+                                 key_safe]) FROM residents WHERE id = $1::uuid",
+        )
+        .bind(&id)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        assert_eq!(row, vec![text; 7], "add-resident");
+        for (command, table) in [
+            ("add-operator", "operators"),
+            ("add-family-account", "family_accounts"),
+        ] {
+            let username = format!("admin-{command}-{n}");
+            let id = ok(
+                &format!("{command} --display-name"),
+                text,
+                run(args(&[
+                    command,
+                    "--username",
+                    &username,
+                    "--display-name",
+                    text,
+                    "--password",
+                    PASSWORD,
+                ]))
+                .await,
+            );
+            let sql = format!("SELECT display_name FROM {table} WHERE id = $1::uuid");
+            assert_eq!(stored(pool, &sql, &id).await, text, "{command}");
+            no(
+                &format!("{command} --username"),
+                text,
+                run(args(&[
+                    command,
+                    "--username",
+                    text,
+                    "--display-name",
+                    "x",
+                    "--password",
+                    PASSWORD,
+                ]))
+                .await,
+            );
+        }
+        let skill = format!("dialect:{text}");
+        ok(
+            "set-skills --skills",
+            text,
+            run(args(&[
+                "set-skills",
+                "--username",
+                "admin-op",
+                "--skills",
+                &skill,
+            ]))
+            .await,
+        );
+        let skills: Vec<String> =
+            sqlx::query_scalar("SELECT skills FROM operators WHERE username = 'admin-op'")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        assert_eq!(skills, [skill.to_lowercase()], "set-skills");
+        no(
+            "set-skills --username",
+            text,
+            run(args(&[
+                "set-skills",
+                "--username",
+                text,
+                "--skills",
+                "nurse",
+            ]))
+            .await,
+        );
+        let id = ok(
+            "add-contact",
+            text,
+            run(args(&[
+                "add-contact",
+                "--resident",
+                &resident,
+                "--name",
+                text,
+                "--relationship",
+                text,
+                "--phone",
+                text,
+            ]))
+            .await,
+        );
+        let row: Vec<String> = sqlx::query_scalar(
+            "SELECT unnest(ARRAY[name, relationship, phone]) FROM contacts WHERE id = $1::uuid",
+        )
+        .bind(&id)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        assert_eq!(row, vec![text; 3], "add-contact");
+        for extra in [["--family-account", text], ["--channels", text]] {
+            no(
+                &format!("add-contact {}", extra[0]),
+                text,
+                run(args(&[
+                    "add-contact",
+                    "--resident",
+                    &resident,
+                    "--name",
+                    "x",
+                    extra[0],
+                    extra[1],
+                ]))
+                .await,
+            );
+        }
+        for (what, command) in [
+            (
+                "revoke-device --device-id",
+                args(&["revoke-device", "--device-id", text]),
+            ),
+            (
+                "enrolment-code --replaces",
+                args(&[
+                    "enrolment-code",
+                    "--resident",
+                    &resident,
+                    "--replaces",
+                    text,
+                ]),
+            ),
+            (
+                "issue-client-cert --device-id",
+                args(&[
+                    "issue-client-cert",
+                    "--device-id",
+                    text,
+                    "--ca-dir",
+                    &dir.0.to_string_lossy(),
+                    "--out",
+                    &dir.0.to_string_lossy(),
+                ]),
+            ),
+            (
+                "provision-device --device-id",
+                args(&[
+                    "provision-device",
+                    "--resident",
+                    &resident,
+                    "--device-id",
+                    text,
+                    "--out",
+                    &dir.0.join(format!("tablet-{n}.json")).to_string_lossy(),
+                ]),
+            ),
+            (
+                "fleet-provision --prefix",
+                args(&["fleet-provision", "--prefix", text, "--count", "1"]),
+            ),
+            (
+                "services set-resident --tier",
+                args(&[
+                    "services",
+                    "set-resident",
+                    "--resident",
+                    &resident,
+                    "--tier",
+                    text,
+                ]),
+            ),
+            (
+                "services add-provider --kind",
+                args(&[
+                    "services",
+                    "add-provider",
+                    "--name",
+                    "x",
+                    "--licence",
+                    &format!("kind-{n}"),
+                    "--kind",
+                    text,
+                    "--services",
+                    "housekeeping",
+                ]),
+            ),
+            (
+                "services add-provider --services",
+                args(&[
+                    "services",
+                    "add-provider",
+                    "--name",
+                    "x",
+                    "--licence",
+                    &format!("services-{n}"),
+                    "--services",
+                    text,
+                ]),
+            ),
+            (
+                "services add-provider --hours",
+                args(&[
+                    "services",
+                    "add-provider",
+                    "--name",
+                    "x",
+                    "--licence",
+                    &format!("hours-{n}"),
+                    "--services",
+                    "housekeeping",
+                    "--hours",
+                    text,
+                ]),
+            ),
+            (
+                "services add-provider-account --username",
+                args(&[
+                    "services",
+                    "add-provider-account",
+                    "--provider",
+                    &provider,
+                    "--username",
+                    text,
+                    "--display-name",
+                    "x",
+                    "--password",
+                    PASSWORD,
+                ]),
+            ),
+            (
+                "services statement --month",
+                args(&[
+                    "services",
+                    "statement",
+                    "--resident",
+                    &resident,
+                    "--month",
+                    text,
+                ]),
+            ),
+        ] {
+            no(what, text, run(command).await);
+        }
+        assert!(
+            !dir.0.join(format!("tablet-{n}.json")).exists(),
+            "a refused provisioning left its credentials file"
+        );
+        // A filter: matches nothing, changes nothing.
+        let found = ok(
+            "audit --actor",
+            text,
+            run(args(&["audit", "--actor", text])).await,
+        );
+        assert_eq!(found, "", "audit --actor");
+        let id = ok(
+            "fleet-provision --station-name",
+            text,
+            run(args(&[
+                "fleet-provision",
+                "--seed",
+                text,
+                "--prefix",
+                &format!("hostile{n}"),
+                "--count",
+                "1",
+                "--station-name",
+                text,
+            ]))
+            .await,
+        );
+        assert_eq!(id, "1 tablets registered (0 already were)");
+        let names = counted(pool, "SELECT count(*) FROM stations WHERE name = $1", text).await;
+        assert_eq!(names, 2, "add-station and fleet-provision");
+        let id = ok(
+            "services add-centre --name",
+            text,
+            run(args(&["services", "add-centre", "--name", text])).await,
+        );
+        assert_eq!(
+            stored(pool, "SELECT name FROM centres WHERE id = $1::uuid", &id).await,
+            text
+        );
+        let id = ok(
+            "services add-community --name",
+            text,
+            run(args(&[
+                "services",
+                "add-community",
+                "--station",
+                &station,
+                "--name",
+                text,
+            ]))
+            .await,
+        );
+        assert_eq!(
+            stored(
+                pool,
+                "SELECT name FROM communities WHERE id = $1::uuid",
+                &id
+            )
+            .await,
+            text
+        );
+        let id = ok(
+            "services add-provider",
+            text,
+            run(args(&[
+                "services",
+                "add-provider",
+                "--name",
+                text,
+                "--licence",
+                text,
+                "--services",
+                "housekeeping",
+            ]))
+            .await,
+        );
+        let row: Vec<String> = sqlx::query_scalar(
+            "SELECT unnest(ARRAY[name, licence_no]) FROM providers WHERE id = $1::uuid",
+        )
+        .bind(&id)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        assert_eq!(row, vec![text; 2], "add-provider");
+        let id = ok(
+            "services add-staff",
+            text,
+            run(args(&[
+                "services",
+                "add-staff",
+                "--provider",
+                &provider,
+                "--name",
+                text,
+                "--phone",
+                text,
+            ]))
+            .await,
+        );
+        let row: Vec<String> = sqlx::query_scalar(
+            "SELECT unnest(ARRAY[name, phone]) FROM provider_staff WHERE id = $1::uuid",
+        )
+        .bind(&id)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        assert_eq!(row, vec![text; 2], "add-staff");
+        let id = ok(
+            "services add-provider-account --display-name",
+            text,
+            run(args(&[
+                "services",
+                "add-provider-account",
+                "--provider",
+                &provider,
+                "--username",
+                &format!("admin-provider-{n}"),
+                "--display-name",
+                text,
+                "--password",
+                PASSWORD,
+            ]))
+            .await,
+        );
+        let sql = "SELECT display_name FROM provider_accounts WHERE id = $1::uuid";
+        assert_eq!(stored(pool, sql, &id).await, text);
+        ok(
+            "services top-up --memo",
+            text,
+            run(args(&[
+                "services",
+                "top-up",
+                "--resident",
+                &resident,
+                "--fen",
+                "100",
+                "--memo",
+                text,
+            ]))
+            .await,
+        );
+        let memo = stored(
+            pool,
+            "SELECT memo FROM ledger_transactions WHERE resident_id = $1::uuid
+             ORDER BY at DESC LIMIT 1",
+            &resident,
+        )
+        .await;
+        assert_eq!(memo, text, "top-up --memo");
+    }
+    // A revocation's reason (once: a device is revoked once).
+    let reason = HOSTILE[0];
+    ok(
+        "revoke-device --reason",
+        reason,
+        run(args(&[
+            "revoke-device",
+            "--device-id",
+            &device,
+            "--reason",
+            reason,
+        ]))
+        .await,
+    );
+    assert_eq!(
+        stored(
+            pool,
+            "SELECT revoked_reason FROM devices WHERE id = $1",
+            &device
+        )
+        .await,
+        reason
+    );
+
+    // Files: routing rules whose queues are named with the SQL are stored as they are; a NUL
+    // (TOML's \u0000) is refused and the rules in force stay; a policy is numbers only.
+    let mut rules = serde_json::to_value(store.routing_rules().await.unwrap().rules()).unwrap();
+    for id in HOSTILE {
+        rules["queues"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({ "id": id, "steps": [{ "after_secs": 0 }] }));
+    }
+    let file = dir.0.join("rules.json");
+    std::fs::write(&file, rules.to_string()).unwrap();
+    ok(
+        "routing load",
+        "queue ids",
+        run(args(&[
+            "routing",
+            "load",
+            "--file",
+            &file.to_string_lossy(),
+        ]))
+        .await,
+    );
+    let queues = || async {
+        let body: serde_json::Value =
+            sqlx::query_scalar("SELECT body FROM routing_rules ORDER BY version DESC LIMIT 1")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        body["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|queue| queue["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let loaded = queues().await;
+    assert_eq!(
+        loaded[loaded.len() - HOSTILE.len()..],
+        *HOSTILE,
+        "routing load"
+    );
+    let mut with_nul = rules.clone();
+    with_nul["queues"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({ "id": NUL, "steps": [{ "after_secs": 0 }] }));
+    std::fs::write(&file, with_nul.to_string()).unwrap();
+    no(
+        "routing load",
+        NUL,
+        run(args(&[
+            "routing",
+            "load",
+            "--file",
+            &file.to_string_lossy(),
+        ]))
+        .await,
+    );
+    assert_eq!(
+        queues().await,
+        loaded,
+        "a refused rule set changed the rules in force"
+    );
+    std::fs::write(&file, [b'{', 0xff, 0xfe, b'}']).unwrap();
+    no(
+        "routing load",
+        "invalid UTF-8",
+        run(args(&[
+            "routing",
+            "load",
+            "--file",
+            &file.to_string_lossy(),
+        ]))
+        .await,
+    );
+    for text in hostile_and_nul() {
+        std::fs::write(
+            &file,
+            serde_json::json!({ "offer_timeout_secs": text }).to_string(),
+        )
+        .unwrap();
+        no(
+            "services policy --load",
+            text,
+            run(args(&[
+                "services",
+                "policy",
+                "--load",
+                &file.to_string_lossy(),
+            ]))
+            .await,
+        );
+    }
+
+    // An argument that is not UTF-8 is refused by the parser.
+    {
+        use clap::Parser;
+        use std::os::unix::ffi::OsStringExt;
+        let outcome = carebell_server::cli::Cli::try_parse_from([
+            std::ffi::OsString::from("carebell"),
+            "admin".into(),
+            "add-station".into(),
+            "--name".into(),
+            std::ffi::OsString::from_vec(vec![b'x', 0xff, 0xfe]),
+        ]);
+        assert!(outcome.is_err(), "a name that is not UTF-8 was accepted");
+    }
+
+    // The commands were audited, and nothing else changed.
+    let audited = counted(
+        pool,
+        "SELECT count(*) FROM audit_log WHERE actor = $1",
+        "admin:cli",
+    )
+    .await;
+    assert!(audited > 10, "{audited} admin commands audited");
+    bystander.assert_untouched(pool, &before, logs).await;
+}
+
+/// A resident of `station` for the admin commands (no node needed).
+async fn node_free_resident(store: &carebell_store::Store, station: &str) -> String {
+    store
+        .add_resident(&NewResident {
+            station_id: Uuid::parse_str(station).unwrap(),
+            full_name: "管理居民".to_owned(),
+            ..NewResident::default()
+        })
+        .await
+        .unwrap()
+        .to_string()
+}
+
+impl Bridge {
+    /// Opens `/api/{service}/{method}/stream?{query}` and returns its first text frame as JSON.
+    async fn first_frame(&self, service: &str, method: &str, query: &str) -> serde_json::Value {
+        use futures_util::StreamExt;
+        let url = format!(
+            "wss://localhost:{}/api/{service}/{method}/stream?{query}",
+            self.port
+        );
+        let connector = tokio_tungstenite::Connector::Rustls(self.config.clone());
+        let (mut socket, _) =
+            tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
+                .await
+                .unwrap();
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+                .await
+                .expect("the stream said nothing")
+                .expect("the stream ended")
+                .unwrap();
+            if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+                return serde_json::from_str(&text).unwrap();
+            }
+        }
+    }
+}
+
+/// `text` percent-encoded for a query string (every byte but letters and digits).
+fn percent_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|byte| {
+            if byte.is_ascii_alphanumeric() {
+                char::from(byte).to_string()
+            } else {
+                format!("%{byte:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Protobuf bytes sent as they are: the generated clients cannot send a string that is not
+/// UTF-8, a hostile client can.
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        destination: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(destination, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        source: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf;
+        Ok(Some(source.copy_to_bytes(source.remaining()).to_vec()))
+    }
+}
+
+/// What the transports do with text that is not text: invalid UTF-8, a lone surrogate, text
+/// where a number belongs, hostile query parameters. Each is refused before any service sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_text_in_the_transports_is_refused_before_any_service() {
+    use serde_json::json;
+    let node = TestNode::start(NodeOptions::default()).await;
+    let pool = node.store.pool();
+    let bridge = Bridge::new(&node);
+    let bystander = Bystander::add(&node.store).await;
+    let (resident, config) = node
+        .tablet_config("传输 测试", TransportKind::WebSocket)
+        .await;
+    let hash = carebell_gateway::console::hash_password(PASSWORD).unwrap();
+    let account = node
+        .store
+        .add_family_account("transport-family", "家属", &hash)
+        .await
+        .unwrap();
+    node.store
+        .add_contact(&NewContact {
+            resident_id: resident,
+            name: "家属".to_owned(),
+            relationship: "女儿".to_owned(),
+            phone: String::new(),
+            holds_keys: false,
+            position: Some(1),
+            family_account_id: Some(account),
+            channels: vec!["app".to_owned()],
+        })
+        .await
+        .unwrap();
+    let family = bridge.sign_in("family", "transport-family").await;
+    let mut console = node.available_operator("transport-op", "接线员").await;
+    let op = bridge.sign_in("console", "transport-op").await;
+    let tablet = Tablet::connect(&config).await.unwrap();
+    tablet.press().await.unwrap();
+    let offer = console.next_offer(Duration::from_secs(10)).await.unwrap();
+    console.client.accept(&offer.offer_id).await.unwrap();
+    let call_id = offer.call_id;
+    let before = bystander.untouched(pool).await;
+    let logs = Bystander::log_rows(pool).await;
+
+    // Bridge bodies that are not valid JSON text.
+    let call = call_id.as_bytes();
+    for (what, body) in [
+        (
+            "invalid UTF-8",
+            [
+                &br#"{"call_id": ""#[..],
+                call,
+                &b"\", \"disposition\": 3, \"note\": \"\xff\xfe\"}"[..],
+            ]
+            .concat(),
+        ),
+        (
+            "a lone surrogate",
+            [
+                &br#"{"call_id": ""#[..],
+                call,
+                &br#"", "disposition": 3, "note": "\ud800"}"#[..],
+            ]
+            .concat(),
+        ),
+        (
+            "text for a number",
+            [
+                &br#"{"call_id": ""#[..],
+                call,
+                &br#"", "disposition": "' OR '1'='1"}"#[..],
+            ]
+            .concat(),
+        ),
+    ] {
+        let answer = bridge.post("console", "EndCall", Some(&op), &body).await;
+        refused("EndCall", what, answer, &["invalid_argument"]);
+    }
+    for (method, request) in [
+        ("SetStatus", json!({ "status": HOSTILE[1] })),
+        ("Statistics", json!({ "from_ms": HOSTILE[1] })),
+        (
+            "RecordAlarmAction",
+            json!({ "call_id": call_id, "action": HOSTILE[0] }),
+        ),
+        (
+            "ResolveAlarm",
+            json!({ "call_id": call_id, "outcome": HOSTILE[2] }),
+        ),
+    ] {
+        let answer = bridge.call("console", method, Some(&op), request).await;
+        refused(method, "text for a number", answer, &["invalid_argument"]);
+    }
+    let answer = bridge
+        .post(
+            "console",
+            "SignIn",
+            None,
+            b"{\"username\": \"\xff\", \"password\": \"x\"}",
+        )
+        .await;
+    refused(
+        "SignIn.username",
+        "invalid UTF-8",
+        answer,
+        &["invalid_argument"],
+    );
+    // The call is still held, its note untouched.
+    let (state, note): (String, Option<String>) =
+        sqlx::query_as("SELECT state, note FROM calls WHERE id = $1::uuid")
+            .bind(&call_id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), note), ("answered", None));
+
+    // gRPC: a string that is not UTF-8 does not decode. gRPC's status codes prescribe INTERNAL
+    // for a request that does not parse, and tonic's decoder answers so, naming the field; the
+    // service never runs.
+    let channel = carebell_server::console_client::channel(&node.grpc_url, Some(&node.ca_pem))
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    // EndCallRequest: 1 call_id (string), 2 disposition (3), 3 note (bytes that are not UTF-8).
+    let mut message = vec![0x0a, u8::try_from(call_id.len()).unwrap()];
+    message.extend_from_slice(call_id.as_bytes());
+    message.extend_from_slice(&[0x10, 0x03, 0x1a, 0x03, b'x', 0xff, 0xfe]);
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {op}").parse().unwrap());
+    let refusal = grpc
+        .unary(
+            request,
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/carebell.console.v1.Console/EndCall",
+            ),
+            RawCodec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refusal.code(), tonic::Code::Internal, "{refusal:?}");
+    assert!(
+        refusal
+            .message()
+            .contains("failed to decode Protobuf message")
+            && refusal.message().contains("note"),
+        "{refusal:?}"
+    );
+    let state = stored(
+        pool,
+        "SELECT state FROM calls WHERE id = $1::uuid",
+        &call_id,
+    )
+    .await;
+    assert_eq!(state, "answered");
+
+    // The streams' query parameters: a number that is text, a token that is SQL or holds a NUL,
+    // a parameter that is not UTF-8.
+    for text in hostile_and_nul() {
+        let frame = bridge
+            .first_frame(
+                "family",
+                "Alerts",
+                &format!("token={family}&after_id={}", percent_encoded(text)),
+            )
+            .await;
+        assert_eq!(
+            frame["error"]["code"], "invalid_argument",
+            "after_id = {text:?}"
+        );
+        let frame = bridge
+            .first_frame(
+                "family",
+                "Alerts",
+                &format!("token={}", percent_encoded(text)),
+            )
+            .await;
+        assert_eq!(
+            frame["error"]["code"], "unauthenticated",
+            "token = {text:?}"
+        );
+    }
+    let frame = bridge
+        .first_frame(
+            "console",
+            "Subscribe",
+            &format!("token={op}&x={}", percent_encoded(NUL)),
+        )
+        .await;
+    assert!(
+        frame.get("error").is_none(),
+        "an unknown parameter is ignored: {frame}"
+    );
+    // Percent-encoding that is not UTF-8 is decoded lossily (as U+FFFD), then refused.
+    let frame = bridge
+        .first_frame("family", "Alerts", &format!("token={family}&after_id=%FF"))
+        .await;
+    assert_eq!(frame["error"]["code"], "invalid_argument", "after_id = %FF");
+    let frame = bridge.first_frame("family", "Alerts", "token=%FF%FE").await;
+    assert_eq!(frame["error"]["code"], "unauthenticated", "token = %FF%FE");
+
+    bystander.assert_untouched(pool, &before, logs).await;
+    tablet.close().await;
     node.stop().await;
 }

@@ -689,6 +689,11 @@ impl<T: DeviceTransport> Session<'_, T> {
                         AlarmKind::LowBattery | AlarmKind::PowerLoss => Some(CallKind::Technical),
                         AlarmKind::Unspecified => None,
                     };
+                    // PostgreSQL text cannot hold a NUL, and an alarm must not be lost over its
+                    // free-text detail (firmware copying a fixed-size C buffer sends trailing
+                    // NULs): each is stored as U+FFFD. Refusing would drop the alarm; failing
+                    // would make the tablet resend it for ever.
+                    let detail = alarm.detail.replace('\0', "\u{fffd}");
                     match self
                         .context
                         .store
@@ -697,7 +702,7 @@ impl<T: DeviceTransport> Session<'_, T> {
                             &alarm.alarm_id,
                             kind.as_str_name(),
                             raised_at,
-                            &alarm.detail,
+                            &detail,
                             raise,
                         )
                         .await
