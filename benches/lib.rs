@@ -304,6 +304,18 @@ pub mod harness {
             grpc_port: u16,
             heartbeat_ms: u64,
         ) -> Child {
+            self.gateway_with(index, ws_port, grpc_port, heartbeat_ms, &[])
+        }
+
+        /// [`Setup::gateway`] with more settings (`CAREBELL_*` variables).
+        pub fn gateway_with(
+            &self,
+            index: u64,
+            ws_port: u16,
+            grpc_port: u16,
+            heartbeat_ms: u64,
+            settings: &[(&str, String)],
+        ) -> Child {
             Command::new(binary("carebell"))
                 .arg("serve")
                 .env("CAREBELL_DATABASE_URL", &self.database_url)
@@ -324,6 +336,7 @@ pub mod harness {
                 .env("CAREBELL_DEVICE__MAX_HANDSHAKES_PER_ADDRESS", "0")
                 .env("CAREBELL_LOG_FORMAT", "json")
                 .env("RUST_LOG", "warn")
+                .envs(settings.iter().map(|(key, value)| (*key, value.as_str())))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .kill_on_drop(true)

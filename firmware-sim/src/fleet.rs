@@ -305,9 +305,15 @@ async fn tablet(shared: Arc<Shared>, offset: u64) {
                 attempt = 1;
             }
             Outcome::GoAway(after) => {
-                // The server chose when: a drain spreads its tablets over its window.
+                // The server chose when: a drain spreads its tablets over its window. An alarm
+                // still unacknowledged does not wait for that: it goes to another node now.
                 shared.stats.go_aways.fetch_add(1, Ordering::Relaxed);
                 attempt = 0;
+                let after = if pending.is_empty() {
+                    after
+                } else {
+                    Duration::ZERO
+                };
                 tokio::time::sleep_until((Instant::now() + after).min(shared.deadline)).await;
                 continue;
             }

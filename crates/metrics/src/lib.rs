@@ -31,13 +31,10 @@ pub fn label(key: &'static str, value: impl Into<String>) -> Labels {
 /// Seconds from 1 ms to about 2 min: offers and acknowledgements are milliseconds when well,
 /// queue waits are seconds, and a bad night is minutes.
 fn latency_histogram() -> Histogram {
-    Histogram::new(
-        [
-            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
-            30.0, 60.0, 120.0,
-        ]
-        .into_iter(),
-    )
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
+        60.0, 120.0,
+    ])
 }
 
 pub struct Metrics {
