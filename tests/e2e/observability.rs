@@ -189,6 +189,12 @@ async fn a_scrape_during_a_run_shows_every_listed_series() {
         Some(1.0),
         "{body}"
     );
+    // A series that emptied shows 0 rather than vanishing (a gap is not a zero).
+    assert_eq!(
+        metric_value(&body, "carebell_alarms_open{kind=\"sos\",state=\"queued\"}"),
+        Some(0.0),
+        "{body}"
+    );
     assert_eq!(
         metric_value(&body, "carebell_service_level_ratio{within=\"180s\"}"),
         Some(1.0),
@@ -196,6 +202,12 @@ async fn a_scrape_during_a_run_shows_every_listed_series() {
     );
     assert!(body.contains("carebell_service_level_ratio{within=\"60s\"}"));
     assert_eq!(metric_value(&body, "carebell_draining"), Some(0.0));
+    // The Grafana dashboard asks only for series the node serves.
+    let missing: Vec<String> = dashboard_series()
+        .into_iter()
+        .filter(|series| !body.contains(&format!("# TYPE {series} ")))
+        .collect();
+    assert!(missing.is_empty(), "the dashboard asks for {missing:?}");
 
     // Draining: the node says not-ready (and draining) while it still serves the tablets.
     node.begin_stop();
@@ -221,4 +233,36 @@ async fn a_scrape_during_a_run_shows_every_listed_series() {
     grpc_tablet.close().await;
     sos_tablet.close().await;
     node.stop().await;
+}
+
+/// The `carebell_*` series the Grafana dashboard's queries use, by their base names (without
+/// `_bucket`, `_count`, `_sum` or `_total`).
+fn dashboard_series() -> std::collections::BTreeSet<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/carebell-dashboard.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("the dashboard"))
+            .expect("the dashboard is JSON");
+    let mut series = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("an expression");
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if let Some(name) = word.strip_prefix("carebell_") {
+                    let base = ["_bucket", "_count", "_sum", "_total"]
+                        .iter()
+                        .find_map(|suffix| name.strip_suffix(suffix))
+                        .unwrap_or(name);
+                    series.insert(format!("carebell_{base}"));
+                }
+            }
+        }
+    }
+    assert!(
+        series.len() >= 10,
+        "the dashboard shows the listed series: {series:?}"
+    );
+    series
 }

@@ -1,22 +1,28 @@
 //! The node's metrics and probes, in plain HTTP on `listen.metrics`: `/metrics` (Prometheus),
 //! `/livez` (the process answers) and `/readyz` (serving: not while starting or draining).
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use carebell_metrics::{label, metrics};
+use carebell_metrics::{label, metrics, Labels};
 use carebell_store::Store;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 
 #[derive(Clone)]
 pub struct Probe {
     store: Store,
     max_connections: u32,
     ready: Arc<AtomicBool>,
+    /// The label sets each database gauge has shown: one that empties shows 0 rather than
+    /// vanishing (a vanished series is a gap to Prometheus, not a zero).
+    shown: Arc<Mutex<BTreeSet<(&'static str, Labels)>>>,
 }
 
 impl Probe {
@@ -25,6 +31,7 @@ impl Probe {
             store,
             max_connections,
             ready: Arc::new(AtomicBool::new(false)),
+            shown: Arc::default(),
         }
     }
 
@@ -91,34 +98,52 @@ async fn refresh(probe: &Probe) {
             return;
         }
     };
-    // Series that went to zero disappear rather than linger at their last value.
-    metrics.alarms_open.clear();
-    for (kind, call_state, count) in state.open_alarms {
-        metrics
-            .alarms_open
-            .get_or_create(&vec![
-                ("kind", carebell_metrics::alarm_kind(&kind)),
-                ("state", call_state),
-            ])
-            .set(count);
+    let mut shown = probe.shown.lock().unwrap_or_else(|e| e.into_inner());
+    let open_alarms = state
+        .open_alarms
+        .into_iter()
+        .map(|(kind, call_state, count)| {
+            (
+                vec![
+                    ("kind", carebell_metrics::alarm_kind(&kind)),
+                    ("state", call_state),
+                ],
+                count,
+            )
+        })
+        .collect();
+    set_gauges(&mut shown, "alarms_open", &metrics.alarms_open, open_alarms);
+    let mut waiting = Vec::new();
+    let mut longest = Vec::new();
+    for (queue, count, seconds) in state.queues {
+        waiting.push((label("queue", queue.clone()), count));
+        longest.push((label("queue", queue), seconds));
     }
-    metrics.queue_waiting.clear();
-    metrics.queue_longest_wait_seconds.clear();
-    for (queue, waiting, longest) in state.queues {
-        let labels = label("queue", queue);
-        metrics.queue_waiting.get_or_create(&labels).set(waiting);
-        metrics
-            .queue_longest_wait_seconds
-            .get_or_create(&labels)
-            .set(longest);
-    }
-    metrics.webhook_backlog.clear();
-    for (webhook_state, count) in state.webhook_backlog {
-        metrics
-            .webhook_backlog
-            .get_or_create(&label("state", webhook_state))
-            .set(count);
-    }
+    set_gauges(&mut shown, "queue_waiting", &metrics.queue_waiting, waiting);
+    set_gauges(
+        &mut shown,
+        "queue_longest_wait_seconds",
+        &metrics.queue_longest_wait_seconds,
+        longest,
+    );
+    let backlog = ["pending", "dead"]
+        .into_iter()
+        .map(|webhook_state| {
+            let count = state
+                .webhook_backlog
+                .iter()
+                .find(|(state, _)| state == webhook_state)
+                .map_or(0, |(_, count)| *count);
+            (label("state", webhook_state), count)
+        })
+        .collect();
+    set_gauges(
+        &mut shown,
+        "webhook_backlog",
+        &metrics.webhook_backlog,
+        backlog,
+    );
+    drop(shown);
     let statistics = state.statistics;
     metrics
         .service_level_ratio
@@ -128,4 +153,25 @@ async fn refresh(probe: &Probe) {
         .service_level_ratio
         .get_or_create(&label("within", "180s"))
         .set(statistics.service_level_180s());
+}
+
+/// Sets a database gauge's series to `values`; a series shown before and absent now is 0.
+fn set_gauges<N, A>(
+    shown: &mut BTreeSet<(&'static str, Labels)>,
+    name: &'static str,
+    family: &Family<Labels, Gauge<N, A>>,
+    values: Vec<(Labels, N)>,
+) where
+    N: Default + Copy,
+    A: prometheus_client::metrics::gauge::Atomic<N> + Default,
+{
+    for (seen_name, labels) in shown.iter() {
+        if *seen_name == name && !values.iter().any(|(now, _)| now == labels) {
+            family.get_or_create(labels).set(N::default());
+        }
+    }
+    for (labels, value) in values {
+        family.get_or_create(&labels).set(value);
+        shown.insert((name, labels));
+    }
 }
