@@ -378,21 +378,29 @@ async fn a_flooding_device_is_cut_off_and_nothing_acknowledged_is_lost() {
 
 /// One address cannot hold every handshake slot: past its share, its new connections are closed
 /// at once, while another address still gets a slot.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_address_cannot_hold_every_handshake_slot() {
+/// The port of a `scheme://host:port[/]` URL.
+fn port_of(url: &str) -> u16 {
+    url.trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .expect("a port")
+}
+
+/// Silent connections (a slow-loris) from one address fill its share of handshakes on the
+/// listener at `port`; one more is closed at once, another address is still let in, and a real
+/// tablet over `transport` connects once the silent ones are gone.
+async fn one_address_gets_its_share_of_handshakes(listener: &str, transport: TransportKind) {
     use tokio::io::AsyncReadExt;
     let node = TestNode::start(NodeOptions {
         handshake_timeout: Duration::from_secs(30),
         ..NodeOptions::default()
     })
     .await;
-    let port: u16 = node
-        .websocket_url
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .and_then(|port| port.parse().ok())
-        .unwrap();
+    let port = match listener {
+        "websocket" => port_of(&node.websocket_url),
+        _ => port_of(&node.grpc_url),
+    };
     let connect_from = |ip: &str| {
         let ip: std::net::IpAddr = ip.parse().unwrap();
         async move {
@@ -404,7 +412,6 @@ async fn one_address_cannot_hold_every_handshake_slot() {
                 .unwrap()
         }
     };
-    // Silent connections (a slow-loris) from one address, up to its share.
     let share = carebell_gateway::device::DeviceSettings::default().max_handshakes_per_address;
     let mut silent = Vec::new();
     for _ in 0..share {
@@ -419,18 +426,32 @@ async fn one_address_cannot_hold_every_handshake_slot() {
         .expect("closed well before the handshake timeout");
     assert!(
         matches!(read, Ok(0) | Err(_)),
-        "the extra connection was closed: {read:?}"
+        "{listener}: the extra connection was closed: {read:?}"
     );
     // Another address is still let in (its connection waits for a TLS hello, open).
     let mut other = connect_from("127.0.0.8").await;
     let waiting = tokio::time::timeout(Duration::from_millis(500), other.read(&mut buffer)).await;
-    assert!(waiting.is_err(), "another address was refused: {waiting:?}");
-    // And a real tablet connects once the silent ones are gone.
+    assert!(
+        waiting.is_err(),
+        "{listener}: another address was refused: {waiting:?}"
+    );
     drop(silent);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, config) = node.tablet_config("慢后", TransportKind::WebSocket).await;
+    let (_, config) = node.tablet_config("慢后", transport).await;
     let tablet = Tablet::connect(&config).await.unwrap();
     tablet.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_every_handshake_slot() {
+    one_address_gets_its_share_of_handshakes("websocket", TransportKind::WebSocket).await;
+}
+
+/// The gRPC listener (devices, consoles, family and provider apps) has the same per-address
+/// share of TLS handshakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_every_grpc_handshake_slot() {
+    one_address_gets_its_share_of_handshakes("grpc", TransportKind::Grpc).await;
 }
 
 /// A process holds at most its cap of device connections: past it a new connection is closed
@@ -465,4 +486,39 @@ async fn past_the_connection_cap_a_new_connection_is_closed() {
     }
     third.expect("a freed place is taken again").close().await;
     first.close().await;
+}
+
+/// The cap is the process's, across both device listeners: a WebSocket and a gRPC tablet fill
+/// a cap of two, a third over gRPC is refused, and takes the place once one is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_counts_grpc_connections_too() {
+    let node = TestNode::start(NodeOptions {
+        max_connections: 2,
+        ..NodeOptions::default()
+    })
+    .await;
+    let websocket = node
+        .tablet_config("上限网", TransportKind::WebSocket)
+        .await
+        .1;
+    let grpc = node.tablet_config("上限远", TransportKind::Grpc).await.1;
+    let third = node.tablet_config("上限三远", TransportKind::Grpc).await.1;
+    let first = Tablet::connect(&websocket).await.unwrap();
+    let second = Tablet::connect(&grpc).await.unwrap();
+    assert!(
+        Tablet::connect(&third).await.is_err(),
+        "a third connection past the cap of two"
+    );
+    second.press().await.unwrap();
+    first.close().await;
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(tablet) = Tablet::connect(&third).await {
+            again = Some(tablet);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    again.expect("a freed place is taken again").close().await;
+    second.close().await;
 }

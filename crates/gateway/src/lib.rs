@@ -4,6 +4,7 @@
 //! Both device transports feed the same transport-agnostic session (`device::session`), so a
 //! tablet behaves the same whichever it uses.
 
+pub mod admission;
 mod bucket;
 pub mod console;
 mod credentials;

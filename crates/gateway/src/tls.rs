@@ -222,9 +222,13 @@ pub fn tls_incoming(
     listener: tokio::net::TcpListener,
     config: Arc<rustls::ServerConfig>,
     timeout: std::time::Duration,
+    admission: Arc<crate::admission::Admission>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> tokio_stream::wrappers::ReceiverStream<
-    Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+    Result<
+        crate::admission::Counted<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+        std::io::Error,
+    >,
 > {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -234,19 +238,30 @@ pub fn tls_incoming(
                 _ = shutdown.cancelled() => return,
                 accepted = listener.accept() => accepted,
             };
-            let stream = match accepted {
-                Ok((stream, _)) => stream,
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             };
+            // The same connection cap and per-address handshake share as the device WebSocket.
+            let (held, handshaking) = match admission.admit(peer.ip()) {
+                Ok(admitted) => admitted,
+                Err(refused) => {
+                    tracing::debug!(%peer, ?refused, "gRPC connection refused; closing");
+                    drop(stream);
+                    continue;
+                }
+            };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                if let Ok(Ok(tls)) = tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                    let _ = tx.send(Ok(tls)).await;
+                let handshake = tokio::time::timeout(timeout, acceptor.accept(stream)).await;
+                drop(handshaking);
+                if let Ok(Ok(tls)) = handshake {
+                    let _ = tx.send(Ok(crate::admission::Counted::new(tls, held))).await;
                 }
             });
         }

@@ -50,6 +50,7 @@ pub struct Application {
     grpc_tls: Option<Arc<rustls::ServerConfig>>,
     metrics_listener: TcpListener,
     metrics_addr: SocketAddr,
+    admission: Arc<carebell_gateway::admission::Admission>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -183,7 +184,17 @@ impl Application {
         let websocket_addr = websocket_listener
             .local_addr()
             .context("failed to read the WebSocket address")?;
-        let websocket = WsListener::new(websocket_listener, tls_config, websocket_context);
+        // One connection cap for the process, shared by the device WebSocket and gRPC listeners.
+        let admission = carebell_gateway::admission::Admission::new(
+            device_context.settings.max_connections,
+            device_context.settings.max_handshakes_per_address,
+        );
+        let websocket = WsListener::new(
+            websocket_listener,
+            tls_config,
+            websocket_context,
+            Arc::clone(&admission),
+        );
         let web_listener =
             carebell_gateway::net::bind(settings.listen.web, settings.listen.backlog)
                 .with_context(|| {
@@ -232,6 +243,7 @@ impl Application {
             grpc_tls,
             metrics_listener,
             metrics_addr,
+            admission,
             shutdown,
             tracker,
         })
@@ -282,6 +294,7 @@ impl Application {
             grpc_tls,
             metrics_listener,
             metrics_addr,
+            admission,
             shutdown,
             tracker,
         } = self;
@@ -426,6 +439,7 @@ impl Application {
                     grpc_listener,
                     config,
                     Settings::ms(settings.device.handshake_timeout_ms),
+                    admission,
                     shutdown.clone(),
                 );
                 tokio::spawn(

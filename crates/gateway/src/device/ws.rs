@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::session::{self, DeviceTransport, Incoming, TransportClosed};
 use super::DeviceContext;
+use crate::admission::{Admission, Handshaking};
 
 /// Per-connection read buffer. tungstenite's default is 128 KiB allocated up front, which is
 /// the whole memory budget of thousands of idle tablets; envelopes are small.
@@ -30,70 +31,23 @@ pub struct WsListener {
     tls: Option<TlsAcceptor>,
     context: DeviceContext,
     handshakes: Arc<tokio::sync::Semaphore>,
-    per_address: Arc<PerAddress>,
-    live: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-/// One held connection in the process's count; released when dropped.
-struct LiveConnection(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for LiveConnection {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// Handshakes in progress per source address.
-#[derive(Default)]
-struct PerAddress {
-    counts: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-}
-
-impl PerAddress {
-    /// A slot for `ip`, or `None` when it already holds `limit` (0: unlimited).
-    fn try_acquire(self: &Arc<Self>, ip: std::net::IpAddr, limit: usize) -> Option<AddressSlot> {
-        if limit == 0 {
-            return Some(AddressSlot(None));
-        }
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(ip).or_insert(0);
-        if *count >= limit {
-            return None;
-        }
-        *count += 1;
-        Some(AddressSlot(Some((Arc::clone(self), ip))))
-    }
-}
-
-/// One handshake's place in its address's count; released when dropped.
-struct AddressSlot(Option<(Arc<PerAddress>, std::net::IpAddr)>);
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        if let Some((map, ip)) = self.0.take() {
-            let mut counts = map.counts.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(count) = counts.get_mut(&ip) {
-                *count -= 1;
-                if *count == 0 {
-                    counts.remove(&ip);
-                }
-            }
-        }
-    }
+    admission: Arc<Admission>,
 }
 
 /// What a connection holds while it handshakes: a process-wide slot and its address's.
 struct HandshakePermit {
     _slot: tokio::sync::OwnedSemaphorePermit,
-    _address: AddressSlot,
+    _address: Handshaking,
 }
 
 impl WsListener {
     /// `tls: None` is plaintext, for the explicit `insecure` setting only.
+    /// `admission` is shared with the process's other listeners (one connection cap).
     pub fn new(
         listener: TcpListener,
         tls: Option<Arc<rustls::ServerConfig>>,
         context: DeviceContext,
+        admission: Arc<Admission>,
     ) -> Self {
         let handshakes = Arc::new(tokio::sync::Semaphore::new(
             context.settings.max_concurrent_handshakes.max(1),
@@ -103,8 +57,7 @@ impl WsListener {
             tls: tls.map(TlsAcceptor::from),
             context,
             handshakes,
-            per_address: Arc::default(),
-            live: Arc::default(),
+            admission,
         }
     }
 
@@ -129,23 +82,15 @@ impl WsListener {
                     continue;
                 }
             };
-            // The process's cap on held connections (under its open-file limit).
-            let cap = self.context.settings.max_connections;
-            let held = self.live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let live = LiveConnection(Arc::clone(&self.live));
-            if cap > 0 && held >= cap {
-                tracing::debug!(%peer, cap, "at the connection cap; closing");
-                drop(stream);
-                continue;
-            }
-            // One address may not hold every handshake slot: past its share it is closed at once.
-            let Some(address) = self
-                .per_address
-                .try_acquire(peer.ip(), self.context.settings.max_handshakes_per_address)
-            else {
-                tracing::debug!(%peer, "too many handshakes from this address; closing");
-                drop(stream);
-                continue;
+            // The process's cap on held connections (under its open-file limit), and one
+            // address may not hold every handshake slot: past either it is closed at once.
+            let (live, address) = match self.admission.admit(peer.ip()) {
+                Ok(admitted) => admitted,
+                Err(refused) => {
+                    tracing::debug!(%peer, ?refused, "connection refused; closing");
+                    drop(stream);
+                    continue;
+                }
             };
             let context = self.context.clone();
             let tls = self.tls.clone();
