@@ -226,6 +226,26 @@ async fn the_closed_loop_over_the_provider_api_with_two_providers() {
     let held = next_view(&mut far_feed, &order_id, "accepted").await;
     assert_eq!(held.resident_name, "李秀英");
     assert_eq!(held.staff_name, "张师傅");
+    // Being shown the senior's name and address is a read, audited per provider: the feed's
+    // view and a listing each count; the provider who was only offered it read nothing.
+    let provider_reads = |provider: Uuid| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM audit_log
+             WHERE actor = $1 AND action = 'provider.read_order' AND resident_id = $2",
+        )
+        .bind(format!("provider:{provider}"))
+        .bind(resident)
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+    };
+    let after_feed = provider_reads(far).await;
+    assert!(after_feed >= 1, "the feed's view was audited");
+    let listed = far_client.list_orders().await.unwrap();
+    assert!(listed.iter().any(|view| view.resident_name == "李秀英"));
+    assert_eq!(provider_reads(far).await, after_feed + 1);
+    near_client.list_orders().await.unwrap();
+    assert_eq!(provider_reads(near).await, 0);
 
     // The tablet tells the senior who is coming and when.
     let update = tablet

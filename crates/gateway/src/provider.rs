@@ -211,7 +211,21 @@ impl Provider for ProviderService {
                             shown.iter().filter(|(id, _)| !now_shown.contains_key(id))
                         {
                             let last = match store.order(*order_id).await {
-                                Ok(order) => view(&order, provider_id),
+                                Ok(order) => {
+                                    let last = view(&order, provider_id);
+                                    let read = if last.resident_name.is_empty() {
+                                        Vec::new()
+                                    } else {
+                                        vec![order.resident_id]
+                                    };
+                                    match store.audit_provider_reads(provider_id, &read).await {
+                                        Ok(()) => last,
+                                        Err(error) => {
+                                            tracing::warn!(%error, "cannot audit a provider's read");
+                                            continue;
+                                        }
+                                    }
+                                }
                                 Err(error) => {
                                     tracing::warn!(%error, "cannot read an order");
                                     continue;
@@ -221,14 +235,35 @@ impl Provider for ProviderService {
                                 return;
                             }
                         }
-                        for (order_id, view) in &now_shown {
-                            if shown.get(order_id) != Some(view)
-                                && views_tx.send(Ok(view.clone())).await.is_err()
-                            {
-                                return;
+                        let changed: Vec<&OrderView> = now_shown
+                            .iter()
+                            .filter(|(order_id, view)| shown.get(*order_id) != Some(*view))
+                            .map(|(_, view)| view)
+                            .collect();
+                        // A view that shows a name and address is a read of that resident,
+                        // audited before it is shown.
+                        let read: Vec<Uuid> = orders
+                            .iter()
+                            .filter(|order| {
+                                changed.iter().any(|view| {
+                                    view.order_id == order.id.to_string()
+                                        && !view.resident_name.is_empty()
+                                })
+                            })
+                            .map(|order| order.resident_id)
+                            .collect();
+                        match store.audit_provider_reads(provider_id, &read).await {
+                            Ok(()) => {
+                                for view in changed {
+                                    if views_tx.send(Ok(view.clone())).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                shown = now_shown;
                             }
+                            // Not shown, so tried again at the next reading.
+                            Err(error) => tracing::warn!(%error, "cannot audit a provider's reads; views held back"),
                         }
-                        shown = now_shown;
                     }
                     Err(error) => tracing::warn!(%error, "cannot read a provider's orders"),
                 }
@@ -262,12 +297,22 @@ impl Provider for ProviderService {
             .provider_orders(session.provider_id)
             .await
             .map_err(status_from_store)?;
-        Ok(Response::new(ListOrdersResponse {
-            orders: orders
-                .iter()
-                .map(|order| view(order, session.provider_id))
-                .collect(),
-        }))
+        let views: Vec<OrderView> = orders
+            .iter()
+            .map(|order| view(order, session.provider_id))
+            .collect();
+        // Names and addresses are shown only for held orders: each is a read of that resident.
+        let read: Vec<Uuid> = orders
+            .iter()
+            .zip(&views)
+            .filter(|(_, view)| !view.resident_name.is_empty())
+            .map(|(order, _)| order.resident_id)
+            .collect();
+        self.store
+            .audit_provider_reads(session.provider_id, &read)
+            .await
+            .map_err(status_from_store)?;
+        Ok(Response::new(ListOrdersResponse { orders: views }))
     }
 
     async fn accept(

@@ -755,6 +755,19 @@ impl Store {
 }
 
 impl Store {
+    /// Audits a provider being shown residents' names and addresses (the orders it holds).
+    pub async fn audit_provider_reads(&self, provider_id: Uuid, residents: &[Uuid]) -> Result<()> {
+        if residents.is_empty() {
+            return Ok(());
+        }
+        self.audit_reads(
+            &format!("provider:{provider_id}"),
+            "provider.read_order",
+            residents,
+        )
+        .await
+    }
+
     /// Audits reads of several residents' data by `actor` in one statement.
     pub(crate) async fn audit_reads(
         &self,
