@@ -6,6 +6,7 @@ mod ids;
 mod operator;
 pub mod orders;
 pub mod routing;
+pub mod schedule;
 
 pub use call::{AlarmAction, AlarmOutcome, CallState, Disposition, OfferState, TransitionError};
 pub use ids::{DeviceId, IdError, RequestId, Username};
