@@ -21,10 +21,13 @@ pub enum Refused {
     TooManyHandshakes,
 }
 
+/// Handshakes in progress per source address.
+type HandshakeCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
 pub struct Admission {
     /// Connections held now (handshaking or established), by both listeners.
     live: Arc<AtomicUsize>,
-    handshakes: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    handshakes: HandshakeCounts,
     max_connections: usize,
     max_handshakes_per_address: usize,
 }
@@ -76,7 +79,7 @@ impl Drop for Held {
 }
 
 /// One handshake in its address's count; released when dropped (the handshake is over).
-pub struct Handshaking(Option<(Arc<Mutex<HashMap<IpAddr, usize>>>, IpAddr)>);
+pub struct Handshaking(Option<(HandshakeCounts, IpAddr)>);
 
 impl Drop for Handshaking {
     fn drop(&mut self) {
