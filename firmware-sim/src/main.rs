@@ -89,6 +89,13 @@ fn show(event: &TabletEvent) {
         TabletEvent::Notice(notice) => {
             println!("[tablet] notice from {}: {}", notice.from, notice.text)
         }
+        TabletEvent::Reminder(reminder) => println!(
+            "[tablet] {} (attempt {}): {} [confirm: {}]",
+            reminder.kind, reminder.attempt, reminder.title, reminder.occurrence_id
+        ),
+        TabletEvent::Content(item) => {
+            println!("[tablet] {} from the station: {}", item.kind, item.title)
+        }
         TabletEvent::RtcSignal(signal) => println!("[tablet] voice signal: {}", signal.kind),
         TabletEvent::Error(error) => {
             println!("[tablet] server error {}: {}", error.code, error.message)

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use carebell_proto::auth_message;
 use carebell_proto::device::v1::{
-    envelope::Body, Alarm, AlarmKind, CallCancel, CallRequest, CallState, CallUpdate, Envelope,
-    Error as ErrorMessage, GoAway, Heartbeat, Hello, Notice, OrderRating, OrderUpdate, Proof,
-    RejectReason, RtcSignal, Welcome,
+    envelope::Body, Alarm, AlarmKind, CallCancel, CallRequest, CallState, CallUpdate, ContentItem,
+    ContentOpened, Envelope, Error as ErrorMessage, GoAway, Heartbeat, Hello, Notice, OrderRating,
+    OrderUpdate, Proof, RejectReason, Reminder, ReminderConfirm, RtcSignal, Welcome,
 };
 use ed25519_dalek::Signer;
 use tokio::sync::{mpsc, oneshot};
@@ -105,6 +105,10 @@ pub enum TabletEvent {
     /// Voice signalling from the operator's console.
     RtcSignal(RtcSignal),
     Notice(Notice),
+    /// A reminder or check-in to confirm.
+    Reminder(Reminder),
+    /// An item of the station's catalogue.
+    Content(ContentItem),
     Error(ErrorMessage),
     GoAway(GoAway),
     Closed {
@@ -333,6 +337,47 @@ impl Tablet {
             signature: new_key.sign(&message).to_bytes().to_vec(),
         }))
         .await
+    }
+
+    /// The senior presses confirm on a reminder or check-in ("taken", "I'm OK"); returns once
+    /// the server has stored it.
+    pub async fn confirm(&self, occurrence_id: &str) -> Result<(), SimError> {
+        self.send(Body::ReminderConfirm(ReminderConfirm {
+            occurrence_id: occurrence_id.to_owned(),
+        }))
+        .await
+    }
+
+    /// The senior opens an item of the catalogue; returns once the server has stored it.
+    pub async fn open_content(&self, content_id: &str) -> Result<(), SimError> {
+        self.send(Body::ContentOpened(ContentOpened {
+            content_id: content_id.to_owned(),
+        }))
+        .await
+    }
+
+    /// The next reminder or check-in shown, skipping other events, or `None` after `timeout`.
+    pub async fn next_reminder(&mut self, timeout: Duration) -> Option<Reminder> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(TabletEvent::Reminder(reminder))) => return Some(reminder),
+                Ok(Some(_)) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next catalogue item received, skipping other events, or `None` after `timeout`.
+    pub async fn next_content(&mut self, timeout: Duration) -> Option<ContentItem> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(TabletEvent::Content(item))) => return Some(item),
+                Ok(Some(_)) => continue,
+                _ => return None,
+            }
+        }
     }
 
     pub async fn cancel(&self, request_id: &str) -> Result<(), SimError> {
@@ -578,6 +623,14 @@ impl Driver {
                 .seen_updates
                 .insert(notice.update_id)
                 .then_some(TabletEvent::Notice(notice)),
+            Some(Body::Reminder(reminder)) => self
+                .seen_updates
+                .insert(reminder.update_id)
+                .then_some(TabletEvent::Reminder(reminder)),
+            Some(Body::ContentItem(item)) => self
+                .seen_updates
+                .insert(item.update_id)
+                .then_some(TabletEvent::Content(item)),
             Some(Body::RtcSignal(signal)) => Some(TabletEvent::RtcSignal(signal)),
             Some(Body::Error(error)) => Some(TabletEvent::Error(error)),
             Some(Body::GoAway(go_away)) => Some(TabletEvent::GoAway(go_away)),

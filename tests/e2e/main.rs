@@ -13,6 +13,7 @@ mod ledger;
 mod observability;
 mod orders;
 mod permissions;
+mod proactive;
 mod redis_down;
 mod restore;
 mod rolling;

@@ -80,6 +80,9 @@ impl Dispatcher {
                         if let Err(error) = self.store.sweep_orders(None).await {
                             tracing::warn!(%error, "service order sweep failed");
                         }
+                        if let Err(error) = self.store.sweep_schedules().await {
+                            tracing::warn!(%error, "schedule sweep failed");
+                        }
                     }
                     let round = self.store.dispatch_round(self.config.ring_timeout).await;
                     match round {

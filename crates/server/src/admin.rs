@@ -206,6 +206,11 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: RoutingCommand,
     },
+    /// Proactive care: schedules, content for the tablets, tablets due a test call.
+    Care {
+        #[command(subcommand)]
+        command: crate::admin_care::CareCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -249,6 +254,7 @@ impl AdminCommand {
             AdminCommand::FleetProvision { .. } => ("admin.fleet_provision", None),
             AdminCommand::Services { .. } => ("admin.services", None),
             AdminCommand::Routing { .. } => ("admin.routing", None),
+            AdminCommand::Care { command } => command.audit_label(),
         })
     }
 }
@@ -269,6 +275,7 @@ pub async fn run(store: &Store, command: AdminCommand) -> anyhow::Result<String>
 
 async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<String> {
     match command {
+        AdminCommand::Care { command } => crate::admin_care::execute(store, command).await,
         AdminCommand::AddStation { name } => {
             let id = store
                 .add_station(name.trim())

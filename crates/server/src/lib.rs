@@ -3,6 +3,7 @@
 //! command line and calls into here.
 
 pub mod admin;
+pub mod admin_care;
 pub mod admin_services;
 mod app;
 pub mod cli;

@@ -15,6 +15,7 @@ mod observability;
 mod operators;
 mod orders;
 mod outbox;
+mod proactive;
 mod reports;
 mod residents;
 mod routing;
@@ -45,6 +46,10 @@ pub use orders::{
     CreatedOrder, NewOrder, OrderRow, OrderSweep, ProgressReport, ProviderSuggestion,
 };
 pub use outbox::{CallUpdatePayload, NoticePayload, OrderUpdatePayload, OutboxItem, OutboxPayload};
+pub use proactive::{
+    ContentDelivery, ContentPayload, NewContent, NewSchedule, ReminderPayload, ScheduleKind,
+    ScheduleSweep, UntestedTablet, CONTENT_KINDS, MAX_CONTACTS_TOLD, REMINDER_RETRY_SECS,
+};
 pub use reports::{report_csv, ProviderFigures, Source, StationFigures};
 pub use residents::{ContactRow, DeviceSummaryRow, InteractionRow, ResidentRecord};
 pub use rtc::{MAX_RTC_PAYLOAD_BYTES, RTC_KINDS};

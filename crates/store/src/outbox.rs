@@ -75,6 +75,8 @@ pub enum OutboxPayload {
     CallUpdate(CallUpdatePayload),
     OrderUpdate(OrderUpdatePayload),
     Notice(NoticePayload),
+    Reminder(crate::proactive::ReminderPayload),
+    Content(crate::proactive::ContentPayload),
 }
 
 /// One message waiting for a device's acknowledgement.
@@ -90,6 +92,14 @@ pub(crate) async fn push_order_update(
     payload: &OrderUpdatePayload,
 ) -> Result<()> {
     push_kind(tx, device_id, "order_update", payload).await
+}
+
+pub(crate) async fn push_reminder(
+    tx: &mut Transaction<'_, Postgres>,
+    device_id: &str,
+    payload: &crate::proactive::ReminderPayload,
+) -> Result<()> {
+    push_kind(tx, device_id, "reminder", payload).await
 }
 
 pub(crate) async fn push_notice(
@@ -183,6 +193,12 @@ impl Store {
                     ),
                     "notice" => {
                         OutboxPayload::Notice(serde_json::from_value(payload).map_err(unreadable)?)
+                    }
+                    "reminder" => OutboxPayload::Reminder(
+                        serde_json::from_value(payload).map_err(unreadable)?,
+                    ),
+                    "content" => {
+                        OutboxPayload::Content(serde_json::from_value(payload).map_err(unreadable)?)
                     }
                     _ => OutboxPayload::CallUpdate(
                         serde_json::from_value(payload).map_err(unreadable)?,

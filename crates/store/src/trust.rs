@@ -313,6 +313,18 @@ impl Store {
             .bind(&devices)
             .execute(&mut *tx)
             .await?;
+        // A reminder's title can be a medicine or an appointment: gone, and nothing more sent.
+        sqlx::query(
+            "UPDATE schedules SET title = '(erased)', active = false, next_due_at = NULL
+             WHERE resident_id = $1",
+        )
+        .bind(resident_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE residents SET interests = '{}' WHERE id = $1")
+            .bind(resident_id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "UPDATE alarm_actions SET note = '' WHERE note <> ''
                AND call_id IN (SELECT id FROM calls WHERE resident_id = $1)",

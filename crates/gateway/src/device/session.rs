@@ -8,8 +8,9 @@ use std::time::Duration;
 use carebell_domain::{CallKind, DeviceId, RequestId};
 use carebell_presence::Kind;
 use carebell_proto::device::v1::{
-    envelope::Body, AlarmKind, CallState, CallUpdate, Challenge, Envelope, Error as ErrorMessage,
-    ErrorCode, GoAway, Notice, OrderUpdate, RejectReason, Rejected, RtcSignal, Welcome,
+    envelope::Body, AlarmKind, CallState, CallUpdate, Challenge, ContentItem, Envelope,
+    Error as ErrorMessage, ErrorCode, GoAway, Notice, OrderUpdate, RejectReason, Rejected,
+    Reminder, RtcSignal, Welcome,
 };
 use carebell_proto::{
     auth_message, CloseCode, CLOSE_AUTH_REJECTED, CLOSE_GOING_AWAY, CLOSE_TIMEOUT,
@@ -543,6 +544,25 @@ impl<T: DeviceTransport> Session<'_, T> {
                         text: payload.text,
                         from: payload.from,
                     }),
+                    OutboxPayload::Reminder(payload) => Body::Reminder(Reminder {
+                        update_id,
+                        occurrence_id: payload.occurrence_id.to_string(),
+                        kind: payload.kind,
+                        title: payload.title,
+                        due_at_ms: payload.due_at_ms,
+                        respond_by_ms: payload.respond_by_ms,
+                        attempt: payload.attempt,
+                    }),
+                    OutboxPayload::Content(payload) => Body::ContentItem(ContentItem {
+                        update_id,
+                        content_id: payload.content_id.to_string(),
+                        kind: payload.kind,
+                        title: payload.title,
+                        body: payload.body,
+                        media_url: payload.media_url,
+                        language: payload.language,
+                        tags: payload.tags,
+                    }),
                     OutboxPayload::OrderUpdate(payload) => Body::OrderUpdate(OrderUpdate {
                         update_id,
                         order_id: payload.order_id.to_string(),
@@ -775,6 +795,42 @@ impl<T: DeviceTransport> Session<'_, T> {
                     Err(error) => return self.unavailable(error, seq).await,
                 },
             },
+            Body::ReminderConfirm(confirm) => match uuid::Uuid::parse_str(&confirm.occurrence_id) {
+                Err(_) => Err((
+                    ErrorCode::InvalidArgument,
+                    "occurrence id is not a UUID".to_owned(),
+                )),
+                Ok(occurrence_id) => match self
+                    .context
+                    .store
+                    .confirm_occurrence(self.device_id.as_str(), occurrence_id)
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(error @ StoreError::Refused(_)) => {
+                        Err((ErrorCode::InvalidArgument, error.to_string()))
+                    }
+                    Err(error) => return self.unavailable(error, seq).await,
+                },
+            },
+            Body::ContentOpened(opened) => match uuid::Uuid::parse_str(&opened.content_id) {
+                Err(_) => Err((
+                    ErrorCode::InvalidArgument,
+                    "content id is not a UUID".to_owned(),
+                )),
+                Ok(content_id) => match self
+                    .context
+                    .store
+                    .content_opened(self.device_id.as_str(), content_id)
+                    .await
+                {
+                    Ok(()) => Ok(()),
+                    Err(error @ StoreError::Refused(_)) => {
+                        Err((ErrorCode::InvalidArgument, error.to_string()))
+                    }
+                    Err(error) => return self.unavailable(error, seq).await,
+                },
+            },
             Body::KeyRotation(rotation) => match check_rotation(self.device_id, &rotation) {
                 Err(message) => Err((ErrorCode::InvalidArgument, message)),
                 Ok(key) => match self
@@ -813,6 +869,8 @@ impl<T: DeviceTransport> Session<'_, T> {
             | Body::CallUpdate(_)
             | Body::OrderUpdate(_)
             | Body::Notice(_)
+            | Body::Reminder(_)
+            | Body::ContentItem(_)
             | Body::GoAway(_) => {
                 self.link
                     .error(

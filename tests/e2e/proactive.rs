@@ -1,0 +1,449 @@
+//! Proactive care through a real node: a reminder not confirmed twice tells the first ordered
+//! contacts and then puts an operator task in the queue, each step no earlier than its wait;
+//! a confirmation ends it; content targeted at one station reaches only its tablets, each
+//! once, acknowledged and opened; tablets without a test call are flagged; bad input gets clear
+//! errors. (Recurrence across daylight-saving changes and month ends is unit-tested in
+//! `carebell_domain::schedule`.)
+
+use std::time::Duration;
+
+use carebell_proto::console::v1::CallKind;
+use carebell_store::{NewContact, NewContent, NewSchedule, ScheduleKind, StoreError};
+use carebell_tests::{NodeOptions, TestNode};
+use chrono::{DateTime, Utc};
+use firmware_sim::{Tablet, TabletEvent, TransportKind};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Now, as a local time in Asia/Shanghai (UTC+8 all year), plus `ahead`.
+fn shanghai_in(ahead: Duration) -> chrono::NaiveDateTime {
+    (Utc::now() + chrono::Duration::hours(8) + chrono::Duration::from_std(ahead).unwrap())
+        .naive_utc()
+}
+
+fn reminder(resident: Uuid, wait_seconds: u32) -> NewSchedule {
+    NewSchedule {
+        resident_id: resident,
+        kind: ScheduleKind::Reminder,
+        title: "降压药 (blood pressure tablets)".to_owned(),
+        rule: "FREQ=DAILY".to_owned(),
+        starts_local: shanghai_in(Duration::from_secs(1)),
+        time_zone: "Asia/Shanghai".to_owned(),
+        wait_seconds,
+        created_by: "test".to_owned(),
+    }
+}
+
+/// The database times of an occurrence's events of `kind`, in order.
+async fn event_times(node: &TestNode, occurrence: &str, kind: &str) -> Vec<DateTime<Utc>> {
+    sqlx::query_scalar(
+        "SELECT at FROM events WHERE kind = $1 AND detail->>'occurrence_id' = $2 ORDER BY id",
+    )
+    .bind(kind)
+    .bind(occurrence)
+    .fetch_all(node.store.pool())
+    .await
+    .unwrap()
+}
+
+async fn wait_for_event(node: &TestNode, occurrence: &str, kind: &str) -> DateTime<Utc> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(at) = event_times(node, occurrence, kind).await.first() {
+            return *at;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {kind} event for {occurrence}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reminder_missed_twice_tells_the_first_contacts_then_an_operator_calls() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let (resident, config) = node
+        .tablet_config("提醒 王奶奶", TransportKind::WebSocket)
+        .await;
+    // Four ordered contacts (only the first three are told) and one told in parallel for
+    // alarms (not for reminders).
+    let mut ordered = Vec::new();
+    for position in 1..=4 {
+        ordered.push(
+            node.store
+                .add_contact(&NewContact {
+                    resident_id: resident,
+                    name: format!("联系人{position}"),
+                    phone: format!("+86 139 0000 000{position}"),
+                    channels: vec!["sms".to_owned()],
+                    position: Some(position),
+                    ..NewContact::default()
+                })
+                .await
+                .unwrap(),
+        );
+    }
+    node.store
+        .add_contact(&NewContact {
+            resident_id: resident,
+            name: "居委会".to_owned(),
+            channels: vec!["sms".to_owned()],
+            ..NewContact::default()
+        })
+        .await
+        .unwrap();
+    let mut tablet = Tablet::connect(&config).await.unwrap();
+    let wait = 2;
+    node.store
+        .add_schedule(&reminder(resident, wait))
+        .await
+        .unwrap();
+
+    // Attempt 1, not confirmed; attempt 2, not confirmed.
+    let first = tablet
+        .next_reminder(WAIT)
+        .await
+        .expect("the reminder is shown");
+    assert_eq!(
+        (first.kind.as_str(), first.attempt),
+        ("reminder", 1),
+        "{first:?}"
+    );
+    assert_eq!(first.title, "降压药 (blood pressure tablets)");
+    let second = tablet.next_reminder(WAIT).await.expect("shown again");
+    assert_eq!(
+        (second.occurrence_id.as_str(), second.attempt),
+        (first.occurrence_id.as_str(), 2)
+    );
+    let occurrence = first.occurrence_id.clone();
+
+    // Missed twice: the first three ordered contacts are told, then an operator task is made.
+    let told_at = wait_for_event(&node, &occurrence, "schedule.contact_notified").await;
+    let task_at = wait_for_event(&node, &occurrence, "schedule.task_created").await;
+    let sent = event_times(&node, &occurrence, "schedule.reminder_sent").await;
+    assert_eq!(sent.len(), 2, "two attempts, each an event");
+    assert_eq!(
+        event_times(&node, &occurrence, "schedule.missed")
+            .await
+            .len(),
+        2,
+        "two misses, each an event"
+    );
+    // Each step comes no earlier than the wait after the one before.
+    let wait = chrono::Duration::seconds(i64::from(wait));
+    assert!(sent[1] - sent[0] >= wait, "{sent:?}");
+    assert!(told_at - sent[1] >= wait, "{told_at} after {sent:?}");
+    assert!(task_at - told_at >= wait, "{task_at} after {told_at}");
+    let told: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT n.contact_id FROM schedule_notifications n JOIN contacts c ON c.id = n.contact_id
+         WHERE n.occurrence_id = $1::uuid ORDER BY c.position",
+    )
+    .bind(&occurrence)
+    .fetch_all(node.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        told,
+        ordered[..3],
+        "the first three ordered contacts, in order"
+    );
+    let texts: Vec<String> = sqlx::query_scalar(
+        "SELECT body->>'phone' FROM webhook_deliveries WHERE body->>'occurrence_id' = $1
+         ORDER BY id",
+    )
+    .bind(&occurrence)
+    .fetch_all(node.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        texts,
+        [
+            "+86 139 0000 0001",
+            "+86 139 0000 0002",
+            "+86 139 0000 0003"
+        ],
+        "an SMS to each"
+    );
+    // The task is an outbound call in the call-backs queue, and an operator is offered it.
+    let mut console = node.available_operator("proactive", "李秘书 小王").await;
+    let offer = console.next_offer(WAIT).await.expect("the task is offered");
+    assert_eq!(offer.kind, CallKind::Callback as i32);
+    let (state, call): (String, Option<Uuid>) =
+        sqlx::query_as("SELECT state, call_id FROM schedule_occurrences WHERE id = $1::uuid")
+            .bind(&occurrence)
+            .fetch_one(node.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(state, "task_created");
+    assert_eq!(call.map(|id| id.to_string()), Some(offer.call_id));
+    // A late "I'm OK" is stored and changes nothing more.
+    tablet.confirm(&occurrence).await.unwrap();
+    tablet.close().await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmed_reminder_goes_no_further() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let (resident, config) = node.tablet_config("提醒 李爷爷", TransportKind::Grpc).await;
+    node.store
+        .add_contact(&NewContact {
+            resident_id: resident,
+            name: "女儿".to_owned(),
+            channels: vec!["sms".to_owned()],
+            position: Some(1),
+            ..NewContact::default()
+        })
+        .await
+        .unwrap();
+    let mut tablet = Tablet::connect(&config).await.unwrap();
+    node.store
+        .add_schedule(&NewSchedule {
+            kind: ScheduleKind::CheckIn,
+            title: "今天好吗？ I'm OK".to_owned(),
+            ..reminder(resident, 1)
+        })
+        .await
+        .unwrap();
+    let shown = tablet.next_reminder(WAIT).await.expect("the check-in");
+    assert_eq!(shown.kind, "check_in");
+    tablet.confirm(&shown.occurrence_id).await.unwrap();
+    // Well past two waits: nothing more was sent and nobody was told.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        tablet
+            .next_reminder(Duration::from_millis(200))
+            .await
+            .is_none(),
+        "no second attempt"
+    );
+    let (state, told): (String, i64) = sqlx::query_as(
+        "SELECT o.state, (SELECT count(*) FROM schedule_notifications n WHERE n.occurrence_id = o.id)
+         FROM schedule_occurrences o WHERE o.id = $1::uuid",
+    )
+    .bind(&shown.occurrence_id)
+    .fetch_one(node.store.pool())
+    .await
+    .unwrap();
+    assert_eq!((state.as_str(), told), ("confirmed", 0));
+    assert_eq!(
+        event_times(&node, &shown.occurrence_id, "schedule.confirmed")
+            .await
+            .len(),
+        1
+    );
+    tablet.close().await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_for_one_station_reaches_only_its_tablets_each_once_acknowledged() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let here = node.station().await;
+    let elsewhere = node.store.add_station("别的站").await.unwrap();
+    let mut tablets = Vec::new();
+    let mut devices = Vec::new();
+    for (name, station) in [("内容一", here), ("内容二", here), ("内容三", elsewhere)] {
+        let resident = node
+            .store
+            .add_resident(&carebell_store::NewResident {
+                station_id: station,
+                full_name: name.to_owned(),
+                ..carebell_store::NewResident::default()
+            })
+            .await
+            .unwrap();
+        let credentials = node.provision(resident).await;
+        devices.push(credentials.device_id.clone());
+        tablets.push(
+            Tablet::connect(&firmware_sim::TabletConfig::new(
+                credentials,
+                TransportKind::WebSocket,
+            ))
+            .await
+            .unwrap(),
+        );
+    }
+    let item = node
+        .store
+        .add_content(
+            &NewContent {
+                kind: "health".to_owned(),
+                title: "冬季防跌倒".to_owned(),
+                body: "地面保持干燥，夜间开小灯。".to_owned(),
+                language: "zh".to_owned(),
+                station_id: Some(here),
+                created_by: "test".to_owned(),
+                ..NewContent::default()
+            },
+            65536,
+        )
+        .await
+        .unwrap();
+    assert_eq!(node.store.deliver_content(item).await.unwrap(), 2);
+    assert_eq!(
+        node.store.deliver_content(item).await.unwrap(),
+        0,
+        "each tablet once"
+    );
+    for tablet in &mut tablets[..2] {
+        let received = tablet.next_content(WAIT).await.expect("the item arrives");
+        assert_eq!(received.content_id, item.to_string());
+        assert_eq!(received.title, "冬季防跌倒");
+    }
+    assert!(
+        tablets[2]
+            .next_content(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "the other station's tablet gets nothing"
+    );
+    tablets[0].open_content(&item.to_string()).await.unwrap();
+    // The tablets acknowledge what they receive: both recorded as received, one opened.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let deliveries = node.store.content_deliveries(item).await.unwrap();
+        let summary: Vec<(String, bool, bool)> = deliveries
+            .into_iter()
+            .map(|d| (d.device_id, d.received, d.opened))
+            .collect();
+        let mut expected = vec![
+            (devices[0].clone(), true, true),
+            (devices[1].clone(), true, false),
+        ];
+        expected.sort();
+        if summary == expected {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{summary:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Opening an item never sent to this tablet is refused with a clear error.
+    tablets[2].open_content(&item.to_string()).await.unwrap();
+    let mut refused = None;
+    while let Some(event) = tablets[2].next_event(Duration::from_secs(5)).await {
+        if let TabletEvent::Error(error) = event {
+            refused = Some(error);
+            break;
+        }
+    }
+    let refused = refused.expect("an error for the item it never had");
+    assert!(
+        refused.message.contains("never sent to this tablet"),
+        "{refused:?}"
+    );
+    for tablet in tablets {
+        tablet.close().await;
+    }
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tablets_without_an_answered_call_in_the_period_are_flagged() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let (_, tested) = node
+        .tablet_config("测试 已测", TransportKind::WebSocket)
+        .await;
+    let (_, untested) = node
+        .tablet_config("测试 未测", TransportKind::WebSocket)
+        .await;
+    // Both in service for 40 days.
+    sqlx::query("UPDATE devices SET created_at = now() - interval '40 days'")
+        .execute(node.store.pool())
+        .await
+        .unwrap();
+    let tablet = Tablet::connect(&tested).await.unwrap();
+    let mut console = node.available_operator("tester", "Tester").await;
+    tablet.press().await.unwrap();
+    let offer = console.next_offer(WAIT).await.expect("the test call");
+    console.client.accept(&offer.offer_id).await.unwrap();
+    let flagged: Vec<String> = node
+        .store
+        .untested_tablets(31)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|tablet| tablet.device_id)
+        .collect();
+    assert_eq!(
+        flagged,
+        std::slice::from_ref(&untested.credentials.device_id)
+    );
+    tablet.close().await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn bad_schedules_and_content_get_clear_errors() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let (resident, _) = node
+        .tablet_config("错误 输入", TransportKind::WebSocket)
+        .await;
+    let refusal = |result: Result<Uuid, StoreError>| match result {
+        Err(StoreError::Refused(message)) => message,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let message = refusal(
+        node.store
+            .add_schedule(&NewSchedule {
+                rule: "FREQ=SOMETIMES".to_owned(),
+                ..reminder(resident, 600)
+            })
+            .await,
+    );
+    assert!(message.contains("invalid recurrence"), "{message}");
+    let message = refusal(
+        node.store
+            .add_schedule(&NewSchedule {
+                time_zone: "Mars/Olympus_Mons".to_owned(),
+                ..reminder(resident, 600)
+            })
+            .await,
+    );
+    assert!(message.contains("Mars/Olympus_Mons"), "{message}");
+    // A resident with no tablet: nothing could show the reminder.
+    let without = node.resident("没有平板").await;
+    let message = refusal(node.store.add_schedule(&reminder(without, 600)).await);
+    assert!(message.contains("has no tablet"), "{message}");
+    // Content larger than a tablet takes in one message.
+    let message = refusal(
+        node.store
+            .add_content(
+                &NewContent {
+                    kind: "story".to_owned(),
+                    title: "很长的故事".to_owned(),
+                    body: "从前有座山。".repeat(5000),
+                    language: "zh".to_owned(),
+                    ..NewContent::default()
+                },
+                65536,
+            )
+            .await,
+    );
+    assert!(message.contains("larger than a tablet takes"), "{message}");
+    let message = refusal(
+        node.store
+            .add_content(
+                &NewContent {
+                    kind: "advert".to_owned(),
+                    title: "x".to_owned(),
+                    language: "zh".to_owned(),
+                    ..NewContent::default()
+                },
+                65536,
+            )
+            .await,
+    );
+    assert!(message.contains("unknown content kind"), "{message}");
+    // Nothing was stored by any of them.
+    let (schedules, items): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM schedules), (SELECT count(*) FROM content_items)",
+    )
+    .fetch_one(node.store.pool())
+    .await
+    .unwrap();
+    assert_eq!((schedules, items), (0, 0));
+    node.stop().await;
+}
