@@ -682,3 +682,123 @@ async fn an_enrolment_code_from_the_command_line_enrols_a_tablet() {
     assert!(format!("{unknown:#}").contains("not found"), "{unknown:#}");
     node.stop().await;
 }
+
+/// `carebell admin care`: a schedule, a profile, content and its report, the untested tablets,
+/// and clear errors for a bad rule, a resident without a tablet and content too large.
+#[tokio::test]
+async fn proactive_care_goes_in_through_admin() {
+    let database_url = carebell_tests::fresh_database().await;
+    let station = admin(&database_url, &["add-station", "--name", "关怀站"])
+        .await
+        .unwrap();
+    let resident = admin(
+        &database_url,
+        &["add-resident", "--station", &station, "--name", "周阿姨"],
+    )
+    .await
+    .unwrap();
+    let schedule = [
+        "care",
+        "add-schedule",
+        "--resident",
+        &resident,
+        "--kind",
+        "reminder",
+        "--title",
+        "降压药",
+        "--rule",
+        "FREQ=DAILY",
+        "--start",
+        "2026-12-01T08:00",
+    ];
+    // No tablet yet: a reminder could not be shown.
+    let error = admin(&database_url, &schedule).await.unwrap_err();
+    assert!(format!("{error:#}").contains("has no tablet"), "{error:#}");
+    let dir = TempDir::new();
+    let credentials = dir.0.join("tablet.json");
+    admin(
+        &database_url,
+        &[
+            "provision-device",
+            "--resident",
+            &resident,
+            "--out",
+            &credentials.to_string_lossy(),
+        ],
+    )
+    .await
+    .unwrap();
+    let id = admin(&database_url, &schedule).await.unwrap();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+    let mut bad_rule = schedule;
+    bad_rule[9] = "FREQ=HOURLY";
+    let error = admin(&database_url, &bad_rule).await.unwrap_err();
+    assert!(
+        format!("{error:#}").contains("too frequent"),
+        "{error:#}"
+    );
+    admin(
+        &database_url,
+        &[
+            "care",
+            "set-profile",
+            "--resident",
+            &resident,
+            "--language",
+            "zh",
+            "--interests",
+            "opera",
+        ],
+    )
+    .await
+    .unwrap();
+    let added = admin(
+        &database_url,
+        &[
+            "care",
+            "add-content",
+            "--kind",
+            "song",
+            "--title",
+            "粤剧选段",
+            "--tags",
+            "opera",
+            "--station",
+            &station,
+            "--deliver",
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(added.ends_with("sent to 1 tablets"), "{added}");
+    let content = added.lines().next().unwrap();
+    let report = admin(&database_url, &["care", "content-report", "--id", content])
+        .await
+        .unwrap();
+    assert!(report.contains("\tfalse\tfalse"), "sent, not yet received: {report}");
+    let long = "长".repeat(30_000);
+    let error = admin(
+        &database_url,
+        &[
+            "care",
+            "add-content",
+            "--kind",
+            "story",
+            "--title",
+            "太长",
+            "--body",
+            &long,
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("larger than a tablet takes"),
+        "{error:#}"
+    );
+    // A new tablet is not yet due a test call.
+    let untested = admin(&database_url, &["care", "untested-tablets"])
+        .await
+        .unwrap();
+    assert_eq!(untested.lines().count(), 1, "only the heading: {untested}");
+}

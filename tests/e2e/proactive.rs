@@ -185,6 +185,58 @@ async fn a_reminder_missed_twice_tells_the_first_contacts_then_an_operator_calls
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_welfare_call_is_an_outbound_task_offered_to_an_operator() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let (resident, config) = node
+        .tablet_config("关怀 陈奶奶", TransportKind::WebSocket)
+        .await;
+    let mut tablet = Tablet::connect(&config).await.unwrap();
+    let mut console = node.available_operator("welfare", "李秘书 小陈").await;
+    let schedule = node
+        .store
+        .add_schedule(&NewSchedule {
+            kind: ScheduleKind::WelfareCall,
+            title: "每周两次关怀电话".to_owned(),
+            rule: "FREQ=WEEKLY;BYDAY=MO,TH".to_owned(),
+            ..reminder(resident, 600)
+        })
+        .await
+        .unwrap();
+    // The first occurrence is the next Monday or Thursday: brought forward to now here.
+    sqlx::query("UPDATE schedules SET next_due_at = now() WHERE id = $1")
+        .bind(schedule)
+        .execute(node.store.pool())
+        .await
+        .unwrap();
+    let offer = console
+        .next_offer(WAIT)
+        .await
+        .expect("the welfare call is offered");
+    assert_eq!(offer.kind, CallKind::Callback as i32);
+    assert_eq!(offer.resident_id, resident.to_string());
+    let (state, next_due): (String, DateTime<Utc>) = sqlx::query_as(
+        "SELECT o.state, s.next_due_at FROM schedule_occurrences o
+         JOIN schedules s ON s.id = o.schedule_id WHERE o.call_id = $1::uuid",
+    )
+    .bind(&offer.call_id)
+    .fetch_one(node.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(state, "placed");
+    assert!(next_due > Utc::now(), "the next occurrence is ahead");
+    // The tablet is not told about an outbound call being queued.
+    assert!(
+        !matches!(
+            tablet.next_event(Duration::from_millis(300)).await,
+            Some(TabletEvent::CallUpdate(_))
+        ),
+        "no call update on the tablet"
+    );
+    tablet.close().await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirmed_reminder_goes_no_further() {
     let node = TestNode::start(NodeOptions::default()).await;
     let (resident, config) = node.tablet_config("提醒 李爷爷", TransportKind::Grpc).await;
