@@ -14,7 +14,7 @@ seconds="${1:-10}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(envelope websocket_handshake json_requests routing_rules)
+  targets=(envelope websocket_handshake json_requests stream_queries routing_rules settings)
 fi
 
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then

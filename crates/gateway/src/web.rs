@@ -294,8 +294,9 @@ async fn unary(
 }
 
 /// Query parameters as a JSON object for the stream's request message: numbers where they
-/// parse as numbers, strings otherwise; `token` is taken out.
-fn request_json(mut query: HashMap<String, String>) -> (Option<String>, serde_json::Value) {
+/// parse as numbers, strings otherwise; `token` is taken out. (Public for the fuzz target
+/// `stream_queries`.)
+pub fn request_json(mut query: HashMap<String, String>) -> (Option<String>, serde_json::Value) {
     let token = query.remove("token");
     let fields = query
         .into_iter()
