@@ -1117,7 +1117,7 @@ async fn a_password_spray_from_one_address_is_stopped() {
 // | `Accept.order_id`, `Accept.staff_id`, `Decline.order_id`, `AssignStaff.order_id`, `AssignStaff.staff_id`, `UpdateStatus.order_id` | refused: malformed id | `…_family_and_provider_…` |
 // | **Devices** | | |
 // | `Alarm.detail` | stored: `alarms.detail`; a NUL is stored as U+FFFD (the alarm itself must not be lost) | `…_device_…` |
-// | `Alarm.alarm_id`, `CallRequest.request_id`, `CallCancel.request_id`, `OrderRating.order_id`, `RtcSignal.call_id`, `RtcSignal.kind` | refused: `ERROR_CODE_INVALID_ARGUMENT`, acknowledged | `…_device_…` |
+// | `Alarm.alarm_id`, `CallRequest.request_id`, `CallCancel.request_id`, `ReminderConfirm.occurrence_id`, `ContentOpened.content_id`, `OrderRating.order_id`, `RtcSignal.call_id`, `RtcSignal.kind` | refused: `ERROR_CODE_INVALID_ARGUMENT`, acknowledged | `…_device_…` |
 // | `RtcSignal.payload` | relayed verbatim to the console (never stored) | `…_device_…` |
 // | `Hello.device_id` | refused: `BAD_CREDENTIALS` | `…_device_…` |
 // | `Hello.firmware_version`, `EnrolRequest.firmware_version` | never stored (a log field): the session or enrolment goes ahead | `…_device_…` |
@@ -1141,6 +1141,10 @@ async fn a_password_spray_from_one_address_is_stopped() {
 // | `services top-up --memo` | stored: `ledger_transactions.memo` | `…_admin_…` |
 // | `routing load --file` (queue ids) | stored: `routing_rules.body`; a NUL (`\u0000` in the JSON or TOML) or a file that is not UTF-8 refused, the rules in force kept | `…_admin_…` |
 // | `services policy --load` | refused: not a policy | `…_admin_…` |
+// | `care add-schedule --title` | stored: `schedules.title` | `…_admin_…` |
+// | `care add-schedule --kind --rule --time-zone`, `care set-profile --language`, `care add-content --kind --language` | refused: not a known kind, an RRULE, a time zone or a language tag | `…_admin_…` |
+// | `care set-profile --interests` | stored: `residents.interests` | `…_admin_…` |
+// | `care add-content --title --body --media-url --tags` | stored: `content_items.*` | `…_admin_…` |
 // | any argument that is not UTF-8 | refused by the argument parser | `…_admin_…` |
 // | `fleet-provision --seed`, `provision-device`/`enrolment-code --grpc-url`, `--websocket-url`, every `--password` | never stored (key derivation, the credentials file, the QR code, an argon2 hash) | `--seed`: `…_admin_…` |
 // | ids, dates and numbers (`--station`, `--resident`, `--provider`, `--from`, `--fen`, ...) | typed by the argument parser (UUID, date, integer) before anything runs | — |
@@ -2367,7 +2371,8 @@ async fn tablet_error(tablet: &mut Tablet) -> carebell_proto::device::v1::ErrorC
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_text_in_every_device_field_is_stored_verbatim_or_refused() {
     use carebell_proto::device::v1::{
-        CallCancel, CallRequest, ErrorCode, OrderRating, RtcSignal as DeviceRtcSignal,
+        CallCancel, CallRequest, ContentOpened, ErrorCode, OrderRating, ReminderConfirm,
+        RtcSignal as DeviceRtcSignal,
     };
     let node = TestNode::start(NodeOptions::default()).await;
     let (store, pool) = (&node.store, node.store.pool());
@@ -2458,6 +2463,18 @@ async fn hostile_text_in_every_device_field_is_stored_verbatim_or_refused() {
                 "CallCancel.request_id",
                 Body::CallCancel(CallCancel {
                     request_id: text.to_owned(),
+                }),
+            ),
+            (
+                "ReminderConfirm.occurrence_id",
+                Body::ReminderConfirm(ReminderConfirm {
+                    occurrence_id: text.to_owned(),
+                }),
+            ),
+            (
+                "ContentOpened.content_id",
+                Body::ContentOpened(ContentOpened {
+                    content_id: text.to_owned(),
                 }),
             ),
             (
@@ -3058,6 +3075,136 @@ async fn hostile_text_in_every_admin_command_is_stored_verbatim_or_refused() {
         );
         let sql = "SELECT display_name FROM provider_accounts WHERE id = $1::uuid";
         assert_eq!(stored(pool, sql, &id).await, text);
+        // Proactive care: a schedule's title, a resident's interests, a content item's text.
+        let id = ok(
+            "care add-schedule --title",
+            text,
+            run(args(&[
+                "care",
+                "add-schedule",
+                "--resident",
+                &resident,
+                "--kind",
+                "reminder",
+                "--title",
+                text,
+                "--rule",
+                "FREQ=DAILY",
+                "--start",
+                "2026-12-01T08:00",
+            ]))
+            .await,
+        );
+        assert_eq!(
+            stored(pool, "SELECT title FROM schedules WHERE id = $1::uuid", &id).await,
+            text
+        );
+        for (what, flag) in [
+            ("care add-schedule --kind", "--kind"),
+            ("care add-schedule --rule", "--rule"),
+            ("care add-schedule --time-zone", "--time-zone"),
+        ] {
+            let mut command = args(&[
+                "care",
+                "add-schedule",
+                "--resident",
+                &resident,
+                "--kind",
+                "reminder",
+                "--title",
+                "x",
+                "--rule",
+                "FREQ=DAILY",
+                "--start",
+                "2026-12-01T08:00",
+                "--time-zone",
+                "Asia/Shanghai",
+            ]);
+            let at = command.iter().position(|arg| arg == flag).unwrap();
+            command[at + 1] = text.to_owned();
+            no(what, text, run(command).await);
+        }
+        ok(
+            "care set-profile --interests",
+            text,
+            run(args(&[
+                "care",
+                "set-profile",
+                "--resident",
+                &resident,
+                "--language",
+                "zh",
+                "--interests",
+                text,
+            ]))
+            .await,
+        );
+        let interests: Vec<String> =
+            sqlx::query_scalar("SELECT interests FROM residents WHERE id = $1::uuid")
+                .bind(&resident)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        assert_eq!(interests, [text], "care set-profile --interests");
+        no(
+            "care set-profile --language",
+            text,
+            run(args(&[
+                "care",
+                "set-profile",
+                "--resident",
+                &resident,
+                "--language",
+                text,
+            ]))
+            .await,
+        );
+        let id = ok(
+            "care add-content",
+            text,
+            run(args(&[
+                "care",
+                "add-content",
+                "--kind",
+                "health",
+                "--title",
+                text,
+                "--body",
+                text,
+                "--media-url",
+                text,
+                "--tags",
+                text,
+            ]))
+            .await,
+        );
+        let row: Vec<String> = sqlx::query_scalar(
+            "SELECT unnest(ARRAY[title, body, media_url] || tags) FROM content_items
+             WHERE id = $1::uuid",
+        )
+        .bind(&id)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        assert_eq!(row, vec![text; 4], "care add-content");
+        for (what, flag) in [
+            ("care add-content --kind", "--kind"),
+            ("care add-content --language", "--language"),
+        ] {
+            let mut command = args(&[
+                "care",
+                "add-content",
+                "--kind",
+                "health",
+                "--title",
+                "x",
+                "--language",
+                "zh",
+            ]);
+            let at = command.iter().position(|arg| arg == flag).unwrap();
+            command[at + 1] = text.to_owned();
+            no(what, text, run(command).await);
+        }
         ok(
             "services top-up --memo",
             text,
