@@ -733,10 +733,7 @@ async fn proactive_care_goes_in_through_admin() {
     let mut bad_rule = schedule;
     bad_rule[9] = "FREQ=HOURLY";
     let error = admin(&database_url, &bad_rule).await.unwrap_err();
-    assert!(
-        format!("{error:#}").contains("too frequent"),
-        "{error:#}"
-    );
+    assert!(format!("{error:#}").contains("too frequent"), "{error:#}");
     admin(
         &database_url,
         &[
@@ -775,7 +772,10 @@ async fn proactive_care_goes_in_through_admin() {
     let report = admin(&database_url, &["care", "content-report", "--id", content])
         .await
         .unwrap();
-    assert!(report.contains("\tfalse\tfalse"), "sent, not yet received: {report}");
+    assert!(
+        report.contains("\tfalse\tfalse"),
+        "sent, not yet received: {report}"
+    );
     let long = "长".repeat(30_000);
     let error = admin(
         &database_url,
