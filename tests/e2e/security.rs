@@ -10,7 +10,7 @@ use carebell_proto::console::v1::Disposition;
 use carebell_proto::device::v1::envelope::Body;
 use carebell_proto::device::v1::{Alarm, AlarmKind};
 use carebell_store::{NewContact, NewResident};
-use carebell_tests::{NodeOptions, TestNode, PASSWORD};
+use carebell_tests::{Answer, Bridge, NodeOptions, TestNode, PASSWORD};
 use firmware_sim::{SimError, Tablet, TabletEvent, TransportKind};
 use uuid::Uuid;
 
@@ -1169,169 +1169,6 @@ const NUL: &str = "nul\0'); DROP TABLE events; --";
 /// Every hostile text: the SQL, then the NUL.
 fn hostile_and_nul() -> impl Iterator<Item = &'static str> {
     HOSTILE.iter().copied().chain([NUL])
-}
-
-/// A client of the browser bridge (`POST /api/{service}/{Method}` with JSON): one TLS connection
-/// per request, HTTP/1.1 by hand.
-struct Bridge {
-    config: std::sync::Arc<rustls::ClientConfig>,
-    tls: tokio_rustls::TlsConnector,
-    port: u16,
-}
-
-/// A request the service refused: the code's name (`invalid_argument`, ...) and the message.
-#[derive(Debug)]
-struct Refusal {
-    code: String,
-    message: String,
-}
-
-type Answer = Result<serde_json::Value, Refusal>;
-
-impl Bridge {
-    fn new(node: &TestNode) -> Self {
-        use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(node.ca_pem.as_bytes())
-        {
-            roots.add(certificate.unwrap()).unwrap();
-        }
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let port = node
-            .web_url
-            .rsplit(':')
-            .next()
-            .and_then(|port| port.parse().ok())
-            .unwrap();
-        let config = std::sync::Arc::new(config);
-        Self {
-            tls: tokio_rustls::TlsConnector::from(config.clone()),
-            config,
-            port,
-        }
-    }
-
-    /// Sends `head` and `body`; returns the status code and the response's body.
-    async fn exchange(&self, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .unwrap();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut stream = self.tls.connect(name, tcp).await.unwrap();
-        stream.write_all(head.as_bytes()).await.unwrap();
-        stream.write_all(body).await.unwrap();
-        stream.flush().await.unwrap();
-        let mut response = Vec::new();
-        // The server may close without a TLS close_notify: what arrived is kept.
-        let _ = stream.read_to_end(&mut response).await;
-        let split = response
-            .windows(4)
-            .position(|window| window == b"\r\n\r\n")
-            .unwrap_or_else(|| panic!("no HTTP response: {response:?}"));
-        let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|status| status.parse().ok())
-            .unwrap_or_else(|| panic!("no status in {head}"));
-        let mut body = response[split + 4..].to_vec();
-        if head.contains("transfer-encoding: chunked") {
-            body = dechunk(&body);
-        }
-        (status, body)
-    }
-
-    /// Posts `body` (any bytes) to `/api/{service}/{method}`.
-    async fn post(&self, service: &str, method: &str, token: Option<&str>, body: &[u8]) -> Answer {
-        let authorization = token
-            .map(|token| format!("authorization: Bearer {token}\r\n"))
-            .unwrap_or_default();
-        let head = format!(
-            "POST /api/{service}/{method} HTTP/1.1\r\nhost: localhost\r\n\
-             content-type: application/json\r\ncontent-length: {}\r\n{authorization}\
-             connection: close\r\n\r\n",
-            body.len()
-        );
-        let (status, response) = self.exchange(&head, body).await;
-        assert_eq!(
-            status,
-            200,
-            "{service}/{method}: {}",
-            String::from_utf8_lossy(&response)
-        );
-        let answer: serde_json::Value = serde_json::from_slice(&response).unwrap();
-        match answer.get("error") {
-            None => Ok(answer),
-            Some(error) => Err(Refusal {
-                code: error["code"].as_str().unwrap_or_default().to_owned(),
-                message: error["message"].as_str().unwrap_or_default().to_owned(),
-            }),
-        }
-    }
-
-    /// Calls `service`/`method` with `request`, as a signed-in session (waiting out its rate
-    /// limit: these tests make more requests than its burst) or anonymously.
-    async fn call(
-        &self,
-        service: &str,
-        method: &str,
-        token: Option<&str>,
-        request: serde_json::Value,
-    ) -> Answer {
-        let body = request.to_string();
-        loop {
-            match self.post(service, method, token, body.as_bytes()).await {
-                Err(refusal) if refusal.code == "resource_exhausted" && token.is_some() => {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                answer => return answer,
-            }
-        }
-    }
-
-    /// Signs in to `service` (password [`PASSWORD`]); returns the token.
-    async fn sign_in(&self, service: &str, username: &str) -> String {
-        let answer = self
-            .call(
-                service,
-                "SignIn",
-                None,
-                serde_json::json!({ "username": username, "password": PASSWORD }),
-            )
-            .await
-            .unwrap_or_else(|refusal| panic!("{service} sign-in as {username}: {refusal:?}"));
-        answer["token"].as_str().unwrap().to_owned()
-    }
-}
-
-/// The body of a chunked HTTP response.
-fn dechunk(mut chunked: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    while let Some(end) = chunked.windows(2).position(|window| window == b"\r\n") {
-        let size = usize::from_str_radix(
-            String::from_utf8_lossy(&chunked[..end])
-                .split(';')
-                .next()
-                .unwrap_or_default()
-                .trim(),
-            16,
-        )
-        .unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        let start = end + 2;
-        body.extend_from_slice(&chunked[start..start + size]);
-        chunked = &chunked[(start + size + 2).min(chunked.len())..];
-    }
-    body
 }
 
 /// Panics unless the request succeeded.
@@ -3383,32 +3220,6 @@ async fn node_free_resident(store: &carebell_store::Store, station: &str) -> Str
         .await
         .unwrap()
         .to_string()
-}
-
-impl Bridge {
-    /// Opens `/api/{service}/{method}/stream?{query}` and returns its first text frame as JSON.
-    async fn first_frame(&self, service: &str, method: &str, query: &str) -> serde_json::Value {
-        use futures_util::StreamExt;
-        let url = format!(
-            "wss://localhost:{}/api/{service}/{method}/stream?{query}",
-            self.port
-        );
-        let connector = tokio_tungstenite::Connector::Rustls(self.config.clone());
-        let (mut socket, _) =
-            tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
-                .await
-                .unwrap();
-        loop {
-            let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-                .await
-                .expect("the stream said nothing")
-                .expect("the stream ended")
-                .unwrap();
-            if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
-                return serde_json::from_str(&text).unwrap();
-            }
-        }
-    }
 }
 
 /// `text` percent-encoded for a query string (every byte but letters and digits).

@@ -430,40 +430,24 @@ pub async fn http_get(url: &str) -> std::io::Result<(u16, String)> {
         .await?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await?;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
+    let split = response
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
         .ok_or_else(|| std::io::Error::other("no end of headers"))?;
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad status line: {head}")))?;
-    let body = if head
+    let mut body = response[split + 4..].to_vec();
+    if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
-}
-
-/// The body of a chunked HTTP/1.1 response.
-fn dechunk(mut chunked: &str) -> String {
-    let mut body = String::new();
-    while let Some((size, rest)) = chunked.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        body.push_str(&rest[..size]);
-        chunked = rest[size..].trim_start_matches("\r\n");
+        body = dechunk(&body);
     }
-    body
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// The value of one series in a metrics scrape: `name{labels}` exactly as rendered (labels in
@@ -475,4 +459,212 @@ pub fn metric_value(scrape: &str, series: &str) -> Option<f64> {
             .and_then(|value| value.split_whitespace().next())
             .and_then(|value| value.parse().ok())
     })
+}
+
+/// A client of the browser bridge (`POST /api/{service}/{Method}` with JSON): one TLS connection
+/// per request, HTTP/1.1 by hand.
+pub struct Bridge {
+    config: std::sync::Arc<rustls::ClientConfig>,
+    tls: tokio_rustls::TlsConnector,
+    port: u16,
+}
+
+/// A request the service refused: the code's name (`invalid_argument`, ...) and the message.
+#[derive(Debug)]
+pub struct Refusal {
+    pub code: String,
+    pub message: String,
+}
+
+pub type Answer = Result<serde_json::Value, Refusal>;
+
+impl Bridge {
+    pub fn new(node: &TestNode) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(node.ca_pem.as_bytes())
+        {
+            roots.add(certificate.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let port = node
+            .web_url
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .unwrap();
+        let config = std::sync::Arc::new(config);
+        Self {
+            tls: tokio_rustls::TlsConnector::from(config.clone()),
+            config,
+            port,
+        }
+    }
+
+    /// Sends `head` and `body`; returns the status code and the response's body.
+    pub async fn exchange(&self, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut stream = self.tls.connect(name, tcp).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(body).await.unwrap();
+        stream.flush().await.unwrap();
+        let mut response = Vec::new();
+        // The server may close without a TLS close_notify: what arrived is kept.
+        let _ = stream.read_to_end(&mut response).await;
+        let split = response
+            .windows(4)
+            .position(|window| window == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no HTTP response: {response:?}"));
+        let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|status| status.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {head}"));
+        let mut body = response[split + 4..].to_vec();
+        if head.contains("transfer-encoding: chunked") {
+            body = dechunk(&body);
+        }
+        (status, body)
+    }
+
+    /// Posts `body` (any bytes) to `/api/{service}/{method}`.
+    pub async fn post(
+        &self,
+        service: &str,
+        method: &str,
+        token: Option<&str>,
+        body: &[u8],
+    ) -> Answer {
+        let authorization = token
+            .map(|token| format!("authorization: Bearer {token}\r\n"))
+            .unwrap_or_default();
+        let head = format!(
+            "POST /api/{service}/{method} HTTP/1.1\r\nhost: localhost\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n{authorization}\
+             connection: close\r\n\r\n",
+            body.len()
+        );
+        let (status, response) = self.exchange(&head, body).await;
+        assert_eq!(
+            status,
+            200,
+            "{service}/{method}: {}",
+            String::from_utf8_lossy(&response)
+        );
+        let answer: serde_json::Value = serde_json::from_slice(&response).unwrap();
+        match answer.get("error") {
+            None => Ok(answer),
+            Some(error) => Err(Refusal {
+                code: error["code"].as_str().unwrap_or_default().to_owned(),
+                message: error["message"].as_str().unwrap_or_default().to_owned(),
+            }),
+        }
+    }
+
+    /// Calls `service`/`method` with `request`, as a signed-in session (waiting out its rate
+    /// limit: these tests make more requests than its burst) or anonymously.
+    pub async fn call(
+        &self,
+        service: &str,
+        method: &str,
+        token: Option<&str>,
+        request: serde_json::Value,
+    ) -> Answer {
+        let body = request.to_string();
+        loop {
+            match self.post(service, method, token, body.as_bytes()).await {
+                Err(refusal) if refusal.code == "resource_exhausted" && token.is_some() => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                answer => return answer,
+            }
+        }
+    }
+
+    /// Opens `/api/{service}/{method}/stream?{query}` and returns its first text frame as JSON.
+    pub async fn first_frame(&self, service: &str, method: &str, query: &str) -> serde_json::Value {
+        self.stream_answer(service, method, query, Duration::from_secs(10))
+            .await
+            .expect("the stream said nothing")
+    }
+
+    /// Opens `/api/{service}/{method}/stream?{query}`; its first text frame as JSON, or `None`
+    /// when it says nothing within `wait` (a stream open and quiet).
+    pub async fn stream_answer(
+        &self,
+        service: &str,
+        method: &str,
+        query: &str,
+        wait: Duration,
+    ) -> Option<serde_json::Value> {
+        use futures_util::StreamExt;
+        let url = format!(
+            "wss://localhost:{}/api/{service}/{method}/stream?{query}",
+            self.port
+        );
+        let connector = tokio_tungstenite::Connector::Rustls(self.config.clone());
+        let (mut socket, _) =
+            tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
+                .await
+                .unwrap();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let message = tokio::time::timeout_at(deadline, socket.next())
+                .await
+                .ok()?
+                .expect("the stream ended")
+                .unwrap();
+            if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+                return Some(serde_json::from_str(&text).unwrap());
+            }
+        }
+    }
+
+    /// Signs in to `service` (password [`PASSWORD`]); returns the token.
+    pub async fn sign_in(&self, service: &str, username: &str) -> String {
+        let answer = self
+            .call(
+                service,
+                "SignIn",
+                None,
+                serde_json::json!({ "username": username, "password": PASSWORD }),
+            )
+            .await
+            .unwrap_or_else(|refusal| panic!("{service} sign-in as {username}: {refusal:?}"));
+        answer["token"].as_str().unwrap().to_owned()
+    }
+}
+
+/// The body of a chunked HTTP response.
+pub fn dechunk(mut chunked: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Some(end) = chunked.windows(2).position(|window| window == b"\r\n") {
+        let size = usize::from_str_radix(
+            String::from_utf8_lossy(&chunked[..end])
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim(),
+            16,
+        )
+        .unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = end + 2;
+        body.extend_from_slice(&chunked[start..start + size]);
+        chunked = &chunked[(start + size + 2).min(chunked.len())..];
+    }
+    body
 }

@@ -101,6 +101,16 @@ pub const PERMISSIONS: &[Permission] = table! {
     "carebell.provider.v1.Provider/Figures" => PROVIDERS,
 };
 
+/// The browser pages (`web.rs`): static shells (HTML, script, styles) open to every role. They
+/// hold no data: what a page shows comes only through the RPCs above, with the signed-in
+/// role's token. `tests/e2e/permissions.rs` fetches each page as each role and checks that.
+pub const PAGES: &[(&str, &[Role])] = &[
+    ("/console", EVERYONE),
+    ("/family", EVERYONE),
+    ("/provider", EVERYONE),
+    ("/tablet", EVERYONE),
+];
+
 /// Whether `role` may call `rpc` (`package.Service/Method`); an RPC not in the table is
 /// allowed to nobody.
 pub fn allowed(rpc: &str, role: Role) -> bool {
