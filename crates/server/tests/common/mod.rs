@@ -105,6 +105,7 @@ impl Cluster {
             .env("CAREBELL_DISPATCH__SWEEP_INTERVAL_MS", "100")
             .env("CAREBELL_DEVICE__HEARTBEAT_INTERVAL_MS", "2000")
             .env("CAREBELL_SHUTDOWN_GRACE_MS", "1000")
+            .env("CAREBELL_SHUTDOWN_NOTICE_MS", "0")
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
