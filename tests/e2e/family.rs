@@ -13,13 +13,13 @@ use firmware_sim::{Tablet, TransportKind};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-struct FamilyMember {
+pub(crate) struct FamilyMember {
     client: FamilyClient<Channel>,
     token: String,
 }
 
 impl FamilyMember {
-    async fn sign_in(node: &TestNode, username: &str) -> Self {
+    pub(crate) async fn sign_in(node: &TestNode, username: &str) -> Self {
         let channel = carebell_server::console_client::channel(&node.grpc_url, Some(&node.ca_pem))
             .await
             .unwrap();
@@ -45,7 +45,7 @@ impl FamilyMember {
         request
     }
 
-    async fn next_alert(&mut self, timeout: Duration) -> Option<Alert> {
+    pub(crate) async fn next_alert(&mut self, timeout: Duration) -> Option<Alert> {
         let request = self.request(AlertsRequest { after_id: 0 });
         let mut stream = self.client.alerts(request).await.unwrap().into_inner();
         tokio::time::timeout(timeout, stream.message())
@@ -54,7 +54,7 @@ impl FamilyMember {
             .ok()?
     }
 
-    async fn acknowledge(&mut self, alert_id: i64) -> Result<(), tonic::Status> {
+    pub(crate) async fn acknowledge(&mut self, alert_id: i64) -> Result<(), tonic::Status> {
         let request = self.request(AcknowledgeRequest { alert_id });
         self.client.acknowledge(request).await.map(|_| ())
     }

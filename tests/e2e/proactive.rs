@@ -137,7 +137,7 @@ async fn a_reminder_missed_twice_tells_the_first_contacts_then_an_operator_calls
     assert!(told_at - sent[1] >= wait, "{told_at} after {sent:?}");
     assert!(task_at - told_at >= wait, "{task_at} after {told_at}");
     let told: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT n.contact_id FROM schedule_notifications n JOIN contacts c ON c.id = n.contact_id
+        "SELECT n.contact_id FROM family_notifications n JOIN contacts c ON c.id = n.contact_id
          WHERE n.occurrence_id = $1::uuid ORDER BY c.position",
     )
     .bind(&occurrence)
@@ -180,6 +180,71 @@ async fn a_reminder_missed_twice_tells_the_first_contacts_then_an_operator_calls
     assert_eq!(call.map(|id| id.to_string()), Some(offer.call_id));
     // A late "I'm OK" is stored and changes nothing more.
     tablet.confirm(&occurrence).await.unwrap();
+    tablet.close().await;
+    node.stop().await;
+}
+
+/// A contact who follows the senior in the family app sees the missed check-in as an alert,
+/// takes it on, and no operator call is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_family_member_takes_on_a_missed_check_in_in_the_app() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let (resident, config) = node
+        .tablet_config("签到 刘奶奶", TransportKind::WebSocket)
+        .await;
+    let hash = carebell_gateway::console::hash_password(carebell_tests::PASSWORD).unwrap();
+    let account = node
+        .store
+        .add_family_account("checkin-daughter", "女儿", &hash)
+        .await
+        .unwrap();
+    node.store
+        .add_contact(&NewContact {
+            resident_id: resident,
+            name: "女儿".to_owned(),
+            position: Some(1),
+            family_account_id: Some(account),
+            channels: vec!["app".to_owned()],
+            ..NewContact::default()
+        })
+        .await
+        .unwrap();
+    let mut daughter = crate::family::FamilyMember::sign_in(&node, "checkin-daughter").await;
+    let mut tablet = Tablet::connect(&config).await.unwrap();
+    node.store
+        .add_schedule(&NewSchedule {
+            kind: ScheduleKind::CheckIn,
+            title: "今天好吗？".to_owned(),
+            ..reminder(resident, 1)
+        })
+        .await
+        .unwrap();
+    let first = tablet.next_reminder(WAIT).await.expect("the check-in");
+    tablet.next_reminder(WAIT).await.expect("shown again");
+    let occurrence = first.occurrence_id;
+    wait_for_event(&node, &occurrence, "schedule.contact_notified").await;
+    let alert = daughter
+        .next_alert(WAIT)
+        .await
+        .expect("the daughter is alerted in the app");
+    assert_eq!(alert.kind, "missed_check_in");
+    assert_eq!(alert.resident_id, resident.to_string());
+    assert!(alert.call_id.is_empty(), "{alert:?}");
+    daughter.acknowledge(alert.alert_id).await.unwrap();
+    // Past the task's wait: no operator task, and the occurrence says who took it on.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(event_times(&node, &occurrence, "schedule.task_created")
+        .await
+        .is_empty());
+    let state: String =
+        sqlx::query_scalar("SELECT state FROM schedule_occurrences WHERE id = $1::uuid")
+            .bind(&occurrence)
+            .fetch_one(node.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(state, "family_acknowledged");
+    // Acknowledged once; again is refused.
+    assert!(daughter.acknowledge(alert.alert_id).await.is_err());
     tablet.close().await;
     node.stop().await;
 }
@@ -272,7 +337,7 @@ async fn a_confirmed_reminder_goes_no_further() {
         "no second attempt"
     );
     let (state, told): (String, i64) = sqlx::query_as(
-        "SELECT o.state, (SELECT count(*) FROM schedule_notifications n WHERE n.occurrence_id = o.id)
+        "SELECT o.state, (SELECT count(*) FROM family_notifications n WHERE n.occurrence_id = o.id)
          FROM schedule_occurrences o WHERE o.id = $1::uuid",
     )
     .bind(&shown.occurrence_id)

@@ -70,7 +70,7 @@ impl FamilyService {
 fn alert(alert: FamilyAlert) -> Alert {
     Alert {
         alert_id: alert.notification_id,
-        call_id: alert.call_id.to_string(),
+        call_id: alert.call_id.map(|id| id.to_string()).unwrap_or_default(),
         resident_id: alert.resident_id.to_string(),
         resident_name: alert.resident_name,
         kind: alert.kind,

@@ -37,8 +37,10 @@ CREATE TABLE schedule_occurrences (
     -- waiting: shown, not yet confirmed; confirmed; contacts_notified: missed twice, the
     -- ordered contacts told; task_created: an operator task made (the end of escalation);
     -- placed: a welfare call put in the operators' queue.
+    -- family_acknowledged: a contact told took it on (through the family API) before the task.
     state           text NOT NULL CHECK (state IN
-                        ('waiting', 'confirmed', 'contacts_notified', 'task_created', 'placed')),
+                        ('waiting', 'confirmed', 'contacts_notified', 'family_acknowledged',
+                         'task_created', 'placed')),
     attempts        integer NOT NULL DEFAULT 0,
     -- When the next step is due (a retry, the contacts, the task); NULL: nothing more to do.
     next_step_at    timestamptz,
@@ -49,14 +51,14 @@ CREATE TABLE schedule_occurrences (
 CREATE INDEX schedule_occurrences_next ON schedule_occurrences (next_step_at)
     WHERE next_step_at IS NOT NULL;
 
--- Contacts told about a missed reminder or check-in.
-CREATE TABLE schedule_notifications (
-    id              bigserial PRIMARY KEY,
-    occurrence_id   uuid NOT NULL REFERENCES schedule_occurrences (id),
-    contact_id      uuid NOT NULL REFERENCES contacts (id),
-    sent_at         timestamptz NOT NULL DEFAULT clock_timestamp(),
-    UNIQUE (occurrence_id, contact_id)
-);
+-- Contacts told about a missed reminder or check-in are family notifications too (the family
+-- API shows and acknowledges them like alarm alerts): about a call, or about an occurrence.
+ALTER TABLE family_notifications ALTER COLUMN call_id DROP NOT NULL;
+ALTER TABLE family_notifications ADD COLUMN occurrence_id uuid REFERENCES schedule_occurrences (id);
+ALTER TABLE family_notifications ADD CONSTRAINT family_notifications_about_one
+    CHECK ((call_id IS NULL) <> (occurrence_id IS NULL));
+CREATE UNIQUE INDEX family_notifications_one_per_occurrence
+    ON family_notifications (occurrence_id, contact_id) WHERE occurrence_id IS NOT NULL;
 
 -- The catalogue of what tablets can show or play.
 CREATE TABLE content_items (

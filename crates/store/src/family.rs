@@ -31,7 +31,9 @@ pub struct NewContact {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FamilyAlert {
     pub notification_id: i64,
-    pub call_id: Uuid,
+    /// The alarm's call (`None`: a missed reminder or check-in, kind `missed_reminder` or
+    /// `missed_check_in`).
+    pub call_id: Option<Uuid>,
     pub resident_id: Uuid,
     pub resident_name: String,
     pub kind: String,
@@ -244,7 +246,8 @@ impl Store {
     pub async fn acknowledge_alert(&self, account_id: Uuid, notification_id: i64) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
-            "SELECT n.call_id, n.state, c.family_account_id FROM family_notifications n
+            "SELECT n.call_id, n.occurrence_id, n.state, c.family_account_id
+             FROM family_notifications n
              JOIN contacts c ON c.id = n.contact_id WHERE n.id = $1",
         )
         .bind(notification_id)
@@ -263,7 +266,20 @@ impl Store {
                 id: notification_id.to_string(),
             });
         };
-        let call_id: Uuid = row.try_get("call_id")?;
+        let Some(call_id) = row.try_get::<Option<Uuid>, _>("call_id")? else {
+            // A missed reminder's alert: the family member takes it on.
+            let occurrence_id: Uuid = row.try_get("occurrence_id")?;
+            if row.try_get::<String, _>("state")? != "sent" {
+                tx.rollback().await?;
+                return Err(StoreError::Refused(format!(
+                    "this alert can no longer be acknowledged: it is {}",
+                    row.try_get::<String, _>("state")?
+                )));
+            }
+            Store::family_acknowledged_occurrence(&mut tx, occurrence_id, notification_id).await?;
+            tx.commit().await?;
+            return Ok(());
+        };
         sqlx::query("SELECT 1 FROM calls WHERE id = $1 FOR UPDATE")
             .bind(call_id)
             .execute(&mut *tx)
@@ -310,11 +326,13 @@ impl Store {
     pub async fn family_alerts(&self, account_id: Uuid, after_id: i64) -> Result<Vec<FamilyAlert>> {
         let rows = sqlx::query(
             "SELECT n.id, n.call_id, n.state, n.sent_at, n.acknowledged_at, r.id AS resident_id,
-                    r.full_name, k.kind
+                    r.full_name, coalesce(k.kind, 'missed_' || s.kind) AS kind
              FROM family_notifications n
              JOIN contacts c ON c.id = n.contact_id
-             JOIN calls k ON k.id = n.call_id
-             JOIN residents r ON r.id = k.resident_id
+             LEFT JOIN calls k ON k.id = n.call_id
+             LEFT JOIN schedule_occurrences o ON o.id = n.occurrence_id
+             LEFT JOIN schedules s ON s.id = o.schedule_id
+             JOIN residents r ON r.id = coalesce(k.resident_id, s.resident_id)
              WHERE c.family_account_id = $1 AND n.state <> 'waiting' AND n.id > $2
              ORDER BY n.id",
         )

@@ -478,21 +478,26 @@ impl Store {
                 .fetch_all(&mut *tx)
                 .await?;
                 for (contact_id, channels) in &contacts {
-                    sqlx::query(
-                        "INSERT INTO schedule_notifications (occurrence_id, contact_id)
-                         VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    // Shown to a family account through the family API (and acknowledged
+                    // there), like an alarm's alert.
+                    let notification_id: i64 = sqlx::query_scalar(
+                        "INSERT INTO family_notifications (occurrence_id, contact_id, state,
+                                                           parallel, sent_at)
+                         VALUES ($1, $2, 'sent', true, clock_timestamp())
+                         RETURNING id",
                     )
                     .bind(occurrence_id)
                     .bind(contact_id)
-                    .execute(&mut *tx)
+                    .fetch_one(&mut *tx)
                     .await?;
                     if channels
                         .iter()
                         .any(|channel| channel == "sms" || channel == "webhook")
                     {
                         sqlx::query(
-                            "INSERT INTO webhook_deliveries (body)
-                             SELECT jsonb_build_object(
+                            "INSERT INTO webhook_deliveries (notification_id, body)
+                             SELECT $3, jsonb_build_object(
+                                        'notification_id', $3::bigint,
                                         'kind', 'missed_' || s.kind, 'occurrence_id', o.id,
                                         'resident', r.full_name, 'contact', c.name,
                                         'relationship', c.relationship, 'phone', c.phone,
@@ -506,6 +511,7 @@ impl Store {
                         )
                         .bind(occurrence_id)
                         .bind(contact_id)
+                        .bind(notification_id)
                         .execute(&mut *tx)
                         .await?;
                     }
@@ -517,7 +523,7 @@ impl Store {
                         None,
                         tablet.as_deref(),
                         json!({ "schedule_id": schedule_id, "occurrence_id": occurrence_id,
-                                "contact_id": contact_id }),
+                                "contact_id": contact_id, "notification_id": notification_id }),
                     )
                     .await?;
                 }
@@ -548,6 +554,14 @@ impl Store {
                     }
                     None => None,
                 };
+                // The operator takes over: the contacts' alerts are no longer open.
+                sqlx::query(
+                    "UPDATE family_notifications SET state = 'expired'
+                     WHERE occurrence_id = $1 AND state = 'sent'",
+                )
+                .bind(occurrence_id)
+                .execute(&mut *tx)
+                .await?;
                 sqlx::query(
                     "UPDATE schedule_occurrences SET state = 'task_created', next_step_at = NULL,
                             call_id = $2
@@ -603,6 +617,14 @@ impl Store {
         if !matches!(state.as_str(), "waiting" | "contacts_notified") {
             return Ok(false);
         }
+        // The contacts told need do nothing more.
+        sqlx::query(
+            "UPDATE family_notifications SET state = 'cancelled'
+             WHERE occurrence_id = $1 AND state = 'sent'",
+        )
+        .bind(occurrence_id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "UPDATE schedule_occurrences SET state = 'confirmed', confirmed_at = clock_timestamp(),
                     next_step_at = NULL
@@ -623,6 +645,58 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// A family member took on a missed reminder (acknowledged its alert): the escalation
+    /// stops before the operator task, and the other contacts' alerts are withdrawn.
+    pub(crate) async fn family_acknowledged_occurrence(
+        tx: &mut Transaction<'_, Postgres>,
+        occurrence_id: Uuid,
+        notification_id: i64,
+    ) -> Result<()> {
+        let state: String =
+            sqlx::query_scalar("SELECT state FROM schedule_occurrences WHERE id = $1 FOR UPDATE")
+                .bind(occurrence_id)
+                .fetch_one(&mut **tx)
+                .await?;
+        if state != "contacts_notified" {
+            return Err(refused(format!(
+                "this alert can no longer be acknowledged: the reminder is {}",
+                state.replace('_', " ")
+            )));
+        }
+        sqlx::query(
+            "UPDATE family_notifications SET state = 'acknowledged',
+                    acknowledged_at = clock_timestamp()
+             WHERE id = $1 AND state = 'sent'",
+        )
+        .bind(notification_id)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE family_notifications SET state = 'cancelled'
+             WHERE occurrence_id = $1 AND state = 'sent'",
+        )
+        .bind(occurrence_id)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE schedule_occurrences SET state = 'family_acknowledged', next_step_at = NULL
+             WHERE id = $1",
+        )
+        .bind(occurrence_id)
+        .execute(&mut **tx)
+        .await?;
+        append_event(
+            tx,
+            "schedule.family_acknowledged",
+            None,
+            None,
+            None,
+            None,
+            json!({ "occurrence_id": occurrence_id, "notification_id": notification_id }),
+        )
+        .await
     }
 
     /// Adds an item to the catalogue. Refused: an unknown kind, a bad language tag, a title out
