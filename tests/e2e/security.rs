@@ -182,6 +182,52 @@ async fn the_application_role_cannot_alter_the_audit_log() {
         .unwrap();
     assert_eq!(count().await, before + 1);
     login.close().await;
+    // Even the schema's owner (the migration role) is refused by the triggers, and told why.
+    node.store
+        .top_up_card(resident, 1000, "opening balance")
+        .await
+        .unwrap();
+    let owner = sqlx::PgPool::connect(&format!(
+        "postgres://carebell:carebell@127.0.0.1:5432/{database}"
+    ))
+    .await
+    .unwrap();
+    for statement in [
+        "UPDATE audit_log SET action = 'changed'",
+        "DELETE FROM audit_log",
+        "TRUNCATE audit_log",
+        "UPDATE events SET kind = 'changed'",
+        "UPDATE ledger_transactions SET memo = 'changed'",
+        "DELETE FROM ledger_entries",
+        "TRUNCATE ledger_entries CASCADE",
+        "TRUNCATE ledger_transactions CASCADE",
+    ] {
+        // Every table holds rows (the read's audit, its events, the top-up's ledger lines):
+        // the triggers run per row for UPDATE and DELETE, per statement for TRUNCATE.
+        let message = sqlx::query(statement)
+            .execute(&owner)
+            .await
+            .expect_err(statement)
+            .to_string();
+        let table = statement
+            .split_whitespace()
+            .find(|word| {
+                [
+                    "audit_log",
+                    "events",
+                    "ledger_transactions",
+                    "ledger_entries",
+                ]
+                .contains(word)
+            })
+            .unwrap();
+        assert!(
+            message.contains(&format!("{table} is append-only")),
+            "{statement}: {message}"
+        );
+    }
+    assert_eq!(count().await, before + 1, "nothing changed");
+    owner.close().await;
     node.stop().await;
 }
 
