@@ -178,8 +178,14 @@ async fn a_reminder_missed_twice_tells_the_first_contacts_then_an_operator_calls
             .unwrap();
     assert_eq!(state, "task_created");
     assert_eq!(call.map(|id| id.to_string()), Some(offer.call_id));
-    // A late "I'm OK" is stored and changes nothing more.
+    // A late "I'm OK" is recorded; the operator still calls.
     tablet.confirm(&occurrence).await.unwrap();
+    assert_eq!(
+        event_times(&node, &occurrence, "schedule.confirmed_late")
+            .await
+            .len(),
+        1
+    );
     tablet.close().await;
     node.stop().await;
 }
@@ -326,7 +332,30 @@ async fn a_confirmed_reminder_goes_no_further() {
         .unwrap();
     let shown = tablet.next_reminder(WAIT).await.expect("the check-in");
     assert_eq!(shown.kind, "check_in");
+    // A second attempt queued for the tablet (as for a tablet that was offline) is withdrawn
+    // by the confirmation.
+    let device: String = sqlx::query_scalar("SELECT id FROM devices WHERE resident_id = $1")
+        .bind(resident)
+        .fetch_one(node.store.pool())
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO device_outbox (device_id, kind, payload)
+         SELECT device_id, kind, jsonb_set(payload, '{attempt}', '2') FROM device_outbox
+         WHERE device_id = $1 AND kind = 'reminder'",
+    )
+    .bind(&device)
+    .execute(node.store.pool())
+    .await
+    .unwrap();
     tablet.confirm(&shown.occurrence_id).await.unwrap();
+    let queued: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM device_outbox WHERE kind = 'reminder' AND acked_at IS NULL",
+    )
+    .fetch_one(node.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(queued, 0, "nothing left to show after the confirmation");
     // Well past two waits: nothing more was sent and nobody was told.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
@@ -562,5 +591,66 @@ async fn bad_schedules_and_content_get_clear_errors() {
     .await
     .unwrap();
     assert_eq!((schedules, items), (0, 0));
+    node.stop().await;
+}
+
+/// Erasure covers what proactive care keeps: a resident who was sent content and whose missed
+/// reminder was texted to a contact is erased (the content records go with the outbox), the
+/// texts' bodies are cleared, and nothing more is sent or escalated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resident_with_content_and_a_missed_reminder_can_be_erased() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let (resident, config) = node
+        .tablet_config("擦除 赵奶奶", TransportKind::WebSocket)
+        .await;
+    node.store
+        .add_contact(&NewContact {
+            resident_id: resident,
+            name: "儿子".to_owned(),
+            phone: "+86 137 0000 0000".to_owned(),
+            channels: vec!["sms".to_owned()],
+            position: Some(1),
+            ..NewContact::default()
+        })
+        .await
+        .unwrap();
+    let mut tablet = Tablet::connect(&config).await.unwrap();
+    let item = node
+        .store
+        .add_content(
+            &NewContent {
+                kind: "notice".to_owned(),
+                title: "站点通知".to_owned(),
+                language: "zh".to_owned(),
+                ..NewContent::default()
+            },
+            65536,
+        )
+        .await
+        .unwrap();
+    assert_eq!(node.store.deliver_content(item).await.unwrap(), 1);
+    tablet.next_content(WAIT).await.expect("the notice");
+    node.store
+        .add_schedule(&reminder(resident, 1))
+        .await
+        .unwrap();
+    let first = tablet.next_reminder(WAIT).await.expect("the reminder");
+    wait_for_event(&node, &first.occurrence_id, "schedule.contact_notified").await;
+    tablet.close().await;
+
+    node.store
+        .erase_resident(resident, "admin:cli")
+        .await
+        .expect("erasure goes through");
+    let (bodies_with_name, open_steps, deliveries): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM webhook_deliveries WHERE body::text LIKE '%擦除%'
+                                                          OR body::text LIKE '%137 0000%'),
+                (SELECT count(*) FROM schedule_occurrences WHERE next_step_at IS NOT NULL),
+                (SELECT count(*) FROM content_deliveries)",
+    )
+    .fetch_one(node.store.pool())
+    .await
+    .unwrap();
+    assert_eq!((bodies_with_name, open_steps, deliveries), (0, 0, 0));
     node.stop().await;
 }

@@ -179,14 +179,19 @@ fn event(event: Event) -> ConsoleEvent {
     }
 }
 
-fn offer_event(offer: &OfferRow) -> ConsoleEvent {
-    let kind = kind_to_proto(&offer.kind);
+/// Records how long after its call's creation an offer reaches a console: once, when it is
+/// first shown (not again on a resync after a reconnect).
+fn observe_offer_latency(offer: &OfferRow) {
     let since_created = chrono::Utc::now() - offer.call_created_at;
     carebell_metrics::observe(
         &carebell_metrics::metrics().offer_latency_seconds,
         &carebell_metrics::label("kind", offer.kind.as_str()),
         since_created.to_std().unwrap_or_default(),
     );
+}
+
+fn offer_event(offer: &OfferRow) -> ConsoleEvent {
+    let kind = kind_to_proto(&offer.kind);
     event(Event::Offer(Offer {
         offer_id: offer.offer_id.to_string(),
         call_id: offer.call_id.to_string(),
@@ -499,7 +504,10 @@ impl Console for ConsoleService {
                 };
                 let console_event = match next {
                     Ok(OperatorEvent::Offer { offer_id }) => match store.offer(offer_id).await {
-                        Ok(offer) if offer.state == "offered" => Some(offer_event(&offer)),
+                        Ok(offer) if offer.state == "offered" => {
+                            observe_offer_latency(&offer);
+                            Some(offer_event(&offer))
+                        }
                         Ok(_) => None,
                         Err(error) => {
                             tracing::warn!(%error, "cannot read an offer");

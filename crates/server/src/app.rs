@@ -184,7 +184,8 @@ impl Application {
         let websocket_addr = websocket_listener
             .local_addr()
             .context("failed to read the WebSocket address")?;
-        // One connection cap for the process, shared by the device WebSocket and gRPC listeners.
+        // One connection cap for the process, shared by the device WebSocket and gRPC listeners
+        // (over TLS; the plaintext `insecure` development mode has no admission on gRPC).
         let admission = carebell_gateway::admission::Admission::new(
             device_context.settings.max_connections,
             device_context.settings.max_handshakes_per_address,
@@ -492,9 +493,18 @@ impl Application {
             Ok(Err(error)) => tracing::warn!(%error, "gRPC server task failed"),
             Err(_) => tracing::warn!("gRPC server did not stop within the grace period"),
         }
+        // The probes and the pool get a last second past the grace, not more.
         metrics_stop.cancel();
-        let _ = metrics_server.await;
-        store.pool().close().await;
+        let last = deadline + Duration::from_secs(1);
+        if tokio::time::timeout_at(last, metrics_server).await.is_err() {
+            tracing::warn!("metrics server did not stop in time");
+        }
+        if tokio::time::timeout_at(last, store.pool().close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database pool did not close in time");
+        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -89,7 +89,7 @@ async fn refresh(probe: &Probe) {
             .set(value);
     };
     set("idle", idle);
-    set("in_use", size - idle);
+    set("in_use", (size - idle).max(0));
     set("max", i64::from(probe.max_connections));
     let state = match probe.store.observed_state().await {
         Ok(state) => state,

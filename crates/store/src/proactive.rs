@@ -21,6 +21,9 @@ use crate::{append_event, notify, Notification, Result, Store, StoreError};
 /// The default wait before an unconfirmed reminder is tried again.
 pub const REMINDER_RETRY_SECS: u32 = 600;
 
+/// At most this many occurrences are started, and this many steps taken, per sweep.
+const SWEEP_BATCH: u32 = 100;
+
 /// At most this many ordered contacts are told about a missed reminder.
 pub const MAX_CONTACTS_TOLD: i64 = 3;
 
@@ -252,11 +255,13 @@ impl Store {
     /// Starts the occurrences that are due and takes the escalation steps that are due, each
     /// in its own transaction (rows locked with SKIP LOCKED, so every node may sweep).
     pub async fn sweep_schedules(&self) -> Result<ScheduleSweep> {
+        // Bounded like the other sweeps, so that a morning's thousands of 08:00 reminders never
+        // hold up a dispatch round (which takes alarms): the rest are taken on the next sweeps.
         let mut sweep = ScheduleSweep::default();
-        while self.start_one_occurrence().await? {
+        while sweep.started < SWEEP_BATCH && self.start_one_occurrence().await? {
             sweep.started += 1;
         }
-        while self.take_one_step().await? {
+        while sweep.escalated < SWEEP_BATCH && self.take_one_step().await? {
             sweep.escalated += 1;
         }
         Ok(sweep)
@@ -615,8 +620,36 @@ impl Store {
             )));
         };
         if !matches!(state.as_str(), "waiting" | "contacts_notified") {
+            // After the operator task (or a family member took it on): recorded, and the
+            // operator still calls.
+            if state == "task_created" || state == "family_acknowledged" {
+                append_event(
+                    &mut tx,
+                    "schedule.confirmed_late",
+                    None,
+                    None,
+                    None,
+                    Some(device_id),
+                    json!({ "occurrence_id": occurrence_id, "after": state }),
+                )
+                .await?;
+                tx.commit().await?;
+            }
             return Ok(false);
         }
+        // Attempts still queued for the resident's tablets are not shown any more.
+        sqlx::query(
+            "UPDATE device_outbox SET acked_at = clock_timestamp()
+             WHERE kind = 'reminder' AND acked_at IS NULL
+               AND payload->>'occurrence_id' = $1::text
+               AND device_id IN (SELECT id FROM devices
+                                 WHERE resident_id = (SELECT resident_id FROM devices
+                                                      WHERE id = $2))",
+        )
+        .bind(occurrence_id)
+        .bind(device_id)
+        .execute(&mut *tx)
+        .await?;
         // The contacts told need do nothing more.
         sqlx::query(
             "UPDATE family_notifications SET state = 'cancelled'

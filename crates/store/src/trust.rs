@@ -349,14 +349,30 @@ impl Store {
         .bind(resident_id)
         .execute(&mut *tx)
         .await?;
+        // What the tablets were sent goes with the outbox (content records point into it).
+        sqlx::query("DELETE FROM content_deliveries WHERE device_id = ANY($1)")
+            .bind(&devices)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM device_outbox WHERE device_id = ANY($1)")
             .bind(&devices)
             .execute(&mut *tx)
             .await?;
+        // Nothing more is sent, told or queued for an erased resident's schedules.
+        sqlx::query(
+            "UPDATE schedule_occurrences SET next_step_at = NULL
+             WHERE next_step_at IS NOT NULL
+               AND schedule_id IN (SELECT id FROM schedules WHERE resident_id = $1)",
+        )
+        .bind(resident_id)
+        .execute(&mut *tx)
+        .await?;
+        // Every message about the resident to a contact: alarms' and missed reminders'.
         let webhook_bodies_cleared = sqlx::query(
             "UPDATE webhook_deliveries SET body = jsonb_build_object('erased', true)
              WHERE notification_id IN (
-                 SELECT n.id FROM family_notifications n JOIN calls c ON c.id = n.call_id
+                 SELECT n.id FROM family_notifications n
+                 JOIN contacts c ON c.id = n.contact_id
                  WHERE c.resident_id = $1)",
         )
         .bind(resident_id)
