@@ -289,3 +289,76 @@ async fn expired_sessions_and_other_peoples_pages_get_clear_messages_in_chromium
     short_lived.stop().await;
     world.node.stop().await;
 }
+
+/// Proactive care in the tablet emulator: content sent before the tablet connects is received
+/// and opened; a reminder falling due is shown and confirmed; the database records both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reminder_is_confirmed_and_content_opened_on_the_tablet_emulator_in_chromium() {
+    let world = world(NodeOptions::default()).await;
+    let content = world
+        .node
+        .store
+        .add_content(
+            &carebell_store::NewContent {
+                kind: "health".to_owned(),
+                title: "冬季防跌倒".to_owned(),
+                body: "地面保持干燥，夜间开小灯。".to_owned(),
+                language: "zh".to_owned(),
+                station_id: Some(world.station),
+                ..carebell_store::NewContent::default()
+            },
+            65536,
+        )
+        .await
+        .unwrap();
+    assert_eq!(world.node.store.deliver_content(content).await.unwrap(), 1);
+    // Due in a few seconds, Shanghai time (UTC+8 all year).
+    let due = (chrono::Utc::now() + chrono::Duration::hours(8) + chrono::Duration::seconds(6))
+        .naive_utc();
+    let schedule = world
+        .node
+        .store
+        .add_schedule(&carebell_store::NewSchedule {
+            resident_id: world.resident,
+            kind: carebell_store::ScheduleKind::Reminder,
+            title: "降压药".to_owned(),
+            rule: "FREQ=DAILY".to_owned(),
+            starts_local: due,
+            time_zone: "Asia/Shanghai".to_owned(),
+            wait_seconds: 600,
+            created_by: "test".to_owned(),
+        })
+        .await
+        .unwrap();
+    let mut config = world.config("nobody");
+    config["content_title"] = json!("冬季防跌倒");
+    config["content_body"] = json!("地面保持干燥");
+    config["reminder_title"] = json!("降压药");
+    run_script("care", config).await;
+
+    // The browser's confirmation and opening, as the database has them.
+    let store = &world.node.store;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let confirmed: Option<String> =
+            sqlx::query_scalar("SELECT state FROM schedule_occurrences WHERE schedule_id = $1")
+                .bind(schedule)
+                .fetch_optional(store.pool())
+                .await
+                .unwrap();
+        let deliveries = store.content_deliveries(content).await.unwrap();
+        if confirmed.as_deref() == Some("confirmed")
+            && deliveries.len() == 1
+            && deliveries[0].received
+            && deliveries[0].opened
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{confirmed:?} {deliveries:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    world.node.stop().await;
+}

@@ -33,6 +33,10 @@ export const SCHEMA = {
     27: ['order_update', 'OrderUpdate', { body: true }],
     28: ['order_rating', 'OrderRating', { body: true }],
     29: ['rtc_signal', 'RtcSignal', { body: true }],
+    31: ['reminder', 'Reminder', { body: true }],
+    32: ['reminder_confirm', 'ReminderConfirm', { body: true }],
+    33: ['content_item', 'ContentItem', { body: true }],
+    34: ['content_opened', 'ContentOpened', { body: true }],
   },
   Hello: {
     1: ['device_id', 'string'],
@@ -106,6 +110,31 @@ export const SCHEMA = {
     1: ['call_id', 'string'],
     2: ['kind', 'string'],
     3: ['payload', 'string'],
+  },
+  Reminder: {
+    1: ['update_id', 'uint64'],
+    2: ['occurrence_id', 'string'],
+    3: ['kind', 'string'],
+    4: ['title', 'string'],
+    5: ['due_at_ms', 'int64'],
+    6: ['respond_by_ms', 'int64'],
+    7: ['attempt', 'uint32'],
+  },
+  ReminderConfirm: {
+    1: ['occurrence_id', 'string'],
+  },
+  ContentItem: {
+    1: ['update_id', 'uint64'],
+    2: ['content_id', 'string'],
+    3: ['kind', 'string'],
+    4: ['title', 'string'],
+    5: ['body', 'string'],
+    6: ['media_url', 'string'],
+    7: ['language', 'string'],
+    8: ['tags', 'string', { repeated: true }],
+  },
+  ContentOpened: {
+    1: ['content_id', 'string'],
   },
   GoAway: {
     1: ['reconnect_after_ms', 'uint32'],

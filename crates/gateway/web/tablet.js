@@ -40,6 +40,11 @@ const DICT = {
     emergency_prefix: '紧急求助：',
     callback_prefix: '回访：',
     notice_from: '来自 {from}：{text}',
+    reminder_confirm: '确认',
+    reminder_reminder: '提醒：{title}',
+    reminder_check_in: '{title}（请按“确认”报平安）',
+    contents_title: '给您的内容',
+    content_open: '打开',
     bad_credentials: '凭据不是有效的 JSON，或缺少 device_id / private_key',
     no_url: '凭据中没有 websocket_url，服务器也没有提供 device_websocket_url',
     rejected: '服务器拒绝了连接：{message}',
@@ -82,6 +87,11 @@ const DICT = {
     emergency_prefix: 'Emergency: ',
     callback_prefix: 'Call-back: ',
     notice_from: 'From {from}: {text}',
+    reminder_confirm: 'Confirm',
+    reminder_reminder: 'Reminder: {title}',
+    reminder_check_in: '{title} (press Confirm to say you are OK)',
+    contents_title: 'For you',
+    content_open: 'Open',
     bad_credentials: 'The credentials are not valid JSON, or lack device_id / private_key',
     no_url: 'No websocket_url in the credentials and no device_websocket_url from the server',
     rejected: 'The server refused the connection: {message}',
@@ -127,6 +137,11 @@ const ui = {
   voiceState: byTestId('voice-state'),
   remoteAudio: document.getElementById('remote-audio'),
   notice: byTestId('notice'),
+  reminder: byTestId('reminder'),
+  reminderTitle: byTestId('reminder-title'),
+  reminderConfirm: byTestId('reminder-confirm'),
+  contents: byTestId('contents'),
+  contentList: byTestId('content-list'),
   orderUpdate: byTestId('order-update'),
   rating: document.getElementById('rating'),
   rated: byTestId('rated'),
@@ -151,6 +166,8 @@ const state = {
   seenUpdates: new Set(),
   call: null, // the latest CallUpdate, or { local: 'pressed' | 'sos' }
   notice: null,
+  reminder: null, // the Reminder shown, until confirmed
+  contents: [], // ContentItems received, newest first: { item, opened }
   order: null, // the latest OrderUpdate
   ratingFor: null, // order_id awaiting a rating
   rated: null, // { order_id, stars }
@@ -461,6 +478,18 @@ async function receive(envelope) {
         renderScreen();
       }
       break;
+    case 'reminder':
+      if (firstTime(value.update_id)) {
+        state.reminder = value;
+        renderScreen();
+      }
+      break;
+    case 'content_item':
+      if (firstTime(value.update_id) && !state.contents.some((c) => c.item.content_id === value.content_id)) {
+        state.contents.unshift({ item: value, opened: false });
+        renderScreen();
+      }
+      break;
     case 'rtc_signal':
       onRtcSignal(value);
       break;
@@ -529,6 +558,14 @@ ui.cancel.addEventListener('click', () => {
   const requestId = state.call?.request_id;
   if (!requestId || requestId.includes(':')) return;
   sendReliable('call_cancel', { request_id: requestId });
+});
+
+ui.reminderConfirm.addEventListener('click', () => {
+  const reminder = state.reminder;
+  if (!reminder) return;
+  sendReliable('reminder_confirm', { occurrence_id: reminder.occurrence_id });
+  state.reminder = null;
+  renderScreen();
 });
 
 for (const button of ui.rating.querySelectorAll('[data-stars]')) {
@@ -706,6 +743,41 @@ function renderScreen() {
     ui.orderUpdate.textContent = line || `${order.service_name_zh || order.service_name_en || ''} ${order.state ?? ''}`.trim();
     ui.orderUpdate.dataset.state = order.state ?? '';
   }
+
+  const reminder = state.reminder;
+  ui.reminder.hidden = !reminder;
+  ui.reminderTitle.textContent = reminder
+    ? t(reminder.kind === 'check_in' ? 'reminder_check_in' : 'reminder_reminder', { title: reminder.title ?? '' })
+    : '';
+  ui.reminder.dataset.kind = reminder?.kind ?? '';
+
+  ui.contents.hidden = state.contents.length === 0;
+  ui.contentList.replaceChildren(...state.contents.map((entry) => {
+    const li = document.createElement('li');
+    li.dataset.testid = 'content-item';
+    li.dataset.contentId = entry.item.content_id;
+    const title = document.createElement('strong');
+    title.textContent = entry.item.title ?? '';
+    li.append(title);
+    if (entry.opened) {
+      const body = document.createElement('p');
+      body.dataset.testid = 'content-body';
+      body.textContent = entry.item.body ?? '';
+      li.append(body);
+    } else {
+      const open = document.createElement('button');
+      open.type = 'button';
+      open.dataset.testid = 'content-open';
+      open.textContent = t('content_open');
+      open.addEventListener('click', () => {
+        sendReliable('content_opened', { content_id: entry.item.content_id });
+        entry.opened = true;
+        renderScreen();
+      });
+      li.append(' ', open);
+    }
+    return li;
+  }));
 
   ui.rating.hidden = !state.ratingFor;
   ui.rated.hidden = !state.rated;
