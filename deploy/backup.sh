@@ -20,12 +20,9 @@
 # failed (nothing is left under the final name); 77 authentication or permission refused.
 set -euo pipefail
 
-EX_USAGE=64
-EX_NOINPUT=66
-EX_UNAVAILABLE=69
-EX_CANTCREAT=73
-EX_IOERR=74
-EX_NOPERM=77
+script_dir=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=deploy/pg-common.sh
+. "$script_dir/pg-common.sh"
 
 program="backup.sh"
 
@@ -44,24 +41,6 @@ fail() {
   shift
   echo "$program: error: $*" >&2
   exit "$status"
-}
-
-# The URL with its password replaced, for messages.
-redact() {
-  sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#' <<<"$1"
-}
-
-# Maps a libpq connection error to an exit status and a hint.
-connection_failure() {
-  local url="$1" message="$2"
-  case "$message" in
-    *'database "'*'" does not exist'*)
-      fail "$EX_NOINPUT" "the database at $(redact "$url") does not exist: ${message//$'\n'/ }" ;;
-    *"password authentication failed"*|*"no pg_hba.conf entry"*|*"role"*"does not exist"*|*"permission denied"*|*"no password supplied"*)
-      fail "$EX_NOPERM" "PostgreSQL refused $(redact "$url"): ${message//$'\n'/ }" ;;
-    *)
-      fail "$EX_UNAVAILABLE" "cannot reach PostgreSQL at $(redact "$url"): ${message//$'\n'/ }" ;;
-  esac
 }
 
 database_url="${CAREBELL_DATABASE_URL:-}"
@@ -108,7 +87,8 @@ export PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-10}"
 
 if ! server=$(psql --no-password --no-psqlrc -X -tA -v ON_ERROR_STOP=1 --dbname="$database_url" \
     -c "select current_database() || ' ' || current_setting('server_version_num')" 2>&1); then
-  connection_failure "$database_url" "$server"
+  connection_failure "$database_url" "$server" "$EX_NOINPUT" \
+    "the database at $(redact "$database_url") does not exist"
 fi
 database="${server% *}"
 server_version_num="${server##* }"

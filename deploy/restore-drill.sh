@@ -22,17 +22,12 @@
 set -euo pipefail
 
 EX_CHECK=1
-EX_USAGE=64
-EX_DATAERR=65
-EX_NOINPUT=66
-EX_UNAVAILABLE=69
-EX_SOFTWARE=70
-EX_CANTCREAT=73
-EX_NOPERM=77
 
 program="restore-drill.sh"
 verdict=0
 script_dir=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=deploy/pg-common.sh
+. "$script_dir/pg-common.sh"
 
 usage() {
   cat <<'USAGE'
@@ -62,33 +57,12 @@ fail() {
   exit "$status"
 }
 
-redact() {
-  sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#' <<<"$1"
-}
-
 # join SEPARATOR WORD...: the words with SEPARATOR between them.
 join() {
   local separator="$1" out="${2:-}" word
   shift 2 || shift $#
   for word in "$@"; do out+="$separator$word"; done
   echo "$out"
-}
-
-one_line() {
-  tr '\n' ' ' <<<"$1" | sed -E 's/ +/ /g; s/ $//'
-}
-
-connection_failure() {
-  local url="$1" message
-  message=$(one_line "$2")
-  case "$message" in
-    *'database "'*'" does not exist'*)
-      fail "$EX_UNAVAILABLE" "the maintenance database at $(redact "$url") does not exist (--maintenance-db): $message" ;;
-    *"password authentication failed"*|*"no pg_hba.conf entry"*|*"role"*"does not exist"*|*"permission denied"*|*"no password supplied"*)
-      fail "$EX_NOPERM" "PostgreSQL refused $(redact "$url"): $message" ;;
-    *)
-      fail "$EX_UNAVAILABLE" "cannot reach PostgreSQL at $(redact "$url"): $message" ;;
-  esac
 }
 
 checksum_file=""
@@ -199,7 +173,8 @@ if ! state=$(psql_at "$maintenance_url" -F '|' -c "
              where rolname in ('$owner', '$archive_owner', '$app_role')),
            exists (select 1 from pg_database where datname = '$target_db'),
            current_user" 2>&1); then
-  connection_failure "$maintenance_url" "$state"
+  connection_failure "$maintenance_url" "$state" "$EX_UNAVAILABLE" \
+    "the maintenance database at $(redact "$maintenance_url") does not exist (--maintenance-db)"
 fi
 IFS='|' read -r present_roles target_exists connected_as <<<"$state"
 for role in "$owner" "$archive_owner" "$app_role"; do

@@ -102,34 +102,25 @@ install_python_tools() {
   echo "$PYTHON_TOOLS" >"$VENV/.carebell-tools"
 }
 
-install_haproxy() {
-  command -v haproxy >/dev/null 2>&1 && return
-  say "installing haproxy from Debian's packages"
-  if as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null 2>&1; then
+# install_debian_package COMMAND PACKAGE: PACKAGE from Debian's packages unless COMMAND is there
+# (as root or with passwordless sudo; the package lists are refreshed once if they are stale).
+install_debian_package() {
+  local command=$1 package=$2
+  command -v "$command" >/dev/null 2>&1 && return
+  say "installing $package from Debian's packages"
+  if as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null 2>&1; then
     return
   fi
-  # The package lists may be missing or stale.
   if as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-    && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; then
+    && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null; then
     return
   fi
-  say "haproxy is missing and cannot be installed (needs root or passwordless sudo)"
+  say "$package is missing and cannot be installed (needs root or passwordless sudo)"
   return 1
 }
 
-install_coturn() {
-  command -v turnserver >/dev/null 2>&1 && return
-  say "installing coturn from Debian's packages"
-  if as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq coturn >/dev/null 2>&1; then
-    return
-  fi
-  if as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-    && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq coturn >/dev/null; then
-    return
-  fi
-  say "coturn is missing and cannot be installed (needs root or passwordless sudo)"
-  return 1
-}
+install_haproxy() { install_debian_package haproxy haproxy; }
+install_coturn() { install_debian_package turnserver coturn; }
 
 # ---------------------------------------------------------------------------------------------
 # Results.

@@ -63,10 +63,53 @@ impl Admission {
         Ok((live, Handshaking(Some((Arc::clone(&self.handshakes), ip)))))
     }
 
+    /// The next connection on `listener` this process admits; `None` once `shutdown` fires. A
+    /// failed accept (out of file descriptors and the like) pauses instead of spinning; a
+    /// refused connection is closed at once.
+    pub async fn accept(
+        &self,
+        listener: &tokio::net::TcpListener,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Option<Admitted> {
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match self.admit(peer.ip()) {
+                Ok((held, handshaking)) => {
+                    return Some(Admitted {
+                        stream,
+                        peer,
+                        held,
+                        handshaking,
+                    })
+                }
+                Err(refused) => tracing::debug!(%peer, ?refused, "connection refused; closing"),
+            }
+        }
+    }
+
     /// Connections held now.
     pub fn held(&self) -> usize {
         self.live.load(Ordering::Relaxed)
     }
+}
+
+/// An accepted connection with its places in the counts.
+pub struct Admitted {
+    pub stream: tokio::net::TcpStream,
+    pub peer: std::net::SocketAddr,
+    pub held: Held,
+    pub handshaking: Handshaking,
 }
 
 /// One connection in the process's count; released when dropped.

@@ -233,28 +233,14 @@ pub fn tls_incoming(
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            // The same connection cap and per-address handshake share as the device WebSocket.
-            let (held, handshaking) = match admission.admit(peer.ip()) {
-                Ok(admitted) => admitted,
-                Err(refused) => {
-                    tracing::debug!(%peer, ?refused, "gRPC connection refused; closing");
-                    drop(stream);
-                    continue;
-                }
-            };
+        // The same connection cap and per-address handshake share as the device WebSocket.
+        while let Some(crate::admission::Admitted {
+            stream,
+            held,
+            handshaking,
+            ..
+        }) = admission.accept(&listener, &shutdown).await
+        {
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {

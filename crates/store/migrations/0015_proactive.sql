@@ -79,7 +79,8 @@ CREATE TABLE content_items (
 CREATE TABLE content_deliveries (
     content_id      uuid NOT NULL REFERENCES content_items (id),
     device_id       text NOT NULL REFERENCES devices (id),
-    outbox_id       bigint NOT NULL REFERENCES device_outbox (id),
+    -- A tablet's copy lives and goes with its outbox row (an erasure deletes the outbox).
+    outbox_id       bigint NOT NULL REFERENCES device_outbox (id) ON DELETE CASCADE,
     queued_at       timestamptz NOT NULL DEFAULT now(),
     opened_at       timestamptz,
     PRIMARY KEY (content_id, device_id)

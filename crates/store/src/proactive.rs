@@ -171,6 +171,58 @@ async fn tablets_of(tx: &mut Transaction<'_, Postgres>, resident_id: Uuid) -> Re
     .await?)
 }
 
+/// Shows an attempt on every tablet of the resident (through the outbox), and records it.
+async fn send_attempt(
+    tx: &mut Transaction<'_, Postgres>,
+    tablets: &[String],
+    schedule_id: Uuid,
+    payload: &ReminderPayload,
+) -> Result<()> {
+    for tablet in tablets {
+        crate::outbox::push_reminder(tx, tablet, payload).await?;
+    }
+    append_event(
+        tx,
+        "schedule.reminder_sent",
+        None,
+        None,
+        None,
+        tablets.first().map(String::as_str),
+        json!({ "schedule_id": schedule_id, "occurrence_id": payload.occurrence_id,
+                "attempt": payload.attempt, "kind": payload.kind }),
+    )
+    .await
+}
+
+/// An outbound call for an operator (a welfare call, a task after missed reminders): in the
+/// call-backs queue, not announced on the tablet.
+async fn queue_outbound_call(
+    tx: &mut Transaction<'_, Postgres>,
+    tablet: &str,
+    request_id: &str,
+) -> Result<Uuid> {
+    let call = insert_call(tx, tablet, request_id, CallKind::Callback, None, false).await?;
+    notify(tx, &Notification::Dispatch).await?;
+    Ok(call.call_id)
+}
+
+/// Closes the contacts' alerts about an occurrence still open (`sent`) as `state`: `cancelled`
+/// (confirmed, or another contact took it on) or `expired` (an operator took over).
+async fn close_alerts(
+    tx: &mut Transaction<'_, Postgres>,
+    occurrence_id: Uuid,
+    state: &str,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE family_notifications SET state = $2 WHERE occurrence_id = $1 AND state = 'sent'",
+    )
+    .bind(occurrence_id)
+    .bind(state)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 async fn now(tx: &mut Transaction<'_, Postgres>) -> Result<DateTime<Utc>> {
     Ok(sqlx::query_scalar("SELECT clock_timestamp()")
         .fetch_one(&mut **tx)
@@ -320,15 +372,9 @@ impl Store {
         };
         match kind {
             ScheduleKind::WelfareCall => {
-                let call = insert_call(
-                    &mut tx,
-                    &tablet,
-                    &format!("welfare:{occurrence_id}"),
-                    CallKind::Callback,
-                    None,
-                    false,
-                )
-                .await?;
+                let call_id =
+                    queue_outbound_call(&mut tx, &tablet, &format!("welfare:{occurrence_id}"))
+                        .await?;
                 sqlx::query(
                     "INSERT INTO schedule_occurrences (id, schedule_id, due_at, state, attempts, call_id)
                      VALUES ($1, $2, $3, 'placed', 1, $4)",
@@ -336,20 +382,19 @@ impl Store {
                 .bind(occurrence_id)
                 .bind(schedule_id)
                 .bind(due)
-                .bind(call.call_id)
+                .bind(call_id)
                 .execute(&mut *tx)
                 .await?;
                 append_event(
                     &mut tx,
                     "schedule.welfare_call_placed",
-                    Some(call.call_id),
+                    Some(call_id),
                     None,
                     None,
                     Some(&tablet),
                     json!({ "schedule_id": schedule_id, "occurrence_id": occurrence_id }),
                 )
                 .await?;
-                notify(&mut tx, &Notification::Dispatch).await?;
             }
             ScheduleKind::Reminder | ScheduleKind::CheckIn => {
                 sqlx::query(
@@ -371,20 +416,7 @@ impl Store {
                     respond_by_ms: (now + wait).timestamp_millis(),
                     attempt: 1,
                 };
-                for tablet in &tablets {
-                    crate::outbox::push_reminder(&mut tx, tablet, &payload).await?;
-                }
-                append_event(
-                    &mut tx,
-                    "schedule.reminder_sent",
-                    None,
-                    None,
-                    None,
-                    Some(&tablet),
-                    json!({ "schedule_id": schedule_id, "occurrence_id": occurrence_id,
-                            "attempt": 1, "kind": kind.as_str() }),
-                )
-                .await?;
+                send_attempt(&mut tx, &tablets, schedule_id, &payload).await?;
             }
         }
         tx.commit().await?;
@@ -415,7 +447,19 @@ impl Store {
         let now = now(&mut tx).await?;
         let tablets = tablets_of(&mut tx, resident_id).await?;
         let tablet = tablets.first().cloned();
-        let ids = json!({ "schedule_id": schedule_id, "occurrence_id": occurrence_id });
+        if state == "waiting" {
+            // The attempt on the tablet went unconfirmed for its whole wait.
+            append_event(
+                &mut tx,
+                "schedule.missed",
+                None,
+                None,
+                None,
+                tablet.as_deref(),
+                json!({ "schedule_id": schedule_id, "occurrence_id": occurrence_id, "attempt": attempts }),
+            )
+            .await?;
+        }
         match (state.as_str(), attempts) {
             ("waiting", 1) => {
                 // Missed once: shown again.
@@ -436,43 +480,10 @@ impl Store {
                     respond_by_ms: (now + wait).timestamp_millis(),
                     attempt: 2,
                 };
-                for tablet in &tablets {
-                    crate::outbox::push_reminder(&mut tx, tablet, &payload).await?;
-                }
-                append_event(
-                    &mut tx,
-                    "schedule.missed",
-                    None,
-                    None,
-                    None,
-                    tablet.as_deref(),
-                    json!({ "schedule_id": schedule_id, "occurrence_id": occurrence_id, "attempt": 1 }),
-                )
-                .await?;
-                append_event(
-                    &mut tx,
-                    "schedule.reminder_sent",
-                    None,
-                    None,
-                    None,
-                    tablet.as_deref(),
-                    json!({ "schedule_id": schedule_id, "occurrence_id": occurrence_id,
-                            "attempt": 2, "kind": kind }),
-                )
-                .await?;
+                send_attempt(&mut tx, &tablets, schedule_id, &payload).await?;
             }
             ("waiting", _) => {
                 // Missed twice: the ordered contacts are told (at most three).
-                append_event(
-                    &mut tx,
-                    "schedule.missed",
-                    None,
-                    None,
-                    None,
-                    tablet.as_deref(),
-                    json!({ "schedule_id": schedule_id, "occurrence_id": occurrence_id, "attempt": attempts }),
-                )
-                .await?;
                 let contacts: Vec<(Uuid, Vec<String>)> = sqlx::query_as(
                     "SELECT id, channels FROM contacts
                      WHERE resident_id = $1 AND position IS NOT NULL
@@ -544,29 +555,14 @@ impl Store {
             ("contacts_notified", _) => {
                 // Still nobody confirmed: an operator calls.
                 let call_id = match &tablet {
-                    Some(tablet) => {
-                        let call = insert_call(
-                            &mut tx,
-                            tablet,
-                            &format!("task:{occurrence_id}"),
-                            CallKind::Callback,
-                            None,
-                            false,
-                        )
-                        .await?;
-                        notify(&mut tx, &Notification::Dispatch).await?;
-                        Some(call.call_id)
-                    }
+                    Some(tablet) => Some(
+                        queue_outbound_call(&mut tx, tablet, &format!("task:{occurrence_id}"))
+                            .await?,
+                    ),
                     None => None,
                 };
                 // The operator takes over: the contacts' alerts are no longer open.
-                sqlx::query(
-                    "UPDATE family_notifications SET state = 'expired'
-                     WHERE occurrence_id = $1 AND state = 'sent'",
-                )
-                .bind(occurrence_id)
-                .execute(&mut *tx)
-                .await?;
+                close_alerts(&mut tx, occurrence_id, "expired").await?;
                 sqlx::query(
                     "UPDATE schedule_occurrences SET state = 'task_created', next_step_at = NULL,
                             call_id = $2
@@ -583,7 +579,7 @@ impl Store {
                     None,
                     None,
                     tablet.as_deref(),
-                    ids,
+                    json!({ "schedule_id": schedule_id, "occurrence_id": occurrence_id }),
                 )
                 .await?;
             }
@@ -651,13 +647,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         // The contacts told need do nothing more.
-        sqlx::query(
-            "UPDATE family_notifications SET state = 'cancelled'
-             WHERE occurrence_id = $1 AND state = 'sent'",
-        )
-        .bind(occurrence_id)
-        .execute(&mut *tx)
-        .await?;
+        close_alerts(&mut tx, occurrence_id, "cancelled").await?;
         sqlx::query(
             "UPDATE schedule_occurrences SET state = 'confirmed', confirmed_at = clock_timestamp(),
                     next_step_at = NULL
@@ -706,13 +696,7 @@ impl Store {
         .bind(notification_id)
         .execute(&mut **tx)
         .await?;
-        sqlx::query(
-            "UPDATE family_notifications SET state = 'cancelled'
-             WHERE occurrence_id = $1 AND state = 'sent'",
-        )
-        .bind(occurrence_id)
-        .execute(&mut **tx)
-        .await?;
+        close_alerts(tx, occurrence_id, "cancelled").await?;
         sqlx::query(
             "UPDATE schedule_occurrences SET state = 'family_acknowledged', next_step_at = NULL
              WHERE id = $1",

@@ -349,11 +349,7 @@ impl Store {
         .bind(resident_id)
         .execute(&mut *tx)
         .await?;
-        // What the tablets were sent goes with the outbox (content records point into it).
-        sqlx::query("DELETE FROM content_deliveries WHERE device_id = ANY($1)")
-            .bind(&devices)
-            .execute(&mut *tx)
-            .await?;
+        // What the tablets were sent, content records with it (ON DELETE CASCADE).
         sqlx::query("DELETE FROM device_outbox WHERE device_id = ANY($1)")
             .bind(&devices)
             .execute(&mut *tx)

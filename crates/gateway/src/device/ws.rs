@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::session::{self, DeviceTransport, Incoming, TransportClosed};
 use super::DeviceContext;
-use crate::admission::{Admission, Handshaking};
+use crate::admission::{Admission, Admitted, Handshaking};
 
 /// Per-connection read buffer. tungstenite's default is 128 KiB allocated up front, which is
 /// the whole memory budget of thousands of idle tablets; envelopes are small.
@@ -68,30 +68,18 @@ impl WsListener {
     /// Accepts until shutdown; each connection is a task on `tracker`. A failing connection is
     /// logged and closed; it never reaches this loop.
     pub async fn run(self, tracker: TaskTracker) {
-        loop {
-            let accepted = tokio::select! {
-                _ = self.context.shutdown.cancelled() => return,
-                accepted = self.listener.accept() => accepted,
-            };
-            let (stream, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: pause instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            // The process's cap on held connections (under its open-file limit), and one
-            // address may not hold every handshake slot: past either it is closed at once.
-            let (live, address) = match self.admission.admit(peer.ip()) {
-                Ok(admitted) => admitted,
-                Err(refused) => {
-                    tracing::debug!(%peer, ?refused, "connection refused; closing");
-                    drop(stream);
-                    continue;
-                }
-            };
+        // The process's cap on held connections (under its open-file limit), and one address
+        // may not hold every handshake slot: past either a connection is closed at once.
+        while let Some(Admitted {
+            stream,
+            peer,
+            held: live,
+            handshaking: address,
+        }) = self
+            .admission
+            .accept(&self.listener, &self.context.shutdown)
+            .await
+        {
             let context = self.context.clone();
             let tls = self.tls.clone();
             let handshakes = Arc::clone(&self.handshakes);
