@@ -68,24 +68,13 @@ async fn provision(node: &TestNode, count: u64) {
     assert_eq!(node.store.add_fleet(station, &devices).await.unwrap(), 0);
 }
 
-fn websocket_addr(node: &TestNode) -> SocketAddr {
-    let port: u16 = node
-        .websocket_url
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .and_then(|port| port.parse().ok())
-        .expect("a port");
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_holds_its_links_and_every_alarm_is_acknowledged_and_stored_once() {
     let node = TestNode::start(fleet_node()).await;
     provision(&node, 40).await;
     let stats = Arc::new(FleetStats::default());
     let report = run_fleet(
-        config(&node, websocket_addr(&node), 40, 10.0),
+        config(&node, node.websocket_addr(), 40, 10.0),
         Arc::clone(&stats),
     )
     .await

@@ -1055,17 +1055,17 @@ async fn bad_input_over_the_apis_gets_clear_status_codes() {
     node.stop().await;
 }
 
-/// Runs an order offered to `provider_id` through to the senior's rating.
-async fn serve_and_rate(
+/// `provider_id` accepts an order offered to it (arriving in `eta_minutes`), goes to it and
+/// completes it (in 30 minutes, without notes).
+pub(crate) async fn serve(
     store: &Store,
     order_id: Uuid,
     provider_id: Uuid,
     staff: Uuid,
-    device: &str,
-    stars: u32,
+    eta_minutes: u32,
 ) {
     store
-        .accept_order(provider_id, order_id, staff, 15)
+        .accept_order(provider_id, order_id, staff, eta_minutes)
         .await
         .unwrap();
     for report in [
@@ -1081,6 +1081,18 @@ async fn serve_and_rate(
             .await
             .unwrap();
     }
+}
+
+/// Runs an order offered to `provider_id` through to the senior's rating.
+async fn serve_and_rate(
+    store: &Store,
+    order_id: Uuid,
+    provider_id: Uuid,
+    staff: Uuid,
+    device: &str,
+    stars: u32,
+) {
+    serve(store, order_id, provider_id, staff, 15).await;
     store
         .record_order_callback(order_id, Uuid::nil(), "")
         .await

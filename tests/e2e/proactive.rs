@@ -35,6 +35,37 @@ fn reminder(resident: Uuid, wait_seconds: u32) -> NewSchedule {
     }
 }
 
+/// A contact of `resident` told by SMS (`position` in the ordered cascade, or `None`: in
+/// parallel); `phone` may be empty.
+async fn sms_contact(
+    node: &TestNode,
+    resident: Uuid,
+    name: &str,
+    phone: &str,
+    position: Option<i32>,
+) -> Uuid {
+    node.store
+        .add_contact(&NewContact {
+            resident_id: resident,
+            name: name.to_owned(),
+            phone: phone.to_owned(),
+            channels: vec!["sms".to_owned()],
+            position,
+            ..NewContact::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// A check-in for `resident` titled `title`, shown again after a second.
+fn check_in(resident: Uuid, title: &str) -> NewSchedule {
+    NewSchedule {
+        kind: ScheduleKind::CheckIn,
+        title: title.to_owned(),
+        ..reminder(resident, 1)
+    }
+}
+
 /// The database times of an occurrence's events of `kind`, in order.
 async fn event_times(node: &TestNode, occurrence: &str, kind: &str) -> Vec<DateTime<Utc>> {
     sqlx::query_scalar(
@@ -71,29 +102,11 @@ async fn a_reminder_missed_twice_tells_the_first_contacts_then_an_operator_calls
     // alarms (not for reminders).
     let mut ordered = Vec::new();
     for position in 1..=4 {
-        ordered.push(
-            node.store
-                .add_contact(&NewContact {
-                    resident_id: resident,
-                    name: format!("联系人{position}"),
-                    phone: format!("+86 139 0000 000{position}"),
-                    channels: vec!["sms".to_owned()],
-                    position: Some(position),
-                    ..NewContact::default()
-                })
-                .await
-                .unwrap(),
-        );
+        let name = format!("联系人{position}");
+        let phone = format!("+86 139 0000 000{position}");
+        ordered.push(sms_contact(&node, resident, &name, &phone, Some(position)).await);
     }
-    node.store
-        .add_contact(&NewContact {
-            resident_id: resident,
-            name: "居委会".to_owned(),
-            channels: vec!["sms".to_owned()],
-            ..NewContact::default()
-        })
-        .await
-        .unwrap();
+    sms_contact(&node, resident, "居委会", "", None).await;
     let mut tablet = Tablet::connect(&config).await.unwrap();
     let wait = 2;
     node.store
@@ -198,31 +211,12 @@ async fn a_family_member_takes_on_a_missed_check_in_in_the_app() {
     let (resident, config) = node
         .tablet_config("签到 刘奶奶", TransportKind::WebSocket)
         .await;
-    let hash = carebell_gateway::console::hash_password(carebell_tests::PASSWORD).unwrap();
-    let account = node
-        .store
-        .add_family_account("checkin-daughter", "女儿", &hash)
-        .await
-        .unwrap();
-    node.store
-        .add_contact(&NewContact {
-            resident_id: resident,
-            name: "女儿".to_owned(),
-            position: Some(1),
-            family_account_id: Some(account),
-            channels: vec!["app".to_owned()],
-            ..NewContact::default()
-        })
-        .await
-        .unwrap();
+    node.family_contact(resident, "checkin-daughter", "女儿", "")
+        .await;
     let mut daughter = crate::family::FamilyMember::sign_in(&node, "checkin-daughter").await;
     let mut tablet = Tablet::connect(&config).await.unwrap();
     node.store
-        .add_schedule(&NewSchedule {
-            kind: ScheduleKind::CheckIn,
-            title: "今天好吗？".to_owned(),
-            ..reminder(resident, 1)
-        })
+        .add_schedule(&check_in(resident, "今天好吗？"))
         .await
         .unwrap();
     let first = tablet.next_reminder(WAIT).await.expect("the check-in");
@@ -311,23 +305,10 @@ async fn a_welfare_call_is_an_outbound_task_offered_to_an_operator() {
 async fn a_confirmed_reminder_goes_no_further() {
     let node = TestNode::start(NodeOptions::default()).await;
     let (resident, config) = node.tablet_config("提醒 李爷爷", TransportKind::Grpc).await;
-    node.store
-        .add_contact(&NewContact {
-            resident_id: resident,
-            name: "女儿".to_owned(),
-            channels: vec!["sms".to_owned()],
-            position: Some(1),
-            ..NewContact::default()
-        })
-        .await
-        .unwrap();
+    sms_contact(&node, resident, "女儿", "", Some(1)).await;
     let mut tablet = Tablet::connect(&config).await.unwrap();
     node.store
-        .add_schedule(&NewSchedule {
-            kind: ScheduleKind::CheckIn,
-            title: "今天好吗？ I'm OK".to_owned(),
-            ..reminder(resident, 1)
-        })
+        .add_schedule(&check_in(resident, "今天好吗？ I'm OK"))
         .await
         .unwrap();
     let shown = tablet.next_reminder(WAIT).await.expect("the check-in");
@@ -603,17 +584,7 @@ async fn a_resident_with_content_and_a_missed_reminder_can_be_erased() {
     let (resident, config) = node
         .tablet_config("擦除 赵奶奶", TransportKind::WebSocket)
         .await;
-    node.store
-        .add_contact(&NewContact {
-            resident_id: resident,
-            name: "儿子".to_owned(),
-            phone: "+86 137 0000 0000".to_owned(),
-            channels: vec!["sms".to_owned()],
-            position: Some(1),
-            ..NewContact::default()
-        })
-        .await
-        .unwrap();
+    sms_contact(&node, resident, "儿子", "+86 137 0000 0000", Some(1)).await;
     let mut tablet = Tablet::connect(&config).await.unwrap();
     let item = node
         .store

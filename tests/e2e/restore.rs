@@ -8,7 +8,6 @@
 //! it.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -139,21 +138,10 @@ async fn alarms(pool: &PgPool) -> AlarmRows {
         .collect()
 }
 
-fn websocket_addr(node: &TestNode) -> SocketAddr {
-    let port: u16 = node
-        .websocket_url
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .and_then(|port| port.parse().ok())
-        .expect("a port");
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
 /// Tablets pressing SOS continuously (two a second each) until the task is aborted.
 fn fleet_config(node: &TestNode) -> FleetConfig {
     FleetConfig {
-        server: websocket_addr(node),
+        server: node.websocket_addr(),
         server_name: "localhost".to_owned(),
         ca_pem: Some(node.ca_pem.clone()),
         seed: "restore".to_owned(),

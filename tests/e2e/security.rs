@@ -930,13 +930,8 @@ async fn a_tablet_rotates_its_key_and_the_old_one_stops_working() {
         }))
         .await
         .unwrap();
-    let refused = loop {
-        match tablet.next_event(Duration::from_secs(5)).await {
-            Some(TabletEvent::Error(error)) => break error,
-            Some(_) => continue,
-            None => panic!("the forged rotation got no answer"),
-        }
-    };
+    let refused =
+        crate::supervision::next_error(&mut tablet, "the forged rotation got no answer").await;
     assert_eq!(
         refused.code,
         carebell_proto::device::v1::ErrorCode::InvalidArgument as i32
@@ -1235,11 +1230,81 @@ fn refused(field: &str, sent: &str, answer: Answer, codes: &[&str]) {
     }
 }
 
+/// A signed-in user of a bridge service. A field is named `Method.field` and sent with `Method`.
+struct Caller<'a> {
+    bridge: &'a Bridge,
+    pool: &'a sqlx::PgPool,
+    service: &'a str,
+    token: &'a str,
+}
+
+impl<'a> Caller<'a> {
+    fn new(bridge: &'a Bridge, pool: &'a sqlx::PgPool, service: &'a str, token: &'a str) -> Self {
+        Self {
+            bridge,
+            pool,
+            service,
+            token,
+        }
+    }
+
+    /// `request` sent to the method `field` belongs to.
+    async fn call(&self, field: &str, request: serde_json::Value) -> Answer {
+        let method = field.split('.').next().unwrap();
+        self.bridge
+            .call(self.service, method, Some(self.token), request)
+            .await
+    }
+
+    /// Panics unless `request` (with `text` in `field`) is accepted; returns the answer.
+    async fn accepts(
+        &self,
+        field: &str,
+        text: &str,
+        request: serde_json::Value,
+    ) -> serde_json::Value {
+        accepted(field, text, self.call(field, request).await)
+    }
+
+    /// Accepted, and `text` read back exactly by `sql` with `$1` bound to `key`.
+    async fn keeps(
+        &self,
+        field: &str,
+        text: &str,
+        request: serde_json::Value,
+        sql: &str,
+        key: &str,
+    ) {
+        self.accepts(field, text, request).await;
+        assert_eq!(stored(self.pool, sql, key).await, text);
+    }
+
+    /// Panics unless `request` (with `text` in `field`) is refused with one of `codes`.
+    async fn refuses(&self, field: &str, text: &str, request: serde_json::Value, codes: &[&str]) {
+        refused(field, text, self.call(field, request).await, codes);
+    }
+
+    /// Panics unless `request` (with `text` in `field`) is refused as `invalid_argument`.
+    async fn refuses_invalid(&self, field: &str, text: &str, request: serde_json::Value) {
+        self.refuses(field, text, request, &["invalid_argument"])
+            .await;
+    }
+}
+
 /// One text value read back: `sql` with `$1` bound to `key`.
 async fn stored(pool: &sqlx::PgPool, sql: &str, key: &str) -> String {
     sqlx::query_scalar(sql)
         .bind(key)
         .fetch_one(pool)
+        .await
+        .unwrap_or_else(|error| panic!("{sql} ({key}): {error}"))
+}
+
+/// Every text value read back: `sql` with `$1` bound to `key`.
+async fn stored_all(pool: &sqlx::PgPool, sql: &str, key: &str) -> Vec<String> {
+    sqlx::query_scalar(sql)
+        .bind(key)
+        .fetch_all(pool)
         .await
         .unwrap_or_else(|error| panic!("{sql} ({key}): {error}"))
 }
@@ -1397,17 +1462,24 @@ impl Bystander {
     }
 }
 
-/// An SOS from `tablet`, accepted by `console`'s operator; returns the call id.
-async fn held_alarm(tablet: &Tablet, console: &mut carebell_tests::Console) -> String {
+/// An alarm of `kind` with `detail` from `tablet`, raised now; returns its id.
+async fn raise(tablet: &Tablet, kind: AlarmKind, detail: &str) -> String {
+    let alarm_id = Uuid::new_v4().simple().to_string();
     tablet
         .send(Body::Alarm(Alarm {
-            alarm_id: Uuid::new_v4().simple().to_string(),
-            kind: AlarmKind::Sos as i32,
+            alarm_id: alarm_id.clone(),
+            kind: kind as i32,
             raised_at_ms: chrono::Utc::now().timestamp_millis(),
-            detail: String::new(),
+            detail: detail.to_owned(),
         }))
         .await
         .unwrap();
+    alarm_id
+}
+
+/// An SOS from `tablet`, accepted by `console`'s operator; returns the call id.
+async fn held_alarm(tablet: &Tablet, console: &mut carebell_tests::Console) -> String {
+    raise(tablet, AlarmKind::Sos, "").await;
     let offer = console
         .next_offer(Duration::from_secs(10))
         .await
@@ -1447,25 +1519,8 @@ async fn completed_order(
     provider: Uuid,
     staff: Uuid,
 ) -> Uuid {
-    use carebell_store::ProgressReport;
     let order_id = offered_order(store, resident).await;
-    store
-        .accept_order(provider, order_id, staff, 30)
-        .await
-        .unwrap();
-    for report in [
-        ProgressReport::EnRoute,
-        ProgressReport::Arrived { position: None },
-        ProgressReport::Completed {
-            notes: String::new(),
-            duration_minutes: 30,
-        },
-    ] {
-        store
-            .report_progress(provider, order_id, report)
-            .await
-            .unwrap();
-    }
+    crate::orders::serve(store, order_id, provider, staff, 30).await;
     order_id
 }
 
@@ -1584,26 +1639,19 @@ async fn hostile_text_in_every_console_field_is_stored_verbatim_or_refused() {
 
     // SetStatus.reason, kept with the change (an unchanged status keeps its old reason, so the
     // status alternates: away, available, away).
+    let status_caller = Caller::new(&bridge, pool, "console", &status_op);
     for (n, text) in HOSTILE.iter().enumerate() {
         let status = if n % 2 == 0 { 3 } else { 2 };
         let request = json!({ "status": status, "reason": text });
-        let answer = bridge
-            .call("console", "SetStatus", Some(&status_op), request)
+        let sql = "SELECT status_reason FROM operators WHERE username = $1";
+        status_caller
+            .keeps("SetStatus.reason", text, request, sql, "status-op")
             .await;
-        accepted("SetStatus.reason", text, answer);
-        let reason = stored(
-            pool,
-            "SELECT status_reason FROM operators WHERE username = $1",
-            "status-op",
-        )
-        .await;
-        assert_eq!(reason, *text);
     }
     let request = json!({ "status": 2, "reason": NUL });
-    let answer = bridge
-        .call("console", "SetStatus", Some(&status_op), request)
+    status_caller
+        .refuses_invalid("SetStatus.reason", NUL, request)
         .await;
-    refused("SetStatus.reason", NUL, answer, &["invalid_argument"]);
     let status = stored(
         pool,
         "SELECT status FROM operators WHERE username = $1",
@@ -1613,44 +1661,31 @@ async fn hostile_text_in_every_console_field_is_stored_verbatim_or_refused() {
     assert_eq!(status, "away", "the refused change changed the status");
 
     // Handling an alarm: an action's note, a voice signal, transfers, the resolution's note.
+    let caller = Caller::new(&bridge, pool, "console", &op);
     for text in HOSTILE {
         let call_id = held_alarm(&tablet, &mut console).await;
         let request = json!({ "call_id": call_id, "action": 1, "note": text });
-        let answer = bridge
-            .call("console", "RecordAlarmAction", Some(&op), request)
+        let sql =
+            "SELECT note FROM alarm_actions WHERE call_id = $1::uuid ORDER BY id DESC LIMIT 1";
+        caller
+            .keeps("RecordAlarmAction.note", text, request, sql, &call_id)
             .await;
-        accepted("RecordAlarmAction.note", text, answer);
-        let note = stored(
-            pool,
-            "SELECT note FROM alarm_actions WHERE call_id = $1::uuid ORDER BY id DESC LIMIT 1",
-            &call_id,
-        )
-        .await;
-        assert_eq!(note, *text);
         let request = json!({ "call_id": call_id, "kind": text, "payload": "" });
-        let answer = bridge
-            .call("console", "SendRtcSignal", Some(&op), request)
+        caller
+            .refuses_invalid("SendRtcSignal.kind", text, request)
             .await;
-        refused("SendRtcSignal.kind", text, answer, &["invalid_argument"]);
         let request = json!({ "call_id": call_id, "kind": "candidate", "payload": text });
-        let answer = bridge
-            .call("console", "SendRtcSignal", Some(&op), request)
-            .await;
-        accepted("SendRtcSignal.payload", text, answer);
+        caller.accepts("SendRtcSignal.payload", text, request).await;
         assert_eq!(tablet_rtc_payload(&mut tablet).await, *text);
         let request = json!({ "call_id": call_id, "target": { "operator_username": text } });
-        let answer = bridge.call("console", "Transfer", Some(&op), request).await;
-        refused("Transfer.operator_username", text, answer, &["not_found"]);
+        caller
+            .refuses("Transfer.operator_username", text, request, &["not_found"])
+            .await;
         let request = json!({ "call_id": call_id, "target": { "queue_id": text } });
-        let answer = bridge.call("console", "Transfer", Some(&op), request).await;
-        accepted("Transfer.queue_id", text, answer);
-        let queue = stored(
-            pool,
-            "SELECT queue_id FROM calls WHERE id = $1::uuid",
-            &call_id,
-        )
-        .await;
-        assert_eq!(queue, *text);
+        let sql = "SELECT queue_id FROM calls WHERE id = $1::uuid";
+        caller
+            .keeps("Transfer.queue_id", text, request, sql, &call_id)
+            .await;
         // Offered again from that queue.
         let offer = console
             .next_offer(Duration::from_secs(10))
@@ -1659,55 +1694,46 @@ async fn hostile_text_in_every_console_field_is_stored_verbatim_or_refused() {
         assert_eq!(offer.call_id, call_id);
         console.client.accept(&offer.offer_id).await.unwrap();
         let request = json!({ "call_id": call_id, "outcome": 1, "note": text });
-        let answer = bridge
-            .call("console", "ResolveAlarm", Some(&op), request)
+        let sql = "SELECT note FROM calls WHERE id = $1::uuid";
+        caller
+            .keeps("ResolveAlarm.note", text, request, sql, &call_id)
             .await;
-        accepted("ResolveAlarm.note", text, answer);
-        let note = stored(pool, "SELECT note FROM calls WHERE id = $1::uuid", &call_id).await;
-        assert_eq!(note, *text);
     }
     // A NUL in each: refused, the call still held and unchanged.
     let call_id = held_alarm(&tablet, &mut console).await;
-    for (field, method, request, codes) in [
+    for (field, request, codes) in [
         (
             "RecordAlarmAction.note",
-            "RecordAlarmAction",
             json!({ "call_id": call_id, "action": 1, "note": NUL }),
             &["invalid_argument"][..],
         ),
         (
             "ResolveAlarm.note",
-            "ResolveAlarm",
             json!({ "call_id": call_id, "outcome": 1, "note": NUL }),
             &["invalid_argument"],
         ),
         (
             "EndCall.note",
-            "EndCall",
             json!({ "call_id": call_id, "disposition": 3, "note": NUL }),
             &["invalid_argument"],
         ),
         (
             "Transfer.operator_username",
-            "Transfer",
             json!({ "call_id": call_id, "target": { "operator_username": NUL } }),
             &["invalid_argument", "not_found"],
         ),
         (
             "Transfer.queue_id",
-            "Transfer",
             json!({ "call_id": call_id, "target": { "queue_id": NUL } }),
             &["invalid_argument", "failed_precondition"],
         ),
         (
             "SendRtcSignal.kind",
-            "SendRtcSignal",
             json!({ "call_id": call_id, "kind": NUL, "payload": "" }),
             &["invalid_argument"],
         ),
     ] {
-        let answer = bridge.call("console", method, Some(&op), request).await;
-        refused(field, NUL, answer, codes);
+        caller.refuses(field, NUL, request, codes).await;
     }
     // Over gRPC too.
     let refusal = console
@@ -1730,10 +1756,7 @@ async fn hostile_text_in_every_console_field_is_stored_verbatim_or_refused() {
     );
     // A voice signal's payload is relayed, not stored: a NUL arrives as sent.
     let request = json!({ "call_id": call_id, "kind": "candidate", "payload": NUL });
-    let answer = bridge
-        .call("console", "SendRtcSignal", Some(&op), request)
-        .await;
-    accepted("SendRtcSignal.payload", NUL, answer);
+    caller.accepts("SendRtcSignal.payload", NUL, request).await;
     assert_eq!(tablet_rtc_payload(&mut tablet).await, NUL);
     console
         .client
@@ -1756,104 +1779,63 @@ async fn hostile_text_in_every_console_field_is_stored_verbatim_or_refused() {
         let request = json!({
             "resident_id": resident, "service_code": "housekeeping", "note": text
         });
-        let answer = bridge
-            .call("console", "CreateOrder", Some(&op), request)
-            .await;
-        let order_id = accepted("CreateOrder.note", text, answer)["order_id"]
+        let order_id = caller.accepts("CreateOrder.note", text, request).await["order_id"]
             .as_str()
             .unwrap()
             .to_owned();
-        let note = stored(
-            pool,
-            "SELECT note FROM orders WHERE id = $1::uuid",
-            &order_id,
-        )
-        .await;
-        assert_eq!(note, *text);
+        let sql = "SELECT note FROM orders WHERE id = $1::uuid";
+        assert_eq!(stored(pool, sql, &order_id).await, *text);
         let request = json!({ "order_id": order_id, "reason": text });
-        let answer = bridge
-            .call("console", "CancelOrder", Some(&op), request)
+        let sql = "SELECT cancel_reason FROM orders WHERE id = $1::uuid";
+        caller
+            .keeps("CancelOrder.reason", text, request, sql, &order_id)
             .await;
-        accepted("CancelOrder.reason", text, answer);
-        let reason = stored(
-            pool,
-            "SELECT cancel_reason FROM orders WHERE id = $1::uuid",
-            &order_id,
-        )
-        .await;
-        assert_eq!(reason, *text);
         let order_id = completed_order(store, resident, provider, staff)
             .await
             .to_string();
         let request = json!({ "order_id": order_id, "note": text });
-        let answer = bridge
-            .call("console", "RecordOrderCallBack", Some(&op), request)
+        let sql = "SELECT callback_note FROM orders WHERE id = $1::uuid";
+        caller
+            .keeps("RecordOrderCallBack.note", text, request, sql, &order_id)
             .await;
-        accepted("RecordOrderCallBack.note", text, answer);
-        let note = stored(
-            pool,
-            "SELECT callback_note FROM orders WHERE id = $1::uuid",
-            &order_id,
-        )
-        .await;
-        assert_eq!(note, *text);
     }
     let count_orders = "SELECT count(*) FROM orders WHERE resident_id = $1::uuid";
     let orders_before = counted(pool, count_orders, &resident.to_string()).await;
     let request = json!({ "resident_id": resident, "service_code": "housekeeping", "note": NUL });
-    let answer = bridge
-        .call("console", "CreateOrder", Some(&op), request)
+    caller
+        .refuses_invalid("CreateOrder.note", NUL, request)
         .await;
-    refused("CreateOrder.note", NUL, answer, &["invalid_argument"]);
     assert_eq!(
         counted(pool, count_orders, &resident.to_string()).await,
         orders_before
     );
     let open = offered_order(store, resident).await.to_string();
     let request = json!({ "order_id": open, "reason": NUL });
-    let answer = bridge
-        .call("console", "CancelOrder", Some(&op), request)
+    caller
+        .refuses_invalid("CancelOrder.reason", NUL, request)
         .await;
-    refused("CancelOrder.reason", NUL, answer, &["invalid_argument"]);
     let state = stored(pool, "SELECT state FROM orders WHERE id = $1::uuid", &open).await;
     assert_eq!(state, "offered");
     let done = completed_order(store, resident, provider, staff)
         .await
         .to_string();
     let request = json!({ "order_id": done, "note": NUL });
-    let answer = bridge
-        .call("console", "RecordOrderCallBack", Some(&op), request)
+    caller
+        .refuses_invalid("RecordOrderCallBack.note", NUL, request)
         .await;
-    refused(
-        "RecordOrderCallBack.note",
-        NUL,
-        answer,
-        &["invalid_argument"],
-    );
     let state = stored(pool, "SELECT state FROM orders WHERE id = $1::uuid", &done).await;
     assert_eq!(state, "completed");
     // Codes and dates that must match something.
+    let reporter = Caller::new(&bridge, pool, "console", &supervisor);
     for text in hostile_and_nul() {
         let request = json!({ "resident_id": resident, "service_code": text });
-        let answer = bridge
-            .call("console", "CreateOrder", Some(&op), request)
+        caller
+            .refuses_invalid("CreateOrder.service_code", text, request)
             .await;
-        refused(
-            "CreateOrder.service_code",
-            text,
-            answer,
-            &["invalid_argument"],
-        );
         let request = json!({ "resident_id": resident, "service_code": text });
-        let answer = bridge
-            .call("console", "SuggestProviders", Some(&op), request)
+        caller
+            .refuses_invalid("SuggestProviders.service_code", text, request)
             .await;
-        refused(
-            "SuggestProviders.service_code",
-            text,
-            answer,
-            &["invalid_argument"],
-        );
         for (field, request) in [
             (
                 "ServiceReport.from",
@@ -1864,17 +1846,13 @@ async fn hostile_text_in_every_console_field_is_stored_verbatim_or_refused() {
                 json!({ "from": "2026-01-01", "to": text }),
             ),
         ] {
-            let answer = bridge
-                .call("console", "ServiceReport", Some(&supervisor), request)
-                .await;
-            refused(field, text, answer, &["invalid_argument"]);
+            reporter.refuses_invalid(field, text, request).await;
         }
     }
     assert_eq!(
         counted(pool, count_orders, &resident.to_string()).await,
         orders_before + 2
     );
-
     // Every id: refused as malformed.
     let r = resident.to_string();
     ids_refused(
@@ -2012,24 +1990,9 @@ async fn hostile_text_in_every_family_and_provider_field_is_stored_verbatim_or_r
         carebell_domain::orders::EntitlementTier::Market,
     )
     .await;
+    node.family_contact(resident, "hostile-family", "家属", "儿子")
+        .await;
     let hash = carebell_gateway::console::hash_password(PASSWORD).unwrap();
-    let account = store
-        .add_family_account("hostile-family", "家属", &hash)
-        .await
-        .unwrap();
-    store
-        .add_contact(&NewContact {
-            resident_id: resident,
-            name: "家属".to_owned(),
-            relationship: "儿子".to_owned(),
-            phone: String::new(),
-            holds_keys: false,
-            position: Some(1),
-            family_account_id: Some(account),
-            channels: vec!["app".to_owned()],
-        })
-        .await
-        .unwrap();
     let provider = crate::orders::provider(
         store,
         "近邻家政",
@@ -2061,13 +2024,12 @@ async fn hostile_text_in_every_family_and_provider_field_is_stored_verbatim_or_r
     let last_notice =
         "SELECT payload->>'text' FROM device_outbox WHERE device_id = $1 AND kind = 'notice'
          ORDER BY id DESC LIMIT 1";
+    let relative = Caller::new(&bridge, pool, "family", &family);
     for text in HOSTILE {
         let request = json!({ "resident_id": resident, "text": text });
-        let answer = bridge
-            .call("family", "SendMessage", Some(&family), request)
+        relative
+            .keeps("SendMessage.text", text, request, last_notice, &device_id)
             .await;
-        accepted("SendMessage.text", text, answer);
-        assert_eq!(stored(pool, last_notice, &device_id).await, *text);
         let shown = next_tablet(&mut tablet, |event| match event {
             TabletEvent::Notice(notice) => Some(notice.text),
             _ => None,
@@ -2078,10 +2040,9 @@ async fn hostile_text_in_every_family_and_provider_field_is_stored_verbatim_or_r
     let count_outbox = "SELECT count(*) FROM device_outbox WHERE device_id = $1";
     let outbox = counted(pool, count_outbox, &device_id).await;
     let request = json!({ "resident_id": resident, "text": NUL });
-    let answer = bridge
-        .call("family", "SendMessage", Some(&family), request)
+    relative
+        .refuses_invalid("SendMessage.text", NUL, request)
         .await;
-    refused("SendMessage.text", NUL, answer, &["invalid_argument"]);
     assert_eq!(counted(pool, count_outbox, &device_id).await, outbox);
     ids_refused(
         &bridge,
@@ -2109,20 +2070,15 @@ async fn hostile_text_in_every_family_and_provider_field_is_stored_verbatim_or_r
     .await;
 
     // A provider's reason for declining, and its notes on completing.
+    let provider_caller = Caller::new(&bridge, pool, "provider", &dispatcher);
     for text in HOSTILE {
         let order_id = offered_order(store, resident).await.to_string();
         let request = json!({ "order_id": order_id, "reason": text });
-        let answer = bridge
-            .call("provider", "Decline", Some(&dispatcher), request)
+        let sql =
+            "SELECT reason FROM order_offers WHERE order_id = $1::uuid AND state = 'declined'";
+        provider_caller
+            .keeps("Decline.reason", text, request, sql, &order_id)
             .await;
-        accepted("Decline.reason", text, answer);
-        let reason = stored(
-            pool,
-            "SELECT reason FROM order_offers WHERE order_id = $1::uuid AND state = 'declined'",
-            &order_id,
-        )
-        .await;
-        assert_eq!(reason, *text);
         let order_id = offered_order(store, resident).await.to_string();
         for request in [
             json!({ "order_id": order_id, "staff_id": staff, "eta_minutes": 30 }),
@@ -2142,24 +2098,16 @@ async fn hostile_text_in_every_family_and_provider_field_is_stored_verbatim_or_r
         let request = json!({
             "order_id": order_id, "status": 3, "notes": text, "duration_minutes": 30
         });
-        let answer = bridge
-            .call("provider", "UpdateStatus", Some(&dispatcher), request)
+        let sql = "SELECT completion_notes FROM orders WHERE id = $1::uuid";
+        provider_caller
+            .keeps("UpdateStatus.notes", text, request, sql, &order_id)
             .await;
-        accepted("UpdateStatus.notes", text, answer);
-        let notes = stored(
-            pool,
-            "SELECT completion_notes FROM orders WHERE id = $1::uuid",
-            &order_id,
-        )
-        .await;
-        assert_eq!(notes, *text);
     }
     let order_id = offered_order(store, resident).await.to_string();
     let request = json!({ "order_id": order_id, "reason": NUL });
-    let answer = bridge
-        .call("provider", "Decline", Some(&dispatcher), request)
+    provider_caller
+        .refuses_invalid("Decline.reason", NUL, request)
         .await;
-    refused("Decline.reason", NUL, answer, &["invalid_argument"]);
     let state = stored(
         pool,
         "SELECT state FROM orders WHERE id = $1::uuid",
@@ -2183,10 +2131,9 @@ async fn hostile_text_in_every_family_and_provider_field_is_stored_verbatim_or_r
     let request = json!({
         "order_id": order_id, "status": 3, "notes": NUL, "duration_minutes": 30
     });
-    let answer = bridge
-        .call("provider", "UpdateStatus", Some(&dispatcher), request)
+    provider_caller
+        .refuses_invalid("UpdateStatus.notes", NUL, request)
         .await;
-    refused("UpdateStatus.notes", NUL, answer, &["invalid_argument"]);
     let state = stored(
         pool,
         "SELECT state FROM orders WHERE id = $1::uuid",
@@ -2272,16 +2219,7 @@ async fn hostile_text_in_every_device_field_is_stored_verbatim_or_refused() {
     let mut tablet = Tablet::connect(&config).await.unwrap();
     // An alarm's detail: stored exactly.
     for text in HOSTILE {
-        let alarm_id = Uuid::new_v4().simple().to_string();
-        tablet
-            .send(Body::Alarm(Alarm {
-                alarm_id: alarm_id.clone(),
-                kind: AlarmKind::LowBattery as i32,
-                raised_at_ms: chrono::Utc::now().timestamp_millis(),
-                detail: text.to_string(),
-            }))
-            .await
-            .unwrap();
+        let alarm_id = raise(&tablet, AlarmKind::LowBattery, text).await;
         let detail = stored(
             pool,
             "SELECT detail FROM alarms WHERE alarm_id = $1",
@@ -2292,16 +2230,7 @@ async fn hostile_text_in_every_device_field_is_stored_verbatim_or_refused() {
     }
     // A NUL cannot be stored; the alarm must not be lost over it, so it is raised with the NUL
     // shown as U+FFFD (and acknowledged).
-    let alarm_id = Uuid::new_v4().simple().to_string();
-    tablet
-        .send(Body::Alarm(Alarm {
-            alarm_id: alarm_id.clone(),
-            kind: AlarmKind::Sos as i32,
-            raised_at_ms: chrono::Utc::now().timestamp_millis(),
-            detail: NUL.to_owned(),
-        }))
-        .await
-        .unwrap();
+    let alarm_id = raise(&tablet, AlarmKind::Sos, NUL).await;
     let detail = stored(
         pool,
         "SELECT detail FROM alarms WHERE alarm_id = $1",
@@ -2590,14 +2519,13 @@ async fn hostile_text_in_every_admin_command_is_stored_verbatim_or_refused() {
             ]))
             .await,
         );
-        let row: Vec<String> = sqlx::query_scalar(
+        let row = stored_all(
+            pool,
             "SELECT unnest(ARRAY[full_name, address, phone, dialect, medical_notes, risk_warnings,
                                  key_safe]) FROM residents WHERE id = $1::uuid",
+            &id,
         )
-        .bind(&id)
-        .fetch_all(pool)
-        .await
-        .unwrap();
+        .await;
         assert_eq!(row, vec![text; 7], "add-resident");
         for (command, table) in [
             ("add-operator", "operators"),
@@ -2682,13 +2610,12 @@ async fn hostile_text_in_every_admin_command_is_stored_verbatim_or_refused() {
             ]))
             .await,
         );
-        let row: Vec<String> = sqlx::query_scalar(
+        let row = stored_all(
+            pool,
             "SELECT unnest(ARRAY[name, relationship, phone]) FROM contacts WHERE id = $1::uuid",
+            &id,
         )
-        .bind(&id)
-        .fetch_all(pool)
-        .await
-        .unwrap();
+        .await;
         assert_eq!(row, vec![text; 3], "add-contact");
         for extra in [["--family-account", text], ["--channels", text]] {
             no(
@@ -2908,13 +2835,12 @@ async fn hostile_text_in_every_admin_command_is_stored_verbatim_or_refused() {
             ]))
             .await,
         );
-        let row: Vec<String> = sqlx::query_scalar(
+        let row = stored_all(
+            pool,
             "SELECT unnest(ARRAY[name, licence_no]) FROM providers WHERE id = $1::uuid",
+            &id,
         )
-        .bind(&id)
-        .fetch_all(pool)
-        .await
-        .unwrap();
+        .await;
         assert_eq!(row, vec![text; 2], "add-provider");
         let id = ok(
             "services add-staff",
@@ -2931,13 +2857,12 @@ async fn hostile_text_in_every_admin_command_is_stored_verbatim_or_refused() {
             ]))
             .await,
         );
-        let row: Vec<String> = sqlx::query_scalar(
+        let row = stored_all(
+            pool,
             "SELECT unnest(ARRAY[name, phone]) FROM provider_staff WHERE id = $1::uuid",
+            &id,
         )
-        .bind(&id)
-        .fetch_all(pool)
-        .await
-        .unwrap();
+        .await;
         assert_eq!(row, vec![text; 2], "add-staff");
         let id = ok(
             "services add-provider-account --display-name",
@@ -3061,14 +2986,13 @@ async fn hostile_text_in_every_admin_command_is_stored_verbatim_or_refused() {
             ]))
             .await,
         );
-        let row: Vec<String> = sqlx::query_scalar(
+        let row = stored_all(
+            pool,
             "SELECT unnest(ARRAY[title, body, media_url] || tags) FROM content_items
              WHERE id = $1::uuid",
+            &id,
         )
-        .bind(&id)
-        .fetch_all(pool)
-        .await
-        .unwrap();
+        .await;
         assert_eq!(row, vec![text; 4], "care add-content");
         for (what, flag) in [
             ("care add-content --kind", "--kind"),
@@ -3281,6 +3205,11 @@ fn percent_encoded(text: &str) -> String {
         .collect()
 }
 
+/// The error code of the first frame of the family alerts stream opened with `query`.
+async fn alerts_error(bridge: &Bridge, query: &str) -> serde_json::Value {
+    bridge.first_frame("family", "Alerts", query).await["error"]["code"].clone()
+}
+
 /// Protobuf bytes sent as they are: the generated clients cannot send a string that is not
 /// UTF-8, a hostile client can.
 #[derive(Debug, Clone, Default)]
@@ -3340,25 +3269,8 @@ async fn hostile_text_in_the_transports_is_refused_before_any_service() {
     let (resident, config) = node
         .tablet_config("传输 测试", TransportKind::WebSocket)
         .await;
-    let hash = carebell_gateway::console::hash_password(PASSWORD).unwrap();
-    let account = node
-        .store
-        .add_family_account("transport-family", "家属", &hash)
-        .await
-        .unwrap();
-    node.store
-        .add_contact(&NewContact {
-            resident_id: resident,
-            name: "家属".to_owned(),
-            relationship: "女儿".to_owned(),
-            phone: String::new(),
-            holds_keys: false,
-            position: Some(1),
-            family_account_id: Some(account),
-            channels: vec!["app".to_owned()],
-        })
-        .await
-        .unwrap();
+    node.family_contact(resident, "transport-family", "家属", "女儿")
+        .await;
     let family = bridge.sign_in("family", "transport-family").await;
     let mut console = node.available_operator("transport-op", "接线员").await;
     let op = bridge.sign_in("console", "transport-op").await;
@@ -3487,26 +3399,16 @@ async fn hostile_text_in_the_transports_is_refused_before_any_service() {
     // The streams' query parameters: a number that is text, a token that is SQL or holds a NUL,
     // a parameter that is not UTF-8.
     for text in hostile_and_nul() {
-        let frame = bridge
-            .first_frame(
-                "family",
-                "Alerts",
-                &format!("token={family}&after_id={}", percent_encoded(text)),
-            )
-            .await;
+        let query = format!("token={family}&after_id={}", percent_encoded(text));
         assert_eq!(
-            frame["error"]["code"], "invalid_argument",
+            alerts_error(&bridge, &query).await,
+            "invalid_argument",
             "after_id = {text:?}"
         );
-        let frame = bridge
-            .first_frame(
-                "family",
-                "Alerts",
-                &format!("token={}", percent_encoded(text)),
-            )
-            .await;
+        let query = format!("token={}", percent_encoded(text));
         assert_eq!(
-            frame["error"]["code"], "unauthenticated",
+            alerts_error(&bridge, &query).await,
+            "unauthenticated",
             "token = {text:?}"
         );
     }
@@ -3522,12 +3424,17 @@ async fn hostile_text_in_the_transports_is_refused_before_any_service() {
         "an unknown parameter is ignored: {frame}"
     );
     // Percent-encoding that is not UTF-8 is decoded lossily (as U+FFFD), then refused.
-    let frame = bridge
-        .first_frame("family", "Alerts", &format!("token={family}&after_id=%FF"))
-        .await;
-    assert_eq!(frame["error"]["code"], "invalid_argument", "after_id = %FF");
-    let frame = bridge.first_frame("family", "Alerts", "token=%FF%FE").await;
-    assert_eq!(frame["error"]["code"], "unauthenticated", "token = %FF%FE");
+    let query = format!("token={family}&after_id=%FF");
+    assert_eq!(
+        alerts_error(&bridge, &query).await,
+        "invalid_argument",
+        "after_id = %FF"
+    );
+    assert_eq!(
+        alerts_error(&bridge, "token=%FF%FE").await,
+        "unauthenticated",
+        "token = %FF%FE"
+    );
 
     bystander.assert_untouched(pool, &before, logs).await;
     tablet.close().await;

@@ -44,6 +44,20 @@ where
     }
 }
 
+/// The next error `tablet` hears within five seconds; panics with `missing` if none comes.
+pub(crate) async fn next_error(
+    tablet: &mut Tablet,
+    missing: &str,
+) -> carebell_proto::device::v1::Error {
+    loop {
+        match tablet.next_event(Duration::from_secs(5)).await {
+            Some(TabletEvent::Error(error)) => break error,
+            Some(_) => continue,
+            None => panic!("{missing}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_silent_tablet_raises_one_offline_alarm_and_its_return_clears_it() {
     let node = TestNode::start(supervised()).await;
@@ -191,13 +205,7 @@ async fn alarm_edge_cases_are_handled_explicitly() {
         .send(alarm("fall-a", AlarmKind::Smoke, a_year_ago, "kitchen"))
         .await
         .unwrap();
-    let refused = loop {
-        match tablet.next_event(Duration::from_secs(5)).await {
-            Some(TabletEvent::Error(error)) => break error,
-            Some(_) => continue,
-            None => panic!("no error for a reused alarm id"),
-        }
-    };
+    let refused = next_error(&mut tablet, "no error for a reused alarm id").await;
     assert_eq!(
         refused.code,
         carebell_proto::device::v1::ErrorCode::InvalidArgument as i32
@@ -225,13 +233,7 @@ async fn alarm_edge_cases_are_handled_explicitly() {
         }))
         .await
         .unwrap();
-    let unknown = loop {
-        match tablet.next_event(Duration::from_secs(5)).await {
-            Some(TabletEvent::Error(error)) => break error,
-            Some(_) => continue,
-            None => panic!("no error for an unknown alarm kind"),
-        }
-    };
+    let unknown = next_error(&mut tablet, "no error for an unknown alarm kind").await;
     assert!(
         unknown.message.contains("unknown alarm kind"),
         "{}",

@@ -10,7 +10,6 @@ use carebell_proto::family::v1::family_client::FamilyClient;
 use carebell_proto::family::v1::{
     RelativeRequest, RelativesRequest, SendMessageRequest, SignInRequest,
 };
-use carebell_store::NewContact;
 use carebell_tests::{NodeOptions, TestNode, PASSWORD};
 use firmware_sim::{Tablet, TabletEvent, TransportKind};
 use tonic::transport::Channel;
@@ -48,25 +47,9 @@ async fn a_family_member_sees_only_their_relative_and_their_message_reaches_the_
     let node = TestNode::start(NodeOptions::default()).await;
     let (mother, config) = node.tablet_config("林妈妈", TransportKind::WebSocket).await;
     let stranger = node.resident("陌生人").await;
-    let hash = carebell_gateway::console::hash_password(PASSWORD).unwrap();
     let account = node
-        .store
-        .add_family_account("lin-son", "林先生", &hash)
-        .await
-        .unwrap();
-    node.store
-        .add_contact(&NewContact {
-            resident_id: mother,
-            name: "林先生".to_owned(),
-            relationship: "儿子".to_owned(),
-            phone: String::new(),
-            holds_keys: false,
-            position: Some(1),
-            family_account_id: Some(account),
-            channels: vec!["app".to_owned()],
-        })
-        .await
-        .unwrap();
+        .family_contact(mother, "lin-son", "林先生", "儿子")
+        .await;
     let mut tablet = Tablet::connect(&config).await.unwrap();
     let (mut client, token) = family_member(&node, "lin-son").await;
 

@@ -362,6 +362,49 @@ impl TestNode {
             .expect("sign-in failed")
     }
 
+    /// A family account `username` (password "correct horse") that is the first contact of
+    /// `resident`, told in the app; returns the account.
+    pub async fn family_contact(
+        &self,
+        resident: Uuid,
+        username: &str,
+        name: &str,
+        relationship: &str,
+    ) -> Uuid {
+        let hash = carebell_gateway::console::hash_password(PASSWORD).expect("hash");
+        let account = self
+            .store
+            .add_family_account(username, name, &hash)
+            .await
+            .expect("failed to add a family account");
+        self.store
+            .add_contact(&carebell_store::NewContact {
+                resident_id: resident,
+                name: name.to_owned(),
+                relationship: relationship.to_owned(),
+                phone: String::new(),
+                holds_keys: false,
+                position: Some(1),
+                family_account_id: Some(account),
+                channels: vec!["app".to_owned()],
+            })
+            .await
+            .expect("failed to add a contact");
+        account
+    }
+
+    /// The address the device WebSocket listens on.
+    pub fn websocket_addr(&self) -> std::net::SocketAddr {
+        let port: u16 = self
+            .websocket_url
+            .trim_end_matches('/')
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .expect("a port");
+        std::net::SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
     /// A signed-in operator, subscribed, and available.
     pub async fn available_operator(&self, username: &str, display_name: &str) -> Console {
         self.operator_account(username, display_name).await;
