@@ -609,6 +609,32 @@ async fn a_resident_with_content_and_a_missed_reminder_can_be_erased() {
     wait_for_event(&node, &first.occurrence_id, "schedule.contact_notified").await;
     tablet.close().await;
 
+    // The export before the erasure holds the schedule, its occurrence (which has no call),
+    // what the tablet was sent and the contact's alert.
+    let export = node
+        .store
+        .export_resident(resident, "admin:cli")
+        .await
+        .unwrap();
+    let tables = &export["tables"];
+    for table in [
+        "schedules",
+        "schedule_occurrences",
+        "content_deliveries",
+        "family_notifications",
+    ] {
+        assert!(
+            tables[table]
+                .as_array()
+                .is_some_and(|rows| !rows.is_empty()),
+            "{table} is not in the export"
+        );
+    }
+    assert_eq!(
+        tables["schedule_occurrences"][0]["id"],
+        serde_json::json!(first.occurrence_id)
+    );
+
     node.store
         .erase_resident(resident, "admin:cli")
         .await

@@ -175,12 +175,18 @@ impl Store {
         .bind(&contacts)
         .fetch_all(&mut *tx)
         .await?;
+        let schedules: Vec<Uuid> =
+            sqlx::query_scalar("SELECT id FROM schedules WHERE resident_id = $1")
+                .bind(resident_id)
+                .fetch_all(&mut *tx)
+                .await?;
         // Which tables have which of the linking columns.
         let columns: Vec<(String, String)> = sqlx::query_as(
             "SELECT table_name::text, column_name::text FROM information_schema.columns
              WHERE table_schema = current_schema()
                AND column_name IN ('resident_id', 'device_id', 'call_id', 'order_id',
-                                   'contact_id', 'transaction_id', 'notification_id')
+                                   'contact_id', 'transaction_id', 'notification_id',
+                                   'schedule_id')
              ORDER BY table_name, column_name",
         )
         .fetch_all(&mut *tx)
@@ -202,7 +208,8 @@ impl Store {
                         "order_id" => "$4",
                         "contact_id" => "$5",
                         "transaction_id" => "$6",
-                        _ => "$7",
+                        "notification_id" => "$7",
+                        _ => "$8",
                     };
                     if parameter == "$1" {
                         format!("t.\"{column}\" = {parameter}")
@@ -232,6 +239,7 @@ impl Store {
                 .bind(&contacts)
                 .bind(&transactions)
                 .bind(&notifications)
+                .bind(&schedules)
                 .fetch_one(&mut *tx)
                 .await?;
             if rows.as_array().is_some_and(|rows| !rows.is_empty()) {
