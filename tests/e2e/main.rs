@@ -1,6 +1,7 @@
 //! End-to-end tests against real PostgreSQL and Redis: one binary, compiled once.
 
 mod admin;
+mod alarm_batch;
 mod auth;
 mod bad_input;
 mod demo;

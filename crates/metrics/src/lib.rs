@@ -17,7 +17,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 /// A label set: fixed keys, values from a small known set.
@@ -65,6 +65,8 @@ pub struct Metrics {
     pub webhook_backlog: Family<Labels, Gauge>,
     /// 1 while the node drains (after SIGTERM), else 0.
     pub draining: Gauge,
+    /// Device alarms stored per transaction by the alarm batcher (group commit).
+    pub alarm_batch_size: Histogram,
 }
 
 impl Metrics {
@@ -84,6 +86,7 @@ impl Metrics {
             webhook_deliveries: Family::default(),
             webhook_backlog: Family::default(),
             draining: Gauge::default(),
+            alarm_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             registry: Registry::default(),
         };
         registry.register(
@@ -150,6 +153,11 @@ impl Metrics {
             "draining",
             "1 while the node drains after SIGTERM",
             metrics.draining.clone(),
+        );
+        registry.register(
+            "alarm_batch_size",
+            "Device alarms stored per transaction by the alarm batcher (group commit)",
+            metrics.alarm_batch_size.clone(),
         );
         Metrics {
             registry,

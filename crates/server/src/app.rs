@@ -10,7 +10,9 @@ use anyhow::Context;
 use carebell_dispatch::{Dispatcher, DispatcherConfig, Hub};
 use carebell_gateway::device::{DeviceLinkService, EnrolmentService, WsListener};
 use carebell_gateway::tls::CertificateStore;
-use carebell_gateway::{ConsoleService, ConsoleSettings, DeviceContext, DeviceSettings};
+use carebell_gateway::{
+    AlarmBatcher, ConsoleService, ConsoleSettings, DeviceContext, DeviceSettings,
+};
 use carebell_presence::{InMemoryBackend, KeySchema, Presence, PresenceBackend, RedisBackend};
 use carebell_proto::console::v1::console_server::ConsoleServer;
 use carebell_proto::family::v1::family_server::FamilyServer;
@@ -146,6 +148,11 @@ impl Application {
         let tracker = TaskTracker::new();
         let device_context = DeviceContext {
             store: store.clone(),
+            alarms: AlarmBatcher::spawn(
+                store.clone(),
+                settings.device.alarm_batch_max,
+                settings.device.alarm_batches_in_flight,
+            ),
             hub: Arc::clone(&hub),
             presence: presence.clone(),
             settings: Arc::new(DeviceSettings {

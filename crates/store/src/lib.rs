@@ -6,6 +6,7 @@
 //! a `pg_notify` on [`NOTIFY_CHANNEL`], delivered by PostgreSQL only after the commit.
 
 mod admin;
+mod alarm_batch;
 mod calls;
 mod devices;
 mod family;
@@ -32,6 +33,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub use admin::{NewDevice, NewResident};
+pub use alarm_batch::NewAlarm;
 pub use calls::{
     AcceptedCall, AlarmOutcome, CallRow, CancelOutcome, CreatedCall, DispatchRound, EventRow,
     NewOffer, OfferRow, TransferTarget,

@@ -1,5 +1,6 @@
 //! Device links: the session logic shared by both transports, and the two transports.
 
+mod batch;
 mod enrol;
 mod grpc;
 mod session;
@@ -13,6 +14,7 @@ use carebell_presence::Presence;
 use carebell_store::Store;
 use tokio_util::sync::CancellationToken;
 
+pub use batch::AlarmBatcher;
 pub use enrol::EnrolmentService;
 pub use grpc::DeviceLinkService;
 pub use ws::{fuzz_websocket, WsListener};
@@ -70,6 +72,8 @@ impl Default for DeviceSettings {
 #[derive(Clone)]
 pub struct DeviceContext {
     pub store: Store,
+    /// Device alarms go through this (group commit) rather than one transaction each.
+    pub alarms: AlarmBatcher,
     pub hub: Arc<Hub>,
     pub presence: Presence,
     pub settings: Arc<DeviceSettings>,

@@ -15,7 +15,7 @@ use carebell_proto::device::v1::{
 use carebell_proto::{
     auth_message, CloseCode, CLOSE_AUTH_REJECTED, CLOSE_GOING_AWAY, CLOSE_TIMEOUT,
 };
-use carebell_store::{OutboxItem, OutboxPayload, StoreError};
+use carebell_store::{NewAlarm, OutboxItem, OutboxPayload, StoreError};
 use ed25519_dalek::{Signature, VerifyingKey};
 use rand::{Rng, RngCore};
 use tokio::time::Instant;
@@ -716,15 +716,15 @@ impl<T: DeviceTransport> Session<'_, T> {
                     let detail = alarm.detail.replace('\0', "\u{fffd}");
                     match self
                         .context
-                        .store
-                        .record_alarm(
-                            self.device_id.as_str(),
-                            &alarm.alarm_id,
-                            kind.as_str_name(),
+                        .alarms
+                        .record(NewAlarm {
+                            device_id: self.device_id.as_str().to_owned(),
+                            alarm_id: alarm.alarm_id.clone(),
+                            kind: kind.as_str_name().to_owned(),
                             raised_at,
-                            &detail,
+                            detail,
                             raise,
-                        )
+                        })
                         .await
                     {
                         Ok(outcome) => {

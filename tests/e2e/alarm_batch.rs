@@ -1,0 +1,383 @@
+//! Group commit of device alarms: a batch writes exactly what one transaction per alarm writes,
+//! answers every alarm as the one-by-one path would (resends, conflicts, unknown devices), and
+//! the process's batcher stores concurrent alarms together, each once.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use carebell_domain::CallKind;
+use carebell_gateway::AlarmBatcher;
+use carebell_store::{AlarmOutcome, Heard, NewAlarm, Notification, Store, StoreError};
+use carebell_tests::{fresh_store, metric_value};
+use chrono::{TimeZone, Utc};
+use sqlx::Row;
+
+const DEVICES: usize = 4;
+
+async fn district(store: &Store) {
+    let station = store.add_station("batch").await.unwrap();
+    for index in 0..DEVICES {
+        let resident = store
+            .add_resident(&carebell_store::NewResident {
+                station_id: station,
+                full_name: format!("resident {index}"),
+                dialect: if index % 2 == 0 {
+                    "cantonese"
+                } else {
+                    "mandarin"
+                }
+                .to_owned(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        store
+            .add_device(&carebell_store::NewDevice {
+                device_id: format!("tab-batch-{index}"),
+                resident_id: resident,
+                public_key: [index as u8; 32],
+            })
+            .await
+            .unwrap();
+    }
+}
+
+fn alarm(device: usize, id: &str, kind: &str, detail: &str, raise: Option<CallKind>) -> NewAlarm {
+    NewAlarm {
+        device_id: format!("tab-batch-{device}"),
+        alarm_id: id.to_owned(),
+        kind: kind.to_owned(),
+        raised_at: Some(Utc.timestamp_millis_opt(1_790_000_000_123).unwrap()),
+        detail: detail.to_owned(),
+        raise,
+    }
+}
+
+/// What the one-by-one path would answer, without the generated ids.
+fn shape(result: &Result<AlarmOutcome, StoreError>) -> String {
+    match result {
+        Ok(outcome) => format!(
+            "stored created={} call={}",
+            outcome.created,
+            outcome.call_id.is_some()
+        ),
+        Err(StoreError::Refused(message)) => format!("refused: {message}"),
+        Err(StoreError::NotFound { what, id }) => format!("not found: {what} {id}"),
+        Err(other) => format!("other error: {other}"),
+    }
+}
+
+/// Everything an alarm writes, with generated ids and clocks taken out (but checked to link up).
+async fn snapshot(store: &Store) -> Vec<String> {
+    let pool = store.pool();
+    let mut rows = Vec::new();
+    for row in sqlx::query(
+        "SELECT a.device_id, a.alarm_id, a.kind, a.detail, a.raised_at::text AS raised_at,
+                c.request_id, c.kind AS call_kind, c.priority, c.state, c.queue_id, c.dialect,
+                c.announce, c.callback_of IS NULL AS first,
+                c.station = r.station_id::text AS station_ok, c.resident_id = d.resident_id AS resident_ok,
+                round(extract(epoch FROM c.deadline_at - c.created_at))::int AS deadline_secs
+         FROM alarms a JOIN devices d ON d.id = a.device_id
+         LEFT JOIN calls c ON c.id = a.call_id LEFT JOIN residents r ON r.id = c.resident_id
+         ORDER BY a.device_id, a.alarm_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    {
+        rows.push(format!(
+            "alarm {} {} {} {:?} {:?} -> {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+            row.get::<String, _>("device_id"),
+            row.get::<String, _>("alarm_id"),
+            row.get::<String, _>("kind"),
+            row.get::<String, _>("detail"),
+            row.get::<Option<String>, _>("raised_at"),
+            row.get::<Option<String>, _>("request_id"),
+            row.get::<Option<String>, _>("call_kind"),
+            row.get::<Option<i16>, _>("priority"),
+            row.get::<Option<String>, _>("state"),
+            row.get::<Option<String>, _>("queue_id"),
+            row.get::<Option<String>, _>("dialect"),
+            row.get::<Option<bool>, _>("announce"),
+            row.get::<Option<bool>, _>("first"),
+            row.get::<Option<bool>, _>("station_ok"),
+            row.get::<Option<bool>, _>("resident_ok"),
+            row.get::<Option<i32>, _>("deadline_secs"),
+        ));
+    }
+    // Events: the detail with the generated ids replaced by whether they point at the right row.
+    for row in sqlx::query(
+        "SELECT e.kind, e.device_id, e.call_id IS NOT NULL AS has_call,
+                (e.detail - 'resident_id')::text AS detail,
+                (e.detail->>'resident_id')::uuid IS NOT DISTINCT FROM c.resident_id AS resident_ok
+         FROM events e LEFT JOIN calls c ON c.id = e.call_id
+         ORDER BY e.device_id, e.kind, e.detail::text",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    {
+        rows.push(format!(
+            "event {} {:?} call={} {} resident_ok={}",
+            row.get::<String, _>("kind"),
+            row.get::<Option<String>, _>("device_id"),
+            row.get::<bool, _>("has_call"),
+            row.get::<String, _>("detail"),
+            row.get::<bool, _>("resident_ok"),
+        ));
+    }
+    for row in sqlx::query(
+        "SELECT o.device_id, o.kind, (o.payload - 'call_id')::text AS payload,
+                c.device_id = o.device_id AND c.request_id = o.payload->>'request_id' AS call_ok
+         FROM device_outbox o LEFT JOIN calls c ON c.id = (o.payload->>'call_id')::uuid
+         ORDER BY o.device_id, (o.payload - 'call_id')::text",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    {
+        rows.push(format!(
+            "outbox {} {} {} call_ok={:?}",
+            row.get::<String, _>("device_id"),
+            row.get::<String, _>("kind"),
+            row.get::<String, _>("payload"),
+            row.get::<Option<bool>, _>("call_ok"),
+        ));
+    }
+    // The live statistics the events' triggers keep.
+    let created: i64 = sqlx::query_scalar("SELECT sum(offered)::bigint FROM stats_live")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    rows.push(format!("live offered {created}"));
+    rows
+}
+
+/// The notifications heard within a short while: (dispatch heard, devices told).
+async fn heard(listener: &mut carebell_store::Listener) -> (bool, BTreeSet<String>) {
+    let mut dispatch = false;
+    let mut devices = BTreeSet::new();
+    while let Ok(Ok(Heard::Notification(notification))) =
+        tokio::time::timeout(Duration::from_millis(500), listener.recv()).await
+    {
+        match notification {
+            Notification::Dispatch => dispatch = true,
+            Notification::DeviceOutbox { device_id } => {
+                devices.insert(device_id);
+            }
+            _ => {}
+        }
+    }
+    (dispatch, devices)
+}
+
+#[tokio::test]
+async fn a_batch_writes_and_answers_exactly_what_one_transaction_per_alarm_does() {
+    let batched = fresh_store().await;
+    let single = fresh_store().await;
+    for store in [&batched, &single] {
+        district(store).await;
+        // Stored before the batch: its resend must be answered from the stored row.
+        store
+            .record_alarm(
+                "tab-batch-3",
+                "earlier",
+                "SOS",
+                None,
+                "",
+                Some(CallKind::Emergency),
+            )
+            .await
+            .unwrap();
+    }
+    let alarms = vec![
+        alarm(
+            0,
+            "a-sos",
+            "SOS",
+            "pressed twice",
+            Some(CallKind::Emergency),
+        ),
+        alarm(1, "a-fall", "FALL", "", Some(CallKind::Emergency)),
+        alarm(
+            2,
+            "a-battery",
+            "LOW_BATTERY",
+            "12%",
+            Some(CallKind::Technical),
+        ),
+        alarm(2, "a-note", "UNSPECIFIED", "", None),
+        // The same alarm twice in one batch: stored once, the second answered as a resend.
+        alarm(0, "a-twice", "SMOKE", "kitchen", Some(CallKind::Emergency)),
+        alarm(0, "a-twice", "SMOKE", "kitchen", Some(CallKind::Emergency)),
+        // The same id with different content in one batch: the first stands, the second refused.
+        alarm(1, "a-clash", "SOS", "first", Some(CallKind::Emergency)),
+        alarm(1, "a-clash", "SOS", "second", Some(CallKind::Emergency)),
+        // A resend of one stored before, and one with different content.
+        NewAlarm {
+            raised_at: None,
+            ..alarm(3, "earlier", "SOS", "", Some(CallKind::Emergency))
+        },
+        alarm(3, "earlier", "FALL", "", Some(CallKind::Emergency)),
+        // A device that does not exist (erased while its session was open).
+        alarm(9, "a-ghost", "SOS", "", Some(CallKind::Emergency)),
+        // Two alarms of one device, both new.
+        alarm(3, "a-first", "SOS", "", Some(CallKind::Emergency)),
+        alarm(3, "a-second", "NO_ACTIVITY", "", Some(CallKind::Emergency)),
+    ];
+
+    let mut batched_listener = batched.listen().await.unwrap();
+    let mut single_listener = single.listen().await.unwrap();
+    let batch_results = batched.record_alarms(&alarms).await;
+    let mut single_results = Vec::new();
+    for alarm in &alarms {
+        single_results.push(
+            single
+                .record_alarm(
+                    &alarm.device_id,
+                    &alarm.alarm_id,
+                    &alarm.kind,
+                    alarm.raised_at,
+                    &alarm.detail,
+                    alarm.raise,
+                )
+                .await,
+        );
+    }
+
+    let batch_shapes: Vec<String> = batch_results.iter().map(shape).collect();
+    let single_shapes: Vec<String> = single_results.iter().map(shape).collect();
+    assert_eq!(batch_shapes, single_shapes);
+    // The answers are the ones a tablet needs (not merely equal).
+    assert_eq!(batch_shapes[0], "stored created=true call=true");
+    assert_eq!(batch_shapes[3], "stored created=true call=false");
+    assert_eq!(batch_shapes[5], "stored created=false call=true");
+    assert!(
+        batch_shapes[7].starts_with("refused: "),
+        "{}",
+        batch_shapes[7]
+    );
+    assert_eq!(batch_shapes[8], "stored created=false call=true");
+    assert!(
+        batch_shapes[9].starts_with("refused: "),
+        "{}",
+        batch_shapes[9]
+    );
+    assert_eq!(batch_shapes[10], "not found: device tab-batch-9");
+    // A resend is answered with the first one's call.
+    let first = batch_results[4].as_ref().unwrap();
+    let resent = batch_results[5].as_ref().unwrap();
+    assert_eq!(
+        (first.alarm_row_id, first.call_id),
+        (resent.alarm_row_id, resent.call_id)
+    );
+
+    let batch_rows = snapshot(&batched).await;
+    let single_rows = snapshot(&single).await;
+    assert_eq!(batch_rows, single_rows);
+    assert_eq!(
+        batch_rows
+            .iter()
+            .filter(|row| row.starts_with("alarm "))
+            .count(),
+        9,
+        "{batch_rows:#?}"
+    );
+    // Eight calls in all: the one stored before, and seven raised by the batch.
+    assert_eq!(
+        batch_rows
+            .iter()
+            .filter(|row| row.starts_with("alarm ") && row.contains("-> Some("))
+            .count(),
+        8,
+        "{batch_rows:#?}"
+    );
+
+    // The batch really went in as one transaction (the eight new alarms share one), where the
+    // one-by-one path took eight.
+    for (store, transactions) in [(&batched, 1), (&single, 8)] {
+        let distinct: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT xmin::text) FROM alarms WHERE alarm_id LIKE 'a-%'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(distinct, transactions);
+    }
+
+    let batch_heard = heard(&mut batched_listener).await;
+    let single_heard = heard(&mut single_listener).await;
+    assert_eq!(batch_heard, single_heard);
+    assert!(batch_heard.0, "dispatchers are woken");
+    assert_eq!(batch_heard.1.len(), DEVICES, "every tablet is told");
+}
+
+#[tokio::test]
+async fn concurrent_alarms_through_the_batcher_are_stored_once_each_and_together() {
+    let store = fresh_store().await;
+    district(&store).await;
+    // One transaction at a time, so that alarms arriving meanwhile must share the next one.
+    let batcher = AlarmBatcher::spawn(store.clone(), 64, 1);
+    let send_all = |round: &'static str| {
+        let batcher = batcher.clone();
+        async move {
+            let tasks: Vec<_> = (0..200)
+                .map(|index| {
+                    let batcher = batcher.clone();
+                    tokio::spawn(async move {
+                        let outcome = batcher
+                            .record(alarm(
+                                index % DEVICES,
+                                &format!("c-{index}"),
+                                "SOS",
+                                round,
+                                Some(CallKind::Emergency),
+                            ))
+                            .await;
+                        (index, outcome)
+                    })
+                })
+                .collect();
+            let mut outcomes = Vec::new();
+            for task in tasks {
+                outcomes.push(task.await.unwrap());
+            }
+            outcomes
+        }
+    };
+    let first = send_all("same").await;
+    assert!(first.iter().all(|(_, outcome)| outcome
+        .as_ref()
+        .is_ok_and(|o| o.created && o.call_id.is_some())));
+    // Every tablet resends (it never saw the acknowledgement): nothing is stored twice, and each
+    // resend is answered with its first call.
+    let again = send_all("same").await;
+    for ((index, first), (_, again)) in first.iter().zip(&again) {
+        let (first, again) = (first.as_ref().unwrap(), again.as_ref().unwrap());
+        assert!(!again.created, "alarm {index} stored twice");
+        assert_eq!(first.call_id, again.call_id);
+    }
+    let counts: (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM alarms), (SELECT count(*) FROM calls),
+                (SELECT count(*) FROM events WHERE kind = 'alarm.raised')",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(counts, (200, 200, 200));
+    let transactions: i64 = sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM alarms")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(
+        transactions < 200,
+        "{transactions} transactions for 200 alarms"
+    );
+
+    // They went in together: fewer transactions than alarms (400 answered in all).
+    let scrape = carebell_metrics::render();
+    let batches = metric_value(&scrape, "carebell_alarm_batch_size_count").unwrap();
+    let answered = metric_value(&scrape, "carebell_alarm_batch_size_sum").unwrap();
+    assert_eq!(answered, 400.0, "{scrape}");
+    assert!(batches < 400.0, "{batches} transactions for 400 alarms");
+}
