@@ -139,7 +139,11 @@ pub(crate) async fn run<T: DeviceTransport>(
         next_seq: 1,
         last_received: 0,
     };
-    let authenticated = handshake(&context, &mut link, certificate).await;
+    // The handshake and the message handling are boxed: a future is as large as its largest
+    // state, and an idle session (what a tablet is nearly all the time) would otherwise carry
+    // the space of every database call it might make. Boxed, that space is taken only while a
+    // message is being handled.
+    let authenticated = Box::pin(handshake(&context, &mut link, certificate)).await;
     carebell_metrics::metrics()
         .device_handshakes
         .get_or_create(&vec![
@@ -162,14 +166,16 @@ pub(crate) async fn run<T: DeviceTransport>(
     let span = tracing::info_span!("device", device_id = %device_id, %peer);
     tracing::info!(parent: &span, "device authenticated");
     context.presence.connected(Kind::Device, device_id.as_str());
-    if let Err(error) = context
-        .store
-        .device_seen(device_id.as_str(), Duration::ZERO)
-        .await
+    if let Err(error) = Box::pin(
+        context
+            .store
+            .device_seen(device_id.as_str(), Duration::ZERO),
+    )
+    .await
     {
         tracing::warn!(parent: &span, %error, "could not record last-seen");
     }
-    match context.store.device_back(device_id.as_str()).await {
+    match Box::pin(context.store.device_back(device_id.as_str())).await {
         Ok(true) => tracing::info!(parent: &span, "device back: its offline alarm is cleared"),
         Ok(false) => {}
         Err(error) => tracing::warn!(parent: &span, %error, "could not clear an offline alarm"),
@@ -190,11 +196,7 @@ pub(crate) async fn run<T: DeviceTransport>(
     context
         .presence
         .disconnected(Kind::Device, device_id.as_str());
-    if let Err(error) = context
-        .store
-        .device_seen(device_id.as_str(), silent_for)
-        .await
-    {
+    if let Err(error) = Box::pin(context.store.device_seen(device_id.as_str(), silent_for)).await {
         tracing::warn!(parent: &span, %error, "could not record last-seen");
     }
 }
@@ -415,7 +417,7 @@ impl<T: DeviceTransport> Session<'_, T> {
             .heartbeat_interval
             .mul_f64(settings.missed_heartbeats);
         // Resumption: whatever the device has not acknowledged goes out again.
-        if let Next::End(reason) = self.send_outbox().await {
+        if let Next::End(reason) = Box::pin(self.send_outbox()).await {
             return reason;
         }
         // The futures that live as long as the session are made once, not on every message:
@@ -435,6 +437,8 @@ impl<T: DeviceTransport> Session<'_, T> {
         tokio::pin!(outbox_changed);
         let signals = registration.signals.next_batch();
         tokio::pin!(signals);
+        // Each branch's own work is boxed (see `run`), so the loop's state between messages is
+        // only these long-lived waits.
         loop {
             tokio::select! {
                 incoming = self.link.transport.recv() => {
@@ -443,9 +447,9 @@ impl<T: DeviceTransport> Session<'_, T> {
                     let next = match incoming {
                         Incoming::Closed => Next::End("closed by the device"),
                         Incoming::Bad(code, message) => {
-                            if self.link.error(code, &message, 0).await { Next::Continue } else { Next::End("bad frame") }
+                            if Box::pin(self.link.error(code, &message, 0)).await { Next::Continue } else { Next::End("bad frame") }
                         }
-                        Incoming::Envelope(envelope) => self.handle(envelope).await,
+                        Incoming::Envelope(envelope) => Box::pin(self.handle(envelope)).await,
                     };
                     if let Next::End(reason) = next {
                         return reason;
@@ -453,7 +457,7 @@ impl<T: DeviceTransport> Session<'_, T> {
                 }
                 _ = &mut outbox_changed => {
                     outbox_changed.set(registration.outbox_changed.notified());
-                    if let Next::End(reason) = self.send_outbox().await {
+                    if let Next::End(reason) = Box::pin(self.send_outbox()).await {
                         return reason;
                     }
                 }
@@ -465,7 +469,7 @@ impl<T: DeviceTransport> Session<'_, T> {
                             kind: signal.kind,
                             payload: signal.payload,
                         });
-                        if self.link.send_body(body).await.is_err() {
+                        if Box::pin(self.link.send_body(body)).await.is_err() {
                             return "transport closed";
                         }
                     }
@@ -476,25 +480,25 @@ impl<T: DeviceTransport> Session<'_, T> {
                         silence.as_mut().reset(deadline);
                         continue;
                     }
-                    self.link.transport.close(CLOSE_TIMEOUT, "no heartbeat").await;
+                    Box::pin(self.link.transport.close(CLOSE_TIMEOUT, "no heartbeat")).await;
                     return "heartbeat supervision timed out";
                 }
                 _ = &mut kicked => {
                     if registration.revoked() {
-                        self.link.reject(RejectReason::BadCredentials, "this device has been revoked").await;
+                        Box::pin(self.link.reject(RejectReason::BadCredentials, "this device has been revoked")).await;
                         return "device revoked";
                     }
-                    self.link.transport.close(CLOSE_GOING_AWAY, "replaced by a newer connection of this device").await;
+                    Box::pin(self.link.transport.close(CLOSE_GOING_AWAY, "replaced by a newer connection of this device")).await;
                     return "replaced by a newer connection";
                 }
                 _ = &mut shutdown => {
                     let window = u64::try_from(context.settings.go_away_window.as_millis()).unwrap_or(u64::MAX).max(1);
                     let delay = rand::thread_rng().gen_range(0..window);
-                    let _ = self.link.send_body(Body::GoAway(GoAway {
+                    let _ = Box::pin(self.link.send_body(Body::GoAway(GoAway {
                         reconnect_after_ms: u32::try_from(delay).unwrap_or(u32::MAX),
                         reason: "server shutting down".to_owned(),
-                    })).await;
-                    self.link.transport.close(CLOSE_GOING_AWAY, "server shutting down").await;
+                    }))).await;
+                    Box::pin(self.link.transport.close(CLOSE_GOING_AWAY, "server shutting down")).await;
                     return "server shutting down";
                 }
             }

@@ -19,7 +19,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
 
 use super::session::{self, DeviceTransport, Incoming, TransportClosed};
-use super::DeviceContext;
+use super::{DeviceContext, DeviceSettings};
 use crate::admission::{Admission, Admitted, Handshaking};
 
 /// Per-connection read buffer. tungstenite's default is 128 KiB allocated up front, which is
@@ -104,6 +104,10 @@ impl WsListener {
     }
 }
 
+/// One connection: its handshakes, then its session. A future is as large as its largest state
+/// and is held for the connection's whole life, so everything that is over once the link is up
+/// (the TLS handshake, the HTTP upgrade) is a boxed future of its own, and the WebSocket is
+/// boxed once: what a held link costs is then the session and the stream, each stored once.
 async fn handle_connection(
     context: DeviceContext,
     tls: Option<TlsAcceptor>,
@@ -112,18 +116,57 @@ async fn handle_connection(
     permit: HandshakePermit,
 ) {
     let _ = stream.set_nodelay(true);
-    let timeout = context.settings.handshake_timeout;
     match tls {
-        Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls_stream)) => {
-                let certificate =
-                    session::client_certificate(tls_stream.get_ref().1.peer_certificates());
-                upgrade(context, tls_stream, peer, permit, certificate).await
-            }
-            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-        },
-        None => upgrade(context, stream, peer, permit, None).await,
+        Some(acceptor) => {
+            let Some((transport, certificate)) = Box::pin(establish_tls(
+                &context.settings,
+                acceptor,
+                stream,
+                peer,
+                permit,
+            ))
+            .await
+            else {
+                return;
+            };
+            session::run(context, transport, peer.to_string(), certificate).await;
+        }
+        None => {
+            let Some(transport) = Box::pin(upgrade(&context.settings, stream, peer, permit)).await
+            else {
+                return;
+            };
+            session::run(context, transport, peer.to_string(), None).await;
+        }
+    }
+}
+
+/// The TLS handshake, then the upgrade; `None` when either failed (logged).
+async fn establish_tls(
+    settings: &DeviceSettings,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: HandshakePermit,
+) -> Option<(
+    WsTransport<tokio_rustls::server::TlsStream<TcpStream>>,
+    session::ClientCertificate,
+)> {
+    match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls_stream)) => {
+            let certificate =
+                session::client_certificate(tls_stream.get_ref().1.peer_certificates());
+            let transport = upgrade(settings, tls_stream, peer, permit).await?;
+            Some((transport, certificate))
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
     }
 }
 
@@ -175,7 +218,7 @@ where
         return (0, 0);
     };
     let mut transport = WsTransport {
-        websocket,
+        websocket: Box::new(websocket),
         max_frame_bytes,
         closed: false,
     };
@@ -191,19 +234,19 @@ where
     (envelopes, refused)
 }
 
+/// The WebSocket upgrade (with the subprotocol check); `None` when it failed (logged).
 async fn upgrade<S>(
-    context: DeviceContext,
+    settings: &DeviceSettings,
     stream: S,
     peer: SocketAddr,
     permit: HandshakePermit,
-    certificate: session::ClientCertificate,
-) where
+) -> Option<WsTransport<S>>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let config = websocket_config(context.settings.max_frame_bytes);
-    let timeout = context.settings.handshake_timeout;
+    let config = websocket_config(settings.max_frame_bytes);
     let upgraded = tokio::time::timeout(
-        timeout,
+        settings.handshake_timeout,
         tokio_tungstenite::accept_hdr_async_with_config(stream, check_subprotocol, Some(config)),
     )
     .await;
@@ -211,25 +254,26 @@ async fn upgrade<S>(
         Ok(Ok(websocket)) => websocket,
         Ok(Err(error)) => {
             tracing::debug!(%peer, %error, "WebSocket upgrade refused");
-            return;
+            return None;
         }
         Err(_) => {
             tracing::debug!(%peer, "WebSocket upgrade timed out");
-            return;
+            return None;
         }
     };
     // The expensive part is over: the slot goes to the next connection.
     drop(permit);
-    let transport = WsTransport {
-        websocket,
-        max_frame_bytes: context.settings.max_frame_bytes,
+    Some(WsTransport {
+        websocket: Box::new(websocket),
+        max_frame_bytes: settings.max_frame_bytes,
         closed: false,
-    };
-    session::run(context, transport, peer.to_string(), certificate).await;
+    })
 }
 
 struct WsTransport<S> {
-    websocket: WebSocketStream<S>,
+    /// Boxed: the stream (TLS state and WebSocket buffers) is the bulk of a held link, and a
+    /// box keeps it in one place however the session's futures move the transport.
+    websocket: Box<WebSocketStream<S>>,
     max_frame_bytes: usize,
     closed: bool,
 }
@@ -316,7 +360,7 @@ where
         };
         let _ = tokio::time::timeout(
             std::time::Duration::from_secs(2),
-            self.websocket.close(Some(frame)),
+            WebSocketStream::close(&mut self.websocket, Some(frame)),
         )
         .await;
     }
