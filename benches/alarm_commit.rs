@@ -4,7 +4,7 @@
 //!
 //! `cargo bench -p carebell-benches --bench alarm_commit`; `CAREBELL_BENCH_SECS` (default 10)
 //! and `CAREBELL_BENCH_RATES` (default "300,1000,2000") change the run;
-//! `CAREBELL_BENCH_IN_FLIGHT` (default 2, as `device.alarm_batches_in_flight`) the batcher's
+//! `CAREBELL_BENCH_IN_FLIGHT` (default 2, as `device.batches_in_flight`) the batcher's
 //! transactions at once.
 
 use std::sync::Arc;

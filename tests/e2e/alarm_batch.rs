@@ -381,3 +381,79 @@ async fn concurrent_alarms_through_the_batcher_are_stored_once_each_and_together
     assert_eq!(answered, 400.0, "{scrape}");
     assert!(batches < 400.0, "{batches} transactions for 400 alarms");
 }
+
+#[tokio::test]
+async fn new_connections_key_lookups_and_arrivals_are_batched_and_answered_as_one_by_one() {
+    let store = fresh_store().await;
+    district(&store).await;
+    store
+        .revoke_device("tab-batch-2", "test", "lost")
+        .await
+        .unwrap();
+    // tab-batch-1 has a message waiting for its acknowledgement (an alarm's call update), and
+    // tab-batch-3 an open "device offline" alarm.
+    store
+        .record_alarm(
+            "tab-batch-1",
+            "w",
+            "SOS",
+            None,
+            "",
+            Some(CallKind::Emergency),
+        )
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO alarms (id, device_id, alarm_id, kind, detail)
+         VALUES (gen_random_uuid(), 'tab-batch-3', 'offline.1', 'DEVICE_OFFLINE', '')",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    sqlx::query("UPDATE devices SET last_seen_at = now() - interval '1 hour'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+
+    let batchers = carebell_gateway::ConnectionBatchers::spawn(store.clone(), 64, 1);
+    let ids: Vec<String> = (0..DEVICES + 1)
+        .map(|index| format!("tab-batch-{index}"))
+        .collect();
+    // Every device many times over, all at once: they share statements.
+    let mut tasks = Vec::new();
+    for round in 0..25 {
+        for id in &ids {
+            let (batchers, id) = (batchers.clone(), id.clone());
+            tasks.push(tokio::spawn(async move {
+                let key = batchers.credentials(&id).await.unwrap();
+                let arrival = batchers.arrived(&id).await;
+                (round, id, key, arrival)
+            }));
+        }
+    }
+    for task in tasks {
+        let (_, id, key, arrival) = task.await.unwrap();
+        assert_eq!(key, store.device_credentials(&id).await.unwrap(), "{id}");
+        match id.as_str() {
+            // Unknown and revoked: no key. A revoked device still exists, so its arrival is
+            // recorded (it is refused before that in a real session).
+            "tab-batch-4" => assert!(
+                matches!(arrival, Err(StoreError::NotFound { .. })),
+                "{arrival:?}"
+            ),
+            "tab-batch-2" => assert!(key.is_none()),
+            _ => assert!(key.is_some(), "{id}"),
+        }
+        if let Ok(arrival) = arrival {
+            assert_eq!(arrival.outbox_pending, id == "tab-batch-1", "{id}");
+            assert_eq!(arrival.offline_alarm_open, id == "tab-batch-3", "{id}");
+        }
+    }
+    let stale: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM devices WHERE last_seen_at < now() - interval '1 minute'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(stale, 0, "every arrival is recorded as heard");
+}

@@ -11,7 +11,8 @@ use carebell_dispatch::{Dispatcher, DispatcherConfig, Hub};
 use carebell_gateway::device::{DeviceLinkService, EnrolmentService, WsListener};
 use carebell_gateway::tls::CertificateStore;
 use carebell_gateway::{
-    AlarmBatcher, ConsoleService, ConsoleSettings, DeviceContext, DeviceSettings,
+    AlarmBatcher, ConnectionBatchers, ConsoleService, ConsoleSettings, DeviceContext,
+    DeviceSettings,
 };
 use carebell_presence::{InMemoryBackend, KeySchema, Presence, PresenceBackend, RedisBackend};
 use carebell_proto::console::v1::console_server::ConsoleServer;
@@ -150,8 +151,13 @@ impl Application {
             store: store.clone(),
             alarms: AlarmBatcher::spawn(
                 store.clone(),
-                settings.device.alarm_batch_max,
-                settings.device.alarm_batches_in_flight,
+                settings.device.batch_max,
+                settings.device.batches_in_flight,
+            ),
+            connections: ConnectionBatchers::spawn(
+                store.clone(),
+                settings.device.batch_max,
+                settings.device.batches_in_flight,
             ),
             hub: Arc::clone(&hub),
             presence: presence.clone(),

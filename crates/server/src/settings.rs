@@ -145,10 +145,10 @@ pub struct DeviceSection {
     pub max_connections: usize,
     /// Every device must present a client certificate from `tls.client_ca_path`.
     pub require_client_certificate: bool,
-    /// Device alarms stored in one transaction at most (group commit), and such transactions
-    /// in flight at once per process.
-    pub alarm_batch_max: usize,
-    pub alarm_batches_in_flight: usize,
+    /// Device work done in one statement or transaction at most (group commit of alarms, key
+    /// lookups and arrivals), and such batches in flight at once per process and kind.
+    pub batch_max: usize,
+    pub batches_in_flight: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -219,8 +219,8 @@ max_messages_per_second = 20.0
 message_burst = 60.0
 max_connections = 0
 require_client_certificate = false
-alarm_batch_max = 256
-alarm_batches_in_flight = 2
+batch_max = 256
+batches_in_flight = 2
 
 [dispatch]
 ring_timeout_ms = 20000
@@ -365,15 +365,14 @@ impl Settings {
                     .to_owned(),
             );
         }
-        if !(1..=4096).contains(&self.device.alarm_batch_max) {
-            return invalid("device.alarm_batch_max must be between 1 and 4096".to_owned());
+        if !(1..=4096).contains(&self.device.batch_max) {
+            return invalid("device.batch_max must be between 1 and 4096".to_owned());
         }
-        if self.device.alarm_batches_in_flight == 0
-            || self.device.alarm_batches_in_flight as u64
-                >= u64::from(self.database_max_connections)
+        if self.device.batches_in_flight == 0
+            || self.device.batches_in_flight as u64 >= u64::from(self.database_max_connections)
         {
             return invalid(
-                "device.alarm_batches_in_flight must be at least 1 and below                  database_max_connections"
+                "device.batches_in_flight must be at least 1 and below                  database_max_connections"
                     .to_owned(),
             );
         }

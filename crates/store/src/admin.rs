@@ -1,5 +1,6 @@
 //! Administration: stations, residents, operators and devices.
 
+use sqlx::Row;
 use uuid::Uuid;
 
 use crate::{Result, Store, StoreError};
@@ -17,6 +18,15 @@ pub struct NewResident {
     pub risk_warnings: String,
     /// How responders get in (key safe, neighbour with keys).
     pub key_safe: String,
+}
+
+/// What [`Store::device_arrived`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    /// A "device offline" alarm is open: `device_back` clears it.
+    pub offline_alarm_open: bool,
+    /// Messages wait for the device's acknowledgement: the session resends them.
+    pub outbox_pending: bool,
 }
 
 /// A device to register: only its public key is kept.
@@ -114,18 +124,33 @@ impl Store {
         &self,
         device_id: &str,
     ) -> Result<Option<([u8; 32], Option<[u8; 32]>)>> {
-        let row: Option<(Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
-            "SELECT public_key, client_cert_sha256 FROM devices WHERE id = $1 AND revoked_at IS NULL",
+        Ok(self
+            .devices_credentials(&[device_id.to_owned()])
+            .await?
+            .remove(device_id))
+    }
+
+    /// [`Store::device_credentials`] for many devices in one statement: the ones found.
+    pub async fn devices_credentials(
+        &self,
+        device_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, ([u8; 32], Option<[u8; 32]>)>> {
+        let rows: Vec<(String, Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT id, public_key, client_cert_sha256 FROM devices
+             WHERE id = ANY($1) AND revoked_at IS NULL",
         )
-        .bind(device_id)
-        .fetch_optional(&self.pool)
+        .bind(device_ids)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(row.and_then(|(key, certificate)| {
-            let key = <[u8; 32]>::try_from(key.as_slice()).ok()?;
-            let certificate =
-                certificate.and_then(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok());
-            Some((key, certificate))
-        }))
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, key, certificate)| {
+                let key = <[u8; 32]>::try_from(key.as_slice()).ok()?;
+                let certificate =
+                    certificate.and_then(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok());
+                Some((id, (key, certificate)))
+            })
+            .collect())
     }
 
     /// Binds a device to its client certificate (the SHA-256 of its DER): from then on it must
@@ -156,6 +181,54 @@ impl Store {
     ) -> Result<()> {
         self.devices_seen(&[(device_id.to_owned(), silent_for)])
             .await
+    }
+
+    /// A device's new session, in one round trip: records it as heard now and says what the
+    /// session must do about it (clear a "device offline" alarm, resend its outbox). A
+    /// reconnect storm makes this once per tablet, so it is one statement, not four.
+    pub async fn device_arrived(&self, device_id: &str) -> Result<Arrival> {
+        self.devices_arrived(&[device_id.to_owned()])
+            .await?
+            .remove(device_id)
+            .ok_or_else(|| StoreError::NotFound {
+                what: "device",
+                id: device_id.to_owned(),
+            })
+    }
+
+    /// [`Store::device_arrived`] for many devices in one statement (repeats allowed); a device
+    /// that does not exist is left out of the answer.
+    pub async fn devices_arrived(
+        &self,
+        device_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Arrival>> {
+        let rows = sqlx::query(
+            "WITH ids AS (SELECT DISTINCT unnest($1::text[]) AS id),
+             seen AS (
+                 UPDATE devices d SET last_seen_at = greatest(coalesce(d.last_seen_at, '-infinity'),
+                                                              clock_timestamp())
+                 FROM ids WHERE d.id = ids.id RETURNING d.id)
+             SELECT seen.id,
+                    EXISTS (SELECT 1 FROM alarms a WHERE a.device_id = seen.id
+                            AND a.kind = 'DEVICE_OFFLINE' AND a.cleared_at IS NULL) AS offline,
+                    EXISTS (SELECT 1 FROM device_outbox o WHERE o.device_id = seen.id
+                            AND o.acked_at IS NULL) AS pending
+             FROM seen",
+        )
+        .bind(device_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("id")?,
+                    Arrival {
+                        offline_alarm_open: row.try_get("offline")?,
+                        outbox_pending: row.try_get("pending")?,
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// As [`Store::device_seen`], for many devices in one statement. A last-seen time never

@@ -32,7 +32,7 @@ use std::str::FromStr;
 use std::time::Duration;
 use uuid::Uuid;
 
-pub use admin::{NewDevice, NewResident};
+pub use admin::{Arrival, NewDevice, NewResident};
 pub use alarm_batch::NewAlarm;
 pub use calls::{
     AcceptedCall, AlarmOutcome, CallRow, CancelOutcome, CreatedCall, DispatchRound, EventRow,

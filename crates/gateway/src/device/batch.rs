@@ -1,58 +1,72 @@
-//! Group commit for the alarms of every device session in this process.
+//! Group commit for the database work of every device session in this process: alarms, and the
+//! two reads-and-writes of every new connection (the key lookup and the arrival).
 //!
-//! A session hands its alarm to the batcher and waits for the answer; the batcher stores
-//! whatever has queued up in one transaction (`Store::record_alarms`), with a bounded number of
-//! transactions in flight. There is no timer: an alarm that arrives when a slot is free is stored
-//! at once, alone, and alarms only wait for each other while the database is busy with earlier
-//! ones, which is when storing them together pays. The device is acknowledged only after its
-//! alarm's transaction committed, as before.
+//! A session hands its request to a batcher and waits for the answer; the batcher does whatever
+//! has queued up in one statement or transaction, with a bounded number in flight. There is no
+//! timer: a request that arrives when a slot is free goes at once, alone, and requests only wait
+//! for each other while the database is busy with earlier ones, which is when doing them
+//! together pays. A reconnect storm is then a few hundred statements a second however many
+//! tablets arrive, instead of a queue for the pool that times out and drops tablets. A device is
+//! still acknowledged only after its alarm's transaction committed.
 
+use std::future::Future;
 use std::sync::Arc;
 
-use carebell_store::{AlarmOutcome, NewAlarm, Store, StoreError};
+use carebell_store::{AlarmOutcome, Arrival, NewAlarm, Store, StoreError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-type Reply = oneshot::Sender<Result<AlarmOutcome, StoreError>>;
+type Job<Q, A> = (Q, oneshot::Sender<A>);
 
-/// A handle to the process's alarm batcher; cheap to clone.
-#[derive(Clone)]
-pub struct AlarmBatcher {
-    queue: mpsc::UnboundedSender<(NewAlarm, Reply)>,
+/// A queue in front of a batch operation: `work` gets the queued requests and returns one
+/// answer per request, in order.
+pub struct Batcher<Q, A> {
+    queue: mpsc::UnboundedSender<Job<Q, A>>,
 }
 
-impl AlarmBatcher {
-    /// Starts the batcher: at most `max_batch` alarms per transaction and `in_flight`
-    /// transactions at once. It stops when every handle has been dropped.
-    pub fn spawn(store: Store, max_batch: usize, in_flight: usize) -> Self {
+impl<Q, A> Clone for Batcher<Q, A> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
+    /// At most `max_batch` requests per call of `work`, and `in_flight` calls at once. The
+    /// batcher stops when every handle has been dropped.
+    pub fn spawn<F, Fut>(max_batch: usize, in_flight: usize, work: F) -> Self
+    where
+        F: Fn(Vec<Q>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<A>> + Send + 'static,
+    {
         let (queue, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(run(store, receiver, max_batch.max(1), in_flight.max(1)));
+        tokio::spawn(run(receiver, max_batch.max(1), in_flight.max(1), work));
         Self { queue }
     }
 
-    /// Stores one alarm, as `Store::record_alarm` does, once its batch has committed.
-    pub async fn record(&self, alarm: NewAlarm) -> Result<AlarmOutcome, StoreError> {
+    /// The answer to one request, once its batch is done; `None` if the batcher has stopped.
+    pub async fn call(&self, request: Q) -> Option<A> {
         let (reply, answer) = oneshot::channel();
-        if self.queue.send((alarm, reply)).is_err() {
-            return Err(stopped());
-        }
-        answer.await.unwrap_or_else(|_| Err(stopped()))
+        self.queue.send((request, reply)).ok()?;
+        answer.await.ok()
     }
 }
 
-fn stopped() -> StoreError {
-    StoreError::Database(sqlx::Error::PoolClosed)
-}
-
-async fn run(
-    store: Store,
-    mut receiver: mpsc::UnboundedReceiver<(NewAlarm, Reply)>,
+async fn run<Q, A, F, Fut>(
+    mut receiver: mpsc::UnboundedReceiver<Job<Q, A>>,
     max_batch: usize,
     in_flight: usize,
-) {
+    work: F,
+) where
+    Q: Send + 'static,
+    A: Send + 'static,
+    F: Fn(Vec<Q>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Vec<A>> + Send + 'static,
+{
     let slots = Arc::new(Semaphore::new(in_flight));
     while let Some(first) = receiver.recv().await {
         // Waiting for a free slot is what lets a batch grow while the database is busy.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
         let mut batch = vec![first];
@@ -62,19 +76,128 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let store = store.clone();
+        let (requests, replies): (Vec<Q>, Vec<oneshot::Sender<A>>) = batch.into_iter().unzip();
+        let done = work(requests);
         tokio::spawn(async move {
-            let (alarms, replies): (Vec<NewAlarm>, Vec<Reply>) = batch.into_iter().unzip();
-            carebell_metrics::metrics()
-                .alarm_batch_size
-                .observe(alarms.len() as f64);
-            let results = store.record_alarms(&alarms).await;
+            let answers = done.await;
             drop(slot);
-            for (reply, result) in replies.into_iter().zip(results) {
-                // A session that has gone no longer waits; its alarm is stored all the same and
-                // the tablet's resend is answered from the stored row.
-                let _ = reply.send(result);
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                // A session that has gone no longer waits; what was done for it stands (an
+                // alarm stays stored, and the tablet's resend is answered from the stored row).
+                let _ = reply.send(answer);
             }
         });
     }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Database(sqlx::Error::PoolClosed)
+}
+
+/// The process's alarm batcher (`Store::record_alarms`).
+#[derive(Clone)]
+pub struct AlarmBatcher(Batcher<NewAlarm, Result<AlarmOutcome, StoreError>>);
+
+impl AlarmBatcher {
+    pub fn spawn(store: Store, max_batch: usize, in_flight: usize) -> Self {
+        Self(Batcher::spawn(
+            max_batch,
+            in_flight,
+            move |alarms: Vec<NewAlarm>| {
+                let store = store.clone();
+                async move {
+                    carebell_metrics::metrics()
+                        .alarm_batch_size
+                        .observe(alarms.len() as f64);
+                    store.record_alarms(&alarms).await
+                }
+            },
+        ))
+    }
+
+    /// Stores one alarm, as `Store::record_alarm` does, once its batch has committed.
+    pub async fn record(&self, alarm: NewAlarm) -> Result<AlarmOutcome, StoreError> {
+        self.0.call(alarm).await.unwrap_or_else(|| Err(stopped()))
+    }
+}
+
+/// A device's public key and the client certificate it is bound to, if any.
+pub type DeviceKey = ([u8; 32], Option<[u8; 32]>);
+
+/// The process's batchers for new connections: key lookups and arrivals, each one statement
+/// for many devices. A batch that fails as a whole is done one device at a time, so one bad
+/// moment never answers a whole batch with an error the one-by-one path would not give.
+#[derive(Clone)]
+pub struct ConnectionBatchers {
+    keys: Batcher<String, Result<Option<DeviceKey>, StoreError>>,
+    arrivals: Batcher<String, Result<Arrival, StoreError>>,
+}
+
+impl ConnectionBatchers {
+    pub fn spawn(store: Store, max_batch: usize, in_flight: usize) -> Self {
+        let keys_store = store.clone();
+        let keys = Batcher::spawn(max_batch, in_flight, move |ids: Vec<String>| {
+            let store = keys_store.clone();
+            async move {
+                match store.devices_credentials(&ids).await {
+                    Ok(found) => ids.iter().map(|id| Ok(found.get(id).copied())).collect(),
+                    Err(error) => {
+                        tracing::warn!(%error, "a key lookup batch failed; looking up one by one");
+                        one_by_one(&ids, |id| store.device_credentials(id)).await
+                    }
+                }
+            }
+        });
+        let arrivals = Batcher::spawn(max_batch, in_flight, move |ids: Vec<String>| {
+            let store = store.clone();
+            async move {
+                match store.devices_arrived(&ids).await {
+                    Ok(found) => ids
+                        .iter()
+                        .map(|id| {
+                            found.get(id).copied().ok_or_else(|| StoreError::NotFound {
+                                what: "device",
+                                id: id.clone(),
+                            })
+                        })
+                        .collect(),
+                    Err(error) => {
+                        tracing::warn!(%error, "an arrival batch failed; recording one by one");
+                        one_by_one(&ids, |id| store.device_arrived(id)).await
+                    }
+                }
+            }
+        });
+        Self { keys, arrivals }
+    }
+
+    /// `Store::device_credentials`, batched.
+    pub async fn credentials(&self, device_id: &str) -> Result<Option<DeviceKey>, StoreError> {
+        self.keys
+            .call(device_id.to_owned())
+            .await
+            .unwrap_or_else(|| Err(stopped()))
+    }
+
+    /// `Store::device_arrived`, batched.
+    pub async fn arrived(&self, device_id: &str) -> Result<Arrival, StoreError> {
+        self.arrivals
+            .call(device_id.to_owned())
+            .await
+            .unwrap_or_else(|| Err(stopped()))
+    }
+}
+
+async fn one_by_one<'a, T, Fut>(
+    ids: &'a [String],
+    each: impl Fn(&'a str) -> Fut,
+) -> Vec<Result<T, StoreError>>
+where
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut answers = Vec::with_capacity(ids.len());
+    for id in ids {
+        answers.push(each(id).await);
+    }
+    answers
 }

@@ -14,7 +14,7 @@ use carebell_presence::Presence;
 use carebell_store::Store;
 use tokio_util::sync::CancellationToken;
 
-pub use batch::AlarmBatcher;
+pub use batch::{AlarmBatcher, Batcher, ConnectionBatchers};
 pub use enrol::EnrolmentService;
 pub use grpc::DeviceLinkService;
 pub use ws::{fuzz_websocket, WsListener};
@@ -74,6 +74,8 @@ pub struct DeviceContext {
     pub store: Store,
     /// Device alarms go through this (group commit) rather than one transaction each.
     pub alarms: AlarmBatcher,
+    /// New connections' key lookups and arrivals go through these (one statement for many).
+    pub connections: ConnectionBatchers,
     pub hub: Arc<Hub>,
     pub presence: Presence,
     pub settings: Arc<DeviceSettings>,

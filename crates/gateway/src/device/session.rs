@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::Duration;
 
 use carebell_domain::{CallKind, DeviceId, RequestId};
 use carebell_presence::Kind;
@@ -166,21 +165,31 @@ pub(crate) async fn run<T: DeviceTransport>(
     let span = tracing::info_span!("device", device_id = %device_id, %peer);
     tracing::info!(parent: &span, "device authenticated");
     context.presence.connected(Kind::Device, device_id.as_str());
-    if let Err(error) = Box::pin(
-        context
-            .store
-            .device_seen(device_id.as_str(), Duration::ZERO),
-    )
-    .await
-    {
-        tracing::warn!(parent: &span, %error, "could not record last-seen");
-    }
-    match Box::pin(context.store.device_back(device_id.as_str())).await {
-        Ok(true) => tracing::info!(parent: &span, "device back: its offline alarm is cleared"),
-        Ok(false) => {}
-        Err(error) => tracing::warn!(parent: &span, %error, "could not clear an offline alarm"),
-    }
+    // Registered before the arrival is read: an outbox message committed after the read is
+    // then announced to this session (the hub keeps the wake-up until the session waits).
     let registration = context.hub.register_device(device_id.as_str());
+    // One round trip for what every new session needs (a reconnect storm is one per tablet);
+    // the rest only when there is something to do.
+    let resend = match context.connections.arrived(device_id.as_str()).await {
+        Ok(arrival) => {
+            if arrival.offline_alarm_open {
+                match Box::pin(context.store.device_back(device_id.as_str())).await {
+                    Ok(true) => {
+                        tracing::info!(parent: &span, "device back: its offline alarm is cleared");
+                    }
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::warn!(parent: &span, %error, "could not clear an offline alarm");
+                    }
+                }
+            }
+            arrival.outbox_pending
+        }
+        Err(error) => {
+            tracing::warn!(parent: &span, %error, "could not record the arrival");
+            true
+        }
+    };
     let mut session = Session {
         context: &context,
         device_id: &device_id,
@@ -188,7 +197,10 @@ pub(crate) async fn run<T: DeviceTransport>(
         inflight: BTreeMap::new(),
         messages: crate::bucket::TokenBucket::full(context.settings.message_burst),
     };
-    let reason = session.run(&registration).instrument(span.clone()).await;
+    let reason = session
+        .run(&registration, resend)
+        .instrument(span.clone())
+        .await;
     tracing::info!(parent: &span, reason, "device session ended");
     // Last seen when last heard, not now: a silently dropped link must not look alive.
     let silent_for = registration.silent_for();
@@ -288,7 +300,7 @@ async fn handshake<T: DeviceTransport>(
 
     let device_id = DeviceId::parse(&hello.device_id).ok();
     let credentials = match &device_id {
-        Some(device_id) => match context.store.device_credentials(device_id.as_str()).await {
+        Some(device_id) => match context.connections.credentials(device_id.as_str()).await {
             Ok(credentials) => credentials,
             Err(error) => {
                 tracing::error!(%error, "cannot look up a device key");
@@ -411,14 +423,22 @@ enum Next {
 }
 
 impl<T: DeviceTransport> Session<'_, T> {
-    async fn run(&mut self, registration: &carebell_dispatch::DeviceRegistration) -> &'static str {
+    /// Runs the session; `resend`: the device has unacknowledged outbox messages (or that could
+    /// not be read), which go out first.
+    async fn run(
+        &mut self,
+        registration: &carebell_dispatch::DeviceRegistration,
+        resend: bool,
+    ) -> &'static str {
         let settings = &self.context.settings;
         let silence_limit = settings
             .heartbeat_interval
             .mul_f64(settings.missed_heartbeats);
         // Resumption: whatever the device has not acknowledged goes out again.
-        if let Next::End(reason) = Box::pin(self.send_outbox()).await {
-            return reason;
+        if resend {
+            if let Next::End(reason) = Box::pin(self.send_outbox()).await {
+                return reason;
+            }
         }
         // The futures that live as long as the session are made once, not on every message:
         // a tablet's heartbeat then costs a frame and an acknowledgement, not half a dozen
