@@ -73,18 +73,7 @@ async fn run(store: &Store, mode: Mode, rate: u64, secs: u64, round: &str) -> Ve
         );
         tasks.push(tokio::spawn(async move {
             let outcome = match mode {
-                Mode::OneByOne => {
-                    store
-                        .record_alarm(
-                            &alarm.device_id,
-                            &alarm.alarm_id,
-                            &alarm.kind,
-                            alarm.raised_at,
-                            &alarm.detail,
-                            alarm.raise,
-                        )
-                        .await
-                }
+                Mode::OneByOne => store.record_new_alarm(&alarm).await,
                 Mode::Batched => batcher.record(alarm).await,
             };
             match outcome {
@@ -106,22 +95,15 @@ async fn run(store: &Store, mode: Mode, rate: u64, secs: u64, round: &str) -> Ve
         Mode::Batched => "group commit",
     };
     let stored = latencies.len() as f64;
-    vec![
-        Figure {
-            name: format!("{name} at {rate}/s: p50"),
-            value: quantile_ms(&latencies, 0.5),
+    let mut figures: Vec<Figure> = [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)]
+        .into_iter()
+        .map(|(label, q)| Figure {
+            name: format!("{name} at {rate}/s: {label}"),
+            value: quantile_ms(&latencies, q),
             unit: "ms",
-        },
-        Figure {
-            name: format!("{name} at {rate}/s: p99"),
-            value: quantile_ms(&latencies, 0.99),
-            unit: "ms",
-        },
-        Figure {
-            name: format!("{name} at {rate}/s: p99.9"),
-            value: quantile_ms(&latencies, 0.999),
-            unit: "ms",
-        },
+        })
+        .collect();
+    figures.extend([
         Figure {
             name: format!("{name} at {rate}/s: stored per second"),
             value: stored / elapsed.as_secs_f64(),
@@ -132,7 +114,8 @@ async fn run(store: &Store, mode: Mode, rate: u64, secs: u64, round: &str) -> Ve
             value: failures.load(std::sync::atomic::Ordering::Relaxed) as f64,
             unit: "alarms",
         },
-    ]
+    ]);
+    figures
 }
 
 fn main() {

@@ -103,6 +103,15 @@ async fn a_scrape_during_a_run_shows_every_listed_series() {
         Some(1.0),
         "{body}"
     );
+    // The SOS went through the alarm batcher: one alarm in one transaction.
+    assert_eq!(
+        (
+            metric_value(&body, "carebell_alarm_batch_size_count"),
+            metric_value(&body, "carebell_alarm_batch_size_sum"),
+        ),
+        (Some(1.0), Some(1.0)),
+        "{body}"
+    );
     let queue_waiting = body
         .lines()
         .find(|line| line.starts_with("carebell_queue_waiting{"))

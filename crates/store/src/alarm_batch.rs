@@ -53,21 +53,24 @@ impl Store {
         for (alarm, result) in alarms.iter().zip(results) {
             let result = match result {
                 Some(result) => result,
-                None => {
-                    self.record_alarm(
-                        &alarm.device_id,
-                        &alarm.alarm_id,
-                        &alarm.kind,
-                        alarm.raised_at,
-                        &alarm.detail,
-                        alarm.raise,
-                    )
-                    .await
-                }
+                None => self.record_new_alarm(alarm).await,
             };
             answered.push(result);
         }
         answered
+    }
+
+    /// [`Store::record_alarm`] for one [`NewAlarm`], in its own transaction.
+    pub async fn record_new_alarm(&self, alarm: &NewAlarm) -> Result<AlarmOutcome> {
+        self.record_alarm(
+            &alarm.device_id,
+            &alarm.alarm_id,
+            &alarm.kind,
+            alarm.raised_at,
+            &alarm.detail,
+            alarm.raise,
+        )
+        .await
     }
 
     /// The batch transaction: returns the outcome of every alarm it stored, by index. The ones it

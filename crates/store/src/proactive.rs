@@ -223,6 +223,24 @@ async fn close_alerts(
     Ok(())
 }
 
+/// A step's next one was set for `started` plus the wait; it moves by however long the step
+/// took, so that the next step is never sooner than the wait after this step's last event.
+async fn wait_from_the_end(
+    tx: &mut Transaction<'_, Postgres>,
+    occurrence_id: Uuid,
+    started: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE schedule_occurrences SET next_step_at = next_step_at + (clock_timestamp() - $2)
+         WHERE id = $1 AND next_step_at IS NOT NULL",
+    )
+    .bind(occurrence_id)
+    .bind(started)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 async fn now(tx: &mut Transaction<'_, Postgres>) -> Result<DateTime<Utc>> {
     Ok(sqlx::query_scalar("SELECT clock_timestamp()")
         .fetch_one(&mut **tx)
@@ -419,6 +437,7 @@ impl Store {
                 send_attempt(&mut tx, &tablets, schedule_id, &payload).await?;
             }
         }
+        wait_from_the_end(&mut tx, occurrence_id, now).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -590,6 +609,7 @@ impl Store {
                     .await?;
             }
         }
+        wait_from_the_end(&mut tx, occurrence_id, now).await?;
         tx.commit().await?;
         Ok(true)
     }
