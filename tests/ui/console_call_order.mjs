@@ -12,6 +12,12 @@ await scenario('console_call_order', async (browser) => {
   const tablet = tabletSim(['press', 'wait:ended']);
   await byTestId(console_, 'offer').first().waitFor();
   await byTestId(console_, 'card-name').filter({ hasText: config.resident_name }).waitFor();
+  // The name comes with the offer; the record (with the risks) is read next, while the card
+  // says it is loading.
+  await byTestId(console_, 'card-risks')
+    .filter({ hasText: config.risk_warning })
+    .waitFor()
+    .catch(() => {});
   const risks = await byTestId(console_, 'card-risks').innerText();
   check(risks.includes(config.risk_warning), `the card shows the risk warning (got "${risks}")`);
   await shot(console_, '02-console-card-pops');
