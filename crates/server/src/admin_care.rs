@@ -201,33 +201,43 @@ pub async fn execute(store: &Store, command: CareCommand) -> anyhow::Result<Stri
                 .content_deliveries(id)
                 .await
                 .context("failed to read the deliveries")?;
-            let mut lines = vec!["device\treceived\topened".to_owned()];
-            for delivery in deliveries {
-                lines.push(format!(
-                    "{}\t{}\t{}",
-                    delivery.device_id, delivery.received, delivery.opened
-                ));
-            }
-            Ok(lines.join("\n"))
+            Ok(table(
+                "device\treceived\topened",
+                deliveries.iter().map(|delivery| {
+                    format!(
+                        "{}\t{}\t{}",
+                        delivery.device_id, delivery.received, delivery.opened
+                    )
+                }),
+            ))
         }
         CareCommand::UntestedTablets { days } => {
             let tablets = store
                 .untested_tablets(days)
                 .await
                 .context("failed to list the tablets")?;
-            let mut lines = vec!["station\tdevice\tresident\tlast answered call".to_owned()];
-            for tablet in tablets {
-                lines.push(format!(
-                    "{}\t{}\t{}\t{}",
-                    tablet.station_name,
-                    tablet.device_id,
-                    tablet.resident_id,
-                    tablet
-                        .last_answered_at
-                        .map_or("never".to_owned(), |at| at.to_rfc3339())
-                ));
-            }
-            Ok(lines.join("\n"))
+            Ok(table(
+                "station\tdevice\tresident\tlast answered call",
+                tablets.iter().map(|tablet| {
+                    format!(
+                        "{}\t{}\t{}\t{}",
+                        tablet.station_name,
+                        tablet.device_id,
+                        tablet.resident_id,
+                        tablet
+                            .last_answered_at
+                            .map_or("never".to_owned(), |at| at.to_rfc3339())
+                    )
+                }),
+            ))
         }
     }
+}
+
+/// A tab-separated table: the header line, then one line per row.
+fn table(header: &str, rows: impl Iterator<Item = String>) -> String {
+    std::iter::once(header.to_owned())
+        .chain(rows)
+        .collect::<Vec<_>>()
+        .join("\n")
 }

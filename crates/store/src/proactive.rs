@@ -171,6 +171,16 @@ async fn tablets_of(tx: &mut Transaction<'_, Postgres>, resident_id: Uuid) -> Re
     .await?)
 }
 
+/// Appends a proactive-care event (no call, offer or operator) about a tablet.
+async fn schedule_event(
+    tx: &mut Transaction<'_, Postgres>,
+    kind: &str,
+    device_id: Option<&str>,
+    detail: serde_json::Value,
+) -> Result<()> {
+    append_event(tx, kind, None, None, None, device_id, detail).await
+}
+
 /// Shows an attempt on every tablet of the resident (through the outbox), and records it.
 async fn send_attempt(
     tx: &mut Transaction<'_, Postgres>,
@@ -181,12 +191,9 @@ async fn send_attempt(
     for tablet in tablets {
         crate::outbox::push_reminder(tx, tablet, payload).await?;
     }
-    append_event(
+    schedule_event(
         tx,
         "schedule.reminder_sent",
-        None,
-        None,
-        None,
         tablets.first().map(String::as_str),
         json!({ "schedule_id": schedule_id, "occurrence_id": payload.occurrence_id,
                 "attempt": payload.attempt, "kind": payload.kind }),
@@ -308,12 +315,9 @@ impl Store {
         .bind(&schedule.created_by)
         .execute(&mut *tx)
         .await?;
-        append_event(
+        schedule_event(
             &mut tx,
             "schedule.created",
-            None,
-            None,
-            None,
             tablets.first().map(String::as_str),
             json!({ "schedule_id": id, "kind": schedule.kind.as_str(), "first_due_at": first }),
         )
@@ -375,12 +379,9 @@ impl Store {
         let occurrence_id = Uuid::new_v4();
         let Some(tablet) = tablets.first().cloned() else {
             // The tablet was revoked since: nothing can be shown; the station must see it.
-            append_event(
+            schedule_event(
                 &mut tx,
                 "schedule.skipped",
-                None,
-                None,
-                None,
                 None,
                 json!({ "schedule_id": schedule_id, "due_at": due, "reason": "no tablet" }),
             )
@@ -468,12 +469,9 @@ impl Store {
         let tablet = tablets.first().cloned();
         if state == "waiting" {
             // The attempt on the tablet went unconfirmed for its whole wait.
-            append_event(
+            schedule_event(
                 &mut tx,
                 "schedule.missed",
-                None,
-                None,
-                None,
                 tablet.as_deref(),
                 json!({ "schedule_id": schedule_id, "occurrence_id": occurrence_id, "attempt": attempts }),
             )
@@ -550,12 +548,9 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                     }
-                    append_event(
+                    schedule_event(
                         &mut tx,
                         "schedule.contact_notified",
-                        None,
-                        None,
-                        None,
                         tablet.as_deref(),
                         json!({ "schedule_id": schedule_id, "occurrence_id": occurrence_id,
                                 "contact_id": contact_id, "notification_id": notification_id }),
@@ -639,12 +634,9 @@ impl Store {
             // After the operator task (or a family member took it on): recorded, and the
             // operator still calls.
             if state == "task_created" || state == "family_acknowledged" {
-                append_event(
+                schedule_event(
                     &mut tx,
                     "schedule.confirmed_late",
-                    None,
-                    None,
-                    None,
                     Some(device_id),
                     json!({ "occurrence_id": occurrence_id, "after": state }),
                 )
@@ -676,12 +668,9 @@ impl Store {
         .bind(occurrence_id)
         .execute(&mut *tx)
         .await?;
-        append_event(
+        schedule_event(
             &mut tx,
             "schedule.confirmed",
-            None,
-            None,
-            None,
             Some(device_id),
             json!({ "occurrence_id": occurrence_id, "after": state }),
         )
@@ -724,12 +713,9 @@ impl Store {
         .bind(occurrence_id)
         .execute(&mut **tx)
         .await?;
-        append_event(
+        schedule_event(
             tx,
             "schedule.family_acknowledged",
-            None,
-            None,
-            None,
             None,
             json!({ "occurrence_id": occurrence_id, "notification_id": notification_id }),
         )
