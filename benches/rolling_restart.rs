@@ -106,6 +106,7 @@ async fn main() {
         resumption: true,
         raw: false,
         brief_mix: false,
+        heartbeat: None,
     };
     let running = tokio::spawn(run_fleet(fleet, Arc::clone(&stats)));
     let started = Instant::now();

@@ -47,6 +47,7 @@ fn config(node: &TestNode, server: SocketAddr, count: u64, alarms_per_second: f6
         resumption: true,
         raw: false,
         brief_mix: false,
+        heartbeat: None,
     }
 }
 

@@ -157,6 +157,7 @@ fn fleet_config(node: &TestNode) -> FleetConfig {
         resumption: true,
         raw: false,
         brief_mix: false,
+        heartbeat: None,
     }
 }
 

@@ -82,6 +82,17 @@ struct CommonArgs {
     /// Hold bare TLS WebSocket links without the device protocol (for other servers).
     #[arg(long)]
     raw: bool,
+    /// Heartbeat this often instead of at the interval the server asks for (at least 100ms).
+    #[arg(long, value_parser = parse_heartbeat)]
+    heartbeat: Option<Duration>,
+}
+
+fn parse_heartbeat(text: &str) -> Result<Duration, String> {
+    let every = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+    if every < Duration::from_millis(100) {
+        return Err(format!("{text} is too short: at least 100ms"));
+    }
+    Ok(every)
 }
 
 #[derive(Args, Debug, Clone)]
@@ -156,6 +167,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         resumption: common.resumption,
         raw: common.raw,
         brief_mix: common.brief_mix,
+        heartbeat: common.heartbeat,
     };
     if args.exit_with_parent {
         let parent = std::os::unix::process::parent_id();
@@ -245,6 +257,11 @@ async fn launch(
             .kill_on_drop(true);
         if let Some(ca) = &common.ca {
             command.arg("--ca").arg(ca);
+        }
+        if let Some(every) = common.heartbeat {
+            command
+                .arg("--heartbeat")
+                .arg(humantime::format_duration(every).to_string());
         }
         for (flag, on) in [
             ("--resumption", common.resumption),

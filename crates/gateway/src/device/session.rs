@@ -458,9 +458,12 @@ impl<T: DeviceTransport> Session<'_, T> {
         let signals = registration.signals.next_batch();
         tokio::pin!(signals);
         // Each branch's own work is boxed (see `run`), so the loop's state between messages is
-        // only these long-lived waits.
+        // only these long-lived waits. `biased`: the socket is polled first and a heartbeat
+        // returns without polling the five other waits; they are polled whenever the socket has
+        // nothing, and a device cannot keep it busy for long (`max_messages_per_second`).
         loop {
             tokio::select! {
+                biased;
                 incoming = self.link.transport.recv() => {
                     last_heard = Instant::now();
                     registration.heard();
