@@ -325,3 +325,20 @@ async fn launch(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_period_below_100ms_or_unreadable_is_refused_with_the_reason() {
+        assert_eq!(parse_heartbeat("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_heartbeat("2s"), Ok(Duration::from_secs(2)));
+        let short = parse_heartbeat("10ms").unwrap_err();
+        assert!(short.contains("at least 100ms"), "{short}");
+        assert!(parse_heartbeat("often").is_err());
+        let parsed =
+            Cli::try_parse_from(["tablet-fleet", "run", "--count", "1", "--heartbeat", "5ms"]);
+        assert!(parsed.is_err());
+    }
+}
