@@ -1,13 +1,16 @@
 //! Group commit of device alarms: a batch writes exactly what one transaction per alarm writes,
 //! answers every alarm as the one-by-one path would (resends, conflicts, unknown devices), and
-//! the process's batcher stores concurrent alarms together, each once.
+//! the process's batcher stores concurrent alarms together, each once; new connections' reads
+//! and the outbox's reads and acknowledgements, batched, answer as one query each would.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use carebell_domain::CallKind;
 use carebell_gateway::AlarmBatcher;
-use carebell_store::{AlarmOutcome, Heard, NewAlarm, Notification, Store, StoreError};
+use carebell_store::{
+    AlarmOutcome, Heard, NewAlarm, Notification, OutboxAck, OutboxRead, Store, StoreError,
+};
 use carebell_tests::{fresh_store, metric_value};
 use chrono::{TimeZone, Utc};
 
@@ -367,7 +370,7 @@ async fn new_connections_key_lookups_and_arrivals_are_batched_and_answered_as_on
         .await
         .unwrap();
 
-    let batchers = carebell_gateway::ConnectionBatchers::spawn(store.clone(), 64, 1);
+    let batchers = carebell_gateway::SessionBatchers::spawn(store.clone(), 64, 1);
     let ids: Vec<String> = (0..DEVICES + 1)
         .map(|index| format!("tab-batch-{index}"))
         .collect();
@@ -408,4 +411,168 @@ async fn new_connections_key_lookups_and_arrivals_are_batched_and_answered_as_on
     .await
     .unwrap();
     assert_eq!(stale, 0, "every arrival is recorded as heard");
+}
+
+/// Puts a notice for `device` in its outbox (an unreadable payload with `readable: false`).
+async fn notice(store: &Store, device: usize, text: &str, readable: bool) -> i64 {
+    let payload = if readable {
+        serde_json::json!({ "text": text, "from": "family" })
+    } else {
+        serde_json::json!({ "nothing": text })
+    };
+    sqlx::query_scalar(
+        "INSERT INTO device_outbox (device_id, kind, payload) VALUES ($1, 'notice', $2) RETURNING id",
+    )
+    .bind(format!("tab-batch-{device}"))
+    .bind(payload)
+    .fetch_one(store.pool())
+    .await
+    .unwrap()
+}
+
+fn read(device: usize, in_flight: &[i64], limit: i64) -> OutboxRead {
+    OutboxRead {
+        device_id: format!("tab-batch-{device}"),
+        in_flight: in_flight.to_vec(),
+        limit,
+    }
+}
+
+fn ids(answer: &Result<Vec<carebell_store::OutboxItem>, StoreError>) -> Vec<i64> {
+    answer
+        .as_ref()
+        .map(|items| items.iter().map(|item| item.id).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn outbox_reads_and_acknowledgements_batched_answer_as_one_by_one() {
+    let store = fresh_store().await;
+    district(&store).await;
+    // tab-batch-0: five notices; tab-batch-1: an alarm's call update; tab-batch-2: nothing;
+    // tab-batch-3: a message this server cannot read.
+    let mut notices = Vec::new();
+    for index in 0..5 {
+        notices.push(notice(&store, 0, &format!("notice {index}"), true).await);
+    }
+    store
+        .record_new_alarm(&alarm(1, "w", "SOS", "", Some(CallKind::Emergency)))
+        .await
+        .unwrap();
+    notice(&store, 3, "garbled", false).await;
+
+    // The same device twice (two windows of one outbox), every kind of answer, and a device
+    // that does not exist.
+    let reads = vec![
+        read(0, &[], 2),
+        read(0, &notices[..2], 10),
+        read(1, &[], 10),
+        read(2, &[], 10),
+        read(3, &[], 10),
+        read(0, &[notices[0], notices[3]], 2),
+        OutboxRead {
+            device_id: "tab-nobody".to_owned(),
+            in_flight: Vec::new(),
+            limit: 10,
+        },
+    ];
+    let batch = store.pending_outboxes(&reads).await.unwrap();
+    assert_eq!(batch.len(), reads.len());
+    for (read, answer) in reads.iter().zip(&batch) {
+        let alone = store
+            .pending_outbox(&read.device_id, &read.in_flight, read.limit)
+            .await;
+        match (&alone, answer) {
+            (Ok(alone), Ok(batched)) => assert_eq!(alone, batched, "{read:?}"),
+            (Err(StoreError::Refused(_)), Err(StoreError::Refused(_))) => {}
+            other => panic!("{read:?}: {other:?}"),
+        }
+    }
+    assert_eq!(ids(&batch[0]), notices[..2]);
+    assert_eq!(ids(&batch[1]), notices[2..]);
+    assert_eq!(batch[2].as_ref().map(Vec::len).ok(), Some(1));
+    assert_eq!(ids(&batch[3]), Vec::<i64>::new());
+    // The unreadable message fails its own device's read, not the batch.
+    assert!(
+        matches!(&batch[4], Err(StoreError::Refused(message)) if message.contains("unreadable")),
+        "{:?}",
+        batch[4]
+    );
+    assert_eq!(ids(&batch[5]), vec![notices[1], notices[2]]);
+    assert_eq!(ids(&batch[6]), Vec::<i64>::new());
+
+    // Acknowledgements: a device cannot acknowledge another's message, and a message named
+    // twice in one batch is counted once.
+    let acks = vec![
+        OutboxAck {
+            device_id: "tab-batch-0".to_owned(),
+            ids: notices[..2].to_vec(),
+        },
+        OutboxAck {
+            device_id: "tab-batch-1".to_owned(),
+            ids: vec![notices[2]],
+        },
+        OutboxAck {
+            device_id: "tab-batch-0".to_owned(),
+            ids: vec![notices[1], notices[2]],
+        },
+        OutboxAck {
+            device_id: "tab-batch-2".to_owned(),
+            ids: Vec::new(),
+        },
+    ];
+    assert_eq!(store.ack_outboxes(&acks).await.unwrap(), vec![2, 0, 1, 0]);
+    assert_eq!(store.ack_outboxes(&acks).await.unwrap(), vec![0, 0, 0, 0]);
+    assert_eq!(
+        ids(&Ok(store
+            .pending_outbox("tab-batch-0", &[], 10)
+            .await
+            .unwrap())),
+        notices[3..]
+    );
+
+    // Through the process's batchers, many sessions at once: each read answers as its own
+    // query would, and of two sessions acknowledging the same message, one counts it.
+    let batchers = carebell_gateway::SessionBatchers::spawn(store.clone(), 64, 1);
+    let mut tasks = Vec::new();
+    for round in 0..30_usize {
+        let batchers = batchers.clone();
+        let read = read(round % 4, &[], 1 + (round % 3) as i64);
+        tasks.push(tokio::spawn(async move {
+            let answer = batchers
+                .pending_outbox(&read.device_id, read.in_flight.clone(), read.limit)
+                .await;
+            (read, answer)
+        }));
+    }
+    for task in tasks {
+        let (read, answer) = task.await.unwrap();
+        let alone = store
+            .pending_outbox(&read.device_id, &read.in_flight, read.limit)
+            .await;
+        match (&alone, &answer) {
+            (Ok(alone), Ok(batched)) => assert_eq!(alone, batched, "{read:?}"),
+            (Err(StoreError::Refused(_)), Err(StoreError::Refused(_))) => {}
+            other => panic!("{read:?}: {other:?}"),
+        }
+    }
+    let (first, second) = tokio::join!(
+        batchers.ack_outbox("tab-batch-0", vec![notices[3]]),
+        batchers.ack_outbox("tab-batch-0", vec![notices[3], notices[4]]),
+    );
+    assert_eq!(first.unwrap() + second.unwrap(), 2);
+    assert_eq!(
+        batchers
+            .ack_outbox("tab-batch-0", Vec::new())
+            .await
+            .unwrap(),
+        0
+    );
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM device_outbox WHERE device_id = 'tab-batch-0' AND acked_at IS NULL",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
 }

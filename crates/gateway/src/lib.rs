@@ -19,7 +19,7 @@ pub mod web;
 
 pub use console::{ConsoleService, ConsoleSettings};
 pub use credentials::{configure_request_limit, ClientAddress, MAX_FAILED_SIGN_INS_PER_ADDRESS};
-pub use device::{AlarmBatcher, ConnectionBatchers, DeviceContext, DeviceSettings};
+pub use device::{AlarmBatcher, DeviceContext, DeviceSettings, SessionBatchers};
 pub use errors::status_from_store;
 pub use family::FamilyService;
 pub use provider::ProviderService;

@@ -11,8 +11,7 @@ use carebell_dispatch::{Dispatcher, DispatcherConfig, Hub};
 use carebell_gateway::device::{DeviceLinkService, EnrolmentService, WsListener};
 use carebell_gateway::tls::CertificateStore;
 use carebell_gateway::{
-    AlarmBatcher, ConnectionBatchers, ConsoleService, ConsoleSettings, DeviceContext,
-    DeviceSettings,
+    AlarmBatcher, ConsoleService, ConsoleSettings, DeviceContext, DeviceSettings, SessionBatchers,
 };
 use carebell_presence::{InMemoryBackend, KeySchema, Presence, PresenceBackend, RedisBackend};
 use carebell_proto::console::v1::console_server::ConsoleServer;
@@ -154,7 +153,7 @@ impl Application {
                 settings.device.batch_max,
                 settings.device.batches_in_flight,
             ),
-            connections: ConnectionBatchers::spawn(
+            sessions: SessionBatchers::spawn(
                 store.clone(),
                 settings.device.batch_max,
                 settings.device.batches_in_flight,

@@ -47,7 +47,10 @@ pub use operators::{OperatorCredentials, OperatorSession};
 pub use orders::{
     CreatedOrder, NewOrder, OrderRow, OrderSweep, ProgressReport, ProviderSuggestion,
 };
-pub use outbox::{CallUpdatePayload, NoticePayload, OrderUpdatePayload, OutboxItem, OutboxPayload};
+pub use outbox::{
+    CallUpdatePayload, NoticePayload, OrderUpdatePayload, OutboxAck, OutboxItem, OutboxPayload,
+    OutboxRead,
+};
 pub use proactive::{
     ContentDelivery, ContentPayload, NewContent, NewSchedule, ReminderPayload, ScheduleKind,
     ScheduleSweep, UntestedTablet, CONTENT_KINDS, MAX_CONTACTS_TOLD, REMINDER_RETRY_SECS,

@@ -163,6 +163,41 @@ pub(crate) async fn push_outbox(
     .await
 }
 
+/// One device's read of its outbox: the messages not yet acknowledged, except `in_flight`
+/// (sent on this connection and not yet acknowledged), oldest first, at most `limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRead {
+    pub device_id: String,
+    pub in_flight: Vec<i64>,
+    pub limit: i64,
+}
+
+/// One device's acknowledgement of messages it was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxAck {
+    pub device_id: String,
+    pub ids: Vec<i64>,
+}
+
+fn outbox_item(row: &sqlx::postgres::PgRow) -> Result<OutboxItem> {
+    let payload: serde_json::Value = row.try_get("payload")?;
+    let kind: String = row.try_get("kind")?;
+    let unreadable = |error| StoreError::Refused(format!("unreadable outbox payload: {error}"));
+    let payload = match kind.as_str() {
+        "order_update" => {
+            OutboxPayload::OrderUpdate(serde_json::from_value(payload).map_err(unreadable)?)
+        }
+        "notice" => OutboxPayload::Notice(serde_json::from_value(payload).map_err(unreadable)?),
+        "reminder" => OutboxPayload::Reminder(serde_json::from_value(payload).map_err(unreadable)?),
+        "content" => OutboxPayload::Content(serde_json::from_value(payload).map_err(unreadable)?),
+        _ => OutboxPayload::CallUpdate(serde_json::from_value(payload).map_err(unreadable)?),
+    };
+    Ok(OutboxItem {
+        id: row.try_get("id")?,
+        payload,
+    })
+}
+
 impl Store {
     /// Unacknowledged messages for a device, except those in `in_flight`, oldest first.
     pub async fn pending_outbox(
@@ -171,60 +206,123 @@ impl Store {
         in_flight: &[i64],
         limit: i64,
     ) -> Result<Vec<OutboxItem>> {
+        let read = OutboxRead {
+            device_id: device_id.to_owned(),
+            in_flight: in_flight.to_vec(),
+            limit,
+        };
+        let mut answers = self.pending_outboxes(std::slice::from_ref(&read)).await?;
+        answers.pop().unwrap_or_else(|| Ok(Vec::new()))
+    }
+
+    /// [`Store::pending_outbox`] for many devices in one statement (a device may appear more
+    /// than once), one answer per read in order. A message that cannot be decoded fails only
+    /// its own device's answer.
+    pub async fn pending_outboxes(
+        &self,
+        reads: &[OutboxRead],
+    ) -> Result<Vec<Result<Vec<OutboxItem>>>> {
+        let devices: Vec<&str> = reads.iter().map(|read| read.device_id.as_str()).collect();
+        // Each device's window covers what is in flight, which is dropped here, not in SQL:
+        // a two-dimensional array of unequal in-flight lists cannot be passed as one parameter.
+        let windows: Vec<i64> = reads
+            .iter()
+            .map(|read| {
+                read.limit
+                    .max(0)
+                    .saturating_add(i64::try_from(read.in_flight.len()).unwrap_or(i64::MAX))
+            })
+            .collect();
         let rows = sqlx::query(
-            "SELECT id, kind, payload FROM device_outbox
-             WHERE device_id = $1 AND acked_at IS NULL AND NOT (id = ANY($2))
-             ORDER BY id LIMIT $3",
+            "SELECT r.n, o.id, o.kind, o.payload
+             FROM unnest($1::text[], $2::int8[]) WITH ORDINALITY AS r(device_id, window_size, n)
+             CROSS JOIN LATERAL (
+                 SELECT id, kind, payload FROM device_outbox
+                 WHERE device_id = r.device_id AND acked_at IS NULL
+                 ORDER BY id LIMIT r.window_size
+             ) o
+             ORDER BY r.n, o.id",
         )
-        .bind(device_id)
-        .bind(in_flight)
-        .bind(limit)
+        .bind(&devices)
+        .bind(&windows)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|row| {
-                let payload: serde_json::Value = row.try_get("payload")?;
-                let kind: String = row.try_get("kind")?;
-                let unreadable =
-                    |error| StoreError::Refused(format!("unreadable outbox payload: {error}"));
-                let payload = match kind.as_str() {
-                    "order_update" => OutboxPayload::OrderUpdate(
-                        serde_json::from_value(payload).map_err(unreadable)?,
-                    ),
-                    "notice" => {
-                        OutboxPayload::Notice(serde_json::from_value(payload).map_err(unreadable)?)
-                    }
-                    "reminder" => OutboxPayload::Reminder(
-                        serde_json::from_value(payload).map_err(unreadable)?,
-                    ),
-                    "content" => {
-                        OutboxPayload::Content(serde_json::from_value(payload).map_err(unreadable)?)
-                    }
-                    _ => OutboxPayload::CallUpdate(
-                        serde_json::from_value(payload).map_err(unreadable)?,
-                    ),
-                };
-                Ok(OutboxItem {
-                    id: row.try_get("id")?,
-                    payload,
-                })
-            })
-            .collect()
+        let mut answers: Vec<Result<Vec<OutboxItem>>> =
+            reads.iter().map(|_| Ok(Vec::new())).collect();
+        for row in &rows {
+            let n: i64 = row.try_get("n")?;
+            let Some(index) = usize::try_from(n - 1).ok().filter(|i| *i < reads.len()) else {
+                continue;
+            };
+            let read = &reads[index];
+            let Ok(items) = &mut answers[index] else {
+                continue;
+            };
+            let id: i64 = row.try_get("id")?;
+            if read.in_flight.contains(&id)
+                || i64::try_from(items.len()).unwrap_or(i64::MAX) >= read.limit
+            {
+                continue;
+            }
+            match outbox_item(row) {
+                Ok(item) => items.push(item),
+                Err(error) => answers[index] = Err(error),
+            }
+        }
+        Ok(answers)
     }
 
     /// Marks messages as acknowledged by the device that owns them.
     pub async fn ack_outbox(&self, device_id: &str, ids: &[i64]) -> Result<u64> {
-        if ids.is_empty() {
-            return Ok(0);
+        let ack = OutboxAck {
+            device_id: device_id.to_owned(),
+            ids: ids.to_vec(),
+        };
+        let counts = self.ack_outboxes(std::slice::from_ref(&ack)).await?;
+        Ok(counts.first().copied().unwrap_or(0))
+    }
+
+    /// [`Store::ack_outbox`] for many devices in one statement: how many messages each
+    /// acknowledgement marked, in order. A message is marked once, so a second acknowledgement
+    /// of it (in this batch or later) counts nothing; a device cannot acknowledge another's.
+    pub async fn ack_outboxes(&self, acks: &[OutboxAck]) -> Result<Vec<u64>> {
+        let mut devices: Vec<&str> = Vec::new();
+        let mut ids: Vec<i64> = Vec::new();
+        for ack in acks {
+            for id in &ack.ids {
+                devices.push(ack.device_id.as_str());
+                ids.push(*id);
+            }
         }
-        Ok(sqlx::query(
-            "UPDATE device_outbox SET acked_at = now()
-             WHERE device_id = $1 AND id = ANY($2) AND acked_at IS NULL",
+        if ids.is_empty() {
+            return Ok(vec![0; acks.len()]);
+        }
+        let rows = sqlx::query(
+            "UPDATE device_outbox o SET acked_at = now()
+             FROM (SELECT DISTINCT device_id, id FROM unnest($1::text[], $2::int8[]) AS a(device_id, id)) a
+             WHERE o.device_id = a.device_id AND o.id = a.id AND o.acked_at IS NULL
+             RETURNING o.device_id, o.id",
         )
-        .bind(device_id)
-        .bind(ids)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        .bind(&devices)
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut marked: std::collections::HashSet<(String, i64)> = std::collections::HashSet::new();
+        for row in rows {
+            marked.insert((row.try_get("device_id")?, row.try_get("id")?));
+        }
+        Ok(acks
+            .iter()
+            .map(|ack| {
+                let mut count = 0;
+                for id in &ack.ids {
+                    // Counted for the first acknowledgement that names it.
+                    if marked.remove(&(ack.device_id.clone(), *id)) {
+                        count += 1;
+                    }
+                }
+                count
+            })
+            .collect())
     }
 }

@@ -1,5 +1,6 @@
-//! Group commit for the database work of every device session in this process: alarms, and the
-//! two reads-and-writes of every new connection (the key lookup and the arrival).
+//! Group commit for the database work of every device session in this process: alarms, the
+//! two reads-and-writes of every new connection (the key lookup and the arrival), and the
+//! outbox traffic of every alarm's call update (the read and the device's acknowledgement).
 //!
 //! A session hands its request to a batcher and waits for the answer; the batcher does whatever
 //! has queued up in one statement or transaction, with a bounded number in flight. There is no
@@ -12,7 +13,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use carebell_store::{AlarmOutcome, Arrival, NewAlarm, Store, StoreError};
+use carebell_store::{
+    AlarmOutcome, Arrival, NewAlarm, OutboxAck, OutboxItem, OutboxRead, Store, StoreError,
+};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 type Job<Q, A> = (Q, oneshot::Sender<A>);
@@ -124,16 +127,19 @@ impl AlarmBatcher {
 /// A device's public key and the client certificate it is bound to, if any.
 pub type DeviceKey = ([u8; 32], Option<[u8; 32]>);
 
-/// The process's batchers for new connections: key lookups and arrivals, each one statement
-/// for many devices. A batch that fails as a whole is done one device at a time, so one bad
-/// moment never answers a whole batch with an error the one-by-one path would not give.
+/// The process's batchers for device sessions: new connections' key lookups and arrivals, and
+/// outbox reads and acknowledgements, each one statement for many devices. A batch that fails
+/// as a whole is done one device at a time, so one bad moment never answers a whole batch with
+/// an error the one-by-one path would not give.
 #[derive(Clone)]
-pub struct ConnectionBatchers {
+pub struct SessionBatchers {
     keys: Batcher<String, Result<Option<DeviceKey>, StoreError>>,
     arrivals: Batcher<String, Result<Arrival, StoreError>>,
+    reads: Batcher<OutboxRead, Result<Vec<OutboxItem>, StoreError>>,
+    acks: Batcher<OutboxAck, Result<u64, StoreError>>,
 }
 
-impl ConnectionBatchers {
+impl SessionBatchers {
     pub fn spawn(store: Store, max_batch: usize, in_flight: usize) -> Self {
         let keys_store = store.clone();
         let keys = Batcher::spawn(max_batch, in_flight, move |ids: Vec<String>| {
@@ -148,8 +154,9 @@ impl ConnectionBatchers {
                 }
             }
         });
+        let arrivals_store = store.clone();
         let arrivals = Batcher::spawn(max_batch, in_flight, move |ids: Vec<String>| {
-            let store = store.clone();
+            let store = arrivals_store.clone();
             async move {
                 match store.devices_arrived(&ids).await {
                     Ok(found) => ids
@@ -168,7 +175,49 @@ impl ConnectionBatchers {
                 }
             }
         });
-        Self { keys, arrivals }
+        let reads_store = store.clone();
+        let reads = Batcher::spawn(max_batch, in_flight, move |reads: Vec<OutboxRead>| {
+            let store = reads_store.clone();
+            async move {
+                match store.pending_outboxes(&reads).await {
+                    Ok(answers) => answers,
+                    Err(error) => {
+                        tracing::warn!(%error, "an outbox read batch failed; reading one by one");
+                        let mut answers = Vec::with_capacity(reads.len());
+                        for read in &reads {
+                            answers.push(
+                                store
+                                    .pending_outbox(&read.device_id, &read.in_flight, read.limit)
+                                    .await,
+                            );
+                        }
+                        answers
+                    }
+                }
+            }
+        });
+        let acks = Batcher::spawn(max_batch, in_flight, move |acks: Vec<OutboxAck>| {
+            let store = store.clone();
+            async move {
+                match store.ack_outboxes(&acks).await {
+                    Ok(counts) => counts.into_iter().map(Ok).collect(),
+                    Err(error) => {
+                        tracing::warn!(%error, "an outbox acknowledgement batch failed; one by one");
+                        let mut answers = Vec::with_capacity(acks.len());
+                        for ack in &acks {
+                            answers.push(store.ack_outbox(&ack.device_id, &ack.ids).await);
+                        }
+                        answers
+                    }
+                }
+            }
+        });
+        Self {
+            keys,
+            arrivals,
+            reads,
+            acks,
+        }
     }
 
     /// `Store::device_credentials`, batched.
@@ -185,6 +234,38 @@ impl ConnectionBatchers {
             .call(device_id.to_owned())
             .await
             .unwrap_or_else(|| Err(stopped()))
+    }
+}
+
+impl SessionBatchers {
+    /// `Store::pending_outbox`, batched.
+    pub async fn pending_outbox(
+        &self,
+        device_id: &str,
+        in_flight: Vec<i64>,
+        limit: i64,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        let read = OutboxRead {
+            device_id: device_id.to_owned(),
+            in_flight,
+            limit,
+        };
+        self.reads
+            .call(read)
+            .await
+            .unwrap_or_else(|| Err(stopped()))
+    }
+
+    /// `Store::ack_outbox`, batched; nothing to acknowledge costs nothing.
+    pub async fn ack_outbox(&self, device_id: &str, ids: Vec<i64>) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ack = OutboxAck {
+            device_id: device_id.to_owned(),
+            ids,
+        };
+        self.acks.call(ack).await.unwrap_or_else(|| Err(stopped()))
     }
 }
 

@@ -14,7 +14,7 @@ use carebell_presence::Presence;
 use carebell_store::Store;
 use tokio_util::sync::CancellationToken;
 
-pub use batch::{AlarmBatcher, Batcher, ConnectionBatchers};
+pub use batch::{AlarmBatcher, Batcher, SessionBatchers};
 pub use enrol::EnrolmentService;
 pub use grpc::DeviceLinkService;
 pub use ws::{fuzz_websocket, WsListener};
@@ -74,8 +74,9 @@ pub struct DeviceContext {
     pub store: Store,
     /// Device alarms go through this (group commit) rather than one transaction each.
     pub alarms: AlarmBatcher,
-    /// New connections' key lookups and arrivals go through these (one statement for many).
-    pub connections: ConnectionBatchers,
+    /// New connections' key lookups and arrivals, and every session's outbox reads and
+    /// acknowledgements, go through these (one statement for many sessions).
+    pub sessions: SessionBatchers,
     pub hub: Arc<Hub>,
     pub presence: Presence,
     pub settings: Arc<DeviceSettings>,

@@ -170,7 +170,7 @@ pub(crate) async fn run<T: DeviceTransport>(
     let registration = context.hub.register_device(device_id.as_str());
     // One round trip for what every new session needs (a reconnect storm is one per tablet);
     // the rest only when there is something to do.
-    let resend = match context.connections.arrived(device_id.as_str()).await {
+    let resend = match context.sessions.arrived(device_id.as_str()).await {
         Ok(arrival) => {
             if arrival.offline_alarm_open {
                 match Box::pin(context.store.device_back(device_id.as_str())).await {
@@ -300,7 +300,7 @@ async fn handshake<T: DeviceTransport>(
 
     let device_id = DeviceId::parse(&hello.device_id).ok();
     let credentials = match &device_id {
-        Some(device_id) => match context.connections.credentials(device_id.as_str()).await {
+        Some(device_id) => match context.sessions.credentials(device_id.as_str()).await {
             Ok(credentials) => credentials,
             Err(error) => {
                 tracing::error!(%error, "cannot look up a device key");
@@ -536,8 +536,8 @@ impl<T: DeviceTransport> Session<'_, T> {
             let in_flight: Vec<i64> = self.inflight.values().copied().collect();
             let items = match self
                 .context
-                .store
-                .pending_outbox(self.device_id.as_str(), &in_flight, OUTBOX_BATCH)
+                .sessions
+                .pending_outbox(self.device_id.as_str(), in_flight, OUTBOX_BATCH)
                 .await
             {
                 Ok(items) => items,
@@ -648,8 +648,8 @@ impl<T: DeviceTransport> Session<'_, T> {
                 .collect();
             if let Err(error) = self
                 .context
-                .store
-                .ack_outbox(self.device_id.as_str(), &acked)
+                .sessions
+                .ack_outbox(self.device_id.as_str(), acked)
                 .await
             {
                 return self.unavailable(error, 0).await;
