@@ -14,8 +14,10 @@
 //! connections per second over the whole fleet while ramping, 3000),
 //! CAREBELL_BENCH_DATABASE_ADMIN_URL.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use carebell_benches::harness::{
@@ -33,9 +35,17 @@ const PER_PROCESS: u64 = 18_000;
 struct Bench {
     setup: Setup,
     tablets: u64,
+    /// Each fleet's (by its net) TLS handshakes that resumed a session, as it last reported.
+    resumed: Arc<Mutex<HashMap<u8, u64>>>,
 }
 
 impl Bench {
+    /// The TLS handshakes of the fleet on `net` that resumed a session, so far.
+    fn resumed(&self, net: u8) -> u64 {
+        let resumed = self.resumed.lock().unwrap_or_else(|e| e.into_inner());
+        resumed.get(&net).copied().unwrap_or(0)
+    }
+
     fn gateway(&self, index: u64, port: u16, heartbeat_ms: u64) -> Child {
         self.setup.gateway(index, port, 0, heartbeat_ms)
     }
@@ -88,12 +98,24 @@ impl Bench {
             .expect("start a fleet");
         let (tx, rx) = tokio::sync::watch::channel(0u64);
         let stderr = child.stderr.take().expect("stderr");
+        let resumed = Arc::clone(&self.resumed);
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(rest) = line.strip_prefix("fleet: ") {
                     if let Some(n) = rest.split_whitespace().next().and_then(|n| n.parse().ok()) {
                         let _ = tx.send(n);
+                    }
+                    // "..., N resumed" at the end of the line.
+                    if let Some(n) = rest
+                        .strip_suffix(" resumed")
+                        .and_then(|rest| rest.rsplit(' ').next())
+                        .and_then(|n| n.parse().ok())
+                    {
+                        resumed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(net, n);
                     }
                 }
             }
@@ -142,6 +164,7 @@ async fn main() {
     let bench = Bench {
         setup: Setup::new("bench", tablets + alarm_tablets),
         tablets,
+        resumed: Arc::default(),
     };
     let dir = bench.setup.dir.clone();
     let database_url = bench.setup.database_url.clone();
@@ -445,6 +468,7 @@ async fn main() {
         value: still as f64,
         unit: "connections",
     });
+    let resumed_before = bench.resumed(3);
     for gateway in &mut gateways {
         let _ = gateway.kill().await;
     }
@@ -482,6 +506,14 @@ async fn main() {
         name: "storm: time until all back".into(),
         value: storm_time.as_secs_f64(),
         unit: "s",
+    });
+    // The gateways share a ticket key file (as a node's processes do), so the restarted ones
+    // open the tickets the killed ones sealed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    figures.push(Figure {
+        name: "storm: reconnections that resumed their TLS session".into(),
+        value: bench.resumed(3).saturating_sub(resumed_before) as f64,
+        unit: "handshakes",
     });
     let storm_report = final_report(storm_alarms).await;
     details.insert("storm_alarms".into(), json!(storm_report));

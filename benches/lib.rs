@@ -272,6 +272,18 @@ pub mod harness {
                 "--out",
                 &setup.dir.join("certs").to_string_lossy(),
             ]);
+            // One ticket key file for every gateway process of the run, as a node's processes
+            // share one (`tls.ticket_key_path`): a restarted process resumes the sessions of
+            // the one it replaced.
+            let mut bytes = [0u8; 32];
+            std::io::Read::read_exact(
+                &mut std::fs::File::open("/dev/urandom").expect("/dev/urandom"),
+                &mut bytes,
+            )
+            .expect("32 random bytes for the ticket key");
+            let key: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+            std::fs::write(setup.dir.join("certs/ticket.keys"), format!("{key}\n"))
+                .expect("write the ticket key");
             setup.carebell(&["migrate"]);
             setup.carebell(&["admin", "fleet-provision", "--count", &tablets.to_string()]);
             setup
@@ -327,6 +339,10 @@ pub mod harness {
                 .env("CAREBELL_LISTEN__METRICS", "127.0.0.1:0")
                 .env("CAREBELL_TLS__CERT_PATH", self.dir.join("certs/server.pem"))
                 .env("CAREBELL_TLS__KEY_PATH", self.dir.join("certs/server.key"))
+                .env(
+                    "CAREBELL_TLS__TICKET_KEY_PATH",
+                    self.dir.join("certs/ticket.keys"),
+                )
                 .env(
                     "CAREBELL_DEVICE__HEARTBEAT_INTERVAL_MS",
                     heartbeat_ms.to_string(),

@@ -64,7 +64,7 @@ pub struct FleetConfig {
     pub run_for: Duration,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
-    /// Offer TLS session resumption (a client-side session cache shared by the fleet).
+    /// Offer TLS session resumption: each tablet keeps its own tickets, as a real one does.
     pub resumption: bool,
     /// Only hold TLS WebSocket links, without the device protocol (for the floor program and
     /// other servers).
@@ -214,7 +214,9 @@ impl FleetReport {
 
 struct Shared {
     config: FleetConfig,
-    tls: tokio_rustls::TlsConnector,
+    /// The fleet's TLS client configuration; with resumption, each tablet's copy has its own
+    /// session cache.
+    tls: Arc<rustls::ClientConfig>,
     server_name: rustls::pki_types::ServerName<'static>,
     stats: Arc<FleetStats>,
     deadline: Instant,
@@ -226,8 +228,8 @@ pub enum FleetError {
     Config(String),
 }
 
-/// The TLS client configuration of a fleet: trusting `ca_pem`, with a session cache for
-/// resumption when asked.
+/// The TLS client configuration of a fleet: trusting `ca_pem`, without resumption (each tablet
+/// adds its own session cache when asked, see [`tablet_tls`]).
 fn client_config(config: &FleetConfig) -> Result<rustls::ClientConfig, FleetError> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -246,14 +248,22 @@ fn client_config(config: &FleetConfig) -> Result<rustls::ClientConfig, FleetErro
         .with_root_certificates(roots)
         .with_no_client_auth();
     client.alpn_protocols = vec![b"http/1.1".to_vec()];
-    client.resumption = if config.resumption {
-        rustls::client::Resumption::in_memory_sessions(
-            usize::try_from(config.count).unwrap_or(usize::MAX).max(256),
-        )
-    } else {
-        rustls::client::Resumption::disabled()
-    };
+    client.resumption = rustls::client::Resumption::disabled();
     Ok(client)
+}
+
+/// One tablet's TLS connector. With resumption, the tablet keeps its own tickets, as a real one
+/// does: a fleet-wide cache would hold only a few tickets per server name (rustls keeps 8), so
+/// most of a storm's reconnections would find none.
+fn tablet_tls(shared: &Shared) -> tokio_rustls::TlsConnector {
+    if !shared.config.resumption {
+        return tokio_rustls::TlsConnector::from(Arc::clone(&shared.tls));
+    }
+    let mut config = (*shared.tls).clone();
+    config.resumption = rustls::client::Resumption::store(Arc::new(
+        rustls::client::ClientSessionMemoryCache::new(2),
+    ));
+    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 /// Runs the fleet until `config.run_for` has passed; returns the shared figures (live while it
@@ -266,7 +276,7 @@ pub async fn run_fleet(
     let server_name = rustls::pki_types::ServerName::try_from(config.server_name.clone())
         .map_err(|e| FleetError::Config(e.to_string()))?;
     let shared = Arc::new(Shared {
-        tls: tokio_rustls::TlsConnector::from(Arc::new(client)),
+        tls: Arc::new(client),
         server_name,
         stats: Arc::clone(&stats),
         deadline: Instant::now() + config.run_for,
@@ -296,8 +306,9 @@ async fn tablet(shared: Arc<Shared>, offset: u64) {
     let device_id = fleet_device_id(&shared.config.prefix, index);
     let mut attempt: u32 = 0;
     let mut pending = VecDeque::new();
+    let tls = tablet_tls(&shared);
     while Instant::now() < shared.deadline {
-        match session(&shared, &key, &device_id, &mut pending).await {
+        match session(&shared, &tls, &key, &device_id, &mut pending).await {
             Outcome::Done => break,
             Outcome::Failed => {
                 shared.stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -360,6 +371,7 @@ fn envelope(seq: u64, ack: u64, body: Option<Body>) -> Message {
 
 async fn session(
     shared: &Shared,
+    tls: &tokio_rustls::TlsConnector,
     key: &SigningKey,
     device_id: &str,
     pending: &mut VecDeque<Pending>,
@@ -382,7 +394,7 @@ async fn session(
     let _ = tcp.set_nodelay(true);
     let tls = match tokio::time::timeout(
         Duration::from_secs(10),
-        shared.tls.connect(shared.server_name.clone(), tcp),
+        tls.connect(shared.server_name.clone(), tcp),
     )
     .await
     {

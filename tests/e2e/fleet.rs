@@ -1,6 +1,7 @@
 //! Small versions of the benchmarks' scenarios, to keep the harnesses working: a fleet holds
 //! its links and has every alarm acknowledged and stored once; the floor program holds raw
-//! links; a fleet comes back after its gateway is replaced; calls at a steady rate are each
+//! links; a fleet comes back after its gateway is replaced, resuming its TLS sessions when the
+//! gateways share a ticket key; calls at a steady rate are each
 //! taken once and a rung-out offer is made again (`benches/dispatch.rs`); tablets over gRPC hold
 //! their links (`benches/grpc_memory.rs`). Counts and correctness only, never timings (those
 //! are in `benches/`).
@@ -153,23 +154,31 @@ async fn the_floor_program_holds_raw_links() {
     node.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fleet_comes_back_after_its_gateway_is_replaced() {
+/// Runs 30 tablets against a gateway, replaces the gateway (same database, port and
+/// certificate: the storm, in small) and waits for every tablet to come back; the fleet's
+/// figures. The two gateways seal TLS tickets with `ticket_keys` (`None`: each its own key).
+async fn replace_the_gateway(
+    ticket_keys: [Option<String>; 2],
+    resumption: bool,
+) -> firmware_sim::fleet::FleetReport {
     let database_url = carebell_tests::fresh_database().await;
     let listen = free_port();
     let certificates = carebell_server::devcert::DevCertificates::generate().unwrap();
-    let options = || NodeOptions {
+    let options = |ticket_keys: Option<String>| NodeOptions {
         database_url: Some(database_url.clone()),
         websocket_listen: Some(listen),
         certificates: Some(certificates.clone()),
         go_away_window: Duration::from_millis(500),
+        ticket_keys,
         ..fleet_node()
     };
-    let first = TestNode::start(options()).await;
+    let [first_keys, second_keys] = ticket_keys;
+    let first = TestNode::start(options(first_keys)).await;
     provision(&first, 30).await;
     let stats = Arc::new(FleetStats::default());
     let mut fleet = config(&first, listen, 30, 0.0);
     fleet.run_for = Duration::from_secs(30);
+    fleet.resumption = resumption;
     let running = tokio::spawn(run_fleet(fleet, Arc::clone(&stats)));
     let wait_for = |target: u64| {
         let stats = Arc::clone(&stats);
@@ -184,20 +193,59 @@ async fn a_fleet_comes_back_after_its_gateway_is_replaced() {
         }
     };
     assert!(wait_for(30).await, "the fleet connected");
-    // The gateway is replaced (same database, port and certificate): the storm, in small.
+    let before = stats.report();
     first.stop().await;
     assert!(wait_for(0).await, "the fleet saw its gateway go");
-    let second = TestNode::start(options()).await;
+    let second = TestNode::start(options(second_keys)).await;
     assert!(wait_for(30).await, "every tablet came back");
     let report = stats.report();
+    running.abort();
+    second.stop().await;
     assert_eq!(
         report.connects, 60,
         "each tablet connected twice: {report:?}"
     );
     // Told to go away by the stopping gateway (or, for a tablet caught mid-handshake, dropped).
     assert!(report.go_aways + report.drops >= 30, "{report:?}");
-    running.abort();
-    second.stop().await;
+    // The first connections had no ticket to offer.
+    assert_eq!(before.resumed, 0, "{before:?}");
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_comes_back_after_its_gateway_is_replaced() {
+    let report = replace_the_gateway([None, None], false).await;
+    assert_eq!(report.resumed, 0, "{report:?}");
+}
+
+const TICKET_KEY: &str = "6b1f0c2e9a7d4e3f8a5b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f";
+const OTHER_TICKET_KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_shared_ticket_key_a_replaced_gateway_resumes_every_tablets_session() {
+    // The node's processes share the key file: every tablet resumes with the new process.
+    let shared = Some(format!("# shared by the node\n{TICKET_KEY}\n"));
+    let report = replace_the_gateway([shared.clone(), shared], true).await;
+    assert_eq!(report.resumed, 30, "{report:?}");
+
+    // After a rotation (a new key first, the old one kept), the old tickets still open.
+    let rotated = Some(format!("{OTHER_TICKET_KEY}\n{TICKET_KEY}\n"));
+    let report = replace_the_gateway([Some(TICKET_KEY.to_owned()), rotated], true).await;
+    assert_eq!(report.resumed, 30, "{report:?}");
+
+    // Each process with its own key (the default), or a key the tickets were not sealed with:
+    // the tablets offer their tickets, and every one makes a full handshake instead.
+    let report = replace_the_gateway([None, None], true).await;
+    assert_eq!(report.resumed, 0, "{report:?}");
+    let report = replace_the_gateway(
+        [
+            Some(TICKET_KEY.to_owned()),
+            Some(OTHER_TICKET_KEY.to_owned()),
+        ],
+        true,
+    )
+    .await;
+    assert_eq!(report.resumed, 0, "{report:?}");
 }
 
 /// Takes offers until stopped: every offer is accepted and its call ended at once, except that

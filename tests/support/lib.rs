@@ -94,6 +94,8 @@ pub struct NodeOptions {
     pub websocket_listen: Option<std::net::SocketAddr>,
     /// The CA and certificate to serve with (default: freshly made for this node).
     pub certificates: Option<DevCertificates>,
+    /// The text of a TLS ticket key file (`tls.ticket_key_path`); `None`: the node's own key.
+    pub ticket_keys: Option<String>,
     /// On stop: how long the node reports not-ready while still serving.
     pub shutdown_notice: Duration,
     /// On stop: devices are told to reconnect after a random delay within this window.
@@ -120,6 +122,7 @@ impl Default for NodeOptions {
             node_id: "test-node".to_owned(),
             websocket_listen: None,
             certificates: None,
+            ticket_keys: None,
             shutdown_notice: Duration::ZERO,
             go_away_window: Duration::from_secs(30),
         }
@@ -204,6 +207,11 @@ impl TestNode {
             let path = dir.0.join("client-ca.pem");
             std::fs::write(&path, pem).expect("failed to write the client CA");
             settings.tls.client_ca_path = Some(path);
+        }
+        if let Some(keys) = &options.ticket_keys {
+            let path = dir.0.join("ticket.keys");
+            std::fs::write(&path, keys).expect("failed to write the ticket keys");
+            settings.tls.ticket_key_path = Some(path);
         }
         settings.device.require_client_certificate = options.require_client_certificate;
         settings.listen.websocket = options

@@ -14,6 +14,7 @@ pub mod family;
 pub mod net;
 pub mod permissions;
 pub mod provider;
+pub mod tickets;
 pub mod tls;
 pub mod web;
 

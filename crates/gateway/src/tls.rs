@@ -17,6 +17,8 @@ pub enum TlsError {
     NoCertificate(String),
     #[error("no usable private key in {path}: {detail}")]
     BadKey { path: String, detail: String },
+    #[error("bad TLS ticket key file {path}: {detail}")]
+    BadTicketKeys { path: String, detail: String },
     #[error("invalid TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -86,6 +88,9 @@ pub struct CertificateStore {
     key_path: std::path::PathBuf,
     current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
     stamps: std::sync::Mutex<(Option<std::time::SystemTime>, Option<std::time::SystemTime>)>,
+    /// Ticket keys shared by a node's processes (`tls.ticket_key_path`); `None`: each server
+    /// configuration makes its own.
+    tickets: Option<Arc<crate::tickets::TicketKeys>>,
 }
 
 impl std::fmt::Debug for CertificateStore {
@@ -98,13 +103,27 @@ impl std::fmt::Debug for CertificateStore {
 
 impl CertificateStore {
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, TlsError> {
+        Self::load_with_tickets(cert_path, key_path, None)
+    }
+
+    /// As [`CertificateStore::load`], sealing TLS 1.3 session tickets with the keys in
+    /// `ticket_keys` (see [`crate::tickets`]), re-read with the certificate when it changes.
+    pub fn load_with_tickets(
+        cert_path: &Path,
+        key_path: &Path,
+        ticket_keys: Option<&Path>,
+    ) -> Result<Arc<Self>, TlsError> {
         let stamps = (modified(cert_path), modified(key_path));
         let key = certified_key(&PemIdentity::read(cert_path, key_path)?)?;
+        let tickets = ticket_keys
+            .map(crate::tickets::TicketKeys::load)
+            .transpose()?;
         Ok(Arc::new(Self {
             cert_path: cert_path.to_owned(),
             key_path: key_path.to_owned(),
             current: std::sync::RwLock::new(key),
             stamps: std::sync::Mutex::new(stamps),
+            tickets,
         }))
     }
 
@@ -147,13 +166,23 @@ impl CertificateStore {
                     tracing::error!(%error, path = %self.cert_path.display(), "the renewed TLS certificate was not loaded; keeping the one in use")
                 }
             }
+            if let Some(tickets) = &self.tickets {
+                match tickets.reload_if_changed() {
+                    Ok(true) => tracing::info!(keys = tickets.len(), "TLS ticket keys reloaded"),
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::error!(%error, "the changed TLS ticket keys were not loaded; keeping the ones in use")
+                    }
+                }
+            }
         }
     }
 
     /// A rustls server configuration drawing its certificate from this store, offering `alpn`.
     /// With session resumption, so a reconnect storm costs abbreviated handshakes: stateless
-    /// TLS 1.3 tickets (the key is this process's own: a tablet resumes when it reaches the
-    /// same process again) and a session cache for TLS 1.2.
+    /// TLS 1.3 tickets, sealed with the node's shared ticket keys when configured (a tablet
+    /// then resumes with any process that reads the same file, including a restarted one),
+    /// else with this configuration's own key; and a session cache for TLS 1.2.
     pub fn server_config(
         self: &Arc<Self>,
         alpn: &[&[u8]],
@@ -198,7 +227,10 @@ impl CertificateStore {
         let mut config = builder
             .with_cert_resolver(Arc::clone(self) as Arc<dyn rustls::server::ResolvesServerCert>);
         config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
-        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        config.ticketer = match &self.tickets {
+            Some(shared) => Arc::clone(shared) as Arc<dyn rustls::server::ProducesTickets>,
+            None => rustls::crypto::ring::Ticketer::new()?,
+        };
         config.session_storage = rustls::server::ServerSessionMemoryCache::new(65_536);
         Ok(Arc::new(config))
     }

@@ -109,7 +109,12 @@ impl Application {
         let hub = Hub::new();
         let certificates = match (&settings.tls.cert_path, &settings.tls.key_path) {
             (Some(cert), Some(key)) if !settings.insecure => Some(
-                CertificateStore::load(cert, key).context("failed to read the TLS certificate")?,
+                CertificateStore::load_with_tickets(
+                    cert,
+                    key,
+                    settings.tls.ticket_key_path.as_deref(),
+                )
+                .context("failed to read the TLS certificate or ticket keys")?,
             ),
             _ => None,
         };

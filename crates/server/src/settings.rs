@@ -123,6 +123,10 @@ pub struct TlsSettings {
     /// The provisioning CA (PEM) whose client certificates devices may present (mutual TLS on
     /// the device listeners). Unset: devices present none.
     pub client_ca_path: Option<PathBuf>,
+    /// TLS 1.3 session ticket keys shared by the node's processes (one 64-hex-character key
+    /// per line, the first seals): a tablet resumes its session with a restarted process.
+    /// Unset: each process makes its own key.
+    pub ticket_key_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,6 +183,7 @@ pub const OPTIONAL_SETTINGS: &[&str] = &[
     "tls.cert_path",
     "tls.key_path",
     "tls.client_ca_path",
+    "tls.ticket_key_path",
     "webhook.url",
     "webhook.secret",
     "webhook.ca_path",

@@ -300,8 +300,8 @@ async fn launch(
                 .collect();
             let sum = FleetReport::combine(&reports);
             eprintln!(
-                "fleet: {} connected, {} connects, {} failures, {} drops, {} heartbeats, {}/{} acknowledged",
-                sum.connected, sum.connects, sum.failures, sum.drops, sum.heartbeats, sum.alarms_acked, sum.alarms_sent
+                "fleet: {} connected, {} connects, {} failures, {} drops, {} heartbeats, {}/{} acknowledged, {} resumed",
+                sum.connected, sum.connects, sum.failures, sum.drops, sum.heartbeats, sum.alarms_acked, sum.alarms_sent, sum.resumed
             );
         }
     });
