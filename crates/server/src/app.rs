@@ -151,10 +151,21 @@ impl Application {
         );
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        // Alarms have connections of their own, so a storm's arrivals never hold them up.
+        let alarm_store = match settings.device.alarm_connections {
+            0 => store.clone(),
+            connections => Store::connect_as(
+                settings.database_url.expose(),
+                connections,
+                Some(settings.database_app_role.as_str()),
+            )
+            .await
+            .context("failed to connect the alarms' PostgreSQL connections")?,
+        };
         let device_context = DeviceContext {
             store: store.clone(),
             alarms: AlarmBatcher::spawn(
-                store.clone(),
+                alarm_store,
                 settings.device.batch_max,
                 settings.device.batches_in_flight,
             ),

@@ -153,6 +153,10 @@ pub struct DeviceSection {
     /// lookups and arrivals), and such batches in flight at once per process and kind.
     pub batch_max: usize,
     pub batches_in_flight: usize,
+    /// PostgreSQL connections kept for device alarms alone, beside `database_max_connections`,
+    /// so an alarm never queues for a connection behind a reconnect storm's arrivals (0:
+    /// alarms share the pool).
+    pub alarm_connections: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -226,6 +230,7 @@ max_connections = 0
 require_client_certificate = false
 batch_max = 256
 batches_in_flight = 2
+alarm_connections = 2
 
 [dispatch]
 ring_timeout_ms = 20000
@@ -377,9 +382,12 @@ impl Settings {
             || self.device.batches_in_flight as u64 >= u64::from(self.database_max_connections)
         {
             return invalid(
-                "device.batches_in_flight must be at least 1 and below                  database_max_connections"
+                "device.batches_in_flight must be at least 1 and below database_max_connections"
                     .to_owned(),
             );
+        }
+        if self.device.alarm_connections > 64 {
+            return invalid("device.alarm_connections must be at most 64".to_owned());
         }
         if self.dispatch.ring_timeout_ms < 500 {
             return invalid("dispatch.ring_timeout_ms must be at least 500".to_owned());
@@ -491,5 +499,32 @@ mod tests {
         settings.validate().unwrap();
         settings.device.max_frame_bytes = 10;
         assert!(settings.validate().is_err());
+    }
+
+    #[test]
+    fn device_batching_and_alarm_connections_out_of_range_are_refused_by_name() {
+        let valid = || {
+            let mut settings = Settings::defaults().unwrap();
+            settings.insecure = true;
+            settings
+        };
+        let refused = |settings: Settings| settings.validate().unwrap_err().to_string();
+        let mut settings = valid();
+        settings.device.alarm_connections = 65;
+        assert!(refused(settings).contains("device.alarm_connections"));
+        let mut settings = valid();
+        settings.device.batch_max = 0;
+        assert!(refused(settings).contains("device.batch_max"));
+        let mut settings = valid();
+        settings.device.batches_in_flight = settings.database_max_connections as usize;
+        let message = refused(settings);
+        assert!(
+            message.contains("below database_max_connections"),
+            "{message}"
+        );
+        // No connections of their own: alarms share the pool.
+        let mut settings = valid();
+        settings.device.alarm_connections = 0;
+        settings.validate().unwrap();
     }
 }
