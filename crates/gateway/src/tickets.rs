@@ -150,8 +150,8 @@ impl TicketKeys {
         {
             use std::os::unix::fs::PermissionsExt;
             if let Ok(meta) = std::fs::metadata(path) {
-                if meta.permissions().mode() & 0o077 != 0 {
-                    tracing::warn!(path = %path.display(), "the TLS ticket key file can be read by other users; it should be mode 600");
+                if meta.permissions().mode() & 0o007 != 0 {
+                    tracing::warn!(path = %path.display(), "the TLS ticket key file can be read by every user; it should be mode 600 or 640");
                 }
             }
         }
