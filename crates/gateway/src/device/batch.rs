@@ -235,9 +235,7 @@ impl SessionBatchers {
             .await
             .unwrap_or_else(|| Err(stopped()))
     }
-}
 
-impl SessionBatchers {
     /// `Store::pending_outbox`, batched.
     pub async fn pending_outbox(
         &self,
