@@ -93,8 +93,13 @@ async fn run<Q, A, F, Fut>(
     }
 }
 
-fn stopped() -> StoreError {
-    StoreError::Database(sqlx::Error::PoolClosed)
+impl<Q: Send + 'static, T: Send + 'static> Batcher<Q, Result<T, StoreError>> {
+    /// [`Batcher::call`] for database work: a stopped batcher answers as a closed pool does.
+    pub async fn request(&self, request: Q) -> Result<T, StoreError> {
+        self.call(request)
+            .await
+            .unwrap_or_else(|| Err(StoreError::Database(sqlx::Error::PoolClosed)))
+    }
 }
 
 /// The process's alarm batcher (`Store::record_alarms`).
@@ -120,7 +125,7 @@ impl AlarmBatcher {
 
     /// Stores one alarm, as `Store::record_alarm` does, once its batch has committed.
     pub async fn record(&self, alarm: NewAlarm) -> Result<AlarmOutcome, StoreError> {
-        self.0.call(alarm).await.unwrap_or_else(|| Err(stopped()))
+        self.0.request(alarm).await
     }
 }
 
@@ -183,15 +188,10 @@ impl SessionBatchers {
                     Ok(answers) => answers,
                     Err(error) => {
                         tracing::warn!(%error, "an outbox read batch failed; reading one by one");
-                        let mut answers = Vec::with_capacity(reads.len());
-                        for read in &reads {
-                            answers.push(
-                                store
-                                    .pending_outbox(&read.device_id, &read.in_flight, read.limit)
-                                    .await,
-                            );
-                        }
-                        answers
+                        one_by_one(&reads, |read| {
+                            store.pending_outbox(&read.device_id, &read.in_flight, read.limit)
+                        })
+                        .await
                     }
                 }
             }
@@ -203,11 +203,7 @@ impl SessionBatchers {
                     Ok(counts) => counts.into_iter().map(Ok).collect(),
                     Err(error) => {
                         tracing::warn!(%error, "an outbox acknowledgement batch failed; one by one");
-                        let mut answers = Vec::with_capacity(acks.len());
-                        for ack in &acks {
-                            answers.push(store.ack_outbox(&ack.device_id, &ack.ids).await);
-                        }
-                        answers
+                        one_by_one(&acks, |ack| store.ack_outbox(&ack.device_id, &ack.ids)).await
                     }
                 }
             }
@@ -222,18 +218,12 @@ impl SessionBatchers {
 
     /// `Store::device_credentials`, batched.
     pub async fn credentials(&self, device_id: &str) -> Result<Option<DeviceKey>, StoreError> {
-        self.keys
-            .call(device_id.to_owned())
-            .await
-            .unwrap_or_else(|| Err(stopped()))
+        self.keys.request(device_id.to_owned()).await
     }
 
     /// `Store::device_arrived`, batched.
     pub async fn arrived(&self, device_id: &str) -> Result<Arrival, StoreError> {
-        self.arrivals
-            .call(device_id.to_owned())
-            .await
-            .unwrap_or_else(|| Err(stopped()))
+        self.arrivals.request(device_id.to_owned()).await
     }
 
     /// `Store::pending_outbox`, batched.
@@ -248,10 +238,7 @@ impl SessionBatchers {
             in_flight,
             limit,
         };
-        self.reads
-            .call(read)
-            .await
-            .unwrap_or_else(|| Err(stopped()))
+        self.reads.request(read).await
     }
 
     /// `Store::ack_outbox`, batched; nothing to acknowledge costs nothing.
@@ -263,20 +250,21 @@ impl SessionBatchers {
             device_id: device_id.to_owned(),
             ids,
         };
-        self.acks.call(ack).await.unwrap_or_else(|| Err(stopped()))
+        self.acks.request(ack).await
     }
 }
 
-async fn one_by_one<'a, T, Fut>(
-    ids: &'a [String],
-    each: impl Fn(&'a str) -> Fut,
+/// A failed batch's requests done one at a time, in order (one bad request then fails alone).
+async fn one_by_one<'a, Q, T, Fut>(
+    requests: &'a [Q],
+    each: impl Fn(&'a Q) -> Fut,
 ) -> Vec<Result<T, StoreError>>
 where
     Fut: Future<Output = Result<T, StoreError>>,
 {
-    let mut answers = Vec::with_capacity(ids.len());
-    for id in ids {
-        answers.push(each(id).await);
+    let mut answers = Vec::with_capacity(requests.len());
+    for request in requests {
+        answers.push(each(request).await);
     }
     answers
 }
