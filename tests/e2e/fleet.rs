@@ -7,19 +7,12 @@
 //! are in `benches/`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use carebell_tests::{NodeOptions, TestNode};
+use carebell_tests::{free_port, workspace_binary, NodeOptions, TestNode};
 use firmware_sim::fleet::{fleet_device_id, fleet_signing_key, run_fleet, FleetConfig, FleetStats};
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-}
 
 /// A node for a fleet connecting all at once from one address (no per-address handshake
 /// limit, as in the benchmark).
@@ -102,18 +95,6 @@ async fn a_fleet_holds_its_links_and_every_alarm_is_acknowledged_and_stored_once
     node.stop().await;
 }
 
-fn floor_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("own path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join("carebell-floor");
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace first",
-        path.display()
-    );
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_floor_program_holds_raw_links() {
     let node = TestNode::start(NodeOptions::default()).await;
@@ -124,7 +105,7 @@ async fn the_floor_program_holds_raw_links() {
         .unwrap();
     let ca = std::fs::read_to_string(dir.0.join("ca.pem")).unwrap();
     let addr = free_port();
-    let mut floor = tokio::process::Command::new(floor_binary())
+    let mut floor = tokio::process::Command::new(workspace_binary("carebell-floor"))
         .arg(addr.to_string())
         .arg(cert)
         .arg(key)

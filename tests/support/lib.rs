@@ -129,6 +129,30 @@ impl Default for NodeOptions {
     }
 }
 
+/// A free local port (nothing listens on it once this returns).
+pub fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+}
+
+/// One of the workspace's programs, built beside the test binary (`cargo build --workspace
+/// --bins` first).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    let dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first",
+        path.display()
+    );
+    path
+}
+
 /// A running node; stopped when dropped (or explicitly with [`TestNode::stop`]).
 pub struct TestNode {
     pub store: Store,
