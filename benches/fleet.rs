@@ -35,15 +35,49 @@ const PER_PROCESS: u64 = 18_000;
 struct Bench {
     setup: Setup,
     tablets: u64,
-    /// Each fleet's (by its net) TLS handshakes that resumed a session, as it last reported.
-    resumed: Arc<Mutex<HashMap<u8, u64>>>,
+    /// Each fleet's (by its net) counters, as it last reported them.
+    progress: Arc<Mutex<HashMap<u8, Progress>>>,
+}
+
+/// A fleet's running counters, from its progress line ("fleet: 5 connected, …, 3 drops, …,
+/// 2 resumed").
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    /// Links that ended without being asked to (a killed gateway ends every one).
+    drops: u64,
+    /// TLS handshakes that resumed a session.
+    resumed: u64,
+}
+
+impl Progress {
+    fn parse(line: &str) -> Self {
+        let mut progress = Self::default();
+        for part in line.split(", ") {
+            let mut words = part.split_whitespace();
+            let (Some(n), Some(what)) = (words.next().and_then(|n| n.parse().ok()), words.next())
+            else {
+                continue;
+            };
+            match what {
+                "drops" => progress.drops = n,
+                "resumed" => progress.resumed = n,
+                _ => {}
+            }
+        }
+        progress
+    }
 }
 
 impl Bench {
     /// The TLS handshakes of the fleet on `net` that resumed a session, so far.
     fn resumed(&self, net: u8) -> u64 {
-        let resumed = self.resumed.lock().unwrap_or_else(|e| e.into_inner());
-        resumed.get(&net).copied().unwrap_or(0)
+        self.progress(net).resumed
+    }
+
+    /// The fleet on `net`'s counters, as it last reported them.
+    fn progress(&self, net: u8) -> Progress {
+        let progress = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        progress.get(&net).copied().unwrap_or_default()
     }
 
     fn gateway(&self, index: u64, port: u16, heartbeat_ms: u64) -> Child {
@@ -98,7 +132,7 @@ impl Bench {
             .expect("start a fleet");
         let (tx, rx) = tokio::sync::watch::channel(0u64);
         let stderr = child.stderr.take().expect("stderr");
-        let resumed = Arc::clone(&self.resumed);
+        let progress = Arc::clone(&self.progress);
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
@@ -106,17 +140,10 @@ impl Bench {
                     if let Some(n) = rest.split_whitespace().next().and_then(|n| n.parse().ok()) {
                         let _ = tx.send(n);
                     }
-                    // "..., N resumed" at the end of the line.
-                    if let Some(n) = rest
-                        .strip_suffix(" resumed")
-                        .and_then(|rest| rest.rsplit(' ').next())
-                        .and_then(|n| n.parse().ok())
-                    {
-                        resumed
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(net, n);
-                    }
+                    progress
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(net, Progress::parse(rest));
                 }
             }
         });
@@ -164,7 +191,7 @@ async fn main() {
     let bench = Bench {
         setup: Setup::new("bench", tablets + alarm_tablets),
         tablets,
-        resumed: Arc::default(),
+        progress: Arc::default(),
     };
     let dir = bench.setup.dir.clone();
     let database_url = bench.setup.database_url.clone();
@@ -343,11 +370,26 @@ async fn main() {
         unit: "x",
     });
 
-    // 3. Heartbeats per second and CPU per heartbeat over a window.
+    // 3. Heartbeats per second and CPU per heartbeat over a window, and what the held fleet
+    // costs the database meanwhile (rows of `devices` updated).
     let window = Duration::from_secs(20);
+    let device_updates = || {
+        bench
+            .setup
+            .psql("select n_tup_upd from pg_stat_user_tables where relname = 'devices'")
+            .trim()
+            .parse::<f64>()
+            .unwrap_or(f64::NAN)
+    };
+    let updates_before = device_updates();
     let cpu_before = gateway_cpu();
     tokio::time::sleep(window).await;
     let cpu_used = gateway_cpu() - cpu_before;
+    figures.push(Figure {
+        name: "database: device row updates while idle with heartbeats".into(),
+        value: (device_updates() - updates_before) / window.as_secs_f64(),
+        unit: "/s",
+    });
     let heartbeats_per_second = held as f64 * 1000.0 / heartbeat_ms as f64;
     figures.push(Figure {
         name: "heartbeats per second (fleet)".into(),
@@ -468,7 +510,7 @@ async fn main() {
         value: still as f64,
         unit: "connections",
     });
-    let resumed_before = bench.resumed(3);
+    let before = bench.progress(3);
     for gateway in &mut gateways {
         let _ = gateway.kill().await;
     }
@@ -485,8 +527,14 @@ async fn main() {
         Duration::from_secs(45),
         &[],
     );
-    // The held fleet's count dropped to zero and climbs back.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The held fleet has seen its links end (its progress lines come every two seconds, so
+    // its count of connected tablets lags); then the count climbs back.
+    let noticed = Instant::now();
+    while bench.progress(3).drops < before.drops + still * 99 / 100
+        && noticed.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let (_, storm_samples) = ramp(
         &mut connected,
         tablets,
@@ -512,7 +560,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     figures.push(Figure {
         name: "storm: reconnections that resumed their TLS session".into(),
-        value: bench.resumed(3).saturating_sub(resumed_before) as f64,
+        value: bench.resumed(3).saturating_sub(before.resumed) as f64,
         unit: "handshakes",
     });
     let storm_report = final_report(storm_alarms).await;

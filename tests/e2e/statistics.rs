@@ -9,28 +9,7 @@ use rand::{Rng, SeedableRng};
 #[tokio::test]
 async fn live_counters_equal_a_recomputation_from_the_event_log_after_a_randomized_run() {
     let store = fresh_store().await;
-    let station = store.add_station("stats").await.unwrap();
-    let mut devices = Vec::new();
-    for index in 0..6 {
-        let resident = store
-            .add_resident(&carebell_store::NewResident {
-                station_id: station,
-                full_name: format!("resident {index}"),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let device_id = format!("tab-stats-{index}");
-        store
-            .add_device(&carebell_store::NewDevice {
-                device_id: device_id.clone(),
-                resident_id: resident,
-                public_key: [index; 32],
-            })
-            .await
-            .unwrap();
-        devices.push(device_id);
-    }
+    let devices = carebell_tests::register_tablets(&store, "stats", "tab-stats", 6).await;
     let mut operators = Vec::new();
     for index in 0..3 {
         let id = store

@@ -394,29 +394,10 @@ async fn an_alarm_is_handled_step_by_step_and_resolved_with_an_outcome() {
     tablet.close().await;
 }
 
-/// Registers `count` tablets `hold-0`… on a fresh store (no node running: the test is the
-/// only writer).
+/// A fresh store with `count` tablets `hold-0`… (no node running: the test is the only writer).
 async fn held_district(count: usize) -> Store {
     let store = carebell_tests::fresh_store().await;
-    let station = store.add_station("holds").await.unwrap();
-    for index in 0..count {
-        let resident = store
-            .add_resident(&carebell_store::NewResident {
-                station_id: station,
-                full_name: format!("resident {index}"),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        store
-            .add_device(&carebell_store::NewDevice {
-                device_id: format!("hold-{index}"),
-                resident_id: resident,
-                public_key: [index as u8; 32],
-            })
-            .await
-            .unwrap();
-    }
+    carebell_tests::register_tablets(&store, "holds", "hold", count).await;
     store
 }
 

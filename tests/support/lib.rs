@@ -153,6 +153,39 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// Registers `count` tablets, `{prefix}-0`…, each for its own resident of a new station
+/// `station`; returns their ids.
+pub async fn register_tablets(
+    store: &Store,
+    station: &str,
+    prefix: &str,
+    count: usize,
+) -> Vec<String> {
+    let station = store.add_station(station).await.expect("a station");
+    let mut devices = Vec::new();
+    for index in 0..count {
+        let resident = store
+            .add_resident(&carebell_store::NewResident {
+                station_id: station,
+                full_name: format!("resident {index}"),
+                ..Default::default()
+            })
+            .await
+            .expect("a resident");
+        let device_id = format!("{prefix}-{index}");
+        store
+            .add_device(&carebell_store::NewDevice {
+                device_id: device_id.clone(),
+                resident_id: resident,
+                public_key: [u8::try_from(index % 256).expect("a byte"); 32],
+            })
+            .await
+            .expect("a device");
+        devices.push(device_id);
+    }
+    devices
+}
+
 /// A running node; stopped when dropped (or explicitly with [`TestNode::stop`]).
 pub struct TestNode {
     pub store: Store,
