@@ -2,11 +2,11 @@
 //! delivery of database notifications to them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use carebell_store::{Notification, Release};
+use carebell_store::Notification;
 use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -102,37 +102,8 @@ struct DeviceSlot {
     kicked: CancellationToken,
     /// When the device was last heard, in milliseconds since the hub's epoch.
     last_heard_ms: Arc<AtomicU64>,
-    /// Whether the database records this session as holding the link (`ARRIVING`, `HELD`,
-    /// `UNHELD`).
-    hold: Arc<AtomicU8>,
-}
-
-/// The session's arrival is being recorded; supervision leaves the link alone until it is.
-const ARRIVING: u8 = 0;
-/// The database records this session as holding the link.
-const HELD: u8 = 1;
-/// It does not (the device fell silent, the arrival failed, or the node's lease lapsed): the
-/// link is taken again once the device is heard.
-const UNHELD: u8 = 2;
-
-/// A session that ended: its link is released by the next supervision pass.
-struct Departure {
-    device_id: String,
-    session: u64,
-    heard_ms: u64,
-}
-
-/// What a supervision pass writes about this node's links.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct HoldWork {
-    /// Links ended or fallen silent, with when each device was last heard.
-    pub releases: Vec<Release>,
-    /// Links to take again, as (device, session): their devices are heard again.
-    pub holds: Vec<(String, i64)>,
-}
-
-fn session_number(session: u64) -> i64 {
-    i64::try_from(session).unwrap_or(i64::MAX)
+    /// When its last-seen time was last written to the database (hub epoch ms; 0: never).
+    written_ms: AtomicU64,
 }
 
 /// Capacity of each operator's event channel. An operator receives a handful of events per
@@ -154,10 +125,6 @@ pub struct Hub {
     /// Devices revoked in the last [`REVOKED_MEMORY`]: a handshake that read the key just before
     /// the revocation committed is cut off when it registers.
     recently_revoked: Mutex<HashMap<String, Instant>>,
-    /// This node (process) as the database knows it: the holder of its devices' links.
-    node: Uuid,
-    /// Sessions ended since the last supervision pass.
-    departures: Mutex<Vec<Departure>>,
 }
 
 /// How long a revocation is remembered on each node (far longer than a handshake).
@@ -211,7 +178,6 @@ pub struct DeviceRegistration {
     /// Cancelled when a newer session of the same device registers on this node.
     pub kicked: CancellationToken,
     last_heard_ms: Arc<AtomicU64>,
-    hold: Arc<AtomicU8>,
     /// WebRTC signalling for the tablet.
     pub signals: Arc<SignalQueue>,
 }
@@ -228,18 +194,6 @@ impl DeviceRegistration {
             .store(self.hub.elapsed_ms(), Ordering::Relaxed);
     }
 
-    /// This session's number on this node (the database records which session holds a link).
-    pub fn session(&self) -> i64 {
-        session_number(self.session)
-    }
-
-    /// The session's arrival was recorded (`held`), or could not be (supervision then takes
-    /// the link when it can).
-    pub fn arrived(&self, held: bool) {
-        self.hold
-            .store(if held { HELD } else { UNHELD }, Ordering::Relaxed);
-    }
-
     /// How long the device has been silent.
     pub fn silent_for(&self) -> Duration {
         Duration::from_millis(
@@ -252,13 +206,6 @@ impl DeviceRegistration {
 
 impl Drop for DeviceRegistration {
     fn drop(&mut self) {
-        // Released by the next pass, as last heard (not now: a silently dropped link must not
-        // look alive); the release applies only if this session still holds the link.
-        lock(&self.hub.departures).push(Departure {
-            device_id: self.device_id.clone(),
-            session: self.session,
-            heard_ms: self.last_heard_ms.load(Ordering::Relaxed),
-        });
         let mut devices = lock(&self.hub.devices);
         if devices
             .get(&self.device_id)
@@ -279,114 +226,34 @@ impl Hub {
             provider_feeds: broadcast::channel(256).0,
             epoch: Instant::now(),
             recently_revoked: Mutex::default(),
-            node: Uuid::new_v4(),
-            departures: Mutex::default(),
         })
-    }
-
-    /// This node (process): a new identity at every start.
-    pub fn node(&self) -> Uuid {
-        self.node
     }
 
     fn elapsed_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// What a supervision pass must write: every ended session's release, the release of every
-    /// held link whose device has been silent for `release_after` (marked released), and every
-    /// released link whose device was heard since. A device that keeps talking costs nothing.
-    pub fn hold_work(&self, release_after: Duration) -> HoldWork {
+    /// The devices whose durable last-seen time was not written for `every` (or never), with
+    /// how long each has been silent; marks them written. Spreads the writes of a large fleet
+    /// over `every` instead of rewriting every device at each pass.
+    pub fn device_silences_due(&self, every: Duration) -> Vec<(String, Duration)> {
         let now = self.elapsed_ms();
-        let limit = u64::try_from(release_after.as_millis()).unwrap_or(u64::MAX);
-        let silence = |heard_ms: u64| Duration::from_millis(now.saturating_sub(heard_ms));
-        let mut work = HoldWork::default();
-        for departure in lock(&self.departures).drain(..) {
-            work.releases.push(Release {
-                device_id: departure.device_id,
-                session: session_number(departure.session),
-                silent_for: silence(departure.heard_ms),
-            });
-        }
-        for (device_id, slot) in lock(&self.devices).iter() {
-            let heard = slot.last_heard_ms.load(Ordering::Relaxed);
-            let silent = now.saturating_sub(heard) >= limit;
-            match slot.hold.load(Ordering::Relaxed) {
-                HELD if silent => {
-                    slot.hold.store(UNHELD, Ordering::Relaxed);
-                    work.releases.push(Release {
-                        device_id: device_id.clone(),
-                        session: session_number(slot.session),
-                        silent_for: silence(heard),
-                    });
+        let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+        lock(&self.devices)
+            .iter()
+            .filter_map(|(device_id, slot)| {
+                let written = slot.written_ms.load(Ordering::Relaxed);
+                if written != 0 && now.saturating_sub(written) < every_ms {
+                    return None;
                 }
-                UNHELD if !silent => {
-                    work.holds
-                        .push((device_id.clone(), session_number(slot.session)));
-                }
-                _ => {}
-            }
-        }
-        work
-    }
-
-    /// The releases of a pass could not be written: they are tried again at the next.
-    pub fn releases_failed(&self, releases: Vec<Release>) {
-        let now = self.elapsed_ms();
-        let devices = lock(&self.devices);
-        let mut departures = lock(&self.departures);
-        for release in releases {
-            match devices.get(&release.device_id) {
-                Some(slot) if session_number(slot.session) == release.session => {
-                    slot.hold.store(HELD, Ordering::Relaxed);
-                }
-                _ => departures.push(Departure {
-                    device_id: release.device_id,
-                    session: u64::try_from(release.session).unwrap_or_default(),
-                    heard_ms: now
-                        .saturating_sub(u64::try_from(release.silent_for.as_millis()).unwrap_or(0)),
-                }),
-            }
-        }
-    }
-
-    /// The database now records these (device, session) links as held by this node.
-    pub fn held(&self, taken: &[(String, i64)]) {
-        let devices = lock(&self.devices);
-        for (device_id, session) in taken {
-            if let Some(slot) = devices.get(device_id) {
-                if session_number(slot.session) == *session {
-                    let _ = slot.hold.compare_exchange(
-                        UNHELD,
-                        HELD,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
-                }
-            }
-        }
-    }
-
-    /// The node's lease had lapsed and the database released its links: each is taken again by
-    /// the next pass (if its device is still heard).
-    pub fn unhold_all(&self) {
-        for slot in lock(&self.devices).values() {
-            let _ = slot
-                .hold
-                .compare_exchange(HELD, UNHELD, Ordering::Relaxed, Ordering::Relaxed);
-        }
-    }
-
-    /// Whether `session` still holds `device_id`'s link here and heard it within `within`.
-    pub fn heard_within(&self, device_id: &str, session: i64, within: Duration) -> bool {
-        let now = self.elapsed_ms();
-        lock(&self.devices).get(device_id).is_some_and(|slot| {
-            session_number(slot.session) == session
-                && slot.hold.load(Ordering::Relaxed) == HELD
-                && Duration::from_millis(
-                    now.saturating_sub(slot.last_heard_ms.load(Ordering::Relaxed)),
-                ) < within
-        })
+                slot.written_ms.store(now.max(1), Ordering::Relaxed);
+                let heard = slot.last_heard_ms.load(Ordering::Relaxed);
+                Some((
+                    device_id.clone(),
+                    Duration::from_millis(now.saturating_sub(heard)),
+                ))
+            })
+            .collect()
     }
 
     pub fn subscribe_operator(self: &Arc<Self>, operator_id: Uuid) -> OperatorSubscription {
@@ -409,16 +276,15 @@ impl Hub {
         let kicked = CancellationToken::new();
         let last_heard_ms = Arc::new(AtomicU64::new(self.elapsed_ms()));
         let signals = Arc::new(SignalQueue::default());
-        let hold = Arc::new(AtomicU8::new(ARRIVING));
         let previous = lock(&self.devices).insert(
             device_id.to_owned(),
             DeviceSlot {
                 session,
                 outbox_changed: Arc::clone(&outbox_changed),
                 signals: Arc::clone(&signals),
+                written_ms: AtomicU64::new(0),
                 kicked: kicked.clone(),
                 last_heard_ms: Arc::clone(&last_heard_ms),
-                hold: Arc::clone(&hold),
             },
         );
         if let Some(previous) = previous {
@@ -434,7 +300,6 @@ impl Hub {
             outbox_changed,
             kicked,
             last_heard_ms,
-            hold,
             signals,
         }
     }
@@ -643,71 +508,6 @@ mod tests {
         );
         drop(second);
         assert_eq!(hub.n_devices(), 0);
-    }
-
-    #[test]
-    fn supervision_writes_only_what_changed_about_the_links() {
-        let hub = Hub::new();
-        let long = Duration::from_secs(3600);
-        let arriving = hub.register_device("tab-1");
-        // Nothing while the arrival is being recorded.
-        assert_eq!(hub.hold_work(Duration::ZERO), HoldWork::default());
-        arriving.arrived(true);
-        // Held and heard: nothing to write, however many passes.
-        for _ in 0..3 {
-            assert_eq!(hub.hold_work(long), HoldWork::default());
-        }
-        // Silent past the limit: released once, as last heard.
-        let work = hub.hold_work(Duration::ZERO);
-        assert_eq!(work.holds, []);
-        assert_eq!(work.releases.len(), 1);
-        assert_eq!(work.releases[0].device_id, "tab-1");
-        assert_eq!(work.releases[0].session, arriving.session());
-        assert_eq!(hub.hold_work(Duration::ZERO), HoldWork::default());
-        // Heard again: taken again until the database says it is held.
-        arriving.heard();
-        let again = hub.hold_work(long);
-        assert_eq!(again.holds, [("tab-1".to_owned(), arriving.session())]);
-        assert_eq!(hub.hold_work(long).holds, again.holds, "retried until held");
-        hub.held(&again.holds);
-        assert_eq!(hub.hold_work(long), HoldWork::default());
-        // A failed release is tried again.
-        let links = |work: &HoldWork| -> Vec<(String, i64)> {
-            work.releases
-                .iter()
-                .map(|release| (release.device_id.clone(), release.session))
-                .collect()
-        };
-        let work = hub.hold_work(Duration::ZERO);
-        assert_eq!(links(&work).len(), 1);
-        hub.releases_failed(work.releases.clone());
-        assert_eq!(links(&hub.hold_work(Duration::ZERO)), links(&work));
-        // A lapsed lease: every held link is taken again.
-        arriving.heard();
-        hub.held(&hub.hold_work(long).holds);
-        assert_eq!(hub.hold_work(long), HoldWork::default());
-        hub.unhold_all();
-        assert_eq!(hub.hold_work(long).holds.len(), 1);
-        // A failed arrival is taken by supervision.
-        let failed = hub.register_device("tab-2");
-        failed.arrived(false);
-        let holds = hub.hold_work(long).holds;
-        assert!(
-            holds.contains(&("tab-2".to_owned(), failed.session())),
-            "{holds:?}"
-        );
-        // An ended session is released once, by its own session number, even when a newer
-        // one has replaced it.
-        let newer = hub.register_device("tab-2");
-        newer.arrived(true);
-        let old_session = failed.session();
-        drop(failed);
-        let work = hub.hold_work(long);
-        assert_eq!(work.releases.len(), 1);
-        assert_eq!(work.releases[0].session, old_session);
-        assert!(hub.heard_within("tab-2", newer.session(), long));
-        assert!(!hub.heard_within("tab-2", old_session, long));
-        assert!(hub.hold_work(long).releases.is_empty());
     }
 
     #[tokio::test]

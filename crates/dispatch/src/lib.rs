@@ -51,74 +51,47 @@ pub async fn run_listener(
     }
 }
 
-/// Keeps the database's record of the links this node holds (see `carebell_store`'s
-/// `holds.rs`): every `interval` it renews the node's lease, releases the links of ended
-/// sessions and of devices silent for `release_after` (each as last heard), and takes again the
-/// links of released devices heard since. A device that keeps talking costs the database
-/// nothing. `release_after` must stay well under the offline threshold, and `interval` too: a
-/// lease not renewed for the offline threshold is folded by the offline sweep. Cancel
-/// `shutdown` once the node's sessions have ended: a last pass then releases their links.
-pub async fn run_device_holds(
+/// Writes the durable last-seen times of the devices this node holds: every `interval` it
+/// writes, in one statement, the devices not written for `write_every` (a new device at once),
+/// each as "silent for so long" applied to the database's clock. Offline supervision reads
+/// these times, so it holds across nodes and without Redis; `write_every` must stay well under
+/// the offline threshold.
+pub async fn run_last_seen_refresher(
     store: carebell_store::Store,
     hub: std::sync::Arc<Hub>,
     interval: std::time::Duration,
-    release_after: std::time::Duration,
+    write_every: std::time::Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let node = hub.node();
-    let mut folds = None;
-    let mut stopping = false;
     loop {
-        match store.renew_node(node).await {
-            Ok(now) => {
-                // Folded while the lease had lapsed: the database released every link here.
-                if folds.is_some_and(|before| now > before) {
-                    tracing::warn!(%node, "this node's lease had lapsed; taking its links again");
-                    hub.unhold_all();
-                }
-                folds = Some(now);
-            }
-            Err(error) => tracing::warn!(%error, %node, "could not renew this node's lease"),
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
         }
-        let work = hub.hold_work(release_after);
-        if let Err(error) = store.release_devices(node, &work.releases).await {
-            tracing::warn!(%error, n_links = work.releases.len(), "could not release links; retrying");
-            hub.releases_failed(work.releases);
+        let silences = hub.device_silences_due(write_every);
+        if silences.is_empty() {
+            continue;
         }
-        match store.hold_devices(node, &work.holds).await {
-            Ok(taken) => {
-                let taken: std::collections::HashSet<String> = taken.into_iter().collect();
-                let held: Vec<(String, i64)> = work
-                    .holds
-                    .into_iter()
-                    .filter(|(device_id, _)| taken.contains(device_id))
-                    .collect();
-                hub.held(&held);
-            }
-            Err(error) => tracing::warn!(%error, "could not take links again; retrying"),
+        if let Err(error) = store.devices_seen(&silences).await {
+            tracing::warn!(%error, n_devices = silences.len(), "could not record last-seen times");
+            continue;
         }
-        // A device heard here cannot be offline: clear an alarm raised while this node's lease
-        // had lapsed (or whose clearing at the arrival failed).
-        match store.held_offline_alarms(node).await {
+        // A device heard just now cannot be offline: clear an alarm raised while this node's
+        // writes were late (or whose clearing at authentication failed).
+        let heard: Vec<String> = silences
+            .iter()
+            .filter(|(_, silent)| *silent < interval * 2)
+            .map(|(device_id, _)| device_id.clone())
+            .collect();
+        match store.open_offline_alarms(&heard).await {
             Ok(open) => {
-                for (device_id, session) in open {
-                    if !hub.heard_within(&device_id, session, release_after) {
-                        continue;
-                    }
+                for device_id in open {
                     if let Err(error) = store.device_back(&device_id).await {
                         tracing::warn!(%error, %device_id, "could not clear an offline alarm");
                     }
                 }
             }
             Err(error) => tracing::warn!(%error, "could not look for offline alarms"),
-        }
-        if stopping {
-            return;
-        }
-        // Stopping: one last pass, for the sessions that ended while the node drained.
-        tokio::select! {
-            _ = shutdown.cancelled() => stopping = true,
-            _ = tokio::time::sleep(interval) => {}
         }
     }
 }

@@ -107,12 +107,6 @@ impl Application {
         };
         let presence = Presence::new(&settings.node_id, backend);
         let hub = Hub::new();
-        // The node's lease exists before it holds any link: a node that dies after taking links
-        // is then always found by the offline sweep.
-        store
-            .renew_node(hub.node())
-            .await
-            .context("failed to record this node in the database")?;
         let certificates = match (&settings.tls.cert_path, &settings.tls.key_path) {
             (Some(cert), Some(key)) if !settings.insecure => Some(
                 CertificateStore::load_with_tickets(
@@ -177,7 +171,6 @@ impl Application {
             ),
             sessions: SessionBatchers::spawn(
                 store.clone(),
-                hub.node(),
                 settings.device.batch_max,
                 settings.device.batches_in_flight,
             ),
@@ -376,19 +369,19 @@ impl Application {
                 shutdown.clone(),
             ));
         }
-        // The links this node holds, as the database records them: the node's lease renewed
-        // often enough that a lapse means the node is gone, and a silent device released
-        // (as last heard) well before the offline threshold.
-        let holds_interval =
+        // Durable last-seen times, often enough that a live device never looks offline.
+        let last_seen_interval =
             Settings::ms(settings.device.heartbeat_interval_ms / 2).min(Duration::from_secs(5));
-        let release_after = Settings::ms(settings.device.heartbeat_interval_ms * 3 / 2);
-        let holds_stop = CancellationToken::new();
-        let holds = tokio::spawn(carebell_dispatch::run_device_holds(
+        // Each device's time is rewritten at most every quarter of the offline threshold: the
+        // offline sweep still sees a live device as live, and a fleet of 100,000 costs a few
+        // thousand row updates a second instead of tens of thousands.
+        let write_every = (settings.offline_after() / 4).max(last_seen_interval);
+        tracker.spawn(carebell_dispatch::run_last_seen_refresher(
             store.clone(),
             Arc::clone(&hub),
-            holds_interval,
-            release_after,
-            holds_stop.clone(),
+            last_seen_interval,
+            write_every,
+            shutdown.clone(),
         ));
         let refresh = Settings::ms(settings.presence.refresh_interval_ms);
         tracker.spawn(presence.clone().run_refresher(
@@ -521,11 +514,6 @@ impl Application {
                 remaining = tracker.len(),
                 "grace period over; abandoning remaining sessions"
             );
-        }
-        // The sessions have ended: the last pass releases their links.
-        holds_stop.cancel();
-        if tokio::time::timeout_at(deadline, holds).await.is_err() {
-            tracing::warn!("the last release of this node's links did not finish in time");
         }
         match tokio::time::timeout_at(deadline, grpc).await {
             Ok(Ok(Ok(()))) => {}

@@ -173,17 +173,21 @@ impl Store {
         Ok(())
     }
 
-    /// A device's new session, in one round trip: records that `session` of `node` holds the
-    /// device's link, heard now, and says what the session must do about it (clear a "device
-    /// offline" alarm, resend its outbox). A reconnect storm makes this once per tablet, so it
-    /// is one statement, not four.
-    pub async fn device_arrived(
+    /// Records when a device was last heard: `silent_for` ago, by the database clock.
+    pub async fn device_seen(
         &self,
-        node: Uuid,
         device_id: &str,
-        session: i64,
-    ) -> Result<Arrival> {
-        self.devices_arrived(node, &[(device_id.to_owned(), session)])
+        silent_for: std::time::Duration,
+    ) -> Result<()> {
+        self.devices_seen(&[(device_id.to_owned(), silent_for)])
+            .await
+    }
+
+    /// A device's new session, in one round trip: records it as heard now and says what the
+    /// session must do about it (clear a "device offline" alarm, resend its outbox). A
+    /// reconnect storm makes this once per tablet, so it is one statement, not four.
+    pub async fn device_arrived(&self, device_id: &str) -> Result<Arrival> {
+        self.devices_arrived(&[device_id.to_owned()])
             .await?
             .remove(device_id)
             .ok_or_else(|| StoreError::NotFound {
@@ -192,28 +196,18 @@ impl Store {
             })
     }
 
-    /// [`Store::device_arrived`] for many sessions of `node` in one statement (a device may
-    /// repeat: its newest session, the highest number, holds it); a device that does not exist
-    /// is left out of the answer. On the same node a hold never goes back to an older session,
-    /// whatever order the arrivals commit in.
+    /// [`Store::device_arrived`] for many devices in one statement (repeats allowed); a device
+    /// that does not exist is left out of the answer.
     pub async fn devices_arrived(
         &self,
-        node: Uuid,
-        arrivals: &[(String, i64)],
+        device_ids: &[String],
     ) -> Result<std::collections::HashMap<String, Arrival>> {
-        let ids: Vec<&str> = arrivals.iter().map(|(id, _)| id.as_str()).collect();
-        let sessions: Vec<i64> = arrivals.iter().map(|(_, session)| *session).collect();
         let rows = sqlx::query(
-            "WITH arrivals AS (SELECT id, max(session) AS session
-                               FROM unnest($2::text[], $3::bigint[]) AS u(id, session) GROUP BY id),
+            "WITH ids AS (SELECT DISTINCT unnest($1::text[]) AS id),
              seen AS (
                  UPDATE devices d SET last_seen_at = greatest(coalesce(d.last_seen_at, '-infinity'),
-                                                              clock_timestamp()),
-                                      held_session = CASE WHEN d.held_by = $1
-                                                          THEN greatest(d.held_session, a.session)
-                                                          ELSE a.session END,
-                                      held_by = $1
-                 FROM arrivals a WHERE d.id = a.id RETURNING d.id)
+                                                              clock_timestamp())
+                 FROM ids WHERE d.id = ids.id RETURNING d.id)
              SELECT seen.id,
                     EXISTS (SELECT 1 FROM alarms a WHERE a.device_id = seen.id
                             AND a.kind = 'DEVICE_OFFLINE' AND a.cleared_at IS NULL) AS offline,
@@ -221,9 +215,7 @@ impl Store {
                             AND o.acked_at IS NULL) AS pending
              FROM seen",
         )
-        .bind(node)
-        .bind(&ids)
-        .bind(&sessions)
+        .bind(device_ids)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -237,6 +229,28 @@ impl Store {
                 ))
             })
             .collect()
+    }
+
+    /// As [`Store::device_seen`], for many devices in one statement. A last-seen time never
+    /// moves backwards (another node may have heard the device more recently).
+    pub async fn devices_seen(&self, silences: &[(String, std::time::Duration)]) -> Result<()> {
+        let ids: Vec<&str> = silences.iter().map(|(id, _)| id.as_str()).collect();
+        let silent_ms: Vec<i64> = silences
+            .iter()
+            .map(|(_, silent)| i64::try_from(silent.as_millis()).unwrap_or(i64::MAX))
+            .collect();
+        sqlx::query(
+            "UPDATE devices d
+             SET last_seen_at = greatest(coalesce(d.last_seen_at, '-infinity'),
+                                         clock_timestamp() - make_interval(secs => v.silent_ms / 1000.0))
+             FROM unnest($1::text[], $2::bigint[]) AS v(id, silent_ms)
+             WHERE d.id = v.id",
+        )
+        .bind(&ids)
+        .bind(&silent_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }
 

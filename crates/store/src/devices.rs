@@ -1,7 +1,6 @@
 //! Device supervision: silence is itself an alarm. A device not heard for longer than the
 //! supervision time (by its durable last-seen time, so across nodes and without Redis) raises
-//! exactly one "device offline" technical alarm; its return clears it. A device whose link a
-//! live node holds is heard (see `holds.rs`); a node whose lease lapsed is folded first.
+//! exactly one "device offline" technical alarm; its return clears it.
 
 use std::time::Duration;
 
@@ -38,35 +37,10 @@ impl Store {
             tx.commit().await?;
             return Ok(0);
         }
-        // A node whose lease lapsed (it crashed, or is stuck) is folded: its devices are
-        // released, seen last when the node last renewed, and so fall to the query below. A
-        // node still alive sees its fold count grow and takes its links again.
-        sqlx::query(
-            "WITH lapsed AS (
-                 UPDATE gateway_nodes SET folds = folds + 1
-                 WHERE heard_at < clock_timestamp() - make_interval(secs => $1)
-                   AND EXISTS (SELECT 1 FROM devices d WHERE d.held_by = gateway_nodes.id)
-                 RETURNING id, heard_at)
-             UPDATE devices d
-             SET last_seen_at = greatest(coalesce(d.last_seen_at, '-infinity'), lapsed.heard_at),
-                 held_by = NULL, held_session = NULL
-             FROM lapsed WHERE d.held_by = lapsed.id",
-        )
-        .bind(offline_after.as_secs_f64())
-        .execute(&mut *tx)
-        .await?;
-        // Nodes gone for a day and holding nothing are forgotten.
-        sqlx::query(
-            "DELETE FROM gateway_nodes n
-             WHERE n.heard_at < clock_timestamp() - interval '1 day'
-               AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.held_by = n.id)",
-        )
-        .execute(&mut *tx)
-        .await?;
         let silent = sqlx::query(
             "SELECT d.id, extract(epoch FROM clock_timestamp() - d.last_seen_at)::bigint AS silent_secs
              FROM devices d
-             WHERE d.revoked_at IS NULL AND d.held_by IS NULL
+             WHERE d.revoked_at IS NULL
                AND d.last_seen_at < clock_timestamp() - make_interval(secs => $1)
                AND NOT EXISTS (SELECT 1 FROM alarms a
                                WHERE a.device_id = d.id AND a.kind = 'DEVICE_OFFLINE' AND a.cleared_at IS NULL)

@@ -598,7 +598,7 @@ impl Store {
     async fn relative_row(&self, resident_id: Uuid) -> Result<RelativeRow> {
         let row = sqlx::query(
             "SELECT r.full_name,
-                    (SELECT max(device_last_seen(d.last_seen_at, d.held_by)) FROM devices d
+                    (SELECT max(last_seen_at) FROM devices d
                      WHERE d.resident_id = r.id AND d.revoked_at IS NULL) AS last_seen_at,
                     (SELECT array_agg(id ORDER BY id) FROM devices d
                      WHERE d.resident_id = r.id AND d.revoked_at IS NULL) AS device_ids,

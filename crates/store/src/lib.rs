@@ -10,7 +10,6 @@ mod alarm_batch;
 mod calls;
 mod devices;
 mod family;
-mod holds;
 mod ledger;
 mod network;
 mod observability;
@@ -41,7 +40,6 @@ pub use calls::{
 };
 pub use devices::{DEVICE_BACK, DEVICE_OFFLINE};
 pub use family::{CascadeRow, FamilyAlert, NewContact, RelativeRow, MAX_FAMILY_MESSAGE_CHARS};
-pub use holds::Release;
 pub use ledger::{ChargeSummary, Statement, StatementLine, StatementOf};
 pub use network::{NewProvider, ProviderKind, ProviderRow, ProviderSession, ServiceItemRow};
 pub use observability::ObservedState;

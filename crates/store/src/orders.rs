@@ -1299,7 +1299,7 @@ impl Store {
 async fn queue_callback(tx: &mut Transaction<'_, Postgres>, order: &Locked) -> Result<()> {
     let device: Option<String> = sqlx::query_scalar(
         "SELECT id FROM devices WHERE resident_id = $1 AND revoked_at IS NULL
-         ORDER BY device_last_seen(last_seen_at, held_by) DESC NULLS LAST, id LIMIT 1",
+         ORDER BY last_seen_at DESC NULLS LAST, id LIMIT 1",
     )
     .bind(order.resident_id)
     .fetch_optional(&mut **tx)

@@ -73,7 +73,7 @@ impl Store {
             id: resident_id.to_string(),
         })?;
         let devices = sqlx::query(
-            "SELECT id, device_last_seen(last_seen_at, held_by) AS last_seen_at FROM devices
+            "SELECT id, last_seen_at FROM devices
              WHERE resident_id = $1 AND revoked_at IS NULL ORDER BY id",
         )
         .bind(resident_id)

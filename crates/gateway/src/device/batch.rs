@@ -17,7 +17,6 @@ use carebell_store::{
     AlarmOutcome, Arrival, NewAlarm, OutboxAck, OutboxItem, OutboxRead, Store, StoreError,
 };
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use uuid::Uuid;
 
 type Job<Q, A> = (Q, oneshot::Sender<A>);
 
@@ -140,14 +139,13 @@ pub type DeviceKey = ([u8; 32], Option<[u8; 32]>);
 #[derive(Clone)]
 pub struct SessionBatchers {
     keys: Batcher<String, Result<Option<DeviceKey>, StoreError>>,
-    arrivals: Batcher<(String, i64), Result<Arrival, StoreError>>,
+    arrivals: Batcher<String, Result<Arrival, StoreError>>,
     reads: Batcher<OutboxRead, Result<Vec<OutboxItem>, StoreError>>,
     acks: Batcher<OutboxAck, Result<u64, StoreError>>,
 }
 
 impl SessionBatchers {
-    /// `node`: this process, the holder the arrivals record.
-    pub fn spawn(store: Store, node: Uuid, max_batch: usize, in_flight: usize) -> Self {
+    pub fn spawn(store: Store, max_batch: usize, in_flight: usize) -> Self {
         let keys_store = store.clone();
         let keys = Batcher::spawn(max_batch, in_flight, move |ids: Vec<String>| {
             let store = keys_store.clone();
@@ -162,13 +160,13 @@ impl SessionBatchers {
             }
         });
         let arrivals_store = store.clone();
-        let arrivals = Batcher::spawn(max_batch, in_flight, move |ids: Vec<(String, i64)>| {
+        let arrivals = Batcher::spawn(max_batch, in_flight, move |ids: Vec<String>| {
             let store = arrivals_store.clone();
             async move {
-                match store.devices_arrived(node, &ids).await {
+                match store.devices_arrived(&ids).await {
                     Ok(found) => ids
                         .iter()
-                        .map(|(id, _)| {
+                        .map(|id| {
                             found.get(id).copied().ok_or_else(|| StoreError::NotFound {
                                 what: "device",
                                 id: id.clone(),
@@ -177,10 +175,7 @@ impl SessionBatchers {
                         .collect(),
                     Err(error) => {
                         tracing::warn!(%error, "an arrival batch failed; recording one by one");
-                        one_by_one(&ids, |(id, session)| {
-                            store.device_arrived(node, id, *session)
-                        })
-                        .await
+                        one_by_one(&ids, |id| store.device_arrived(id)).await
                     }
                 }
             }
@@ -226,9 +221,9 @@ impl SessionBatchers {
         self.keys.request(device_id.to_owned()).await
     }
 
-    /// `Store::device_arrived`, batched: `session` of this node now holds the device's link.
-    pub async fn arrived(&self, device_id: &str, session: i64) -> Result<Arrival, StoreError> {
-        self.arrivals.request((device_id.to_owned(), session)).await
+    /// `Store::device_arrived`, batched.
+    pub async fn arrived(&self, device_id: &str) -> Result<Arrival, StoreError> {
+        self.arrivals.request(device_id.to_owned()).await
     }
 
     /// `Store::pending_outbox`, batched.

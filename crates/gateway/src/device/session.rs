@@ -170,12 +170,7 @@ pub(crate) async fn run<T: DeviceTransport>(
     let registration = context.hub.register_device(device_id.as_str());
     // One round trip for what every new session needs (a reconnect storm is one per tablet);
     // the rest only when there is something to do.
-    let arrival = context
-        .sessions
-        .arrived(device_id.as_str(), registration.session())
-        .await;
-    registration.arrived(arrival.is_ok());
-    let resend = match arrival {
+    let resend = match context.sessions.arrived(device_id.as_str()).await {
         Ok(arrival) => {
             if arrival.offline_alarm_open {
                 match Box::pin(context.store.device_back(device_id.as_str())).await {
@@ -207,11 +202,15 @@ pub(crate) async fn run<T: DeviceTransport>(
         .instrument(span.clone())
         .await;
     tracing::info!(parent: &span, reason, "device session ended");
-    // The link is released by the node's next supervision pass, as last heard.
+    // Last seen when last heard, not now: a silently dropped link must not look alive.
+    let silent_for = registration.silent_for();
     drop(registration);
     context
         .presence
         .disconnected(Kind::Device, device_id.as_str());
+    if let Err(error) = Box::pin(context.store.device_seen(device_id.as_str(), silent_for)).await {
+        tracing::warn!(parent: &span, %error, "could not record last-seen");
+    }
 }
 
 /// Reads the next envelope within `deadline`, answering bad frames. `None` ends the connection.
