@@ -43,6 +43,8 @@ struct Bench {
 /// 2 resumed").
 #[derive(Debug, Clone, Copy, Default)]
 struct Progress {
+    /// Tablets connected now.
+    connected: u64,
     /// Links that ended without being asked to (a killed gateway ends every one).
     drops: u64,
     /// TLS handshakes that resumed a session.
@@ -59,6 +61,7 @@ impl Progress {
                 continue;
             };
             match what {
+                "connected" => progress.connected = n,
                 "drops" => progress.drops = n,
                 "resumed" => progress.resumed = n,
                 _ => {}
@@ -137,13 +140,12 @@ impl Bench {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(rest) = line.strip_prefix("fleet: ") {
-                    if let Some(n) = rest.split_whitespace().next().and_then(|n| n.parse().ok()) {
-                        let _ = tx.send(n);
-                    }
+                    let now = Progress::parse(rest);
+                    let _ = tx.send(now.connected);
                     progress
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .insert(net, Progress::parse(rest));
+                        .insert(net, now);
                 }
             }
         });

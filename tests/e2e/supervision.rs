@@ -447,12 +447,10 @@ async fn a_tablet_whose_gateway_process_is_killed_is_reported_offline() {
     // The process dies without a word: no last-seen write at the end of the session. The
     // observer's sweep reports the tablet from the last time the dead process wrote.
     gateway.kill().await.unwrap();
-    let killed = tokio::time::Instant::now();
     wait_until("the offline alarm", Duration::from_secs(15), || async {
         !offline_alarms(&observer.store, &device_id).await.is_empty()
     })
     .await;
-    assert!(killed.elapsed() < Duration::from_secs(15));
     assert_eq!(offline_alarms(&observer.store, &device_id).await.len(), 1);
     // Not before the threshold (2.5 s) from when it was last heard.
     let detail: String = sqlx::query_scalar(
