@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 use carebell_benches::harness::{
     binary, cpu_seconds, env_u64, per_connection, release_dir, rss_bytes, wait_for_port, Setup,
 };
-use carebell_benches::{report, report_goals, Figure, Goal};
+use carebell_benches::{
+    add_buckets, bucket_quantile, histogram_buckets, report, report_goals, Figure, Goal,
+};
+use carebell_tests::{free_port, http_get};
 use firmware_sim::fleet::FleetReport;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -37,6 +40,48 @@ struct Bench {
     tablets: u64,
     /// Each fleet's (by its net) counters, as it last reported them.
     progress: Arc<Mutex<HashMap<u8, Progress>>>,
+    /// Each gateway process's (by its index) metrics port.
+    metrics_ports: Mutex<HashMap<u64, u16>>,
+}
+
+/// The gateways' alarm histograms, added over their processes (`carebell_alarm_*`).
+struct AlarmHistograms {
+    /// From an alarm reaching a process's batcher to its commit.
+    store: Vec<(f64, f64)>,
+    /// Each batch's transaction.
+    transaction: Vec<(f64, f64)>,
+    /// Alarms per batch.
+    batch: Vec<(f64, f64)>,
+}
+
+impl AlarmHistograms {
+    /// Figures for what was observed between `before` and `self`, named with `prefix`.
+    fn figures(&self, before: &Self, prefix: &str) -> Vec<Figure> {
+        let mut figures = Vec::new();
+        for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
+            let seconds = |after: &[(f64, f64)], before: &[(f64, f64)]| {
+                bucket_quantile(before, after, q).map_or(f64::NAN, |s| s * 1000.0)
+            };
+            figures.push(Figure {
+                name: format!(
+                    "{prefix}alarm wait at the gateways (batcher to commit) {label}, bucket bound"
+                ),
+                value: seconds(&self.store, &before.store),
+                unit: "ms",
+            });
+            figures.push(Figure {
+                name: format!("{prefix}alarm batch transaction {label}, bucket bound"),
+                value: seconds(&self.transaction, &before.transaction),
+                unit: "ms",
+            });
+            figures.push(Figure {
+                name: format!("{prefix}alarms per batch {label}, bucket bound"),
+                value: bucket_quantile(&before.batch, &self.batch, q).unwrap_or(f64::NAN),
+                unit: "alarms",
+            });
+        }
+        figures
+    }
 }
 
 /// A fleet's running counters, from its progress line ("fleet: 5 connected, …, 3 drops, …,
@@ -84,7 +129,42 @@ impl Bench {
     }
 
     fn gateway(&self, index: u64, port: u16, heartbeat_ms: u64) -> Child {
-        self.setup.gateway(index, port, 0, heartbeat_ms)
+        let metrics = free_port();
+        self.metrics_ports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(index, metrics.port());
+        self.setup.gateway_with(
+            index,
+            port,
+            0,
+            heartbeat_ms,
+            &[("CAREBELL_LISTEN__METRICS", metrics.to_string())],
+        )
+    }
+
+    /// The gateways' alarm histograms now (a process that does not answer is left out).
+    async fn alarm_histograms(&self) -> AlarmHistograms {
+        let ports: Vec<u16> = self
+            .metrics_ports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .copied()
+            .collect();
+        let (mut store, mut transaction, mut batch) = (Vec::new(), Vec::new(), Vec::new());
+        for port in ports {
+            if let Ok((200, body)) = http_get(&format!("http://127.0.0.1:{port}/metrics")).await {
+                store.push(histogram_buckets(&body, "carebell_alarm_store_seconds"));
+                transaction.push(histogram_buckets(&body, "carebell_alarm_batch_seconds"));
+                batch.push(histogram_buckets(&body, "carebell_alarm_batch_size"));
+            }
+        }
+        AlarmHistograms {
+            store: add_buckets(&store),
+            transaction: add_buckets(&transaction),
+            batch: add_buckets(&batch),
+        }
     }
 
     /// Starts a fleet (through `tablet-fleet launch`); its live "connected" count is sent on the
@@ -194,6 +274,7 @@ async fn main() {
         setup: Setup::new("bench", tablets + alarm_tablets),
         tablets,
         progress: Arc::default(),
+        metrics_ports: Mutex::default(),
     };
     let dir = bench.setup.dir.clone();
     let database_url = bench.setup.database_url.clone();
@@ -446,6 +527,7 @@ async fn main() {
     // 4. Alarm durable-acknowledgement latency at `rate` with the fleet connected, and pgbench
     // single-row inserts in the same run for scale.
     let alarm_window = Duration::from_secs(30);
+    let histograms_before = bench.alarm_histograms().await;
     let (alarm_fleet, _) = bench.fleet(4, port, tablets, alarm_tablets, rate, alarm_window, &[]);
     let pgbench_file = dir.join("insert.sql");
     std::fs::write(
@@ -473,6 +555,13 @@ async fn main() {
         .unwrap_or(f64::NAN);
     let alarms = final_report(alarm_fleet).await;
     details.insert("alarms".into(), json!(alarms));
+    // Where the wait is: the gateways' share (queued for a batch and its transaction).
+    figures.extend(
+        bench
+            .alarm_histograms()
+            .await
+            .figures(&histograms_before, ""),
+    );
     figures.push(Figure {
         name: "alarms sent / acknowledged".into(),
         value: alarms.alarms_acked as f64 / alarms.alarms_sent.max(1) as f64,
@@ -567,6 +656,13 @@ async fn main() {
     });
     let storm_report = final_report(storm_alarms).await;
     details.insert("storm_alarms".into(), json!(storm_report));
+    // The restarted processes' histograms began empty.
+    let empty = AlarmHistograms {
+        store: Vec::new(),
+        transaction: Vec::new(),
+        batch: Vec::new(),
+    };
+    figures.extend(bench.alarm_histograms().await.figures(&empty, "storm: "));
     figures.push(Figure {
         name: "storm: alarm ack p99".into(),
         value: storm_report.alarm_ack_ms_p99.unwrap_or(f64::NAN),

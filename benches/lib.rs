@@ -328,6 +328,13 @@ pub mod harness {
             heartbeat_ms: u64,
             settings: &[(&str, String)],
         ) -> Child {
+            // Each process's warnings go to its own file (appended to by a restart of the same
+            // index), kept after the run by `Drop`.
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join(format!("gateway-{index}.log")))
+                .expect("a gateway log file");
             Command::new(binary("carebell"))
                 .arg("serve")
                 .env("CAREBELL_DATABASE_URL", &self.database_url)
@@ -354,7 +361,7 @@ pub mod harness {
                 .env("RUST_LOG", "warn")
                 .envs(settings.iter().map(|(key, value)| (*key, value.as_str())))
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log)
                 .kill_on_drop(true)
                 .spawn()
                 .expect("start a gateway")
@@ -363,6 +370,19 @@ pub mod harness {
 
     impl Drop for Setup {
         fn drop(&mut self) {
+            // The gateways' logs outlive the run: `target/release/bench-logs/<database>/`.
+            let logs = release_dir().join("bench-logs").join(&self.database);
+            if let Ok(entries) = std::fs::read_dir(&self.dir) {
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    if name.to_string_lossy().ends_with(".log")
+                        && entry.metadata().is_ok_and(|meta| meta.len() > 0)
+                        && std::fs::create_dir_all(&logs).is_ok()
+                    {
+                        let _ = std::fs::copy(entry.path(), logs.join(&name));
+                    }
+                }
+            }
             let _ = std::process::Command::new("psql")
                 .args([
                     &self.admin_url,
@@ -372,5 +392,90 @@ pub mod harness {
                 .output();
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// A histogram's cumulative buckets in a metrics scrape: `(upper bound, count)` in order, the
+/// `+Inf` bucket last; empty when the series is absent.
+pub fn histogram_buckets(scrape: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    scrape
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(&prefix)?;
+            let (bound, rest) = rest.split_once("\"}")?;
+            let bound = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse().ok()?
+            };
+            let count = rest.split_whitespace().next()?.parse().ok()?;
+            Some((bound, count))
+        })
+        .collect()
+}
+
+/// Several processes' histograms (the same buckets) added together.
+pub fn add_buckets(histograms: &[Vec<(f64, f64)>]) -> Vec<(f64, f64)> {
+    let mut sum: Vec<(f64, f64)> = Vec::new();
+    for histogram in histograms {
+        if sum.is_empty() {
+            sum = histogram.clone();
+        } else if histogram.len() == sum.len() {
+            for (total, (_, count)) in sum.iter_mut().zip(histogram) {
+                total.1 += count;
+            }
+        }
+    }
+    sum
+}
+
+/// The upper bound of the bucket holding quantile `q` of what was observed between two readings
+/// of the same cumulative buckets (`None` when nothing was): a histogram's quantile is only as
+/// fine as its buckets.
+pub fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
+    let count = |buckets: &[(f64, f64)], index: usize| buckets.get(index).map_or(0.0, |b| b.1);
+    let total = after.last()?.1 - before.last().map_or(0.0, |b| b.1);
+    if total <= 0.0 {
+        return None;
+    }
+    after
+        .iter()
+        .enumerate()
+        .find(|&(index, &(_, cumulative))| cumulative - count(before, index) >= q * total)
+        .map(|(_, &(bound, _))| bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_histograms_quantiles_come_from_the_difference_between_two_scrapes() {
+        let scrape = |counts: [u32; 3]| {
+            format!(
+                "# TYPE x histogram\nx_sum 1.0\nx_count {}\nx_bucket{{le=\"0.001\"}} {}\nx_bucket{{le=\"0.002\"}} {}\nx_bucket{{le=\"+Inf\"}} {}\nother_bucket{{le=\"0.001\"}} 99\n",
+                counts[2], counts[0], counts[1], counts[2]
+            )
+        };
+        let before = histogram_buckets(&scrape([10, 10, 10]), "x");
+        assert_eq!(
+            before,
+            vec![(0.001, 10.0), (0.002, 10.0), (f64::INFINITY, 10.0)]
+        );
+        // Between the scrapes: 90 observations under 1 ms, 9 under 2 ms, 1 above.
+        let after = histogram_buckets(&scrape([100, 109, 110]), "x");
+        assert_eq!(bucket_quantile(&before, &after, 0.5), Some(0.001));
+        assert_eq!(bucket_quantile(&before, &after, 0.95), Some(0.002));
+        assert_eq!(bucket_quantile(&before, &after, 0.999), Some(f64::INFINITY));
+        assert_eq!(bucket_quantile(&after, &after, 0.5), None);
+        assert!(histogram_buckets(&scrape([1, 1, 1]), "y").is_empty());
+        // Two processes' buckets add up.
+        let both = add_buckets(&[before.clone(), after]);
+        assert_eq!(
+            both,
+            vec![(0.001, 110.0), (0.002, 119.0), (f64::INFINITY, 120.0)]
+        );
+        assert_eq!(bucket_quantile(&[], &before, 0.5), Some(0.001));
     }
 }

@@ -112,6 +112,21 @@ async fn a_scrape_during_a_run_shows_every_listed_series() {
         (Some(1.0), Some(1.0)),
         "{body}"
     );
+    // Its wait was timed once: the whole wait at the node, and its batch's transaction within it.
+    let store_wait = metric_value(&body, "carebell_alarm_store_seconds_sum").unwrap_or(0.0);
+    let transaction = metric_value(&body, "carebell_alarm_batch_seconds_sum").unwrap_or(0.0);
+    assert_eq!(
+        (
+            metric_value(&body, "carebell_alarm_store_seconds_count"),
+            metric_value(&body, "carebell_alarm_batch_seconds_count"),
+        ),
+        (Some(1.0), Some(1.0)),
+        "{body}"
+    );
+    assert!(
+        transaction > 0.0 && store_wait >= transaction,
+        "store wait {store_wait} s, transaction {transaction} s"
+    );
     let queue_waiting = body
         .lines()
         .find(|line| line.starts_with("carebell_queue_waiting{"))

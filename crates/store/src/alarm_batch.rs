@@ -18,7 +18,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::outbox::CallUpdatePayload;
-use crate::{AlarmOutcome, Notification, Result, Store, StoreError, NOTIFY_CHANNEL};
+use crate::{append_events, notify_all, AlarmOutcome, Notification, Result, Store, StoreError};
 
 /// One alarm as a tablet sent it, for [`Store::record_alarms`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,18 +261,7 @@ impl Store {
                 device_id: device_id.clone(),
             },
         ));
-        let payloads = notifications
-            .iter()
-            .map(serde_json::to_string)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|error| {
-                StoreError::Refused(format!("unserializable notification: {error}"))
-            })?;
-        sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
-            .bind(NOTIFY_CHANNEL)
-            .bind(&payloads)
-            .execute(&mut *tx)
-            .await?;
+        notify_all(&mut tx, &notifications).await?;
         tx.commit().await?;
 
         let calls: HashMap<Uuid, Uuid> = raising
@@ -302,17 +291,9 @@ async fn insert_events(
     kind: &str,
     events: &[(Option<Uuid>, String, serde_json::Value)],
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO events (kind, call_id, device_id, detail)
-         SELECT $1, e.call_id, e.device_id, e.detail
-         FROM unnest($2::uuid[], $3::text[], $4::jsonb[]) WITH ORDINALITY AS e(call_id, device_id, detail, n)
-         ORDER BY e.n",
-    )
-    .bind(kind)
-    .bind(events.iter().map(|event| event.0).collect::<Vec<_>>())
-    .bind(events.iter().map(|event| event.1.clone()).collect::<Vec<_>>())
-    .bind(events.iter().map(|event| event.2.clone()).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    let events: Vec<_> = events
+        .iter()
+        .map(|(call, device, detail)| (kind, *call, Some(device.clone()), detail.clone()))
+        .collect();
+    append_events(tx, &events).await
 }

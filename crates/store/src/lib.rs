@@ -269,6 +269,63 @@ pub(crate) async fn append_event(
     Ok(())
 }
 
+/// Appends events in one statement, in order: (kind, call, device, detail) each. What
+/// [`append_event`] does for one, for a batch (no offer or operator).
+pub(crate) async fn append_events(
+    tx: &mut Transaction<'_, Postgres>,
+    events: &[(&str, Option<Uuid>, Option<String>, serde_json::Value)],
+) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO events (kind, call_id, device_id, detail)
+         SELECT e.kind, e.call_id, e.device_id, e.detail
+         FROM unnest($1::text[], $2::uuid[], $3::text[], $4::jsonb[])
+              WITH ORDINALITY AS e(kind, call_id, device_id, detail, n)
+         ORDER BY e.n",
+    )
+    .bind(events.iter().map(|event| event.0).collect::<Vec<_>>())
+    .bind(events.iter().map(|event| event.1).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|event| event.2.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|event| event.3.clone())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// [`notify`] for several notifications, in one statement (PostgreSQL folds repeats within a
+/// transaction into one).
+pub(crate) async fn notify_all(
+    tx: &mut Transaction<'_, Postgres>,
+    notifications: &[Notification],
+) -> Result<()> {
+    if notifications.is_empty() {
+        return Ok(());
+    }
+    let payloads = notifications
+        .iter()
+        .map(serde_json::to_string)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|error| StoreError::Refused(format!("unserializable notification: {error}")))?;
+    sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+        .bind(NOTIFY_CHANNEL)
+        .bind(&payloads)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Queues a notification that PostgreSQL delivers to every listening node after the commit.
 pub(crate) async fn notify(
     tx: &mut Transaction<'_, Postgres>,

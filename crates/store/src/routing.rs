@@ -16,7 +16,9 @@ use uuid::Uuid;
 
 use crate::calls::NewOffer;
 use crate::outbox::{push_outbox, CallUpdatePayload};
-use crate::{append_event, notify, Notification, Result, Store, StoreError};
+use crate::{
+    append_event, append_events, notify, notify_all, Notification, Result, Store, StoreError,
+};
 
 /// The advisory lock every matching round takes: one matcher at a time across all nodes.
 const MATCHING_LOCK: i64 = 0x0ca2_eb11;
@@ -81,6 +83,22 @@ pub(crate) async fn active_rules(tx: &mut Transaction<'_, Postgres>) -> Result<V
 }
 
 /// The seconds from `queued_at` to the item's next deadline.
+/// A supervisor alert about a call: its event and its notification, for a batch.
+fn alert(
+    events: &mut Vec<(&str, Option<Uuid>, Option<String>, serde_json::Value)>,
+    notifications: &mut Vec<Notification>,
+    call_id: Uuid,
+    reason: String,
+) {
+    events.push((
+        "supervisor.alert",
+        Some(call_id),
+        None,
+        json!({ "reason": reason }),
+    ));
+    notifications.push(Notification::SupervisorAlert { call_id, reason });
+}
+
 pub(crate) fn deadline_secs(rules: &ValidRuleSet, queue: &str, waited_secs: u64) -> f64 {
     routing::next_deadline_secs(rules, queue, waited_secs) as f64
 }
@@ -356,6 +374,13 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let n_due = due.len();
+        // Decided here, written in a few set-based statements whatever the number due: during
+        // a flood of unanswered alarms every round finds a hundred due, and one statement per
+        // call each round was the database's largest load after the alarms themselves.
+        let mut overflows: (Vec<Uuid>, Vec<String>, Vec<f64>) = Default::default();
+        let mut waits: (Vec<Uuid>, Vec<f64>) = Default::default();
+        let mut events = Vec::new();
+        let mut notifications = Vec::new();
         for row in due {
             let call_id: Uuid = row.try_get("id")?;
             let queue: String = row.try_get("queue_id")?;
@@ -371,82 +396,65 @@ impl Store {
                 .and_then(|rule| rule.overflow_to.clone())
                 .filter(|_| reached_max_wait);
             if let Some(target) = overflow_to {
-                sqlx::query(
-                    "UPDATE calls SET queue_id = $2, queued_at = clock_timestamp(), overflowed = true,
-                            deadline_at = clock_timestamp() + make_interval(secs => $3)
-                     WHERE id = $1",
-                )
-                .bind(call_id)
-                .bind(&target)
-                .bind(deadline_secs(&rules, &target, 0))
-                .execute(&mut *tx)
-                .await?;
-                append_event(
-                    &mut tx,
+                overflows.0.push(call_id);
+                overflows.2.push(deadline_secs(&rules, &target, 0));
+                events.push((
                     "call.overflowed",
                     Some(call_id),
                     None,
-                    None,
-                    None,
                     json!({ "from": queue, "to": target, "waited_secs": waited_secs }),
-                )
-                .await?;
-                self.alert(
-                    &mut tx,
+                ));
+                alert(
+                    &mut events,
+                    &mut notifications,
                     call_id,
-                    &format!("waited {waited_secs} s in {queue}; overflowed to {target}"),
-                )
-                .await?;
+                    format!("waited {waited_secs} s in {queue}; overflowed to {target}"),
+                );
+                overflows.1.push(target);
             } else {
                 // Past its queue's maximum wait with nowhere to overflow: tell the supervisors,
                 // and again every `REALERT_SECS` while it waits.
                 if reached_max_wait {
-                    self.alert(
-                        &mut tx,
+                    alert(
+                        &mut events,
+                        &mut notifications,
                         call_id,
-                        &format!("waiting {waited_secs} s in {queue}"),
-                    )
-                    .await?;
+                        format!("waiting {waited_secs} s in {queue}"),
+                    );
                 }
-                sqlx::query(
-                    "UPDATE calls SET deadline_at = queued_at + make_interval(secs => $2) WHERE id = $1",
-                )
-                .bind(call_id)
-                .bind(deadline_secs(&rules, &queue, waited_secs))
-                .execute(&mut *tx)
-                .await?;
+                waits.0.push(call_id);
+                waits.1.push(deadline_secs(&rules, &queue, waited_secs));
             }
         }
-        if n_due > 0 || !wrapped_up.is_empty() {
-            notify(&mut tx, &Notification::Dispatch).await?;
+        if !overflows.0.is_empty() {
+            sqlx::query(
+                "UPDATE calls c SET queue_id = u.target, queued_at = clock_timestamp(), overflowed = true,
+                        deadline_at = clock_timestamp() + make_interval(secs => u.deadline)
+                 FROM unnest($1::uuid[], $2::text[], $3::float8[]) AS u(id, target, deadline)
+                 WHERE c.id = u.id",
+            )
+            .bind(&overflows.0)
+            .bind(&overflows.1)
+            .bind(&overflows.2)
+            .execute(&mut *tx)
+            .await?;
         }
+        if !waits.0.is_empty() {
+            sqlx::query(
+                "UPDATE calls c SET deadline_at = c.queued_at + make_interval(secs => u.secs)
+                 FROM unnest($1::uuid[], $2::float8[]) AS u(id, secs) WHERE c.id = u.id",
+            )
+            .bind(&waits.0)
+            .bind(&waits.1)
+            .execute(&mut *tx)
+            .await?;
+        }
+        append_events(&mut tx, &events).await?;
+        if n_due > 0 || !wrapped_up.is_empty() {
+            notifications.push(Notification::Dispatch);
+        }
+        notify_all(&mut tx, &notifications).await?;
         tx.commit().await?;
         Ok(n_due)
-    }
-
-    async fn alert(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        call_id: Uuid,
-        reason: &str,
-    ) -> Result<()> {
-        append_event(
-            tx,
-            "supervisor.alert",
-            Some(call_id),
-            None,
-            None,
-            None,
-            json!({ "reason": reason }),
-        )
-        .await?;
-        notify(
-            tx,
-            &Notification::SupervisorAlert {
-                call_id,
-                reason: reason.to_owned(),
-            },
-        )
-        .await
     }
 }

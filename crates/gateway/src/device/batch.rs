@@ -114,10 +114,14 @@ impl AlarmBatcher {
             move |alarms: Vec<NewAlarm>| {
                 let store = store.clone();
                 async move {
-                    carebell_metrics::metrics()
-                        .alarm_batch_size
-                        .observe(alarms.len() as f64);
-                    store.record_alarms(&alarms).await
+                    let metrics = carebell_metrics::metrics();
+                    metrics.alarm_batch_size.observe(alarms.len() as f64);
+                    let started = std::time::Instant::now();
+                    let answers = store.record_alarms(&alarms).await;
+                    metrics
+                        .alarm_batch_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    answers
                 }
             },
         ))
@@ -125,7 +129,12 @@ impl AlarmBatcher {
 
     /// Stores one alarm, as `Store::record_alarm` does, once its batch has committed.
     pub async fn record(&self, alarm: NewAlarm) -> Result<AlarmOutcome, StoreError> {
-        self.0.request(alarm).await
+        let started = std::time::Instant::now();
+        let answer = self.0.request(alarm).await;
+        carebell_metrics::metrics()
+            .alarm_store_seconds
+            .observe(started.elapsed().as_secs_f64());
+        answer
     }
 }
 
