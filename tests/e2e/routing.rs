@@ -1,8 +1,10 @@
 //! The dispatch engine end to end: skills and widening steps, ring-all, auto-pause, call-backs,
 //! decline, transfers, supervisors' views, and bad input.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
+use carebell_domain::CallKind as CallKindDomain;
 use carebell_proto::console::v1::console_event::Event;
 use carebell_proto::console::v1::{CallKind, Disposition, OperatorStatus};
 use carebell_proto::device::v1::CallState;
@@ -772,4 +774,127 @@ async fn a_supervisor_reclaims_a_call_whose_operator_is_gone() {
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
     tablet.close().await;
+}
+
+#[tokio::test]
+async fn one_sweep_acts_on_many_due_items_each_as_its_rule_says() {
+    use carebell_store::{Heard, NewAlarm, Notification};
+    let store = carebell_tests::fresh_store().await;
+    // Emergencies overflow after 1 s; technical items have nowhere to go and are re-alerted.
+    let rules = FAST_RULES
+        .replace(
+            "id = \"emergency\"\nkinds = [\"emergency\"]\nring_all = true\n",
+            "id = \"emergency\"\nkinds = [\"emergency\"]\nring_all = true\nmax_wait_secs = 1\noverflow_to = \"escalated\"\n",
+        )
+        .replace(
+            "id = \"technical\"\nkinds = [\"technical\"]\n",
+            "id = \"technical\"\nkinds = [\"technical\"]\nmax_wait_secs = 1\n",
+        )
+        + "\n[[queues]]\nid = \"escalated\"\nsteps = [{ after_secs = 0 }]\n";
+    assert!(rules.matches("max_wait_secs = 1").count() == 2);
+    store.load_routing_rules(&rules, "test").await.unwrap();
+    let devices = carebell_tests::register_tablets(&store, "sweep", "tab-sweep", 6).await;
+    let alarms: Vec<NewAlarm> = devices
+        .iter()
+        .enumerate()
+        .map(|(index, device)| NewAlarm {
+            device_id: device.clone(),
+            alarm_id: format!("a{index}"),
+            kind: if index % 2 == 0 {
+                "ALARM_KIND_SOS"
+            } else {
+                "ALARM_KIND_LOW_BATTERY"
+            }
+            .to_owned(),
+            raised_at: None,
+            detail: String::new(),
+            raise: Some(if index % 2 == 0 {
+                CallKindDomain::Emergency
+            } else {
+                CallKindDomain::Technical
+            }),
+        })
+        .collect();
+    let calls: Vec<Uuid> = store
+        .record_alarms(&alarms)
+        .await
+        .into_iter()
+        .map(|outcome| outcome.unwrap().call_id.unwrap())
+        .collect();
+    // Nothing is due yet.
+    assert_eq!(store.sweep_deadlines(100).await.unwrap(), 0);
+    // All six have waited 5 s and are due.
+    sqlx::query(
+        "UPDATE calls SET queued_at = clock_timestamp() - interval '5 seconds',
+                          deadline_at = clock_timestamp() - interval '1 second'",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let mut listener = store.listen().await.unwrap();
+    // A limit below the number due: the rest wait for the next sweep.
+    assert_eq!(store.sweep_deadlines(4).await.unwrap(), 4);
+    assert_eq!(store.sweep_deadlines(100).await.unwrap(), 2);
+    assert_eq!(store.sweep_deadlines(100).await.unwrap(), 0);
+
+    let mut alerted = BTreeSet::new();
+    while let Ok(Ok(Heard::Notification(notification))) =
+        tokio::time::timeout(Duration::from_millis(500), listener.recv()).await
+    {
+        if let Notification::SupervisorAlert { call_id, .. } = notification {
+            alerted.insert(call_id);
+        }
+    }
+    assert_eq!(alerted, calls.iter().copied().collect::<BTreeSet<_>>());
+    for (index, call) in calls.iter().enumerate() {
+        let (queue, overflowed, deadline_ahead): (String, bool, bool) = sqlx::query_as(
+            "SELECT queue_id, overflowed, deadline_at > clock_timestamp() FROM calls WHERE id = $1",
+        )
+        .bind(call)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        let events: Vec<(String, serde_json::Value)> = store
+            .call_events(*call)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|event| event.kind == "call.overflowed" || event.kind == "supervisor.alert")
+            .map(|event| (event.kind, event.detail))
+            .collect();
+        assert!(deadline_ahead, "call {index}: its next deadline is set");
+        if index % 2 == 0 {
+            assert_eq!(
+                (queue.as_str(), overflowed),
+                ("escalated", true),
+                "call {index}"
+            );
+            assert_eq!(events.len(), 2, "call {index}: {events:?}");
+            assert_eq!(events[0].0, "call.overflowed");
+            assert_eq!(events[0].1["from"], "emergency");
+            assert_eq!(events[0].1["to"], "escalated");
+            assert_eq!(events[1].0, "supervisor.alert");
+            assert!(
+                events[1].1["reason"]
+                    .as_str()
+                    .is_some_and(|reason| reason.ends_with("overflowed to escalated")),
+                "{events:?}"
+            );
+        } else {
+            assert_eq!(
+                (queue.as_str(), overflowed),
+                ("technical", false),
+                "call {index}"
+            );
+            assert_eq!(events.len(), 1, "call {index}: {events:?}");
+            assert_eq!(events[0].0, "supervisor.alert");
+            assert!(
+                events[0].1["reason"]
+                    .as_str()
+                    .is_some_and(|reason| reason.starts_with("waiting 5 s in technical")
+                        || reason.starts_with("waiting 6 s in technical")),
+                "{events:?}"
+            );
+        }
+    }
 }

@@ -150,10 +150,12 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let rules = crate::routing::active_rules(&mut tx).await?;
         let step_secs = f64::from(rules.rules().cascade_step_secs);
+        // `now()`, stable, so that `calls_cascade_due` is bounded by it (`clock_timestamp()`
+        // would be a filter over every waiting emergency).
         let due = sqlx::query(
             "SELECT id FROM calls
              WHERE kind = 'emergency' AND state IN ('queued', 'offered') AND cascade_started_at IS NULL
-               AND created_at <= clock_timestamp() - make_interval(secs => $1)
+               AND created_at <= now() - make_interval(secs => $1)
              LIMIT 100
              FOR UPDATE SKIP LOCKED",
         )
@@ -188,7 +190,7 @@ impl Store {
             "SELECT k.id FROM calls k JOIN alarms a ON a.call_id = k.id
              WHERE a.kind = 'DEVICE_OFFLINE' AND a.cleared_at IS NULL AND k.cascade_started_at IS NULL
                AND k.state IN ('queued', 'offered', 'answered')
-               AND a.received_at <= clock_timestamp() - make_interval(secs => $1)
+               AND a.received_at <= now() - make_interval(secs => $1)
              LIMIT 100
              FOR UPDATE OF k SKIP LOCKED",
         )
@@ -202,7 +204,7 @@ impl Store {
         // Ordered contacts who did not acknowledge in time: the next one is asked.
         let lapsed = sqlx::query(
             "SELECT n.id, n.call_id FROM family_notifications n JOIN calls c ON c.id = n.call_id
-             WHERE n.state = 'sent' AND NOT n.parallel AND n.deadline_at <= clock_timestamp()
+             WHERE n.state = 'sent' AND NOT n.parallel AND n.deadline_at <= now()
                AND c.state IN ('queued', 'offered', 'answered')
              ORDER BY n.deadline_at
              LIMIT 100

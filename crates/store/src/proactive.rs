@@ -347,7 +347,7 @@ impl Store {
             "SELECT id, resident_id, kind, title, rule, starts_local, time_zone, wait_seconds,
                     next_due_at
              FROM schedules
-             WHERE active AND next_due_at IS NOT NULL AND next_due_at <= clock_timestamp()
+             WHERE active AND next_due_at IS NOT NULL AND next_due_at <= now()
              ORDER BY next_due_at LIMIT 1 FOR UPDATE SKIP LOCKED",
         )
         .fetch_optional(&mut *tx)
@@ -449,7 +449,7 @@ impl Store {
             "SELECT o.id, o.state, o.attempts, o.due_at, s.id AS schedule_id, s.resident_id,
                     s.kind, s.title, s.wait_seconds
              FROM schedule_occurrences o JOIN schedules s ON s.id = o.schedule_id
-             WHERE o.next_step_at IS NOT NULL AND o.next_step_at <= clock_timestamp()
+             WHERE o.next_step_at IS NOT NULL AND o.next_step_at <= now()
              ORDER BY o.next_step_at LIMIT 1 FOR UPDATE OF o SKIP LOCKED",
         )
         .fetch_optional(&mut *tx)

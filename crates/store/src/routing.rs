@@ -361,11 +361,14 @@ impl Store {
             )
             .await?;
         }
+        // `now()` (this transaction's start) rather than `clock_timestamp()`: a stable value
+        // bounds the deadline index, a volatile one is a filter over every waiting call. A
+        // deadline that falls during this transaction waits for the next round.
         let due = sqlx::query(
             "SELECT id, queue_id, overflowed,
                     extract(epoch FROM clock_timestamp() - queued_at)::bigint AS waited_secs
              FROM calls
-             WHERE state IN ('queued', 'offered') AND deadline_at <= clock_timestamp()
+             WHERE state IN ('queued', 'offered') AND deadline_at <= now()
              ORDER BY deadline_at
              LIMIT $1
              FOR UPDATE SKIP LOCKED",

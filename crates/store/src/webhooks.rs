@@ -42,7 +42,7 @@ impl Store {
             "UPDATE webhook_deliveries SET next_attempt_at = clock_timestamp() + make_interval(secs => $2),
                     claim_token = gen_random_uuid()
              WHERE id IN (SELECT id FROM webhook_deliveries
-                          WHERE state = 'pending' AND next_attempt_at <= clock_timestamp()
+                          WHERE state = 'pending' AND next_attempt_at <= now()
                           ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
              RETURNING id, claim_token, body, attempts, last_error, created_at",
         )
