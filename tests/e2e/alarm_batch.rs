@@ -576,3 +576,28 @@ async fn outbox_reads_and_acknowledgements_batched_answer_as_one_by_one() {
     .unwrap();
     assert_eq!(left, 0);
 }
+
+#[tokio::test]
+async fn arrival_and_last_seen_batches_over_the_same_devices_never_deadlock() {
+    let store = fresh_store().await;
+    let mut devices = carebell_tests::register_tablets(&store, "locks", "tab-locks", 300).await;
+    for round in 0..30 {
+        // Each batch names the devices in its own order, as sessions happen to queue them.
+        let arriving = devices.clone();
+        devices.reverse();
+        let silences: Vec<(String, Duration)> = devices
+            .iter()
+            .map(|device| (device.clone(), Duration::from_millis(round)))
+            .collect();
+        let mut shuffled = silences.clone();
+        shuffled.rotate_left(137);
+        let (arrived, seen, seen_again) = tokio::join!(
+            store.devices_arrived(&arriving),
+            store.devices_seen(&silences),
+            store.devices_seen(&shuffled),
+        );
+        assert_eq!(arrived.expect("the arrivals are recorded").len(), 300);
+        seen.expect("the last-seen times are recorded");
+        seen_again.expect("the last-seen times are recorded");
+    }
+}

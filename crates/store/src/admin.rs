@@ -198,6 +198,11 @@ impl Store {
 
     /// [`Store::device_arrived`] for many devices in one statement (repeats allowed); a device
     /// that does not exist is left out of the answer.
+    ///
+    /// This and [`Store::devices_seen`] lock their rows in device id order. Two batches that
+    /// share devices then queue behind each other instead of deadlocking: under a thousand
+    /// alarms a second an arrival batch and a last-seen batch, each locking in its own order,
+    /// deadlocked, and each deadlock held both for the second PostgreSQL takes to notice.
     pub async fn devices_arrived(
         &self,
         device_ids: &[String],
@@ -207,7 +212,9 @@ impl Store {
              seen AS (
                  UPDATE devices d SET last_seen_at = greatest(coalesce(d.last_seen_at, '-infinity'),
                                                               clock_timestamp())
-                 FROM ids WHERE d.id = ids.id RETURNING d.id)
+                 FROM (SELECT l.id FROM devices l JOIN ids ON ids.id = l.id
+                       ORDER BY l.id FOR NO KEY UPDATE OF l) AS ordered
+                 WHERE d.id = ordered.id RETURNING d.id)
              SELECT seen.id,
                     EXISTS (SELECT 1 FROM alarms a WHERE a.device_id = seen.id
                             AND a.kind = 'DEVICE_OFFLINE' AND a.cleared_at IS NULL) AS offline,
@@ -243,7 +250,9 @@ impl Store {
             "UPDATE devices d
              SET last_seen_at = greatest(coalesce(d.last_seen_at, '-infinity'),
                                          clock_timestamp() - make_interval(secs => v.silent_ms / 1000.0))
-             FROM unnest($1::text[], $2::bigint[]) AS v(id, silent_ms)
+             FROM (SELECT l.id, v.silent_ms
+                   FROM devices l JOIN unnest($1::text[], $2::bigint[]) AS v(id, silent_ms) ON v.id = l.id
+                   ORDER BY l.id FOR NO KEY UPDATE OF l) AS v
              WHERE d.id = v.id",
         )
         .bind(&ids)
