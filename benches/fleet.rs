@@ -2,7 +2,9 @@
 //! port, measured beside a floor program (bare tokio-tungstenite + rustls) and `nats-server`'s
 //! WebSocket listener holding the same number of connections, in one run. Prints JSON and a
 //! markdown table, writes `target/bench-fleet.json` (with the samples the plots are drawn from);
-//! never fails a build because the machine was slow.
+//! never fails a build because the machine was slow. The gateways' share of the alarm wait comes
+//! from their own histograms (`carebell_alarm_store_seconds`, `carebell_alarm_batch_seconds`),
+//! and their logs are kept in `target/release/bench-logs/`.
 //!
 //! ```text
 //! cargo build --release --bins
@@ -497,6 +499,10 @@ async fn main() {
 
     // 4a. Where the knee is: alarm latency at lower rates first (a backlog from the full rate
     // would spoil them), then a pause for the database to settle.
+    // The alarm fleets connect first and raise alarms only once connected: the figures are
+    // alarms from connected tablets, not from the alarm fleet's own ramp of handshakes.
+    let warm_up = Duration::from_secs(5);
+    let after_warm_up = ["--alarms-after", "5s"];
     let mut sweep = Vec::new();
     for lower in [100.0, 300.0] {
         let (fleet, _) = bench.fleet(
@@ -505,8 +511,8 @@ async fn main() {
             tablets,
             alarm_tablets,
             lower,
-            Duration::from_secs(20),
-            &[],
+            Duration::from_secs(20) + warm_up,
+            &after_warm_up,
         );
         let report = final_report(fleet).await;
         figures.push(Figure {
@@ -528,7 +534,15 @@ async fn main() {
     // single-row inserts in the same run for scale.
     let alarm_window = Duration::from_secs(30);
     let histograms_before = bench.alarm_histograms().await;
-    let (alarm_fleet, _) = bench.fleet(4, port, tablets, alarm_tablets, rate, alarm_window, &[]);
+    let (alarm_fleet, _) = bench.fleet(
+        4,
+        port,
+        tablets,
+        alarm_tablets,
+        rate,
+        alarm_window + warm_up,
+        &after_warm_up,
+    );
     let pgbench_file = dir.join("insert.sql");
     std::fs::write(
         &pgbench_file,
@@ -594,7 +608,8 @@ async fn main() {
     });
 
     // 5. Hold, then a reconnect storm: every gateway killed and restarted.
-    tokio::time::sleep(hold.saturating_sub(alarm_window + Duration::from_secs(78))).await;
+    tokio::time::sleep(hold.saturating_sub(alarm_window + warm_up * 3 + Duration::from_secs(78)))
+        .await;
     let still = *connected.borrow();
     figures.push(Figure {
         name: "connections still held after the hold".into(),

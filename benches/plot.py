@@ -40,8 +40,16 @@ fig.savefig(out / "memory-vs-connections.png", dpi=120)
 
 fig, ax = plt.subplots(figsize=(7, 4.5))
 labels = ["p50", "p99", "p99.9", "max"]
-for key, label in [("alarms", "steady, fleet connected"), ("storm_alarms", "during the reconnect storm")]:
-    report = details.get(key)
+asked = data.get("figures", {}).get("alarm rate asked", {}).get("value")
+reports = [
+    (entry.get("report"), f"{entry.get('rate'):.0f}/s, fleet connected")
+    for entry in details.get("rate_sweep") or []
+]
+reports += [
+    (details.get("alarms"), f"{asked:.0f}/s, fleet connected" if asked else "fleet connected"),
+    (details.get("storm_alarms"), "during the reconnect storm"),
+]
+for report, label in reports:
     if report:
         values = [report.get(f"alarm_ack_ms_{q}") or 0 for q in ["p50", "p99", "p999", "max"]]
         ax.plot(labels, values, marker="o", label=label)

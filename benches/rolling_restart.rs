@@ -107,6 +107,7 @@ async fn main() {
         raw: false,
         brief_mix: false,
         heartbeat: None,
+        alarms_after: Duration::ZERO,
     };
     let running = tokio::spawn(run_fleet(fleet, Arc::clone(&stats)));
     let started = Instant::now();

@@ -75,6 +75,9 @@ pub struct FleetConfig {
     /// Heartbeat this often instead of at the interval the server asks for (the heartbeat
     /// benchmark loads one gateway process beyond what its file limit allows at 1 s).
     pub heartbeat: Option<Duration>,
+    /// No alarm before this long after the fleet starts, so that the measured alarms come
+    /// from a fleet that has finished connecting rather than from its own ramp.
+    pub alarms_after: Duration,
 }
 
 fn next(
@@ -220,6 +223,8 @@ struct Shared {
     server_name: rustls::pki_types::ServerName<'static>,
     stats: Arc<FleetStats>,
     deadline: Instant,
+    /// The first alarm's earliest time (`FleetConfig::alarms_after`).
+    alarms_from: Instant,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,6 +285,7 @@ pub async fn run_fleet(
         server_name,
         stats: Arc::clone(&stats),
         deadline: Instant::now() + config.run_for,
+        alarms_from: Instant::now() + config.alarms_after,
         config,
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -509,7 +515,8 @@ async fn session(
             return shared.deadline + Duration::from_secs(3600);
         }
         let uniform: f64 = rand::thread_rng().gen_range(f64::EPSILON..1.0);
-        Instant::now() + Duration::from_secs_f64((-uniform.ln() / rate).min(86_400.0))
+        Instant::now().max(shared.alarms_from)
+            + Duration::from_secs_f64((-uniform.ln() / rate).min(86_400.0))
     };
     let mut alarm_at = next_alarm(config.alarm_rate_per_tablet);
     let mut seq: u64 = 2;

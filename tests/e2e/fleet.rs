@@ -1,6 +1,6 @@
 //! Small versions of the benchmarks' scenarios, to keep the harnesses working: a fleet holds
 //! its links and has every alarm acknowledged and stored once; the floor program holds raw
-//! links; a fleet comes back after its gateway is replaced, resuming its TLS sessions when the
+//! links; a fleet told to wait before its alarms raises none before then; a fleet comes back after its gateway is replaced, resuming its TLS sessions when the
 //! gateways share a ticket key; calls at a steady rate are each
 //! taken once and a rung-out offer is made again (`benches/dispatch.rs`); tablets over gRPC hold
 //! their links (`benches/grpc_memory.rs`). Counts and correctness only, never timings (those
@@ -42,6 +42,7 @@ fn config(node: &TestNode, server: SocketAddr, count: u64, alarms_per_second: f6
         raw: false,
         brief_mix: false,
         heartbeat: None,
+        alarms_after: Duration::ZERO,
     }
 }
 
@@ -61,6 +62,33 @@ async fn provision(node: &TestNode, count: u64) {
     );
     // Registering again adds nothing.
     assert_eq!(node.store.add_fleet(station, &devices).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_told_to_wait_raises_no_alarm_before_then_and_holds_its_links() {
+    let node = TestNode::start(fleet_node()).await;
+    provision(&node, 10).await;
+    let stats = Arc::new(FleetStats::default());
+    // Ten alarms a second asked, none allowed before the run is over.
+    let report = run_fleet(
+        FleetConfig {
+            run_for: Duration::from_secs(3),
+            alarms_after: Duration::from_secs(60),
+            ..config(&node, node.websocket_addr(), 10, 10.0)
+        },
+        Arc::clone(&stats),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.connects, 10, "{report:?}");
+    assert_eq!((report.failures, report.drops), (0, 0), "{report:?}");
+    assert_eq!(report.alarms_sent, 0, "{report:?}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM alarms")
+        .fetch_one(node.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

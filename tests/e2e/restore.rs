@@ -158,6 +158,7 @@ fn fleet_config(node: &TestNode) -> FleetConfig {
         raw: false,
         brief_mix: false,
         heartbeat: None,
+        alarms_after: Duration::ZERO,
     }
 }
 

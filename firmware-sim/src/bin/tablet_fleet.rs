@@ -85,6 +85,10 @@ struct CommonArgs {
     /// Heartbeat this often instead of at the interval the server asks for (at least 100ms).
     #[arg(long, value_parser = parse_heartbeat)]
     heartbeat: Option<Duration>,
+    /// No alarm before this long after the start, so that the measured alarms come from a
+    /// fleet that has finished connecting.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    alarms_after: Duration,
 }
 
 fn parse_heartbeat(text: &str) -> Result<Duration, String> {
@@ -168,6 +172,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         raw: common.raw,
         brief_mix: common.brief_mix,
         heartbeat: common.heartbeat,
+        alarms_after: common.alarms_after,
     };
     if args.exit_with_parent {
         let parent = std::os::unix::process::parent_id();
@@ -258,6 +263,9 @@ async fn launch(
         if let Some(ca) = &common.ca {
             command.arg("--ca").arg(ca);
         }
+        command
+            .arg("--alarms-after")
+            .arg(humantime::format_duration(common.alarms_after).to_string());
         if let Some(every) = common.heartbeat {
             command
                 .arg("--heartbeat")
@@ -340,5 +348,30 @@ mod tests {
         let parsed =
             Cli::try_parse_from(["tablet-fleet", "run", "--count", "1", "--heartbeat", "5ms"]);
         assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn alarms_after_takes_a_duration_and_refuses_anything_else() {
+        let parsed = Cli::try_parse_from([
+            "tablet-fleet",
+            "run",
+            "--count",
+            "1",
+            "--alarms-after",
+            "5s",
+        ]);
+        assert!(parsed.is_ok());
+        let parsed = Cli::try_parse_from([
+            "tablet-fleet",
+            "run",
+            "--count",
+            "1",
+            "--alarms-after",
+            "soon",
+        ]);
+        let error = parsed
+            .expect_err("an unreadable duration is refused")
+            .to_string();
+        assert!(error.contains("--alarms-after"), "{error}");
     }
 }
