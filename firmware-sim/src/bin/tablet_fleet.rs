@@ -352,24 +352,18 @@ mod tests {
 
     #[test]
     fn alarms_after_takes_a_duration_and_refuses_anything_else() {
-        let parsed = Cli::try_parse_from([
-            "tablet-fleet",
-            "run",
-            "--count",
-            "1",
-            "--alarms-after",
-            "5s",
-        ]);
-        assert!(parsed.is_ok());
-        let parsed = Cli::try_parse_from([
-            "tablet-fleet",
-            "run",
-            "--count",
-            "1",
-            "--alarms-after",
-            "soon",
-        ]);
-        let error = parsed
+        let parse = |after: &str| {
+            Cli::try_parse_from([
+                "tablet-fleet",
+                "run",
+                "--count",
+                "1",
+                "--alarms-after",
+                after,
+            ])
+        };
+        assert!(parse("5s").is_ok());
+        let error = parse("soon")
             .expect_err("an unreadable duration is refused")
             .to_string();
         assert!(error.contains("--alarms-after"), "{error}");
