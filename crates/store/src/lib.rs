@@ -331,14 +331,7 @@ pub(crate) async fn notify(
     tx: &mut Transaction<'_, Postgres>,
     notification: &Notification,
 ) -> Result<()> {
-    let payload = serde_json::to_string(notification)
-        .map_err(|error| StoreError::Refused(format!("unserializable notification: {error}")))?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(NOTIFY_CHANNEL)
-        .bind(payload)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    notify_all(tx, std::slice::from_ref(notification)).await
 }
 
 /// A subscription to [`NOTIFY_CHANNEL`] on its own connection.
