@@ -9,19 +9,24 @@ use std::time::Duration;
 use carebell_domain::CallKind;
 use carebell_gateway::AlarmBatcher;
 use carebell_store::{
-    AlarmOutcome, Heard, NewAlarm, Notification, OutboxAck, OutboxRead, Store, StoreError,
+    AlarmOutcome, Heard, NewAlarm, Notification, OutboxAck, OutboxRead, Source, Store, StoreError,
 };
 use carebell_tests::{fresh_store, metric_value};
-use chrono::{TimeZone, Utc};
+use chrono::{Days, TimeZone, Utc};
 
 const DEVICES: usize = 4;
 
+/// Two stations, each with half the tablets (even and odd), so that one batch's statistics fall
+/// to both.
 async fn district(store: &Store) {
-    let station = store.add_station("batch").await.unwrap();
+    let stations = [
+        store.add_station("batch").await.unwrap(),
+        store.add_station("batch-odd").await.unwrap(),
+    ];
     for index in 0..DEVICES {
         let resident = store
             .add_resident(&carebell_store::NewResident {
-                station_id: station,
+                station_id: stations[index % 2],
                 full_name: format!("resident {index}"),
                 dialect: if index % 2 == 0 {
                     "cantonese"
@@ -118,12 +123,23 @@ async fn snapshot(store: &Store) -> Vec<String> {
         )
         .await,
     );
-    // The live statistics the events' triggers keep.
+    // The live statistics the events' triggers keep, overall and per station.
     rows.extend(
         lines(
             store,
             "live",
             "SELECT sum(offered)::bigint AS offered FROM stats_live",
+        )
+        .await,
+    );
+    rows.extend(
+        lines(
+            store,
+            "station",
+            "SELECT s.name, sum(d.emergencies)::bigint AS emergencies,
+                    sum(d.calls_offered)::bigint AS offered
+             FROM station_day_stats d JOIN stations s ON s.id = d.station_id
+             GROUP BY s.name ORDER BY s.name",
         )
         .await,
     );
@@ -334,6 +350,31 @@ async fn concurrent_alarms_through_the_batcher_are_stored_once_each_and_together
     assert!(
         transactions < 200,
         "{transactions} transactions for 200 alarms"
+    );
+    // The statistics, kept once per statement for batches that span both stations, equal a
+    // recomputation from the event log: 100 emergencies for each station.
+    assert_eq!(
+        store.live_statistics().await.unwrap(),
+        store.recompute_statistics(None, None).await.unwrap()
+    );
+    let today = Utc::now().date_naive();
+    let (from, to) = (today - Days::new(1), today + Days::new(2));
+    let live = store
+        .service_report(from, to, None, Source::Live)
+        .await
+        .unwrap();
+    assert_eq!(
+        live,
+        store
+            .service_report(from, to, None, Source::Recomputed)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        live.iter()
+            .map(|station| (station.station_name.as_str(), station.emergencies))
+            .collect::<Vec<_>>(),
+        [("batch", 100), ("batch-odd", 100)]
     );
 
     // They went in together: fewer transactions than alarms (400 answered in all).
@@ -600,4 +641,131 @@ async fn arrival_and_last_seen_batches_over_the_same_devices_never_deadlock() {
         seen.expect("the last-seen times are recorded");
         seen_again.expect("the last-seen times are recorded");
     }
+}
+
+/// Rules that put emergencies in a queue the built-in rules do not have.
+const URGENT_RULES: &str = r#"
+skills = []
+wrap_up_secs = 0
+max_consecutive_misses = 2
+
+[[queues]]
+id = "urgent"
+kinds = ["emergency"]
+steps = [{ after_secs = 0 }]
+
+[[queues]]
+id = "everything-else"
+kinds = ["technical", "call", "callback"]
+steps = [{ after_secs = 0 }]
+"#;
+
+#[tokio::test]
+async fn a_batch_routes_by_the_rules_in_force_even_when_they_changed_since_the_last_batch() {
+    let store = fresh_store().await;
+    district(&store).await;
+    let queues = |prefix: &'static str| {
+        let store = store.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT c.queue_id FROM alarms a JOIN calls c ON c.id = a.call_id
+                 WHERE a.alarm_id LIKE $1 || '%' ORDER BY a.alarm_id",
+            )
+            .bind(prefix)
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+        }
+    };
+    let batch = |prefix: &'static str| {
+        (0..DEVICES)
+            .map(|device| {
+                alarm(
+                    device,
+                    &format!("{prefix}{device}"),
+                    "SOS",
+                    "",
+                    Some(CallKind::Emergency),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    // The first batch reads the built-in rules (and this process keeps them).
+    for result in store.record_alarms(&batch("before-")).await {
+        assert!(result.unwrap().created);
+    }
+    let built_in = store.routing_rules().await.unwrap();
+    let before = queues("before-").await;
+    assert_eq!(before.len(), DEVICES);
+    assert!(before
+        .iter()
+        .all(|queue| *queue == built_in.queue_for(CallKind::Emergency).id));
+
+    // New rules loaded elsewhere (another node, the CLI): the next batch must not route by the
+    // rules this process kept.
+    store
+        .load_routing_rules(URGENT_RULES, "test")
+        .await
+        .unwrap();
+    let results = store.record_alarms(&batch("after-")).await;
+    for result in &results {
+        assert!(result.as_ref().unwrap().created);
+    }
+    assert_eq!(queues("after-").await, vec!["urgent"; DEVICES]);
+    // It went in as one batch, still (one transaction for its four alarms).
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT xmin::text) FROM alarms WHERE alarm_id LIKE 'after-%'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(transactions, 1);
+}
+
+#[tokio::test]
+async fn a_batch_whose_item_already_exists_fails_as_a_whole_and_every_alarm_is_stored_one_by_one() {
+    let batched = fresh_store().await;
+    let single = fresh_store().await;
+    for store in [&batched, &single] {
+        district(store).await;
+        // An item already holds the request id alarm "taken" would give its call (written by
+        // hand: no path of the hotline makes one).
+        sqlx::query(
+            "INSERT INTO calls (id, device_id, resident_id, request_id, kind, priority, state,
+                                queue_id, deadline_at)
+             SELECT gen_random_uuid(), d.id, d.resident_id, 'alarm:taken', 'emergency', 10,
+                    'ended', 'emergency', now()
+             FROM devices d WHERE d.id = 'tab-batch-0'",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+    }
+    let alarms = vec![
+        alarm(1, "ordinary", "SOS", "", Some(CallKind::Emergency)),
+        alarm(0, "taken", "SOS", "", Some(CallKind::Emergency)),
+        alarm(2, "note", "UNSPECIFIED", "", None),
+    ];
+    let batch_results = batched.record_alarms(&alarms).await;
+    let mut single_results = Vec::new();
+    for alarm in &alarms {
+        single_results.push(single.record_new_alarm(alarm).await);
+    }
+    assert_eq!(
+        batch_results.iter().map(shape).collect::<Vec<_>>(),
+        single_results.iter().map(shape).collect::<Vec<_>>()
+    );
+    // Nothing was lost: every alarm is stored, exactly as the one-by-one path stores it.
+    assert_eq!(snapshot(&batched).await, snapshot(&single).await);
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM alarms")
+        .fetch_one(batched.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, 3);
+    // They went in one by one: the failed statement left nothing behind.
+    let transactions: i64 = sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM alarms")
+        .fetch_one(batched.pool())
+        .await
+        .unwrap();
+    assert_eq!(transactions, 3);
 }

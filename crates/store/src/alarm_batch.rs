@@ -1,5 +1,5 @@
-//! Group commit for device alarms: many tablets' alarms stored in one transaction of a few
-//! set-based statements, instead of a dozen statements and a commit each.
+//! Group commit for device alarms: many tablets' alarms stored in one statement, committed on
+//! its own, instead of a dozen statements and a commit each.
 //!
 //! The rows are exactly those [`Store::record_alarm`] writes (alarm, `alarm.raised` event, the
 //! item it raises, `call.created` event, the tablet's call update, the notifications), so
@@ -9,16 +9,16 @@
 //! If the batch transaction fails as a whole, every alarm in it goes that way too: a batch never
 //! loses an alarm that `record_alarm` would have stored.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
+use carebell_domain::routing::ValidRuleSet;
 use carebell_domain::{CallKind, CallState};
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use sqlx::Row;
 use uuid::Uuid;
 
 use crate::outbox::CallUpdatePayload;
-use crate::{append_events, notify_all, AlarmOutcome, Notification, Result, Store, StoreError};
+use crate::{AlarmOutcome, Notification, Result, Store, StoreError, NOTIFY_CHANNEL};
 
 /// One alarm as a tablet sent it, for [`Store::record_alarms`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,8 +73,14 @@ impl Store {
         .await
     }
 
-    /// The batch transaction: returns the outcome of every alarm it stored, by index. The ones it
-    /// left out are new to nobody but need `record_alarm`'s care.
+    /// The batch: returns the outcome of every alarm it stored, by index. The ones it left out
+    /// are new to nobody but need `record_alarm`'s care.
+    ///
+    /// It is one statement, committed on its own: on a machine whose cores are busy every round
+    /// trip to the database waits to be scheduled twice, and the ten of a transaction of
+    /// separate statements were most of an alarm's wait. The rules come from this process's
+    /// cache; the statement writes nothing unless the database's rule version is the cached
+    /// one, and is then made again with the rules read afresh.
     async fn insert_batch(&self, alarms: &[NewAlarm]) -> Result<Vec<(usize, AlarmOutcome)>> {
         // The same (device, alarm id) twice in one batch: only the first is tried here.
         let mut seen = BTreeSet::new();
@@ -84,216 +90,253 @@ impl Store {
                 seen.insert((alarm.device_id.as_str(), alarm.alarm_id.as_str()))
             })
             .collect();
-
-        let mut tx = self.pool.begin().await?;
-        let row_ids: Vec<Uuid> = candidates.iter().map(|_| Uuid::new_v4()).collect();
-        let column = |field: fn(&NewAlarm) -> String| -> Vec<String> {
-            candidates
-                .iter()
-                .map(|&index| field(&alarms[index]))
-                .collect()
+        let batch = BatchRows::new(alarms, &candidates)?;
+        let rules = match crate::routing::cached_rules() {
+            Some(rules) => rules,
+            None => self.read_rules().await?,
         };
-        let raised_at: Vec<Option<DateTime<Utc>>> = candidates
+        let stored = match self.insert_batch_with(&batch, &rules).await? {
+            Some(stored) => stored,
+            // The rules changed since this process read them.
+            None => {
+                let rules = self.read_rules().await?;
+                self.insert_batch_with(&batch, &rules)
+                    .await?
+                    .ok_or_else(|| {
+                        StoreError::Refused(
+                            "the routing rules changed during an alarm batch".to_owned(),
+                        )
+                    })?
+            }
+        };
+        let stored: BTreeSet<Uuid> = stored.into_iter().collect();
+        Ok(candidates
             .iter()
-            .map(|&index| alarms[index].raised_at)
-            .collect();
-        // A device that has gone is skipped rather than failing the batch on its foreign key.
-        let inserted: Vec<Uuid> = sqlx::query_scalar(
-            "INSERT INTO alarms (id, device_id, alarm_id, kind, raised_at, detail)
-             SELECT a.id, a.device_id, a.alarm_id, a.kind, a.raised_at, a.detail
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
-                  WITH ORDINALITY AS a(id, device_id, alarm_id, kind, raised_at, detail, n)
-             WHERE EXISTS (SELECT 1 FROM devices d WHERE d.id = a.device_id)
-             ORDER BY a.n
-             ON CONFLICT (device_id, alarm_id) DO NOTHING
-             RETURNING id",
-        )
-        .bind(&row_ids)
-        .bind(column(|alarm| alarm.device_id.clone()))
-        .bind(column(|alarm| alarm.alarm_id.clone()))
-        .bind(column(|alarm| alarm.kind.clone()))
-        .bind(&raised_at)
-        .bind(column(|alarm| alarm.detail.clone()))
-        .fetch_all(&mut *tx)
-        .await?;
-        let inserted: BTreeSet<Uuid> = inserted.into_iter().collect();
-        // (index into `alarms`, alarm row id) of what this batch stored, in the batch's order.
-        let stored: Vec<(usize, Uuid)> = candidates
-            .iter()
-            .zip(&row_ids)
-            .filter(|(_, row_id)| inserted.contains(row_id))
-            .map(|(&index, &row_id)| (index, row_id))
-            .collect();
-        if stored.is_empty() {
-            tx.commit().await?;
-            return Ok(Vec::new());
-        }
-
-        insert_events(
-            &mut tx,
-            "alarm.raised",
-            &stored
-                .iter()
-                .map(|&(index, _)| {
-                    let alarm = &alarms[index];
-                    (
-                        None,
-                        alarm.device_id.clone(),
-                        json!({ "alarm_id": alarm.alarm_id, "kind": alarm.kind, "raised_at": alarm.raised_at }),
-                    )
-                })
-                .collect::<Vec<_>>(),
-        )
-        .await?;
-
-        // The items the alarms raise: one call each, in the queue the rules give its kind.
-        let rules = crate::routing::active_rules(&mut tx).await?;
-        let raising: Vec<(usize, Uuid, CallKind)> = stored
-            .iter()
-            .filter_map(|&(index, row_id)| alarms[index].raise.map(|kind| (index, row_id, kind)))
-            .collect();
-        let call_ids: Vec<Uuid> = raising.iter().map(|_| Uuid::new_v4()).collect();
-        let queues: Vec<String> = raising
-            .iter()
-            .map(|&(_, _, kind)| rules.queue_for(kind).id.clone())
-            .collect();
-        let created_calls = sqlx::query(
-            "INSERT INTO calls (id, device_id, resident_id, request_id, kind, priority, state, queue_id,
-                                queued_at, created_at, deadline_at, dialect, station, callback_of, announce)
-             SELECT c.id, c.device_id, d.resident_id, c.request_id, c.kind, c.priority, 'queued', c.queue_id,
-                    clock_timestamp(), clock_timestamp(), clock_timestamp() + make_interval(secs => c.deadline),
-                    r.dialect, r.station_id::text, NULL, true
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::text[], $7::float8[])
-                  WITH ORDINALITY AS c(id, device_id, request_id, kind, priority, queue_id, deadline, n)
-             JOIN devices d ON d.id = c.device_id JOIN residents r ON r.id = d.resident_id
-             ORDER BY c.n
-             ON CONFLICT (device_id, request_id) DO NOTHING
-             RETURNING id, resident_id",
-        )
-        .bind(&call_ids)
-        .bind(raising.iter().map(|&(index, _, _)| alarms[index].device_id.clone()).collect::<Vec<_>>())
-        // ':' is outside the device's request id alphabet, so an alarm's call can never collide
-        // with a call the device requested.
-        .bind(raising.iter().map(|&(index, _, _)| format!("alarm:{}", alarms[index].alarm_id)).collect::<Vec<_>>())
-        .bind(raising.iter().map(|&(_, _, kind)| kind.as_str().to_owned()).collect::<Vec<_>>())
-        .bind(
-            raising
-                .iter()
-                .map(|&(_, _, kind)| i16::try_from(kind.base_priority() / 10).unwrap_or(i16::MAX))
-                .collect::<Vec<_>>(),
-        )
-        .bind(&queues)
-        .bind(
-            queues
-                .iter()
-                .map(|queue| crate::routing::deadline_secs(&rules, queue, 0))
-                .collect::<Vec<_>>(),
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let residents: HashMap<Uuid, Uuid> = created_calls
-            .iter()
-            .map(|row| Ok((row.try_get("id")?, row.try_get("resident_id")?)))
-            .collect::<std::result::Result<_, sqlx::Error>>()?;
-        if residents.len() != raising.len() {
-            // An alarm's item already existed (or its resident is missing): not the ordinary
-            // case, so the whole batch goes the careful way.
-            return Err(StoreError::Refused(
-                "an alarm's item already exists; storing the batch one by one".to_owned(),
-            ));
-        }
-
-        let mut created = Vec::with_capacity(raising.len());
-        let mut updates = Vec::with_capacity(raising.len());
-        for ((&(index, _, kind), &call_id), queue) in raising.iter().zip(&call_ids).zip(&queues) {
-            let alarm = &alarms[index];
-            let request_id = format!("alarm:{}", alarm.alarm_id);
-            created.push((
-                Some(call_id),
-                alarm.device_id.clone(),
-                json!({ "kind": kind.as_str(), "queue": queue, "request_id": request_id, "resident_id": residents[&call_id], "callback_of": null }),
-            ));
-            updates.push(
-                serde_json::to_value(CallUpdatePayload::new(
-                    request_id,
-                    call_id,
-                    CallState::Queued,
-                ))
-                .map_err(|error| {
-                    StoreError::Refused(format!("unserializable call update: {error}"))
-                })?,
-            );
-        }
-        insert_events(&mut tx, "call.created", &created).await?;
-        let devices: Vec<String> = raising
-            .iter()
-            .map(|&(index, _, _)| alarms[index].device_id.clone())
-            .collect();
-        sqlx::query(
-            "INSERT INTO device_outbox (device_id, kind, payload)
-             SELECT o.device_id, 'call_update', o.payload
-             FROM unnest($1::text[], $2::jsonb[]) WITH ORDINALITY AS o(device_id, payload, n)
-             ORDER BY o.n",
-        )
-        .bind(&devices)
-        .bind(&updates)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE alarms a SET call_id = l.call_id
-             FROM unnest($1::uuid[], $2::uuid[]) AS l(alarm, call_id) WHERE a.id = l.alarm",
-        )
-        .bind(
-            raising
-                .iter()
-                .map(|&(_, row_id, _)| row_id)
-                .collect::<Vec<_>>(),
-        )
-        .bind(&call_ids)
-        .execute(&mut *tx)
-        .await?;
-
-        // The same notifications the one-by-one path sends (PostgreSQL folds repeats within a
-        // transaction into one), in one statement.
-        let mut notifications = vec![Notification::Dispatch];
-        notifications.extend(devices.iter().collect::<BTreeSet<_>>().into_iter().map(
-            |device_id| Notification::DeviceOutbox {
-                device_id: device_id.clone(),
-            },
-        ));
-        notify_all(&mut tx, &notifications).await?;
-        tx.commit().await?;
-
-        let calls: HashMap<Uuid, Uuid> = raising
-            .iter()
-            .zip(&call_ids)
-            .map(|(&(_, row_id, _), &call_id)| (row_id, call_id))
-            .collect();
-        Ok(stored
-            .into_iter()
-            .map(|(index, alarm_row_id)| {
+            .zip(&batch.row_ids)
+            .zip(&batch.call_ids)
+            .filter(|((_, row_id), _)| stored.contains(row_id))
+            .map(|((&index, &alarm_row_id), &call_id)| {
                 (
                     index,
                     AlarmOutcome {
                         alarm_row_id,
                         created: true,
-                        call_id: calls.get(&alarm_row_id).copied(),
+                        call_id,
                     },
                 )
             })
             .collect())
     }
+
+    async fn read_rules(&self) -> Result<(Option<i64>, ValidRuleSet)> {
+        let mut tx = self.pool.begin().await?;
+        let rules = crate::routing::versioned_rules(&mut tx).await?;
+        tx.commit().await?;
+        Ok(rules)
+    }
+
+    /// The batch's one statement under `rules`: the alarm rows it stored, or `None` (nothing
+    /// written) if the database's rules are not `rules`' version.
+    ///
+    /// A device that has gone is skipped rather than failing the batch on its foreign key; a
+    /// stored alarm is not stored again. An alarm's item that already exists (or a resident
+    /// that is missing) leaves its alarm pointing at no call, which the foreign key refuses:
+    /// the statement fails as a whole and the batch goes one by one.
+    async fn insert_batch_with(
+        &self,
+        batch: &BatchRows,
+        (version, rules): &(Option<i64>, ValidRuleSet),
+    ) -> Result<Option<Vec<Uuid>>> {
+        let queues: Vec<Option<String>> = batch
+            .raise
+            .iter()
+            .map(|kind| kind.map(|kind| rules.queue_for(kind).id.clone()))
+            .collect();
+        let deadlines: Vec<Option<f64>> = queues
+            .iter()
+            .map(|queue| {
+                queue
+                    .as_ref()
+                    .map(|queue| crate::routing::deadline_secs(rules, queue, 0))
+            })
+            .collect();
+        let row: (bool, Vec<Uuid>) = sqlx::query_as(
+            "WITH rules_in_force AS (
+                 SELECT 1 WHERE (SELECT max(version) FROM routing_rules) IS NOT DISTINCT FROM $1
+             ), batch AS (
+                 SELECT b.* FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[],
+                                        $6::timestamptz[], $7::text[], $8::jsonb[], $9::uuid[],
+                                        $10::text[], $11::int2[], $12::text[], $13::float8[],
+                                        $14::jsonb[], $15::text[])
+                      WITH ORDINALITY AS b(id, device_id, alarm_id, kind, raised_at, detail,
+                                           raised_event, call_id, call_kind, priority, queue_id,
+                                           deadline, call_update, told, n)
+                 WHERE EXISTS (SELECT 1 FROM rules_in_force)
+             ), alarms_in AS (
+                 INSERT INTO alarms (id, device_id, alarm_id, kind, raised_at, detail, call_id)
+                 SELECT b.id, b.device_id, b.alarm_id, b.kind, b.raised_at, b.detail, b.call_id
+                 FROM batch b
+                 WHERE EXISTS (SELECT 1 FROM devices d WHERE d.id = b.device_id)
+                 ORDER BY b.n
+                 ON CONFLICT (device_id, alarm_id) DO NOTHING
+                 RETURNING id
+             ), stored AS (
+                 SELECT b.* FROM batch b JOIN alarms_in a ON a.id = b.id
+             ), calls_in AS (
+                 -- ':' is outside the device's request id alphabet, so an alarm's call can
+                 -- never collide with a call the device requested.
+                 INSERT INTO calls (id, device_id, resident_id, request_id, kind, priority, state,
+                                    queue_id, queued_at, created_at, deadline_at, dialect, station,
+                                    callback_of, announce)
+                 SELECT s.call_id, s.device_id, d.resident_id, 'alarm:' || s.alarm_id, s.call_kind,
+                        s.priority, 'queued', s.queue_id, clock_timestamp(), clock_timestamp(),
+                        clock_timestamp() + make_interval(secs => s.deadline), r.dialect,
+                        r.station_id::text, NULL, true
+                 FROM stored s JOIN devices d ON d.id = s.device_id
+                 JOIN residents r ON r.id = d.resident_id
+                 WHERE s.call_id IS NOT NULL
+                 ORDER BY s.n
+                 ON CONFLICT (device_id, request_id) DO NOTHING
+                 RETURNING id, resident_id
+             ), events_in AS (
+                 -- Every alarm's event, then every item's, each in the batch's order.
+                 INSERT INTO events (kind, call_id, device_id, detail)
+                 SELECT e.kind, e.call_id, e.device_id, e.detail
+                 FROM (
+                     SELECT 'alarm.raised' AS kind, NULL::uuid AS call_id, s.device_id,
+                            s.raised_event AS detail, 0 AS part, s.n
+                     FROM stored s
+                     UNION ALL
+                     SELECT 'call.created', s.call_id, s.device_id,
+                            jsonb_build_object('kind', s.call_kind, 'queue', s.queue_id,
+                                               'request_id', 'alarm:' || s.alarm_id,
+                                               'resident_id', c.resident_id, 'callback_of', NULL),
+                            1, s.n
+                     FROM stored s JOIN calls_in c ON c.id = s.call_id
+                 ) e
+                 ORDER BY e.part, e.n
+             ), outbox_in AS (
+                 INSERT INTO device_outbox (device_id, kind, payload)
+                 SELECT s.device_id, 'call_update', s.call_update
+                 FROM stored s JOIN calls_in c ON c.id = s.call_id
+                 ORDER BY s.n
+             ), told AS (
+                 -- The same notifications the one-by-one path sends (PostgreSQL folds repeats
+                 -- within a transaction into one): the dispatchers, then each tablet told.
+                 SELECT pg_notify($16, t.payload)
+                 FROM (
+                     SELECT $17::text AS payload, 0 AS part WHERE EXISTS (SELECT 1 FROM stored)
+                     UNION
+                     SELECT s.told, 1 FROM stored s JOIN calls_in c ON c.id = s.call_id
+                 ) t
+                 ORDER BY t.part, t.payload
+             )
+             SELECT EXISTS (SELECT 1 FROM rules_in_force),
+                    coalesce((SELECT array_agg(id) FROM alarms_in), '{}'::uuid[])
+             FROM (SELECT count(*) FROM told) AS all_told",
+        )
+        .bind(version)
+        .bind(&batch.row_ids)
+        .bind(&batch.device_ids)
+        .bind(&batch.alarm_ids)
+        .bind(&batch.kinds)
+        .bind(&batch.raised_at)
+        .bind(&batch.details)
+        .bind(&batch.raised_events)
+        .bind(&batch.call_ids)
+        .bind(
+            batch
+                .raise
+                .iter()
+                .map(|kind| kind.map(|kind| kind.as_str().to_owned()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .raise
+                .iter()
+                .map(|kind| {
+                    kind.map(|kind| i16::try_from(kind.base_priority() / 10).unwrap_or(i16::MAX))
+                })
+                .collect::<Vec<_>>(),
+        )
+        .bind(&queues)
+        .bind(&deadlines)
+        .bind(&batch.call_updates)
+        .bind(&batch.told)
+        .bind(NOTIFY_CHANNEL)
+        .bind(&batch.dispatch)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.0.then_some(row.1))
+    }
 }
 
-/// Appends events of one kind, in order, in one statement: (call, device, detail) each.
-async fn insert_events(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    kind: &str,
-    events: &[(Option<Uuid>, String, serde_json::Value)],
-) -> Result<()> {
-    let events: Vec<_> = events
-        .iter()
-        .map(|(call, device, detail)| (kind, *call, Some(device.clone()), detail.clone()))
-        .collect();
-    append_events(tx, &events).await
+/// A batch's candidate alarms as the statement's columns, in the batch's order, with the ids
+/// of the rows they would make and what their items would tell.
+struct BatchRows {
+    row_ids: Vec<Uuid>,
+    device_ids: Vec<String>,
+    alarm_ids: Vec<String>,
+    kinds: Vec<String>,
+    raised_at: Vec<Option<DateTime<Utc>>>,
+    details: Vec<String>,
+    raised_events: Vec<serde_json::Value>,
+    raise: Vec<Option<CallKind>>,
+    /// The item's id, for an alarm that raises one.
+    call_ids: Vec<Option<Uuid>>,
+    /// The tablet's call update and the notification that tells it, for each item.
+    call_updates: Vec<Option<serde_json::Value>>,
+    told: Vec<Option<String>>,
+    dispatch: String,
+}
+
+impl BatchRows {
+    fn new(alarms: &[NewAlarm], candidates: &[usize]) -> Result<Self> {
+        let unserializable =
+            |error: serde_json::Error| StoreError::Refused(format!("unserializable: {error}"));
+        let chosen = || candidates.iter().map(|&index| &alarms[index]);
+        let call_ids: Vec<Option<Uuid>> = chosen()
+            .map(|alarm| alarm.raise.map(|_| Uuid::new_v4()))
+            .collect();
+        let mut call_updates = Vec::with_capacity(candidates.len());
+        let mut told = Vec::with_capacity(candidates.len());
+        for (alarm, call_id) in chosen().zip(&call_ids) {
+            let Some(call_id) = *call_id else {
+                call_updates.push(None);
+                told.push(None);
+                continue;
+            };
+            call_updates.push(Some(
+                serde_json::to_value(CallUpdatePayload::new(
+                    format!("alarm:{}", alarm.alarm_id),
+                    call_id,
+                    CallState::Queued,
+                ))
+                .map_err(unserializable)?,
+            ));
+            told.push(Some(
+                serde_json::to_string(&Notification::DeviceOutbox {
+                    device_id: alarm.device_id.clone(),
+                })
+                .map_err(unserializable)?,
+            ));
+        }
+        Ok(Self {
+            row_ids: chosen().map(|_| Uuid::new_v4()).collect(),
+            device_ids: chosen().map(|alarm| alarm.device_id.clone()).collect(),
+            alarm_ids: chosen().map(|alarm| alarm.alarm_id.clone()).collect(),
+            kinds: chosen().map(|alarm| alarm.kind.clone()).collect(),
+            raised_at: chosen().map(|alarm| alarm.raised_at).collect(),
+            details: chosen().map(|alarm| alarm.detail.clone()).collect(),
+            raised_events: chosen()
+                .map(|alarm| json!({ "alarm_id": alarm.alarm_id, "kind": alarm.kind, "raised_at": alarm.raised_at }))
+                .collect(),
+            raise: chosen().map(|alarm| alarm.raise).collect(),
+            call_ids,
+            call_updates,
+            told,
+            dispatch: serde_json::to_string(&Notification::Dispatch).map_err(unserializable)?,
+        })
+    }
 }

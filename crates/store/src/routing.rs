@@ -36,35 +36,40 @@ pub(crate) async fn now_ms(tx: &mut Transaction<'_, Postgres>) -> Result<i64> {
     )
 }
 
-/// The rule set in force (the newest loaded), or the built-in one.
 /// The rules in force, parsed once per version and process: every call and alarm reads them,
-/// and parsing on each would cost more than the insert itself.
-static RULES_CACHE: std::sync::Mutex<Option<(i64, ValidRuleSet)>> = std::sync::Mutex::new(None);
+/// and parsing on each would cost more than the insert itself. The version is `None` while no
+/// rule set has been loaded (the built-in rules are in force).
+static RULES_CACHE: std::sync::Mutex<Option<(Option<i64>, ValidRuleSet)>> =
+    std::sync::Mutex::new(None);
 
 fn default_rules() -> ValidRuleSet {
     static DEFAULT: std::sync::OnceLock<ValidRuleSet> = std::sync::OnceLock::new();
     DEFAULT.get_or_init(ValidRuleSet::default_rules).clone()
 }
 
+/// The rule set in force (the newest loaded), or the built-in one.
 pub(crate) async fn active_rules(tx: &mut Transaction<'_, Postgres>) -> Result<ValidRuleSet> {
+    Ok(versioned_rules(tx).await?.1)
+}
+
+/// The rule set in force with its version, read in the transaction.
+pub(crate) async fn versioned_rules(
+    tx: &mut Transaction<'_, Postgres>,
+) -> Result<(Option<i64>, ValidRuleSet)> {
     let version: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM routing_rules")
         .fetch_one(&mut **tx)
         .await?;
-    let Some(version) = version else {
-        return Ok(default_rules());
-    };
-    if let Some((cached_version, rules)) = RULES_CACHE
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .as_ref()
-    {
-        if *cached_version == version {
-            return Ok(rules.clone());
-        }
+    if let Some(cached) = cached_rules().filter(|(cached, _)| *cached == version) {
+        return Ok(cached);
     }
+    let Some(stored) = version else {
+        let rules = default_rules();
+        cache_rules(None, &rules);
+        return Ok((None, rules));
+    };
     let body: serde_json::Value =
         sqlx::query_scalar("SELECT body FROM routing_rules WHERE version = $1")
-            .bind(version)
+            .bind(stored)
             .fetch_one(&mut **tx)
             .await?;
     // Rules are validated before they are stored, so this only fails if someone edited the
@@ -76,10 +81,23 @@ pub(crate) async fn active_rules(tx: &mut Transaction<'_, Postgres>) -> Result<V
         tracing::error!(%error, "the stored routing rules are unusable; routing by the built-in rules");
         default_rules()
     });
+    cache_rules(version, &rules);
+    Ok((version, rules))
+}
+
+/// The rules this process last read, with their version, without asking the database: a
+/// statement that uses them must check the version itself (the alarm batch does).
+pub(crate) fn cached_rules() -> Option<(Option<i64>, ValidRuleSet)> {
+    RULES_CACHE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
+}
+
+fn cache_rules(version: Option<i64>, rules: &ValidRuleSet) {
     *RULES_CACHE
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((version, rules.clone()));
-    Ok(rules)
 }
 
 /// The seconds from `queued_at` to the item's next deadline.
