@@ -241,6 +241,61 @@ pub mod harness {
         pub admin_url: String,
         pub database: String,
         pub database_url: String,
+        /// The superuser URL with which this run turned autovacuum on, to turn it back off.
+        autovacuum_turned_on: Option<String>,
+    }
+
+    /// Makes PostgreSQL run autovacuum for the run, as a production server does, if it is off
+    /// (a CI server's configuration may turn it off). Without it no table is ever analyzed:
+    /// statements planned while the alarm and call tables were empty keep their plans as the
+    /// tables grow, and at 100,000 tablets one such plan held the database's cores for 20 s a
+    /// statement until the fleet fell away. Returns the URL to turn it back off with, when it
+    /// was turned on; `CAREBELL_BENCH_AUTOVACUUM=as-is` leaves the server as it is.
+    fn autovacuum_on() -> Option<String> {
+        if std::env::var("CAREBELL_BENCH_AUTOVACUUM").is_ok_and(|value| value == "as-is") {
+            return None;
+        }
+        let url = std::env::var("CAREBELL_BENCH_SUPERUSER_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let show = || {
+            std::process::Command::new("psql")
+                .args([&url, "-qAtc", "show autovacuum"])
+                .output()
+                .ok()
+                .filter(|output| output.status.success())
+                .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        };
+        if show().as_deref() != Some("off") {
+            return None;
+        }
+        let turned = std::process::Command::new("psql")
+            .args([
+                &url,
+                "-qAt",
+                "-c",
+                "alter system set autovacuum = on",
+                "-c",
+                "select pg_reload_conf()",
+            ])
+            .output()
+            .is_ok_and(|output| output.status.success());
+        // The reload is asynchronous: wait (briefly) until a new session sees it.
+        for _ in 0..50 {
+            if turned && show().as_deref() == Some("on") {
+                eprintln!(
+                    "PostgreSQL's autovacuum was off; it is on for this run (ALTER SYSTEM, reset \
+                     at the end; CAREBELL_BENCH_AUTOVACUUM=as-is leaves it)"
+                );
+                return Some(url);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "WARNING: PostgreSQL's autovacuum is off and could not be turned on with {url}: \
+             no table will be analyzed during the run, and its figures are not a production \
+             server's (set CAREBELL_BENCH_SUPERUSER_URL)"
+        );
+        None
     }
 
     impl Setup {
@@ -266,6 +321,7 @@ pub mod harness {
                 admin_url,
                 database,
                 database_url,
+                autovacuum_turned_on: autovacuum_on(),
             };
             setup.carebell(&[
                 "dev-cert",
@@ -391,6 +447,18 @@ pub mod harness {
                 ])
                 .output();
             let _ = std::fs::remove_dir_all(&self.dir);
+            if let Some(url) = &self.autovacuum_turned_on {
+                let _ = std::process::Command::new("psql")
+                    .args([
+                        url,
+                        "-qAt",
+                        "-c",
+                        "alter system reset autovacuum",
+                        "-c",
+                        "select pg_reload_conf()",
+                    ])
+                    .output();
+            }
         }
     }
 }

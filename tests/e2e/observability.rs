@@ -290,3 +290,22 @@ fn dashboard_series() -> std::collections::BTreeSet<String> {
     );
     series
 }
+
+#[tokio::test]
+async fn a_database_server_without_autovacuum_is_reported_and_one_with_it_is_not() {
+    let store = carebell_tests::fresh_store().await;
+    let autovacuum: String = sqlx::query_scalar("SHOW autovacuum")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let warnings = store.server_configuration_warnings().await.unwrap();
+    let about_autovacuum: Vec<_> = warnings
+        .iter()
+        .filter(|warning| warning.contains("autovacuum is off"))
+        .collect();
+    assert_eq!(
+        about_autovacuum.len(),
+        usize::from(autovacuum == "off"),
+        "autovacuum = {autovacuum}: {warnings:?}"
+    );
+}

@@ -94,6 +94,16 @@ impl Application {
                 settings.database_app_role
             )
         })?;
+        match store.server_configuration_warnings().await {
+            Ok(warnings) => {
+                for warning in warnings {
+                    tracing::warn!("{warning}");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not read the database server's configuration")
+            }
+        }
         let backend: Arc<dyn PresenceBackend> = match &settings.redis_url {
             Some(url) => Arc::new(
                 RedisBackend::new(
