@@ -643,6 +643,60 @@ async fn arrival_and_last_seen_batches_over_the_same_devices_never_deadlock() {
     }
 }
 
+#[tokio::test]
+async fn the_refresher_skips_a_device_row_another_transaction_holds_and_names_it_for_later() {
+    let store = fresh_store().await;
+    let devices = carebell_tests::register_tablets(&store, "busy", "tab-busy", 2).await;
+    let (busy, free) = (&devices[0], &devices[1]);
+    let last_seen = |device: &String| {
+        let (store, device) = (store.clone(), device.clone());
+        async move {
+            sqlx::query_scalar::<_, Option<chrono::DateTime<Utc>>>(
+                "SELECT last_seen_at FROM devices WHERE id = $1",
+            )
+            .bind(device)
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+        }
+    };
+    let before = (last_seen(busy).await, last_seen(free).await);
+    // Another transaction (an arrival, another node's refresher) holds one device's row.
+    let mut holder = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM devices WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(busy)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let silences: Vec<(String, Duration)> = [busy, free, &"tab-erased".to_owned()]
+        .into_iter()
+        .map(|device| (device.clone(), Duration::ZERO))
+        .collect();
+    // It does not wait for the holder (which never lets go while this runs).
+    let skipped = tokio::time::timeout(
+        Duration::from_secs(30),
+        store.devices_seen_unless_busy(&silences),
+    )
+    .await
+    .expect("the refresher does not wait for a busy row")
+    .unwrap();
+    assert_eq!(
+        skipped,
+        vec![busy.clone()],
+        "a device that is gone is not named"
+    );
+    assert_eq!(last_seen(busy).await, before.0, "the busy row is untouched");
+    assert!(last_seen(free).await > before.1, "the free row is written");
+    holder.rollback().await.unwrap();
+    // At the next pass it is written.
+    assert!(store
+        .devices_seen_unless_busy(&silences)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(last_seen(busy).await > before.0);
+}
+
 /// Rules that put emergencies in a queue the built-in rules do not have.
 const URGENT_RULES: &str = r#"
 skills = []

@@ -256,6 +256,17 @@ impl Hub {
             .collect()
     }
 
+    /// Makes these devices' last-seen times due again at once (their write was skipped or
+    /// failed), for the next [`Hub::device_silences_due`].
+    pub fn device_silences_due_again(&self, device_ids: &[String]) {
+        let devices = lock(&self.devices);
+        for device_id in device_ids {
+            if let Some(slot) = devices.get(device_id) {
+                slot.written_ms.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
     pub fn subscribe_operator(self: &Arc<Self>, operator_id: Uuid) -> OperatorSubscription {
         let mut operators = lock(&self.operators);
         let events = operators
@@ -508,6 +519,28 @@ mod tests {
         );
         drop(second);
         assert_eq!(hub.n_devices(), 0);
+    }
+
+    #[test]
+    fn last_seen_writes_fall_due_once_per_period_and_again_at_once_when_skipped() {
+        let hub = Hub::new();
+        let _one = hub.register_device("tab-1");
+        let _two = hub.register_device("tab-2");
+        let ids = |due: Vec<(String, Duration)>| {
+            let mut ids: Vec<String> = due.into_iter().map(|(id, _)| id).collect();
+            ids.sort();
+            ids
+        };
+        let every = Duration::from_secs(3600);
+        assert_eq!(ids(hub.device_silences_due(every)), ["tab-1", "tab-2"]);
+        assert!(
+            hub.device_silences_due(every).is_empty(),
+            "written just now"
+        );
+        // The write of tab-2 was skipped (its row was busy): it is due at the next pass, alone.
+        hub.device_silences_due_again(&["tab-2".to_owned(), "tab-gone".to_owned()]);
+        assert_eq!(ids(hub.device_silences_due(every)), ["tab-2"]);
+        assert!(hub.device_silences_due(every).is_empty());
     }
 
     #[tokio::test]

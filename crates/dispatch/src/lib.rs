@@ -72,9 +72,16 @@ pub async fn run_last_seen_refresher(
         if silences.is_empty() {
             continue;
         }
-        if let Err(error) = store.devices_seen(&silences).await {
-            tracing::warn!(%error, n_devices = silences.len(), "could not record last-seen times");
-            continue;
+        // Rows another transaction holds (an arrival, another node) are skipped, not waited
+        // for, and written at the next pass; so are all of them if the write failed.
+        match store.devices_seen_unless_busy(&silences).await {
+            Ok(busy) => hub.device_silences_due_again(&busy),
+            Err(error) => {
+                tracing::warn!(%error, n_devices = silences.len(), "could not record last-seen times");
+                let all: Vec<String> = silences.iter().map(|(id, _)| id.clone()).collect();
+                hub.device_silences_due_again(&all);
+                continue;
+            }
         }
         // A device heard just now cannot be offline: clear an alarm raised while this node's
         // writes were late (or whose clearing at authentication failed).

@@ -238,28 +238,71 @@ impl Store {
             .collect()
     }
 
+    /// As [`Store::devices_seen`], but a device whose row another transaction holds (a new
+    /// session's arrival, another node's refresher) is skipped rather than waited for: those
+    /// are returned, to be written again soon. A node's periodic refresher uses this, so that
+    /// it never queues behind arrivals, and arrivals queue behind it only for as long as its
+    /// own statement takes.
+    pub async fn devices_seen_unless_busy(
+        &self,
+        silences: &[(String, std::time::Duration)],
+    ) -> Result<Vec<String>> {
+        let written: std::collections::HashSet<String> = self
+            .write_last_seen(silences, true)
+            .await?
+            .into_iter()
+            .collect();
+        let not_written: Vec<&str> = silences
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .filter(|id| !written.contains(*id))
+            .collect();
+        if not_written.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A device that has gone (erased) is not written either, and never will be: only the
+        // busy ones come back.
+        Ok(
+            sqlx::query_scalar("SELECT id FROM devices WHERE id = ANY($1::text[]) ORDER BY id")
+                .bind(&not_written)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     /// As [`Store::device_seen`], for many devices in one statement. A last-seen time never
     /// moves backwards (another node may have heard the device more recently).
     pub async fn devices_seen(&self, silences: &[(String, std::time::Duration)]) -> Result<()> {
+        self.write_last_seen(silences, false).await.map(drop)
+    }
+
+    /// Writes last-seen times, locking the rows in id order (waiting for busy ones, or skipping
+    /// them); returns the ids written.
+    async fn write_last_seen(
+        &self,
+        silences: &[(String, std::time::Duration)],
+        skip_busy: bool,
+    ) -> Result<Vec<String>> {
         let ids: Vec<&str> = silences.iter().map(|(id, _)| id.as_str()).collect();
         let silent_ms: Vec<i64> = silences
             .iter()
             .map(|(_, silent)| i64::try_from(silent.as_millis()).unwrap_or(i64::MAX))
             .collect();
-        sqlx::query(
+        Ok(sqlx::query_scalar(&format!(
             "UPDATE devices d
              SET last_seen_at = greatest(coalesce(d.last_seen_at, '-infinity'),
                                          clock_timestamp() - make_interval(secs => v.silent_ms / 1000.0))
              FROM (SELECT l.id, v.silent_ms
                    FROM devices l JOIN unnest($1::text[], $2::bigint[]) AS v(id, silent_ms) ON v.id = l.id
-                   ORDER BY l.id FOR NO KEY UPDATE OF l) AS v
-             WHERE d.id = v.id",
-        )
+                   ORDER BY l.id FOR NO KEY UPDATE OF l{}) AS v
+             WHERE d.id = v.id
+             RETURNING d.id",
+            if skip_busy { " SKIP LOCKED" } else { "" }
+        ))
         .bind(&ids)
         .bind(&silent_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .fetch_all(&self.pool)
+        .await?)
     }
 }
 
