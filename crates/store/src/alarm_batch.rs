@@ -93,13 +93,13 @@ impl Store {
         let batch = BatchRows::new(alarms, &candidates)?;
         let rules = match crate::routing::cached_rules() {
             Some(rules) => rules,
-            None => self.read_rules().await?,
+            None => self.versioned_routing_rules().await?,
         };
         let stored = match self.insert_batch_with(&batch, &rules).await? {
             Some(stored) => stored,
             // The rules changed since this process read them.
             None => {
-                let rules = self.read_rules().await?;
+                let rules = self.versioned_routing_rules().await?;
                 self.insert_batch_with(&batch, &rules)
                     .await?
                     .ok_or_else(|| {
@@ -126,13 +126,6 @@ impl Store {
                 )
             })
             .collect())
-    }
-
-    async fn read_rules(&self) -> Result<(Option<i64>, ValidRuleSet)> {
-        let mut tx = self.pool.begin().await?;
-        let rules = crate::routing::versioned_rules(&mut tx).await?;
-        tx.commit().await?;
-        Ok(rules)
     }
 
     /// The batch's one statement under `rules`: the alarm rows it stored, or `None` (nothing

@@ -124,8 +124,13 @@ pub(crate) fn deadline_secs(rules: &ValidRuleSet, queue: &str, waited_secs: u64)
 impl Store {
     /// The rule set in force.
     pub async fn routing_rules(&self) -> Result<ValidRuleSet> {
+        Ok(self.versioned_routing_rules().await?.1)
+    }
+
+    /// The rule set in force with its version (`None`: the built-in rules).
+    pub(crate) async fn versioned_routing_rules(&self) -> Result<(Option<i64>, ValidRuleSet)> {
         let mut tx = self.pool.begin().await?;
-        let rules = active_rules(&mut tx).await?;
+        let rules = versioned_rules(&mut tx).await?;
         tx.commit().await?;
         Ok(rules)
     }
