@@ -823,3 +823,96 @@ async fn a_batch_whose_item_already_exists_fails_as_a_whole_and_every_alarm_is_s
         .unwrap();
     assert_eq!(transactions, 3);
 }
+
+#[tokio::test]
+async fn the_offline_sweep_raises_every_silent_devices_alarm_and_item_in_one_statement() {
+    let store = fresh_store().await;
+    district(&store).await;
+    let mut listener = store.listen().await.unwrap();
+    // Three tablets silent for two minutes, one heard just now.
+    sqlx::query(
+        "UPDATE devices SET last_seen_at = CASE WHEN id = 'tab-batch-3' THEN clock_timestamp()
+                                               ELSE clock_timestamp() - interval '120 s' END",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    // An arrival of tab-batch-2 holds its row: the sweep leaves it for a later round.
+    let mut arrival = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM devices WHERE id = 'tab-batch-2' FOR NO KEY UPDATE")
+        .execute(&mut *arrival)
+        .await
+        .unwrap();
+    let raised = tokio::time::timeout(
+        Duration::from_secs(30),
+        store.sweep_offline_devices(Duration::from_secs(60), 100),
+    )
+    .await
+    .expect("the sweep does not wait for a held row")
+    .unwrap();
+    assert_eq!(raised, 2);
+    let (dispatch, told) = heard(&mut listener).await;
+    assert!(dispatch, "the dispatchers are told");
+    assert!(told.is_empty(), "the tablets are not: {told:?}");
+    // What the one-by-one path wrote for each: the alarm, a technical item the tablet is not
+    // shown (nothing in its outbox), and both events.
+    let written: Vec<(String, String, String, bool, String, String, i64, i64)> = sqlx::query_as(
+        "SELECT a.device_id, a.detail, c.kind, c.announce, c.state, c.request_id,
+                (SELECT count(*) FROM events e WHERE e.device_id = a.device_id
+                 AND ((e.kind = 'alarm.raised' AND e.detail->>'alarm_id' = a.alarm_id
+                       AND e.detail->>'kind' = 'DEVICE_OFFLINE' AND e.call_id IS NULL)
+                      OR (e.kind = 'call.created' AND e.call_id = c.id
+                          AND e.detail->>'kind' = 'technical'))),
+                (SELECT count(*) FROM device_outbox o WHERE o.device_id = a.device_id
+                 AND (o.payload->>'call_id')::uuid = c.id)
+         FROM alarms a JOIN calls c ON c.id = a.call_id
+         WHERE a.kind = 'DEVICE_OFFLINE' AND a.cleared_at IS NULL AND a.raised_at IS NULL
+         ORDER BY a.device_id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(written.len(), 2, "{written:?}");
+    for (row, device) in written.iter().zip(["tab-batch-0", "tab-batch-1"]) {
+        assert_eq!(row.0, device);
+        assert!(
+            row.1.starts_with("no word from the device for 12"),
+            "{row:?}"
+        );
+        assert_eq!(
+            (row.2.as_str(), row.3, row.4.as_str()),
+            ("technical", false, "queued")
+        );
+        assert!(row.5.starts_with("alarm:offline."), "{row:?}");
+        assert_eq!((row.6, row.7), (2, 0), "events and outbox of {row:?}");
+    }
+    assert_eq!(
+        store.live_statistics().await.unwrap(),
+        store.recompute_statistics(None, None).await.unwrap()
+    );
+    // Once the arrival lets go (without writing), the next round raises the third; the round
+    // after that finds nothing new.
+    arrival.rollback().await.unwrap();
+    assert_eq!(
+        store
+            .sweep_offline_devices(Duration::from_secs(60), 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .sweep_offline_devices(Duration::from_secs(60), 100)
+            .await
+            .unwrap(),
+        0
+    );
+    let open: Vec<String> = sqlx::query_scalar(
+        "SELECT device_id FROM alarms WHERE kind = 'DEVICE_OFFLINE' AND cleared_at IS NULL
+         ORDER BY device_id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(open, ["tab-batch-0", "tab-batch-1", "tab-batch-2"]);
+}

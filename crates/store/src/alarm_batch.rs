@@ -90,17 +90,17 @@ impl Store {
                 seen.insert((alarm.device_id.as_str(), alarm.alarm_id.as_str()))
             })
             .collect();
-        let batch = BatchRows::new(alarms, &candidates)?;
+        let batch = BatchRows::new(alarms, &candidates, true)?;
         let rules = match crate::routing::cached_rules() {
             Some(rules) => rules,
             None => self.versioned_routing_rules().await?,
         };
-        let stored = match self.insert_batch_with(&batch, &rules).await? {
+        let stored = match insert_alarm_rows(&self.pool, &batch, &rules).await? {
             Some(stored) => stored,
             // The rules changed since this process read them.
             None => {
                 let rules = self.versioned_routing_rules().await?;
-                self.insert_batch_with(&batch, &rules)
+                insert_alarm_rows(&self.pool, &batch, &rules)
                     .await?
                     .ok_or_else(|| {
                         StoreError::Refused(
@@ -127,34 +127,36 @@ impl Store {
             })
             .collect())
     }
+}
 
-    /// The batch's one statement under `rules`: the alarm rows it stored, or `None` (nothing
-    /// written) if the database's rules are not `rules`' version.
-    ///
-    /// A device that has gone is skipped rather than failing the batch on its foreign key; a
-    /// stored alarm is not stored again. An alarm's item that already exists (or a resident
-    /// that is missing) leaves its alarm pointing at no call, which the foreign key refuses:
-    /// the statement fails as a whole and the batch goes one by one.
-    async fn insert_batch_with(
-        &self,
-        batch: &BatchRows,
-        (version, rules): &(Option<i64>, ValidRuleSet),
-    ) -> Result<Option<Vec<Uuid>>> {
-        let queues: Vec<Option<String>> = batch
-            .raise
-            .iter()
-            .map(|kind| kind.map(|kind| rules.queue_for(kind).id.clone()))
-            .collect();
-        let deadlines: Vec<Option<f64>> = queues
-            .iter()
-            .map(|queue| {
-                queue
-                    .as_ref()
-                    .map(|queue| crate::routing::deadline_secs(rules, queue, 0))
-            })
-            .collect();
-        let row: (bool, Vec<Uuid>) = sqlx::query_as(
-            "WITH rules_in_force AS (
+/// The batch's one statement under `rules`, on `executor` (the pool, for a statement committed
+/// on its own; a transaction, for the offline sweep's): the alarm rows it stored, or `None`
+/// (nothing written) if the database's rules are not `rules`' version.
+///
+/// A device that has gone is skipped rather than failing the batch on its foreign key; a
+/// stored alarm is not stored again. An alarm's item that already exists (or a resident
+/// that is missing) leaves its alarm pointing at no call, which the foreign key refuses:
+/// the statement fails as a whole.
+pub(crate) async fn insert_alarm_rows<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    batch: &BatchRows,
+    (version, rules): &(Option<i64>, ValidRuleSet),
+) -> Result<Option<Vec<Uuid>>> {
+    let queues: Vec<Option<String>> = batch
+        .raise
+        .iter()
+        .map(|kind| kind.map(|kind| rules.queue_for(kind).id.clone()))
+        .collect();
+    let deadlines: Vec<Option<f64>> = queues
+        .iter()
+        .map(|queue| {
+            queue
+                .as_ref()
+                .map(|queue| crate::routing::deadline_secs(rules, queue, 0))
+        })
+        .collect();
+    let row: (bool, Vec<Uuid>) = sqlx::query_as(
+        "WITH rules_in_force AS (
                  SELECT 1 WHERE (SELECT max(version) FROM routing_rules) IS NOT DISTINCT FROM $1
              ), batch AS (
                  SELECT b.* FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[],
@@ -184,7 +186,7 @@ impl Store {
                  SELECT s.call_id, s.device_id, d.resident_id, 'alarm:' || s.alarm_id, s.call_kind,
                         s.priority, 'queued', s.queue_id, clock_timestamp(), clock_timestamp(),
                         clock_timestamp() + make_interval(secs => s.deadline), r.dialect,
-                        r.station_id::text, NULL, true
+                        r.station_id::text, NULL, $18
                  FROM stored s JOIN devices d ON d.id = s.device_id
                  JOIN residents r ON r.id = d.resident_id
                  WHERE s.call_id IS NOT NULL
@@ -212,6 +214,7 @@ impl Store {
                  INSERT INTO device_outbox (device_id, kind, payload)
                  SELECT s.device_id, 'call_update', s.call_update
                  FROM stored s JOIN calls_in c ON c.id = s.call_id
+                 WHERE $18
                  ORDER BY s.n
              ), told AS (
                  -- The same notifications the one-by-one path sends (PostgreSQL folds repeats
@@ -220,54 +223,57 @@ impl Store {
                  FROM (
                      SELECT $17::text AS payload, 0 AS part WHERE EXISTS (SELECT 1 FROM stored)
                      UNION
-                     SELECT s.told, 1 FROM stored s JOIN calls_in c ON c.id = s.call_id
+                     SELECT s.told, 1 FROM stored s JOIN calls_in c ON c.id = s.call_id WHERE $18
                  ) t
                  ORDER BY t.part, t.payload
              )
              SELECT EXISTS (SELECT 1 FROM rules_in_force),
                     coalesce((SELECT array_agg(id) FROM alarms_in), '{}'::uuid[])
              FROM (SELECT count(*) FROM told) AS all_told",
-        )
-        .bind(version)
-        .bind(&batch.row_ids)
-        .bind(&batch.device_ids)
-        .bind(&batch.alarm_ids)
-        .bind(&batch.kinds)
-        .bind(&batch.raised_at)
-        .bind(&batch.details)
-        .bind(&batch.raised_events)
-        .bind(&batch.call_ids)
-        .bind(
-            batch
-                .raise
-                .iter()
-                .map(|kind| kind.map(|kind| kind.as_str().to_owned()))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            batch
-                .raise
-                .iter()
-                .map(|kind| {
-                    kind.map(|kind| i16::try_from(kind.base_priority() / 10).unwrap_or(i16::MAX))
-                })
-                .collect::<Vec<_>>(),
-        )
-        .bind(&queues)
-        .bind(&deadlines)
-        .bind(&batch.call_updates)
-        .bind(&batch.told)
-        .bind(NOTIFY_CHANNEL)
-        .bind(&batch.dispatch)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.0.then_some(row.1))
-    }
+    )
+    .bind(version)
+    .bind(&batch.row_ids)
+    .bind(&batch.device_ids)
+    .bind(&batch.alarm_ids)
+    .bind(&batch.kinds)
+    .bind(&batch.raised_at)
+    .bind(&batch.details)
+    .bind(&batch.raised_events)
+    .bind(&batch.call_ids)
+    .bind(
+        batch
+            .raise
+            .iter()
+            .map(|kind| kind.map(|kind| kind.as_str().to_owned()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        batch
+            .raise
+            .iter()
+            .map(|kind| {
+                kind.map(|kind| i16::try_from(kind.base_priority() / 10).unwrap_or(i16::MAX))
+            })
+            .collect::<Vec<_>>(),
+    )
+    .bind(&queues)
+    .bind(&deadlines)
+    .bind(&batch.call_updates)
+    .bind(&batch.told)
+    .bind(NOTIFY_CHANNEL)
+    .bind(&batch.dispatch)
+    .bind(batch.announce)
+    .fetch_one(executor)
+    .await?;
+    Ok(row.0.then_some(row.1))
 }
 
 /// A batch's candidate alarms as the statement's columns, in the batch's order, with the ids
 /// of the rows they would make and what their items would tell.
-struct BatchRows {
+pub(crate) struct BatchRows {
+    /// Whether the items are the tablet's to show (its own alarms: each item's call update goes
+    /// to its tablet's outbox, and the tablet is told) or not (the server's "device offline").
+    announce: bool,
     row_ids: Vec<Uuid>,
     device_ids: Vec<String>,
     alarm_ids: Vec<String>,
@@ -285,7 +291,7 @@ struct BatchRows {
 }
 
 impl BatchRows {
-    fn new(alarms: &[NewAlarm], candidates: &[usize]) -> Result<Self> {
+    pub(crate) fn new(alarms: &[NewAlarm], candidates: &[usize], announce: bool) -> Result<Self> {
         let unserializable =
             |error: serde_json::Error| StoreError::Refused(format!("unserializable: {error}"));
         let chosen = || candidates.iter().map(|&index| &alarms[index]);
@@ -316,6 +322,7 @@ impl BatchRows {
             ));
         }
         Ok(Self {
+            announce,
             row_ids: chosen().map(|_| Uuid::new_v4()).collect(),
             device_ids: chosen().map(|alarm| alarm.device_id.clone()).collect(),
             alarm_ids: chosen().map(|alarm| alarm.alarm_id.clone()).collect(),

@@ -269,8 +269,6 @@ pub(crate) enum Raise {
     Nothing,
     /// An item the device is told about (its own alarms).
     Item(CallKind),
-    /// An item the device is not told about (the server's "device offline").
-    SilentItem(CallKind),
 }
 
 /// Inserts an alarm unless the device already raised this id (then returns the stored one,
@@ -340,16 +338,11 @@ pub(crate) async fn insert_alarm(
     )
     .await?;
     let mut call_id = None;
-    let item = match raise {
-        Raise::Nothing => None,
-        Raise::Item(kind) => Some((kind, true)),
-        Raise::SilentItem(kind) => Some((kind, false)),
-    };
-    if let Some((kind, announce)) = item {
+    if let Raise::Item(kind) = raise {
         // ':' is outside the device's request id alphabet, so an alarm's call can never
         // collide with a call the device requested.
         let request_id = format!("alarm:{alarm_id}");
-        let call = insert_call(tx, device_id, &request_id, kind, None, announce).await?;
+        let call = insert_call(tx, device_id, &request_id, kind, None, true).await?;
         sqlx::query("UPDATE alarms SET call_id = $1 WHERE id = $2")
             .bind(call.call_id)
             .bind(alarm_row_id)

@@ -9,8 +9,10 @@ use serde_json::json;
 use sqlx::Row;
 use uuid::Uuid;
 
+use crate::alarm_batch::{insert_alarm_rows, BatchRows};
 use crate::calls::{insert_alarm, Raise};
-use crate::{append_event, notify, Notification, Result, Store};
+use crate::NewAlarm;
+use crate::{append_event, notify, Notification, Result, Store, StoreError};
 
 pub const DEVICE_OFFLINE: &str = "DEVICE_OFFLINE";
 const OFFLINE_SWEEP_LOCK: i64 = 0x0ca2_eb12;
@@ -55,20 +57,44 @@ impl Store {
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
-        for row in &silent {
-            let device_id: String = row.try_get("id")?;
-            let silent_secs: i64 = row.try_get("silent_secs")?;
-            let alarm_id = format!("offline.{}", Uuid::new_v4().simple());
-            insert_alarm(
-                &mut tx,
-                &device_id,
-                &alarm_id,
-                DEVICE_OFFLINE,
-                None,
-                &format!("no word from the device for {silent_secs} s"),
-                Raise::SilentItem(CallKind::Technical),
-            )
-            .await?;
+        // Their alarms and items in one statement: the rows stay locked (arrivals of these
+        // very tablets wait for them) for one statement, not for a few statements per device.
+        // In a 100,000 run's churn a sweep found a hundred silent devices at a time, and their
+        // arrivals queued behind a transaction of some six hundred statements.
+        let alarms: Vec<NewAlarm> = silent
+            .iter()
+            .map(|row| {
+                let silent_secs: i64 = row.try_get("silent_secs")?;
+                Ok(NewAlarm {
+                    device_id: row.try_get("id")?,
+                    alarm_id: format!("offline.{}", Uuid::new_v4().simple()),
+                    kind: DEVICE_OFFLINE.to_owned(),
+                    raised_at: None,
+                    detail: format!("no word from the device for {silent_secs} s"),
+                    raise: Some(CallKind::Technical),
+                })
+            })
+            .collect::<Result<_>>()?;
+        if !alarms.is_empty() {
+            let every: Vec<usize> = (0..alarms.len()).collect();
+            let batch = BatchRows::new(&alarms, &every, false)?;
+            let rules = crate::routing::versioned_rules(&mut tx).await?;
+            let stored = insert_alarm_rows(&mut *tx, &batch, &rules)
+                .await?
+                .ok_or_else(|| {
+                    StoreError::Refused(
+                        "the routing rules changed during the offline sweep".to_owned(),
+                    )
+                })?;
+            if stored.len() != alarms.len() {
+                // Every device is locked and has no open offline alarm, and every alarm id is
+                // new: a shortfall is a bug, and no half of it is committed.
+                return Err(StoreError::Refused(format!(
+                    "the offline sweep stored {} of {} alarms",
+                    stored.len(),
+                    alarms.len()
+                )));
+            }
         }
         tx.commit().await?;
         Ok(silent.len())
