@@ -915,4 +915,30 @@ async fn the_offline_sweep_raises_every_silent_devices_alarm_and_item_in_one_sta
     .await
     .unwrap();
     assert_eq!(open, ["tab-batch-0", "tab-batch-1", "tab-batch-2"]);
+    // The device rows say which have an open offline alarm (the sweep's search reads only the
+    // others); clearing one, by whichever path, puts its device back in the search.
+    let flagged = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT id FROM devices WHERE offline_alarm_open ORDER BY id",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+    };
+    assert_eq!(flagged().await, open);
+    assert!(store.device_back("tab-batch-0").await.unwrap());
+    sqlx::query("UPDATE alarms SET cleared_at = clock_timestamp() WHERE device_id = 'tab-batch-1'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(flagged().await, ["tab-batch-2"]);
+    assert_eq!(
+        store
+            .sweep_offline_devices(Duration::from_secs(60), 100)
+            .await
+            .unwrap(),
+        2,
+        "both are still silent, so both are reported again"
+    );
+    assert_eq!(flagged().await, open);
 }
