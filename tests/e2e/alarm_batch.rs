@@ -941,4 +941,9 @@ async fn the_offline_sweep_raises_every_silent_devices_alarm_and_item_in_one_sta
         "both are still silent, so both are reported again"
     );
     assert_eq!(flagged().await, open);
+    sqlx::query("DELETE FROM alarms WHERE device_id = 'tab-batch-2' AND kind = 'DEVICE_OFFLINE'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(flagged().await, ["tab-batch-0", "tab-batch-1"]);
 }

@@ -18,27 +18,51 @@ DROP INDEX devices_last_seen;
 CREATE INDEX devices_silence ON devices (last_seen_at)
     WHERE revoked_at IS NULL AND NOT offline_alarm_open;
 
-CREATE FUNCTION devices_offline_flag() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Once per statement, over the statement's changed alarms (a transition table): a sweep's
+-- round of a hundred offline alarms is one update of their devices. The devices are found by
+-- `= ANY (ARRAY(...))`, an index condition whatever the planner guesses of the transition table.
+CREATE FUNCTION devices_offline_flag_opened() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    UPDATE devices d SET offline_alarm_open = true
+    WHERE d.id = ANY (ARRAY(SELECT n.device_id FROM new_alarms n
+                            WHERE n.kind = 'DEVICE_OFFLINE' AND n.cleared_at IS NULL))
+      AND NOT d.offline_alarm_open;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION devices_offline_flag_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- Every device one of whose offline alarms changed or went: its flag is recomputed.
     UPDATE devices d
-    SET offline_alarm_open = EXISTS (SELECT 1 FROM alarms a
-                                     WHERE a.device_id = d.id AND a.kind = 'DEVICE_OFFLINE'
-                                       AND a.cleared_at IS NULL)
-    WHERE d.id IN (CASE WHEN TG_OP <> 'INSERT' THEN OLD.device_id END,
-                   CASE WHEN TG_OP <> 'DELETE' THEN NEW.device_id END);
+    SET offline_alarm_open = NOT d.offline_alarm_open
+    WHERE d.id = ANY (ARRAY(SELECT o.device_id FROM old_alarms o WHERE o.kind = 'DEVICE_OFFLINE'
+                            UNION
+                            SELECT n.device_id FROM new_alarms n WHERE n.kind = 'DEVICE_OFFLINE'))
+      AND d.offline_alarm_open <> EXISTS (SELECT 1 FROM alarms a
+                                          WHERE a.device_id = d.id AND a.kind = 'DEVICE_OFFLINE'
+                                            AND a.cleared_at IS NULL);
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION devices_offline_flag_removed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE devices d SET offline_alarm_open = false
+    WHERE d.id = ANY (ARRAY(SELECT o.device_id FROM old_alarms o WHERE o.kind = 'DEVICE_OFFLINE'))
+      AND d.offline_alarm_open
+      AND NOT EXISTS (SELECT 1 FROM alarms a
+                      WHERE a.device_id = d.id AND a.kind = 'DEVICE_OFFLINE' AND a.cleared_at IS NULL);
     RETURN NULL;
 END
 $$;
 
 CREATE TRIGGER alarms_offline_flag_opened AFTER INSERT ON alarms
-    FOR EACH ROW WHEN (NEW.kind = 'DEVICE_OFFLINE') EXECUTE FUNCTION devices_offline_flag();
-CREATE TRIGGER alarms_offline_flag_changed AFTER UPDATE OF cleared_at, kind, device_id ON alarms
-    FOR EACH ROW WHEN (NEW.kind = 'DEVICE_OFFLINE' OR OLD.kind = 'DEVICE_OFFLINE')
-    EXECUTE FUNCTION devices_offline_flag();
+    REFERENCING NEW TABLE AS new_alarms
+    FOR EACH STATEMENT EXECUTE FUNCTION devices_offline_flag_opened();
+CREATE TRIGGER alarms_offline_flag_changed AFTER UPDATE ON alarms
+    REFERENCING OLD TABLE AS old_alarms NEW TABLE AS new_alarms
+    FOR EACH STATEMENT EXECUTE FUNCTION devices_offline_flag_changed();
 CREATE TRIGGER alarms_offline_flag_removed AFTER DELETE ON alarms
-    FOR EACH ROW WHEN (OLD.kind = 'DEVICE_OFFLINE') EXECUTE FUNCTION devices_offline_flag();
-
--- The family cascade's search for devices offline for long reads the open offline alarms by
--- age, the due ones first, instead of all of them.
-CREATE INDEX alarms_offline_open ON alarms (received_at)
-    WHERE kind = 'DEVICE_OFFLINE' AND cleared_at IS NULL;
+    REFERENCING OLD TABLE AS old_alarms
+    FOR EACH STATEMENT EXECUTE FUNCTION devices_offline_flag_removed();
