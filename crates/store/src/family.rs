@@ -185,10 +185,14 @@ impl Store {
             .await?;
             start_cascade(&mut tx, call_id, step_secs).await?;
         }
-        // A device offline for long: its technical item's cascade tells the family.
+        // A device offline for long: its technical item's cascade tells the family. The open
+        // offline alarms are read by age from `alarms_offline_due` (its condition includes
+        // `call_id IS NOT NULL`), the due ones only: a district outage leaves tens of thousands
+        // open, none due for half an hour.
         let offline = sqlx::query(
             "SELECT k.id FROM calls k JOIN alarms a ON a.call_id = k.id
-             WHERE a.kind = 'DEVICE_OFFLINE' AND a.cleared_at IS NULL AND k.cascade_started_at IS NULL
+             WHERE a.kind = 'DEVICE_OFFLINE' AND a.cleared_at IS NULL AND a.call_id IS NOT NULL
+               AND k.cascade_started_at IS NULL
                AND k.state IN ('queued', 'offered', 'answered')
                AND a.received_at <= now() - make_interval(secs => $1)
              LIMIT 100
