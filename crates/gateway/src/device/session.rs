@@ -173,15 +173,24 @@ pub(crate) async fn run<T: DeviceTransport>(
     let resend = match context.sessions.arrived(device_id.as_str()).await {
         Ok(arrival) => {
             if arrival.offline_alarm_open {
-                match Box::pin(context.store.device_back(device_id.as_str())).await {
-                    Ok(true) => {
-                        tracing::info!(parent: &span, "device back: its offline alarm is cleared");
+                // Cleared beside the session, not before it: the clearing is a transaction of
+                // several statements, and a session that waited for it read nothing meanwhile,
+                // heartbeats included; on a loaded database that is seconds, for every tablet
+                // back from an outage. If this fails, the last-seen refresher clears it at its
+                // next pass.
+                let (store, device, span) =
+                    (context.store.clone(), device_id.to_string(), span.clone());
+                tokio::spawn(async move {
+                    match store.device_back(&device).await {
+                        Ok(true) => {
+                            tracing::info!(parent: &span, "device back: its offline alarm is cleared");
+                        }
+                        Ok(false) => {}
+                        Err(error) => {
+                            tracing::warn!(parent: &span, %error, "could not clear an offline alarm");
+                        }
                     }
-                    Ok(false) => {}
-                    Err(error) => {
-                        tracing::warn!(parent: &span, %error, "could not clear an offline alarm");
-                    }
-                }
+                });
             }
             arrival.outbox_pending
         }
