@@ -824,6 +824,10 @@ async fn a_batch_whose_item_already_exists_fails_as_a_whole_and_every_alarm_is_s
     assert_eq!(transactions, 3);
 }
 
+/// An offline alarm as the sweep wrote it: device, detail, item kind, announced, item state,
+/// request id, its events, its outbox rows.
+type OfflineWritten = (String, String, String, bool, String, String, i64, i64);
+
 #[tokio::test]
 async fn the_offline_sweep_raises_every_silent_devices_alarm_and_item_in_one_statement() {
     let store = fresh_store().await;
@@ -856,7 +860,7 @@ async fn the_offline_sweep_raises_every_silent_devices_alarm_and_item_in_one_sta
     assert!(told.is_empty(), "the tablets are not: {told:?}");
     // What the one-by-one path wrote for each: the alarm, a technical item the tablet is not
     // shown (nothing in its outbox), and both events.
-    let written: Vec<(String, String, String, bool, String, String, i64, i64)> = sqlx::query_as(
+    let written: Vec<OfflineWritten> = sqlx::query_as(
         "SELECT a.device_id, a.detail, c.kind, c.announce, c.state, c.request_id,
                 (SELECT count(*) FROM events e WHERE e.device_id = a.device_id
                  AND ((e.kind = 'alarm.raised' AND e.detail->>'alarm_id' = a.alarm_id
