@@ -18,28 +18,6 @@ use tokio::sync::Mutex;
 
 const DEVICES: usize = 2000;
 
-async fn district() -> Store {
-    let store = Store::connect(&carebell_tests::fresh_database().await, 20)
-        .await
-        .expect("PostgreSQL (run ./deploy/ensure-services.sh)");
-    store.migrate().await.expect("migrate");
-    let station = store.add_station("bench").await.expect("station");
-    sqlx::query(
-        "WITH r AS (
-            INSERT INTO residents (id, station_id, full_name, address, phone, dialect)
-            SELECT gen_random_uuid(), $1, 'resident ' || n, '', '', 'cantonese'
-            FROM generate_series(1, $2) AS n RETURNING id, full_name)
-         INSERT INTO devices (id, resident_id, public_key)
-         SELECT 'tab-' || split_part(full_name, ' ', 2), id, decode(repeat('00', 32), 'hex') FROM r",
-    )
-    .bind(station)
-    .bind(DEVICES as i32)
-    .execute(store.pool())
-    .await
-    .expect("devices");
-    store
-}
-
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     OneByOne,
@@ -131,7 +109,7 @@ fn main() {
         for &rate in &rates {
             for mode in [Mode::OneByOne, Mode::Batched] {
                 // A fresh database each time, so that neither mode runs on the other's rows.
-                let store = district().await;
+                let store = carebell_benches::district(DEVICES as u64).await;
                 let round = format!("r{rate}");
                 figures.extend(run(&store, mode, rate, secs, &round).await);
                 store.pool().close().await;

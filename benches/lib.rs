@@ -514,6 +514,30 @@ pub fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> O
         .map(|(_, &(bound, _))| bound)
 }
 
+/// A fresh, migrated database with one station and `devices` tablets `tab-1` … `tab-<n>`,
+/// each with its own resident (`alarm_commit`, `offline_sweep`).
+pub async fn district(devices: u64) -> carebell_store::Store {
+    let store = carebell_store::Store::connect(&carebell_tests::fresh_database().await, 20)
+        .await
+        .expect("PostgreSQL (run ./deploy/ensure-services.sh)");
+    store.migrate().await.expect("migrate");
+    let station = store.add_station("bench").await.expect("station");
+    sqlx::query(
+        "WITH r AS (
+            INSERT INTO residents (id, station_id, full_name, address, phone, dialect)
+            SELECT gen_random_uuid(), $1, 'resident ' || n, '', '', 'cantonese'
+            FROM generate_series(1, $2) AS n RETURNING id, full_name)
+         INSERT INTO devices (id, resident_id, public_key)
+         SELECT 'tab-' || split_part(full_name, ' ', 2), id, decode(repeat('00', 32), 'hex') FROM r",
+    )
+    .bind(station)
+    .bind(i32::try_from(devices).expect("devices"))
+    .execute(store.pool())
+    .await
+    .expect("devices");
+    store
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,25 +17,11 @@ use carebell_benches::{quantile_ms, report, Figure};
 use carebell_store::Store;
 
 async fn district(devices: u64) -> Store {
-    let store = Store::connect(&carebell_tests::fresh_database().await, 20)
+    let store = carebell_benches::district(devices).await;
+    sqlx::query("UPDATE devices SET last_seen_at = clock_timestamp() - interval '10 min'")
+        .execute(store.pool())
         .await
-        .expect("PostgreSQL (run ./deploy/ensure-services.sh)");
-    store.migrate().await.expect("migrate");
-    let station = store.add_station("bench").await.expect("station");
-    sqlx::query(
-        "WITH r AS (
-            INSERT INTO residents (id, station_id, full_name, address, phone, dialect)
-            SELECT gen_random_uuid(), $1, 'resident ' || n, '', '', 'cantonese'
-            FROM generate_series(1, $2) AS n RETURNING id, full_name)
-         INSERT INTO devices (id, resident_id, public_key, last_seen_at)
-         SELECT 'tab-' || split_part(full_name, ' ', 2), id, decode(repeat('00', 32), 'hex'),
-                clock_timestamp() - interval '10 min' FROM r",
-    )
-    .bind(station)
-    .bind(i32::try_from(devices).expect("devices"))
-    .execute(store.pool())
-    .await
-    .expect("devices");
+        .expect("silent");
     // A district has a history: a week of items and alarms, all closed, one per tablet. The
     // tables' statistics then describe tables of that size, as autovacuum would have.
     sqlx::query(

@@ -301,7 +301,8 @@ impl BatchRows {
         let mut call_updates = Vec::with_capacity(candidates.len());
         let mut told = Vec::with_capacity(candidates.len());
         for (alarm, call_id) in chosen().zip(&call_ids) {
-            let Some(call_id) = *call_id else {
+            // An item not announced tells its tablet nothing.
+            let Some(call_id) = call_id.filter(|_| announce) else {
                 call_updates.push(None);
                 told.push(None);
                 continue;
