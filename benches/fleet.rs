@@ -26,7 +26,8 @@ use carebell_benches::harness::{
     binary, cpu_seconds, env_u64, per_connection, release_dir, rss_bytes, wait_for_port, Setup,
 };
 use carebell_benches::{
-    add_buckets, bucket_quantile, histogram_buckets, report, report_goals, Figure, Goal,
+    add_buckets, bucket_quantile, histogram_buckets, report, report_goals, sessions_ended, Figure,
+    Goal,
 };
 use carebell_tests::{free_port, http_get};
 use firmware_sim::fleet::FleetReport;
@@ -167,6 +168,27 @@ impl Bench {
             transaction: add_buckets(&transaction),
             batch: add_buckets(&batch),
         }
+    }
+
+    /// The gateways' device sessions ended so far, by reason, summed over the processes that
+    /// answer (`carebell_device_sessions_ended_total`).
+    async fn sessions_ended(&self) -> std::collections::BTreeMap<String, f64> {
+        let ports: Vec<u16> = self
+            .metrics_ports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .copied()
+            .collect();
+        let mut ended = std::collections::BTreeMap::new();
+        for port in ports {
+            if let Ok((200, body)) = http_get(&format!("http://127.0.0.1:{port}/metrics")).await {
+                for (reason, count) in sessions_ended(&body) {
+                    *ended.entry(reason).or_insert(0.0) += count;
+                }
+            }
+        }
+        ended
     }
 
     /// Starts a fleet (through `tablet-fleet launch`); its live "connected" count is sent on the
@@ -616,6 +638,14 @@ async fn main() {
         value: still as f64,
         unit: "connections",
     });
+    // Who ended the links that churned: the tablets, or the gateways' supervision.
+    for (reason, count) in bench.sessions_ended().await {
+        figures.push(Figure {
+            name: format!("sessions ended before the storm: {reason}"),
+            value: count,
+            unit: "sessions",
+        });
+    }
     let before = bench.progress(3);
     for gateway in &mut gateways {
         let _ = gateway.kill().await;

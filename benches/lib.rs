@@ -483,6 +483,32 @@ pub fn histogram_buckets(scrape: &str, name: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// The device sessions ended in a metrics scrape, by reason: `(reason, count)`, summed over
+/// transports.
+pub fn sessions_ended(scrape: &str) -> Vec<(String, f64)> {
+    let mut ended: Vec<(String, f64)> = Vec::new();
+    for line in scrape.lines() {
+        let Some(rest) = line.strip_prefix("carebell_device_sessions_ended_total{") else {
+            continue;
+        };
+        let Some((labels, count)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let reason = labels
+            .split_once("reason=\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(reason, _)| reason.to_owned());
+        let (Some(reason), Ok(count)) = (reason, count.trim().parse::<f64>()) else {
+            continue;
+        };
+        match ended.iter_mut().find(|(seen, _)| *seen == reason) {
+            Some((_, total)) => *total += count,
+            None => ended.push((reason, count)),
+        }
+    }
+    ended
+}
+
 /// Several processes' histograms (the same buckets) added together.
 pub fn add_buckets(histograms: &[Vec<(f64, f64)>]) -> Vec<(f64, f64)> {
     let mut sum: Vec<(f64, f64)> = Vec::new();
@@ -541,6 +567,24 @@ pub async fn district(devices: u64) -> carebell_store::Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_ended_are_summed_by_reason_over_transports() {
+        let scrape = "# TYPE carebell_device_sessions_ended_total counter
+carebell_device_sessions_ended_total{transport=\"websocket\",reason=\"closed by the device\"} 7
+carebell_device_sessions_ended_total{transport=\"grpc\",reason=\"closed by the device\"} 2
+carebell_device_sessions_ended_total{transport=\"websocket\",reason=\"heartbeat supervision timed out\"} 3
+carebell_device_handshakes_total{transport=\"websocket\",outcome=\"accepted\"} 12
+";
+        assert_eq!(
+            sessions_ended(scrape),
+            [
+                ("closed by the device".to_owned(), 9.0),
+                ("heartbeat supervision timed out".to_owned(), 3.0)
+            ]
+        );
+        assert!(sessions_ended("carebell_draining 0").is_empty());
+    }
 
     #[test]
     fn a_histograms_quantiles_come_from_the_difference_between_two_scrapes() {

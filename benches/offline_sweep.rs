@@ -6,8 +6,14 @@
 //! (one closed item and alarm per tablet), analyzed, so that plans are made for tables of a
 //! realistic size.
 //!
+//! Then the district comes back: every tablet's offline alarm is cleared (with its item, and a
+//! "device back" alarm), the first tenth one device per transaction as before, the rest in
+//! batches as a gateway's returning sessions are (`Store::devices_back`), two at a time in each
+//! case as the gateway's batchers run; the figure is returning tablets cleared a second.
+//!
 //! `cargo bench -p carebell-benches --bench offline_sweep`; `CAREBELL_BENCH_DEVICES` (default
-//! 20000) tablets, `CAREBELL_BENCH_PASS` (default 100, as the dispatcher) devices a pass.
+//! 20000) tablets, `CAREBELL_BENCH_PASS` (default 100, as the dispatcher) devices a pass and a
+//! batch of returning tablets.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -146,7 +152,76 @@ fn main() {
                 unit: "ms",
             },
         ];
+        let mut figures = figures;
+        figures.extend(district_back(&store, devices, pass as usize).await);
         store.pool().close().await;
         report("a district's outage: the offline sweep", &figures);
     });
+}
+
+/// Every tablet returns: the first tenth cleared one device per transaction, the rest in batches
+/// of `batch`, two transactions at a time in both cases.
+async fn district_back(store: &Store, devices: u64, batch: usize) -> Vec<Figure> {
+    let ids: Vec<String> = (1..=devices).map(|i| format!("tab-{i}")).collect();
+    let (alone, together) = ids.split_at(ids.len() / 10);
+    let clear = |chunks: Vec<Vec<String>>| {
+        let store = store.clone();
+        async move {
+            let chunks = Arc::new(std::sync::Mutex::new(chunks));
+            let start = Instant::now();
+            let workers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (store, chunks) = (store.clone(), Arc::clone(&chunks));
+                    tokio::spawn(async move {
+                        let mut cleared = 0;
+                        loop {
+                            let next = chunks.lock().expect("chunks").pop();
+                            let Some(chunk) = next else { break cleared };
+                            cleared += if chunk.len() == 1 {
+                                usize::from(store.device_back(&chunk[0]).await.expect("back"))
+                            } else {
+                                store.devices_back(&chunk).await.expect("back").len()
+                            };
+                        }
+                    })
+                })
+                .collect();
+            let mut cleared = 0;
+            for worker in workers {
+                cleared += worker.await.expect("worker");
+            }
+            (cleared, start.elapsed())
+        }
+    };
+    let (n_alone, alone_took) = clear(alone.iter().map(|id| vec![id.clone()]).collect()).await;
+    let (n_together, together_took) = clear(
+        together
+            .chunks(batch.max(2))
+            .map(<[String]>::to_vec)
+            .collect(),
+    )
+    .await;
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM alarms WHERE kind = 'DEVICE_OFFLINE' AND cleared_at IS NULL",
+    )
+    .fetch_one(store.pool())
+    .await
+    .expect("open");
+    vec![
+        Figure {
+            name: "district back: offline alarms still open after".into(),
+            value: open as f64,
+            unit: "alarms",
+        },
+        Figure {
+            name: format!("district back: {n_alone} cleared one per transaction"),
+            value: n_alone as f64 / alone_took.as_secs_f64(),
+            unit: "1/s",
+        },
+        Figure {
+            name: format!("district back: {n_together} cleared in batches of up to {batch}"),
+            value: n_together as f64 / together_took.as_secs_f64(),
+            unit: "1/s",
+        },
+    ]
 }

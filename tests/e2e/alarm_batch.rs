@@ -951,3 +951,192 @@ async fn the_offline_sweep_raises_every_silent_devices_alarm_and_item_in_one_sta
         .unwrap();
     assert_eq!(flagged().await, ["tab-batch-0", "tab-batch-1"]);
 }
+
+#[tokio::test]
+async fn returning_devices_are_cleared_together_as_one_by_one_would_clear_them() {
+    let store = fresh_store().await;
+    district(&store).await;
+    sqlx::query("UPDATE devices SET last_seen_at = clock_timestamp() - interval '120 s'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .sweep_offline_devices(Duration::from_secs(60), 100)
+            .await
+            .unwrap(),
+        DEVICES
+    );
+    // Two operators are offered two of the four offline items; one of them takes theirs.
+    let mut operators = Vec::new();
+    for name in ["first", "second"] {
+        let operator = store.add_operator(name, name, "unused").await.unwrap();
+        store
+            .set_operator_status(operator, carebell_domain::OperatorStatus::Available)
+            .await
+            .unwrap();
+        operators.push(operator);
+    }
+    let offers = store.match_round(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(offers.len(), 2, "{offers:?}");
+    let (ringing, taken) = (&offers[0], &offers[1]);
+    store
+        .accept_offer(taken.offer_id, taken.operator_id)
+        .await
+        .unwrap();
+    let device_of = |call_id: uuid::Uuid| {
+        let store = store.clone();
+        async move { store.call(call_id).await.unwrap().device_id }
+    };
+    let ringing_device = device_of(ringing.call_id).await;
+    let taken_device = device_of(taken.call_id).await;
+    let left_out = (0..DEVICES)
+        .map(|index| format!("tab-batch-{index}"))
+        .find(|device| *device != ringing_device && *device != taken_device)
+        .unwrap();
+    let returning: Vec<String> = (0..DEVICES)
+        .map(|index| format!("tab-batch-{index}"))
+        .filter(|device| *device != left_out)
+        .chain(["tab-never-registered".to_owned()])
+        .collect();
+
+    let mut listener = store.listen().await.unwrap();
+    let mut cleared = store.devices_back(&returning).await.unwrap();
+    cleared.sort();
+    let mut expected: Vec<String> = returning[..DEVICES - 1].to_vec();
+    expected.sort();
+    assert_eq!(
+        cleared, expected,
+        "each returning device with an open alarm"
+    );
+
+    // Each returning device: its offline alarm cleared, one "device back" alarm and its event.
+    let per_device: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT d.id,
+                (SELECT count(*) FROM alarms a WHERE a.device_id = d.id
+                 AND a.kind = 'DEVICE_OFFLINE' AND a.cleared_at IS NULL),
+                (SELECT count(*) FROM alarms a WHERE a.device_id = d.id AND a.kind = 'DEVICE_BACK'
+                 AND a.detail = 'the device is connected again' AND a.alarm_id LIKE 'back.%'
+                 AND a.call_id IS NULL AND a.raised_at IS NULL),
+                (SELECT count(*) FROM events e JOIN alarms a ON a.alarm_id = e.detail->>'alarm_id'
+                 WHERE e.kind = 'alarm.raised' AND e.device_id = d.id AND a.device_id = d.id
+                 AND a.kind = 'DEVICE_BACK' AND e.detail->>'kind' = 'DEVICE_BACK'
+                 AND e.detail ? 'raised_at' AND e.call_id IS NULL)
+         FROM devices d ORDER BY d.id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    for (device, open, back, events) in &per_device {
+        if *device == left_out {
+            assert_eq!(
+                (*open, *back, *events),
+                (1, 0, 0),
+                "{device} did not return"
+            );
+        } else {
+            assert_eq!((*open, *back, *events), (0, 1, 1), "{device}");
+        }
+    }
+    let flagged: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM devices WHERE offline_alarm_open ORDER BY id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(flagged, std::slice::from_ref(&left_out));
+
+    // Items: the one an operator holds stays theirs; the ringing one and the queued one are
+    // cleared, the ringing offer withdrawn; the left-out device's item still waits.
+    let items: Vec<(String, String, Option<String>, i64)> = sqlx::query_as(
+        "SELECT c.device_id, c.state, c.ended_at IS NOT NULL AND c.state = 'cleared' AS ended,
+                (SELECT count(*) FROM events e WHERE e.call_id = c.id AND e.kind = 'call.cleared'
+                 AND e.device_id = c.device_id AND e.detail->>'reason' = 'device back')
+         FROM alarms a JOIN calls c ON c.id = a.call_id
+         WHERE a.kind = 'DEVICE_OFFLINE' ORDER BY c.device_id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap()
+    .into_iter()
+    .map(
+        |(device, state, ended, events): (String, String, bool, i64)| {
+            (device, state, ended.then(|| "ended".to_owned()), events)
+        },
+    )
+    .collect();
+    for (device, state, ended, events) in &items {
+        let want = if *device == taken_device {
+            ("answered", None, 0)
+        } else if *device == left_out {
+            ("queued", None, 0)
+        } else {
+            ("cleared", Some("ended"), 1)
+        };
+        assert_eq!(
+            (state.as_str(), ended.as_deref(), *events),
+            want,
+            "{device}'s item"
+        );
+    }
+    let offer: (String, Option<String>, bool) =
+        sqlx::query_as("SELECT state, reason, decided_at IS NOT NULL FROM offers WHERE id = $1")
+            .bind(ringing.offer_id)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        offer,
+        ("withdrawn".to_owned(), Some("cleared".to_owned()), true)
+    );
+    let withdrawn_events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE kind = 'offer.withdrawn' AND offer_id = $1
+         AND operator_id = $2 AND call_id = $3 AND detail->>'reason' = 'cleared'",
+    )
+    .bind(ringing.offer_id)
+    .bind(ringing.operator_id)
+    .bind(ringing.call_id)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(withdrawn_events, 1);
+    // The ringing operator and the consoles hear of it.
+    let mut withdrawn = Vec::new();
+    let mut changed = BTreeSet::new();
+    while let Ok(Ok(Heard::Notification(notification))) =
+        tokio::time::timeout(Duration::from_millis(500), listener.recv()).await
+    {
+        match notification {
+            Notification::OfferWithdrawn {
+                offer_id,
+                operator_id,
+                reason,
+                ..
+            } => withdrawn.push((offer_id, operator_id, reason)),
+            Notification::CallChanged { call_id, state, .. } if state == "cleared" => {
+                changed.insert(device_of(call_id).await);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        withdrawn,
+        [(ringing.offer_id, ringing.operator_id, "cleared".to_owned())]
+    );
+    let cleared_items: BTreeSet<String> = items
+        .iter()
+        .filter(|item| item.1 == "cleared")
+        .map(|item| item.0.clone())
+        .collect();
+    assert_eq!(changed, cleared_items);
+    assert_eq!(cleared_items.len(), 2);
+    assert_eq!(
+        store.live_statistics().await.unwrap(),
+        store.recompute_statistics(None, None).await.unwrap()
+    );
+
+    // Again: nothing is open for them any more. The one left out returns on its own.
+    assert!(store.devices_back(&returning).await.unwrap().is_empty());
+    assert!(store.device_back(&left_out).await.unwrap());
+    assert!(!store.device_back(&left_out).await.unwrap());
+    assert!(store.devices_back(&[]).await.unwrap().is_empty());
+}

@@ -150,6 +150,28 @@ async fn a_scrape_during_a_run_shows_every_listed_series() {
         Some(10.0)
     );
 
+    // A tablet that says goodbye: its session's end is counted with its reason, and no other
+    // session has ended.
+    let (_, leaving) = node
+        .tablet_config("Metrics leaving", TransportKind::WebSocket)
+        .await;
+    Tablet::connect(&leaving).await.unwrap().close().await;
+    let body = scrape_until(
+        &node,
+        "carebell_device_sessions_ended_total{transport=\"websocket\",reason=\"closed by the device\"}",
+        1.0,
+    )
+    .await;
+    let ended: Vec<&str> = body
+        .lines()
+        .filter(|line| line.starts_with("carebell_device_sessions_ended_total{"))
+        .collect();
+    assert_eq!(
+        ended,
+        ["carebell_device_sessions_ended_total{transport=\"websocket\",reason=\"closed by the device\"} 1"],
+        "{body}"
+    );
+
     // The family cascade's SMS goes to the failing webhook: three attempts, then dead.
     let body = scrape_until(
         &node,

@@ -91,13 +91,12 @@ pub async fn run_last_seen_refresher(
             .map(|(device_id, _)| device_id.clone())
             .collect();
         match store.open_offline_alarms(&heard).await {
-            Ok(open) => {
-                for device_id in open {
-                    if let Err(error) = store.device_back(&device_id).await {
-                        tracing::warn!(%error, %device_id, "could not clear an offline alarm");
-                    }
+            Ok(open) if !open.is_empty() => {
+                if let Err(error) = store.devices_back(&open).await {
+                    tracing::warn!(%error, n_devices = open.len(), "could not clear offline alarms");
                 }
             }
+            Ok(_) => {}
             Err(error) => tracing::warn!(%error, "could not look for offline alarms"),
         }
     }

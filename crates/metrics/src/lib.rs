@@ -49,6 +49,9 @@ pub struct Metrics {
     pub device_connections: Family<Labels, Gauge>,
     /// Device handshakes finished, by transport and outcome (`accepted`, `refused`).
     pub device_handshakes: Family<Labels, Counter>,
+    /// Device sessions ended, by transport and reason (a fixed phrase such as `heartbeat
+    /// supervision timed out` or `closed by the device`): who ends links when tablets churn.
+    pub device_sessions_ended: Family<Labels, Counter>,
     /// Alarms received from devices, by kind and whether they were new or a resend.
     pub alarms_received: Family<Labels, Counter>,
     /// Alarms not yet resolved or cleared, by kind and the state of their call (set at scrape).
@@ -86,6 +89,7 @@ impl Metrics {
         let metrics = Metrics {
             device_connections: Family::default(),
             device_handshakes: Family::default(),
+            device_sessions_ended: Family::default(),
             alarms_received: Family::default(),
             alarms_open: Family::default(),
             queue_waiting: Family::default(),
@@ -111,6 +115,11 @@ impl Metrics {
             "device_handshakes",
             "Device handshakes finished, by transport and outcome",
             metrics.device_handshakes.clone(),
+        );
+        registry.register(
+            "device_sessions_ended",
+            "Device sessions ended, by transport and reason",
+            metrics.device_sessions_ended.clone(),
         );
         registry.register(
             "alarms_received",

@@ -401,20 +401,20 @@ async fn requeue_if_silent(tx: &mut Transaction<'_, Postgres>, call_id: Uuid) ->
     Ok(())
 }
 
-/// Withdraws the live offers of a locked call (all of them, or only `only_operator`'s),
+/// Withdraws the live offers of locked calls (all of them, or only `only_operator`'s),
 /// telling each operator why.
 pub(crate) async fn withdraw_offers(
     tx: &mut Transaction<'_, Postgres>,
-    call_id: Uuid,
+    call_ids: &[Uuid],
     only_operator: Option<Uuid>,
     reason: &str,
 ) -> Result<()> {
     let withdrawn = sqlx::query(
         "UPDATE offers SET state = 'withdrawn', reason = $3, decided_at = clock_timestamp()
-         WHERE call_id = $1 AND state = 'offered' AND ($2::uuid IS NULL OR operator_id = $2)
-         RETURNING id, operator_id",
+         WHERE call_id = ANY($1) AND state = 'offered' AND ($2::uuid IS NULL OR operator_id = $2)
+         RETURNING id, operator_id, call_id",
     )
-    .bind(call_id)
+    .bind(call_ids)
     .bind(only_operator)
     .bind(reason)
     .fetch_all(&mut **tx)
@@ -422,6 +422,7 @@ pub(crate) async fn withdraw_offers(
     for row in withdrawn {
         let offer_id: Uuid = row.try_get("id")?;
         let operator_id: Uuid = row.try_get("operator_id")?;
+        let call_id: Uuid = row.try_get("call_id")?;
         offer_closed(
             tx,
             "offer.withdrawn",
@@ -505,14 +506,14 @@ impl Store {
             tx.commit().await?;
             return Ok(CancelOutcome { call_id, state });
         }
-        withdraw_offers(&mut tx, call_id, None, "cancelled").await?;
+        withdraw_offers(&mut tx, &[call_id], None, "cancelled").await?;
         sqlx::query(
             "UPDATE calls SET state = 'abandoned', ended_at = clock_timestamp() WHERE id = $1",
         )
         .bind(call_id)
         .execute(&mut *tx)
         .await?;
-        crate::family::stop_cascade(&mut tx, call_id).await?;
+        crate::family::stop_cascade(&mut tx, &[call_id]).await?;
         append_event(
             &mut tx,
             "call.abandoned",
@@ -690,7 +691,7 @@ impl Store {
         .await?;
         // Ring-all: the other operators' offers for this call are withdrawn in the same
         // transaction as the win.
-        withdraw_offers(&mut tx, call_id, None, "taken").await?;
+        withdraw_offers(&mut tx, &[call_id], None, "taken").await?;
         let display_name: String = sqlx::query_scalar(
             "UPDATE operators SET status = 'on_call', status_since = clock_timestamp(), missed_offers = 0,
                     status_reason = ''
@@ -852,7 +853,7 @@ impl Store {
         }
         let device_id: String = call.try_get("device_id")?;
         let request_id: String = call.try_get("request_id")?;
-        crate::family::stop_cascade(&mut tx, call_id).await?;
+        crate::family::stop_cascade(&mut tx, &[call_id]).await?;
         // Ending a service order's call-back call is the order's call-back.
         crate::orders::callback_call_ended(&mut tx, call_id, operator_id, note).await?;
         sqlx::query(
@@ -936,7 +937,7 @@ impl Store {
             .execute(&mut **tx)
             .await?;
         // Only this operator's offer: with ring-all, the others keep ringing.
-        withdraw_offers(tx, call_id, Some(operator_id), "operator unavailable").await?;
+        withdraw_offers(tx, &[call_id], Some(operator_id), "operator unavailable").await?;
         requeue_if_silent(tx, call_id).await?;
         notify(tx, &Notification::Dispatch).await?;
         Ok(())

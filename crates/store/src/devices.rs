@@ -10,9 +10,8 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::alarm_batch::{insert_alarm_rows, BatchRows};
-use crate::calls::{insert_alarm, Raise};
 use crate::NewAlarm;
-use crate::{append_event, notify, Notification, Result, Store, StoreError};
+use crate::{append_events, notify_all, Notification, Result, Store, StoreError};
 
 pub const DEVICE_OFFLINE: &str = "DEVICE_OFFLINE";
 const OFFLINE_SWEEP_LOCK: i64 = 0x0ca2_eb12;
@@ -122,67 +121,109 @@ impl Store {
     /// The device authenticated again: its open "device offline" alarm is cleared, a "device
     /// back" alarm is recorded, and the offline item is cleared if nobody has taken it yet.
     pub async fn device_back(&self, device_id: &str) -> Result<bool> {
+        Ok(!self.devices_back(&[device_id.to_owned()]).await?.is_empty())
+    }
+
+    /// [`Store::device_back`] for many devices in one transaction of a few statements, however
+    /// many there are; returns the devices whose offline alarm it cleared. A district's tablets
+    /// back from an outage are tens of thousands of these at once, and one transaction of eight
+    /// statements each was more work than the machine had.
+    pub async fn devices_back(&self, device_ids: &[String]) -> Result<Vec<String>> {
+        if device_ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.pool.begin().await?;
-        let cleared = sqlx::query(
-            "UPDATE alarms SET cleared_at = clock_timestamp()
-             WHERE device_id = $1 AND kind = 'DEVICE_OFFLINE' AND cleared_at IS NULL
-             RETURNING call_id",
+        // Locked in one order, so that two batches over the same devices (a session's and the
+        // last-seen refresher's) wait for each other instead of deadlocking. An alarm another
+        // transaction cleared meanwhile is skipped once that one commits.
+        let cleared: Vec<(String, Option<Uuid>)> = sqlx::query_as(
+            "WITH open AS (
+                 SELECT id FROM alarms
+                 WHERE device_id = ANY($1) AND kind = $2 AND cleared_at IS NULL
+                 ORDER BY device_id
+                 FOR UPDATE)
+             UPDATE alarms a SET cleared_at = clock_timestamp()
+             FROM open WHERE a.id = open.id
+             RETURNING a.device_id, a.call_id",
         )
-        .bind(device_id)
-        .fetch_optional(&mut *tx)
+        .bind(device_ids)
+        .bind(DEVICE_OFFLINE)
+        .fetch_all(&mut *tx)
         .await?;
-        let Some(cleared) = cleared else {
+        if cleared.is_empty() {
             tx.commit().await?;
-            return Ok(false);
-        };
-        let call_id: Option<Uuid> = cleared.try_get("call_id")?;
-        insert_alarm(
-            &mut tx,
-            device_id,
-            &format!("back.{}", Uuid::new_v4().simple()),
-            DEVICE_BACK,
-            None,
-            "the device is connected again",
-            Raise::Nothing,
+            return Ok(Vec::new());
+        }
+        let devices: Vec<String> = cleared.iter().map(|(device, _)| device.clone()).collect();
+        let alarm_ids: Vec<String> = devices
+            .iter()
+            .map(|_| format!("back.{}", Uuid::new_v4().simple()))
+            .collect();
+        // Each one's "device back" alarm and its event, as `insert_alarm` writes them.
+        sqlx::query(
+            "WITH back AS (
+                 INSERT INTO alarms (id, device_id, alarm_id, kind, detail)
+                 SELECT gen_random_uuid(), b.device_id, b.alarm_id, $3, $4
+                 FROM unnest($1::text[], $2::text[]) AS b(device_id, alarm_id)
+                 RETURNING device_id, alarm_id)
+             INSERT INTO events (kind, device_id, detail)
+             SELECT 'alarm.raised', device_id,
+                    jsonb_build_object('alarm_id', alarm_id, 'kind', $3::text, 'raised_at', NULL)
+             FROM back",
         )
+        .bind(&devices)
+        .bind(&alarm_ids)
+        .bind(DEVICE_BACK)
+        .bind("the device is connected again")
+        .execute(&mut *tx)
         .await?;
-        if let Some(call_id) = call_id {
-            let waiting: Option<String> = sqlx::query_scalar(
-                "SELECT state FROM calls WHERE id = $1 AND state IN ('queued', 'offered') FOR UPDATE",
+        // The offline items nobody has taken yet are cleared; one an operator holds stays theirs.
+        let items: Vec<Uuid> = cleared.iter().filter_map(|(_, call)| *call).collect();
+        let waiting: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM calls WHERE id = ANY($1) AND state IN ('queued', 'offered')
+             ORDER BY id
+             FOR UPDATE",
+        )
+        .bind(&items)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !waiting.is_empty() {
+            crate::calls::withdraw_offers(&mut tx, &waiting, None, "cleared").await?;
+            crate::family::stop_cascade(&mut tx, &waiting).await?;
+            sqlx::query(
+                "UPDATE calls SET state = 'cleared', ended_at = clock_timestamp() WHERE id = ANY($1)",
             )
-            .bind(call_id)
-            .fetch_optional(&mut *tx)
+            .bind(&waiting)
+            .execute(&mut *tx)
             .await?;
-            if waiting.is_some() {
-                crate::calls::withdraw_offers(&mut tx, call_id, None, "cleared").await?;
-                crate::family::stop_cascade(&mut tx, call_id).await?;
-                sqlx::query("UPDATE calls SET state = 'cleared', ended_at = clock_timestamp() WHERE id = $1")
-                    .bind(call_id)
-                    .execute(&mut *tx)
-                    .await?;
-                append_event(
-                    &mut tx,
-                    "call.cleared",
-                    Some(call_id),
-                    None,
-                    None,
-                    Some(device_id),
-                    json!({ "reason": "device back" }),
-                )
-                .await?;
-                notify(
-                    &mut tx,
-                    &Notification::CallChanged {
-                        call_id,
-                        operator_id: None,
-                        state: "cleared".to_owned(),
-                        disposition: None,
-                    },
-                )
-                .await?;
-            }
+            let device_of: std::collections::HashMap<Uuid, &str> = cleared
+                .iter()
+                .filter_map(|(device, call)| call.map(|call| (call, device.as_str())))
+                .collect();
+            let events: Vec<_> = waiting
+                .iter()
+                .map(|call_id| {
+                    (
+                        "call.cleared",
+                        Some(*call_id),
+                        device_of.get(call_id).map(|device| (*device).to_owned()),
+                        json!({ "reason": "device back" }),
+                    )
+                })
+                .collect();
+            append_events(&mut tx, &events).await?;
+            let changed: Vec<Notification> = waiting
+                .iter()
+                .map(|&call_id| Notification::CallChanged {
+                    call_id,
+                    operator_id: None,
+                    state: "cleared".to_owned(),
+                    disposition: None,
+                })
+                .collect();
+            notify_all(&mut tx, &changed).await?;
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(devices)
     }
 }

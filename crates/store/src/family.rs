@@ -510,13 +510,16 @@ async fn enqueue_delivery(tx: &mut Transaction<'_, Postgres>, notification_id: i
     Ok(())
 }
 
-/// The alarm is over (resolved, cleared, abandoned): nobody more is asked.
-pub(crate) async fn stop_cascade(tx: &mut Transaction<'_, Postgres>, call_id: Uuid) -> Result<()> {
+/// These alarms are over (resolved, cleared, abandoned): nobody more is asked.
+pub(crate) async fn stop_cascade(
+    tx: &mut Transaction<'_, Postgres>,
+    call_ids: &[Uuid],
+) -> Result<()> {
     sqlx::query(
         "UPDATE family_notifications SET state = 'cancelled'
-         WHERE call_id = $1 AND NOT parallel AND state IN ('waiting', 'sent')",
+         WHERE call_id = ANY($1) AND NOT parallel AND state IN ('waiting', 'sent')",
     )
-    .bind(call_id)
+    .bind(call_ids)
     .execute(&mut **tx)
     .await?;
     Ok(())

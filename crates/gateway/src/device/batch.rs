@@ -141,8 +141,9 @@ impl AlarmBatcher {
 /// A device's public key and the client certificate it is bound to, if any.
 pub type DeviceKey = ([u8; 32], Option<[u8; 32]>);
 
-/// The process's batchers for device sessions: new connections' key lookups and arrivals, and
-/// outbox reads and acknowledgements, each one statement for many devices. A batch that fails
+/// The process's batchers for device sessions: new connections' key lookups and arrivals, the
+/// clearing of returning devices' offline alarms, and outbox reads and acknowledgements, each one
+/// statement (or one short transaction) for many devices. A batch that fails
 /// as a whole is done one device at a time, so one bad moment never answers a whole batch with
 /// an error the one-by-one path would not give.
 #[derive(Clone)]
@@ -151,6 +152,7 @@ pub struct SessionBatchers {
     arrivals: Batcher<String, Result<Arrival, StoreError>>,
     reads: Batcher<OutboxRead, Result<Vec<OutboxItem>, StoreError>>,
     acks: Batcher<OutboxAck, Result<u64, StoreError>>,
+    backs: Batcher<String, Result<bool, StoreError>>,
 }
 
 impl SessionBatchers {
@@ -205,6 +207,23 @@ impl SessionBatchers {
                 }
             }
         });
+        let backs_store = store.clone();
+        let backs = Batcher::spawn(max_batch, in_flight, move |ids: Vec<String>| {
+            let store = backs_store.clone();
+            async move {
+                match store.devices_back(&ids).await {
+                    Ok(cleared) => {
+                        let cleared: std::collections::HashSet<String> =
+                            cleared.into_iter().collect();
+                        ids.iter().map(|id| Ok(cleared.contains(id))).collect()
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "a batch of returning devices failed; one by one");
+                        one_by_one(&ids, |id| store.device_back(id)).await
+                    }
+                }
+            }
+        });
         let acks = Batcher::spawn(max_batch, in_flight, move |acks: Vec<OutboxAck>| {
             let store = store.clone();
             async move {
@@ -222,7 +241,13 @@ impl SessionBatchers {
             arrivals,
             reads,
             acks,
+            backs,
         }
+    }
+
+    /// `Store::device_back`, batched: whether this device's offline alarm was cleared.
+    pub async fn back(&self, device_id: &str) -> Result<bool, StoreError> {
+        self.backs.request(device_id.to_owned()).await
     }
 
     /// `Store::device_credentials`, batched.

@@ -176,12 +176,16 @@ pub(crate) async fn run<T: DeviceTransport>(
                 // Cleared beside the session, not before it: the clearing is a transaction of
                 // several statements, and a session that waited for it read nothing meanwhile,
                 // heartbeats included; on a loaded database that is seconds, for every tablet
-                // back from an outage. If this fails, the last-seen refresher clears it at its
-                // next pass.
-                let (store, device, span) =
-                    (context.store.clone(), device_id.to_string(), span.clone());
+                // back from an outage. The returning tablets of this process are cleared
+                // together (`SessionBatchers::back`, one transaction for many). If this fails,
+                // the last-seen refresher clears it at its next pass.
+                let (sessions, device, span) = (
+                    context.sessions.clone(),
+                    device_id.to_string(),
+                    span.clone(),
+                );
                 tokio::spawn(async move {
-                    match store.device_back(&device).await {
+                    match sessions.back(&device).await {
                         Ok(true) => {
                             tracing::info!(parent: &span, "device back: its offline alarm is cleared");
                         }
@@ -211,6 +215,13 @@ pub(crate) async fn run<T: DeviceTransport>(
         .instrument(span.clone())
         .await;
     tracing::info!(parent: &span, reason, "device session ended");
+    carebell_metrics::metrics()
+        .device_sessions_ended
+        .get_or_create(&vec![
+            ("transport", T::KIND.to_owned()),
+            ("reason", reason.to_owned()),
+        ])
+        .inc();
     // Last seen when last heard, not now: a silently dropped link must not look alive.
     let silent_for = registration.silent_for();
     drop(registration);
