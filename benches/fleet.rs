@@ -97,6 +97,9 @@ struct Progress {
     drops: u64,
     /// TLS handshakes that resumed a session.
     resumed: u64,
+    /// Heartbeats sent 5 s or more behind their time, and the latest one's delay (ms).
+    late: u64,
+    latest_ms: u64,
 }
 
 impl Progress {
@@ -112,6 +115,8 @@ impl Progress {
                 "connected" => progress.connected = n,
                 "drops" => progress.drops = n,
                 "resumed" => progress.resumed = n,
+                "late" => progress.late = n,
+                "ms-latest" => progress.latest_ms = n,
                 _ => {}
             }
         }
@@ -146,8 +151,8 @@ impl Bench {
         )
     }
 
-    /// The gateways' alarm histograms now (a process that does not answer is left out).
-    async fn alarm_histograms(&self) -> AlarmHistograms {
+    /// Every gateway process's metrics now (a process that does not answer is left out).
+    async fn scrapes(&self) -> Vec<String> {
         let ports: Vec<u16> = self
             .metrics_ports
             .lock()
@@ -155,13 +160,22 @@ impl Bench {
             .values()
             .copied()
             .collect();
-        let (mut store, mut transaction, mut batch) = (Vec::new(), Vec::new(), Vec::new());
+        let mut scrapes = Vec::with_capacity(ports.len());
         for port in ports {
             if let Ok((200, body)) = http_get(&format!("http://127.0.0.1:{port}/metrics")).await {
-                store.push(histogram_buckets(&body, "carebell_alarm_store_seconds"));
-                transaction.push(histogram_buckets(&body, "carebell_alarm_batch_seconds"));
-                batch.push(histogram_buckets(&body, "carebell_alarm_batch_size"));
+                scrapes.push(body);
             }
+        }
+        scrapes
+    }
+
+    /// The gateways' alarm histograms now.
+    async fn alarm_histograms(&self) -> AlarmHistograms {
+        let (mut store, mut transaction, mut batch) = (Vec::new(), Vec::new(), Vec::new());
+        for body in self.scrapes().await {
+            store.push(histogram_buckets(&body, "carebell_alarm_store_seconds"));
+            transaction.push(histogram_buckets(&body, "carebell_alarm_batch_seconds"));
+            batch.push(histogram_buckets(&body, "carebell_alarm_batch_size"));
         }
         AlarmHistograms {
             store: add_buckets(&store),
@@ -173,19 +187,10 @@ impl Bench {
     /// The gateways' device sessions ended so far, by reason, summed over the processes that
     /// answer (`carebell_device_sessions_ended_total`).
     async fn sessions_ended(&self) -> std::collections::BTreeMap<String, f64> {
-        let ports: Vec<u16> = self
-            .metrics_ports
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .copied()
-            .collect();
         let mut ended = std::collections::BTreeMap::new();
-        for port in ports {
-            if let Ok((200, body)) = http_get(&format!("http://127.0.0.1:{port}/metrics")).await {
-                for (reason, count) in sessions_ended(&body) {
-                    *ended.entry(reason).or_insert(0.0) += count;
-                }
+        for body in self.scrapes().await {
+            for (reason, count) in sessions_ended(&body) {
+                *ended.entry(reason).or_insert(0.0) += count;
             }
         }
         ended
@@ -646,6 +651,19 @@ async fn main() {
             unit: "sessions",
         });
     }
+    // Whether the fleet kept time: a tablet on a machine of its own sends every heartbeat on
+    // time; here the load generator shares the cores it loads.
+    let held_fleet_progress = bench.progress(3);
+    figures.push(Figure {
+        name: "held fleet before the storm: heartbeats sent 5 s or more late".into(),
+        value: held_fleet_progress.late as f64,
+        unit: "heartbeats",
+    });
+    figures.push(Figure {
+        name: "held fleet before the storm: the latest heartbeat, behind its time".into(),
+        value: held_fleet_progress.latest_ms as f64 / 1000.0,
+        unit: "s",
+    });
     let before = bench.progress(3);
     for gateway in &mut gateways {
         let _ = gateway.kill().await;

@@ -106,10 +106,26 @@ pub struct FleetStats {
     /// `GoAway`s received (a draining server).
     pub go_aways: AtomicU64,
     pub resumed: AtomicU64,
+    /// Heartbeats sent [`LATE`] or more after their time: the fleet process itself was behind
+    /// (a load generator short of CPU is late with every tablet it runs).
+    pub late_heartbeats: AtomicU64,
+    /// The most behind its time any heartbeat was sent, ms.
+    pub latest_heartbeat_ms: AtomicU64,
     latency_us: Mutex<Option<Histogram<u64>>>,
 }
 
+/// A heartbeat sent this long after its time is counted as late.
+pub const LATE: Duration = Duration::from_secs(5);
+
 impl FleetStats {
+    fn record_heartbeat_lateness(&self, late: Duration) {
+        if late >= LATE {
+            self.late_heartbeats.fetch_add(1, Ordering::Relaxed);
+        }
+        let ms = u64::try_from(late.as_millis()).unwrap_or(u64::MAX);
+        self.latest_heartbeat_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
     fn record_latency(&self, elapsed: Duration) {
         let micros = u64::try_from(elapsed.as_micros())
             .unwrap_or(u64::MAX)
@@ -142,6 +158,8 @@ impl FleetStats {
             alarms_unacked_at_end: self.alarms_unacked_at_end.load(Ordering::Relaxed),
             go_aways: self.go_aways.load(Ordering::Relaxed),
             resumed: self.resumed.load(Ordering::Relaxed),
+            late_heartbeats: self.late_heartbeats.load(Ordering::Relaxed),
+            latest_heartbeat_ms: self.latest_heartbeat_ms.load(Ordering::Relaxed),
             alarm_ack_ms_p50: quantile(0.5),
             alarm_ack_ms_p99: quantile(0.99),
             alarm_ack_ms_p999: quantile(0.999),
@@ -177,6 +195,12 @@ pub struct FleetReport {
     pub go_aways: u64,
     /// TLS handshakes that resumed a session.
     pub resumed: u64,
+    /// Heartbeats sent [`LATE`] or more after their time.
+    #[serde(default)]
+    pub late_heartbeats: u64,
+    /// The most behind its time any heartbeat was sent, ms.
+    #[serde(default)]
+    pub latest_heartbeat_ms: u64,
     pub alarm_ack_ms_p50: Option<f64>,
     pub alarm_ack_ms_p99: Option<f64>,
     pub alarm_ack_ms_p999: Option<f64>,
@@ -207,6 +231,12 @@ impl FleetReport {
             alarms_unacked_at_end: reports.iter().map(|r| r.alarms_unacked_at_end).sum(),
             go_aways: reports.iter().map(|r| r.go_aways).sum(),
             resumed: reports.iter().map(|r| r.resumed).sum(),
+            late_heartbeats: reports.iter().map(|r| r.late_heartbeats).sum(),
+            latest_heartbeat_ms: reports
+                .iter()
+                .map(|r| r.latest_heartbeat_ms)
+                .max()
+                .unwrap_or(0),
             alarm_ack_ms_p50: worst(|r| r.alarm_ack_ms_p50),
             alarm_ack_ms_p99: worst(|r| r.alarm_ack_ms_p99),
             alarm_ack_ms_p999: worst(|r| r.alarm_ack_ms_p999),
@@ -539,6 +569,9 @@ async fn session(
         tokio::select! {
             _ = tokio::time::sleep_until(shared.deadline) => break Outcome::Done,
             _ = tokio::time::sleep_until(next_heartbeat) => {
+                shared
+                    .stats
+                    .record_heartbeat_lateness(Instant::now().saturating_duration_since(next_heartbeat));
                 seq += 1;
                 let body = Body::Heartbeat(Heartbeat { battery_percent: 90 });
                 if ws.send(envelope(seq, last_received, Some(body))).await.is_err() {
@@ -601,6 +634,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn heartbeats_later_than_five_seconds_are_counted_and_the_latest_kept() {
+        let stats = FleetStats::default();
+        for ms in [0, 4_999, 5_000, 12_345, 300] {
+            stats.record_heartbeat_lateness(Duration::from_millis(ms));
+        }
+        let report = stats.report();
+        assert_eq!(
+            (report.late_heartbeats, report.latest_heartbeat_ms),
+            (2, 12_345)
+        );
+    }
+
+    #[test]
     fn fleet_keys_and_ids_are_deterministic_and_distinct() {
         let a = fleet_signing_key("seed", 1);
         assert_eq!(a.to_bytes(), fleet_signing_key("seed", 1).to_bytes());
@@ -614,17 +660,22 @@ mod tests {
         let one = FleetReport {
             connected: 3,
             alarms_acked: 5,
+            late_heartbeats: 2,
+            latest_heartbeat_ms: 7_000,
             alarm_ack_ms_p99: Some(4.0),
             ..FleetReport::default()
         };
         let two = FleetReport {
             connected: 4,
             alarms_acked: 1,
+            late_heartbeats: 1,
+            latest_heartbeat_ms: 9_000,
             alarm_ack_ms_p99: Some(9.0),
             ..FleetReport::default()
         };
         let both = FleetReport::combine(&[one, two]);
         assert_eq!((both.connected, both.alarms_acked), (7, 6));
+        assert_eq!((both.late_heartbeats, both.latest_heartbeat_ms), (3, 9_000));
         assert_eq!(both.alarm_ack_ms_p99, Some(9.0));
         assert_eq!(both.alarm_ack_ms_p50, None);
     }

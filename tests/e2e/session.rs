@@ -8,8 +8,11 @@ use firmware_sim::{Tablet, TabletEvent, TransportKind};
 
 #[tokio::test]
 async fn a_silent_tablet_is_disconnected_after_missed_heartbeats() {
+    // Closed at the silence that reports it offline, two intervals and the grace (5 s here),
+    // and not before: 3.5 intervals pass with the link held.
     let node = TestNode::start(NodeOptions {
         heartbeat_interval: Duration::from_secs(1),
+        offline_grace: Duration::from_secs(3),
         ..NodeOptions::default()
     })
     .await;
@@ -17,6 +20,8 @@ async fn a_silent_tablet_is_disconnected_after_missed_heartbeats() {
     config.heartbeat_override = Some(Duration::from_secs(3600));
     let mut tablet = Tablet::connect(&config).await.unwrap();
     assert_eq!(tablet.welcome().heartbeat_interval_ms, 1000);
+    let still = tablet.next_event(Duration::from_millis(3500)).await;
+    assert!(still.is_none(), "held until the offline limit: {still:?}");
     match tablet.next_event(Duration::from_secs(10)).await {
         Some(TabletEvent::Closed { code, .. }) => {
             assert_eq!(code, Some(carebell_proto::CLOSE_TIMEOUT))

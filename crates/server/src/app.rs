@@ -188,6 +188,7 @@ impl Application {
             presence: presence.clone(),
             settings: Arc::new(DeviceSettings {
                 heartbeat_interval: Settings::ms(settings.device.heartbeat_interval_ms),
+                silence_limit: settings.offline_after(),
                 max_frame_bytes: settings.device.max_frame_bytes,
                 handshake_timeout: Settings::ms(settings.device.handshake_timeout_ms),
                 go_away_window: Settings::ms(settings.device.go_away_window_ms),
@@ -206,7 +207,6 @@ impl Application {
                         .unwrap_or(0),
                     cap => cap,
                 },
-                ..DeviceSettings::default()
             }),
             shutdown: shutdown.clone(),
         };

@@ -135,7 +135,8 @@ pub struct DeviceSection {
     pub max_frame_bytes: usize,
     pub handshake_timeout_ms: u64,
     pub go_away_window_ms: u64,
-    /// A device not heard for two heartbeat intervals plus this raises "device offline".
+    /// A device not heard for two heartbeat intervals plus this raises "device offline", and
+    /// its link is closed.
     pub offline_grace_ms: u64,
     /// TLS handshakes and WebSocket upgrades in progress at once (admission control).
     pub max_concurrent_handshakes: usize,

@@ -308,8 +308,8 @@ async fn launch(
                 .collect();
             let sum = FleetReport::combine(&reports);
             eprintln!(
-                "fleet: {} connected, {} connects, {} failures, {} drops, {} heartbeats, {}/{} acknowledged, {} resumed",
-                sum.connected, sum.connects, sum.failures, sum.drops, sum.heartbeats, sum.alarms_acked, sum.alarms_sent, sum.resumed
+                "fleet: {} connected, {} connects, {} failures, {} drops, {} heartbeats, {}/{} acknowledged, {} resumed, {} late (heartbeats 5 s or more behind), {} ms-latest",
+                sum.connected, sum.connects, sum.failures, sum.drops, sum.heartbeats, sum.alarms_acked, sum.alarms_sent, sum.resumed, sum.late_heartbeats, sum.latest_heartbeat_ms
             );
         }
     });

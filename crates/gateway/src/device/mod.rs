@@ -24,8 +24,11 @@ pub use ws::{fuzz_websocket, WsListener};
 pub struct DeviceSettings {
     /// Sent in `Welcome`; the device heartbeats at this interval.
     pub heartbeat_interval: Duration,
-    /// A session silent for this many heartbeat intervals is closed.
-    pub missed_heartbeats: f64,
+    /// A session silent this long is closed. The server sets it to the silence that reports the
+    /// device offline (two intervals and a grace): until then a link the node closed only costs
+    /// its tablet a reconnect, a full or resumed TLS handshake, which on a loaded node is the
+    /// most expensive thing it does, while the device's silence is reported either way.
+    pub silence_limit: Duration,
     pub max_frame_bytes: usize,
     /// Each phase of connecting (TLS, the WebSocket upgrade, authentication) must finish
     /// within this.
@@ -54,7 +57,7 @@ impl Default for DeviceSettings {
     fn default() -> Self {
         Self {
             heartbeat_interval: Duration::from_secs(30),
-            missed_heartbeats: 2.5,
+            silence_limit: Duration::from_secs(75),
             max_frame_bytes: carebell_proto::MAX_FRAME_BYTES,
             handshake_timeout: Duration::from_secs(10),
             go_away_window: Duration::from_secs(30),

@@ -451,9 +451,7 @@ impl<T: DeviceTransport> Session<'_, T> {
         resend: bool,
     ) -> &'static str {
         let settings = &self.context.settings;
-        let silence_limit = settings
-            .heartbeat_interval
-            .mul_f64(settings.missed_heartbeats);
+        let silence_limit = settings.silence_limit;
         // Resumption: whatever the device has not acknowledged goes out again.
         if resend {
             if let Next::End(reason) = Box::pin(self.send_outbox()).await {
