@@ -162,11 +162,29 @@ pub mod harness {
         path
     }
 
+    /// A whole number from the environment, or `default` when it is not set. A value that is
+    /// not a whole number stops the benchmark with its name rather than running it at the
+    /// default: `CAREBELL_BENCH_TABLETS=100k` must not quietly measure 20,000.
     pub fn env_u64(name: &str, default: u64) -> u64 {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
+        whole_number(name, std::env::var(name), default)
+    }
+
+    /// `env_u64`'s reading of what the environment held.
+    pub(crate) fn whole_number(
+        name: &str,
+        value: Result<String, std::env::VarError>,
+        default: u64,
+    ) -> u64 {
+        match value {
+            Err(std::env::VarError::NotPresent) => default,
+            Err(std::env::VarError::NotUnicode(value)) => {
+                panic!("{name} is not valid text: {value:?}")
+            }
+            Ok(value) => value
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{name} must be a whole number, not {value:?}")),
+        }
     }
 
     /// A process's resident memory (0 when it is gone).
@@ -567,6 +585,21 @@ pub async fn district(devices: u64) -> carebell_store::Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bench_setting_is_a_whole_number_or_stops_the_run_with_its_name() {
+        use harness::whole_number;
+        use std::env::VarError;
+        assert_eq!(whole_number("N", Err(VarError::NotPresent), 20_000), 20_000);
+        assert_eq!(whole_number("N", Ok(" 100000 ".into()), 20_000), 100_000);
+        let refused = std::panic::catch_unwind(|| whole_number("N", Ok("100k".into()), 20_000))
+            .expect_err("100k is not a whole number");
+        let message = refused
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(message, "N must be a whole number, not \"100k\"");
+    }
 
     #[test]
     fn sessions_ended_are_summed_by_reason_over_transports() {
