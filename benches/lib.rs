@@ -77,10 +77,15 @@ impl Goal {
         }
     }
 
-    /// "met", or by how much it is missed, e.g. "short by 40% (0.60 x the goal)".
+    /// "met", or by how much it is missed, e.g. "short by 40% (0.60 x the goal)". A figure that
+    /// could not be taken is NaN ("not measured"); one never reached in the run, such as a
+    /// storm some of whose tablets were not back when the run stopped waiting, is infinite.
     pub fn verdict(&self) -> String {
-        if !self.measured.is_finite() {
+        if self.measured.is_nan() {
             return "not measured".to_owned();
+        }
+        if self.measured.is_infinite() {
+            return "not reached in the run".to_owned();
         }
         if self.met() {
             return "met".to_owned();
@@ -599,6 +604,29 @@ mod tests {
             .cloned()
             .unwrap_or_default();
         assert_eq!(message, "N must be a whole number, not \"100k\"");
+    }
+
+    #[test]
+    fn a_goal_says_whether_it_was_met_missed_never_reached_or_not_measured() {
+        let goal = |measured: f64, higher_is_better| Goal {
+            name: "g".into(),
+            measured,
+            target: 100.0,
+            unit: "s",
+            higher_is_better,
+        };
+        assert_eq!(goal(80.0, true).verdict(), "short by 20% (0.80 x the goal)");
+        assert_eq!(
+            goal(150.0, false).verdict(),
+            "over by 50% (1.50 x the goal)"
+        );
+        assert_eq!(goal(100.0, false).verdict(), "met");
+        assert_eq!(goal(f64::NAN, false).verdict(), "not measured");
+        assert_eq!(
+            goal(f64::INFINITY, false).verdict(),
+            "not reached in the run"
+        );
+        assert!(!goal(f64::INFINITY, false).met());
     }
 
     #[test]
