@@ -67,7 +67,9 @@ async fn main() {
             (ws_port, 0)
         };
         let mut gateway = setup.gateway(index, listen_ws, listen_grpc, heartbeat_ms);
-        wait_for_port(listen_ws).await;
+        setup
+            .wait_for_gateways(listen_ws, std::slice::from_mut(&mut gateway))
+            .await;
         if index == 0 {
             wait_for_port(grpc_port).await;
         }

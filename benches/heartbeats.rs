@@ -17,9 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use carebell_benches::harness::{
-    binary, cpu_seconds, env_u64, per_connection, rss_bytes, wait_for_port, Setup,
-};
+use carebell_benches::harness::{binary, cpu_seconds, env_u64, per_connection, rss_bytes, Setup};
 use carebell_benches::{report, Figure};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -80,7 +78,9 @@ async fn main() {
                 ("CAREBELL_LISTEN__METRICS", METRICS.to_owned()),
             ],
         );
-        wait_for_port(port).await;
+        setup
+            .wait_for_gateways(port, std::slice::from_mut(&mut gateway))
+            .await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let pid = gateway.id().expect("gateway pid");
         let baseline = rss_bytes(pid);

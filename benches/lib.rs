@@ -447,6 +447,49 @@ pub mod harness {
         }
     }
 
+    impl Setup {
+        /// [`wait_for_port`] for gateways this set-up started: a gateway that exits first (a
+        /// setting it refuses, a database it cannot reach) stops the run with its status and
+        /// the end of the gateways' logs, which hold its reason.
+        pub async fn wait_for_gateways(&self, port: u16, gateways: &mut [Child]) {
+            for _ in 0..200 {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+                for gateway in gateways.iter_mut() {
+                    if let Ok(Some(status)) = gateway.try_wait() {
+                        panic!(
+                            "a gateway exited ({status}) before listening on port {port}:\n{}",
+                            self.gateway_log_tails()
+                        );
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("nothing listens on port {port}");
+        }
+
+        /// The last lines of each gateway's log.
+        fn gateway_log_tails(&self) -> String {
+            let mut tails = String::new();
+            for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with("gateway-") && name.ends_with(".log") {
+                    let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    tails.push_str(&format!(
+                        "{name}:\n{}\n",
+                        lines[lines.len().saturating_sub(5)..].join("\n")
+                    ));
+                }
+            }
+            tails
+        }
+    }
+
     impl Drop for Setup {
         fn drop(&mut self) {
             // The gateways' logs outlive the run: `target/release/bench-logs/<database>/`.

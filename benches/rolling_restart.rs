@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use carebell_benches::harness::{env_u64, wait_for_port, Setup};
+use carebell_benches::harness::{env_u64, Setup};
 use carebell_benches::{report, report_goals, Figure, Goal};
 use firmware_sim::fleet::{run_fleet, FleetConfig, FleetStats};
 
@@ -84,7 +84,7 @@ async fn main() {
     ];
     let start_gateway = |index: u64| setup.gateway_with(index, ws_port, 0, 30_000, &settings);
     let mut gateways = vec![start_gateway(0), start_gateway(1)];
-    wait_for_port(ws_port).await;
+    setup.wait_for_gateways(ws_port, &mut gateways).await;
 
     let stats = Arc::new(FleetStats::default());
     // The ramp and some steady load, then two restarts with room to come back.
