@@ -409,9 +409,13 @@ enum Outcome {
 /// more than its TLS handshake. A profile of a 100,000 ramp put two thirds of the fleet
 /// processes' CPU in `inet_bhash2_conflict` and its neighbours, and the fleet took 1.35 of
 /// the machine's 2 cores. With the option, `connect` picks the port by the whole 4-tuple.
+/// The option is Linux's; elsewhere the fleet binds as before.
 fn bind_source(socket: &TcpSocket, ip: IpAddr) -> std::io::Result<()> {
-    use nix::sys::socket::{setsockopt, sockopt::IpBindAddressNoPort};
-    setsockopt(socket, IpBindAddressNoPort, &true)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use nix::sys::socket::{setsockopt, sockopt::IpBindAddressNoPort};
+        setsockopt(socket, IpBindAddressNoPort, &true)?;
+    }
     socket.bind(SocketAddr::new(ip, 0))
 }
 
@@ -660,6 +664,7 @@ mod tests {
         );
     }
 
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     #[tokio::test]
     async fn a_source_address_is_bound_without_reserving_a_port_until_connect() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
