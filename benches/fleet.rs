@@ -449,7 +449,8 @@ async fn main() {
     let (ramp_time, samples) = ramp(
         &mut connected,
         tablets,
-        // About 300 handshakes a second here: a 100,000 fleet needs more than five minutes.
+        // Room for a slow machine: 100,000 took 191 s here (3eadeef), and before the fleet's
+        // bind fix, at about 300 handshakes a second, more than five minutes.
         Duration::from_secs(240.max(tablets / 200)),
         &gateway_rss,
     )

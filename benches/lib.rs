@@ -229,12 +229,21 @@ pub mod harness {
     }
 
     pub async fn wait_for_port(port: u16) {
+        wait_for_port_unless(port, || None).await;
+    }
+
+    /// [`wait_for_port`], stopping the run at once with the reason `gone` gives when what was
+    /// to listen has gone.
+    async fn wait_for_port_unless(port: u16, mut gone: impl FnMut() -> Option<String>) {
         for _ in 0..200 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_ok()
             {
                 return;
+            }
+            if let Some(reason) = gone() {
+                panic!("{reason}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -452,24 +461,16 @@ pub mod harness {
         /// setting it refuses, a database it cannot reach) stops the run with its status and
         /// the end of the gateways' logs, which hold its reason.
         pub async fn wait_for_gateways(&self, port: u16, gateways: &mut [Child]) {
-            for _ in 0..200 {
-                if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok()
-                {
-                    return;
-                }
-                for gateway in gateways.iter_mut() {
-                    if let Ok(Some(status)) = gateway.try_wait() {
-                        panic!(
-                            "a gateway exited ({status}) before listening on port {port}:\n{}",
-                            self.gateway_log_tails()
-                        );
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            panic!("nothing listens on port {port}");
+            wait_for_port_unless(port, || {
+                let status = gateways
+                    .iter_mut()
+                    .find_map(|gateway| gateway.try_wait().ok().flatten())?;
+                Some(format!(
+                    "a gateway exited ({status}) before listening on port {port}:\n{}",
+                    self.gateway_log_tails()
+                ))
+            })
+            .await;
         }
 
         /// The last lines of each gateway's log.
