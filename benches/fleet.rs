@@ -457,6 +457,14 @@ async fn main() {
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let held = *connected.borrow();
+    // The held fleet's own count of links lost after Welcome, so far: the hold's drops are
+    // counted from here (the gateways' ended sessions include the alarm fleets').
+    let drops_at_hold_start = bench.progress(3).drops;
+    figures.push(Figure {
+        name: "held fleet: links lost after connecting, during the ramp".into(),
+        value: drops_at_hold_start as f64,
+        unit: "links",
+    });
     let per = per_connection(baseline, gateway_rss(), held);
     details.insert("gateway_samples".into(), json!(samples));
     figures.push(Figure {
@@ -668,6 +676,13 @@ async fn main() {
         unit: "s",
     });
     let before = bench.progress(3);
+    let dropped_in_hold = before.drops.saturating_sub(drops_at_hold_start);
+    figures.push(Figure {
+        name: "held fleet: links lost after connecting, from the end of the ramp to the storm"
+            .into(),
+        value: dropped_in_hold as f64,
+        unit: "links",
+    });
     for gateway in &mut gateways {
         let _ = gateway.kill().await;
     }
@@ -792,6 +807,13 @@ async fn main() {
                 true,
             ),
             goal("hold", hold.as_secs_f64(), 600.0, "s", true),
+            goal(
+                "held fleet: links dropped in the hold",
+                dropped_in_hold as f64,
+                0.0,
+                "links",
+                false,
+            ),
             goal(
                 "memory per idle TLS connection vs the floor",
                 per / floor_per,

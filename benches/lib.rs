@@ -90,6 +90,10 @@ impl Goal {
         if self.met() {
             return "met".to_owned();
         }
+        if self.target == 0.0 {
+            // "None dropped": there is no ratio to a goal of nothing.
+            return format!("over by {} {}", self.measured, self.unit);
+        }
         let ratio = self.measured / self.target;
         if self.higher_is_better {
             format!(
@@ -671,6 +675,16 @@ mod tests {
             "not reached in the run"
         );
         assert!(!goal(f64::INFINITY, false).met());
+        // A goal of none ("none dropped"): met at zero, and missed by a count, not a ratio.
+        let none = |measured: f64| Goal {
+            name: "dropped".into(),
+            measured,
+            target: 0.0,
+            unit: "links",
+            higher_is_better: false,
+        };
+        assert_eq!(none(0.0).verdict(), "met");
+        assert_eq!(none(25.0).verdict(), "over by 25 links");
     }
 
     #[test]

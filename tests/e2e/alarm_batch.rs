@@ -697,6 +697,55 @@ async fn the_refresher_skips_a_device_row_another_transaction_holds_and_names_it
     assert!(last_seen(busy).await > before.0);
 }
 
+#[tokio::test]
+async fn last_seen_writes_commit_without_waiting_for_the_disk_and_leave_the_connection_as_it_was() {
+    // One connection: what a transaction sets is seen by whatever uses the pool after it.
+    let store = Store::connect(&carebell_tests::fresh_database().await, 1)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let devices = carebell_tests::register_tablets(&store, "unflushed", "tab-unflushed", 2).await;
+    let setting = "SELECT current_setting('synchronous_commit')";
+    let mut tx = store.begin_unflushed().await.unwrap();
+    let inside: String = sqlx::query_scalar(setting)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(inside, "off");
+    tx.commit().await.unwrap();
+    let after: String = sqlx::query_scalar(setting)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(after, "on", "the setting ends with its transaction");
+    // The last-seen writes, through that one connection, still write and leave it as it was.
+    let arrived = store.devices_arrived(&devices).await.unwrap();
+    assert_eq!(arrived.len(), 2);
+    let silences: Vec<(String, Duration)> = devices
+        .iter()
+        .map(|device| (device.clone(), Duration::from_secs(3)))
+        .collect();
+    store.devices_seen(&silences).await.unwrap();
+    assert!(store
+        .devices_seen_unless_busy(&silences)
+        .await
+        .unwrap()
+        .is_empty());
+    let after: String = sqlx::query_scalar(setting)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(after, "on");
+    let written: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM devices WHERE id = ANY($1) AND last_seen_at > now() - interval '1 minute'",
+    )
+    .bind(&devices)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(written, 2);
+}
+
 /// Rules that put emergencies in a queue the built-in rules do not have.
 const URGENT_RULES: &str = r#"
 skills = []

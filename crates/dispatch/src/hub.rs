@@ -194,6 +194,18 @@ impl DeviceRegistration {
             .store(self.hub.elapsed_ms(), Ordering::Relaxed);
     }
 
+    /// The arrival did not write the device's last-seen time: the refresher writes it at its
+    /// next pass (and clears an offline alarm left open).
+    pub fn last_seen_unwritten(&self) {
+        let devices = lock(&self.hub.devices);
+        if let Some(slot) = devices
+            .get(&self.device_id)
+            .filter(|slot| slot.session == self.session)
+        {
+            slot.written_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// How long the device has been silent.
     pub fn silent_for(&self) -> Duration {
         Duration::from_millis(
@@ -281,6 +293,13 @@ impl Hub {
     }
 
     /// Registers a device session, kicking an older session of the same device on this node.
+    ///
+    /// The session's arrival (`Store::devices_arrived`) writes the device's last-seen time, so
+    /// the slot counts as written now: the refresher's first write of it falls due a period
+    /// later, not at its next pass. After a node's restart that pass found every returning
+    /// tablet new and rewrote each row its arrival had just written, 100,000 redundant updates
+    /// competing with the arrivals themselves. If the arrival's write fails,
+    /// [`DeviceRegistration::last_seen_unwritten`] makes it due at once.
     pub fn register_device(self: &Arc<Self>, device_id: &str) -> DeviceRegistration {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let outbox_changed = Arc::new(Notify::new());
@@ -293,7 +312,7 @@ impl Hub {
                 session,
                 outbox_changed: Arc::clone(&outbox_changed),
                 signals: Arc::clone(&signals),
-                written_ms: AtomicU64::new(0),
+                written_ms: AtomicU64::new(self.elapsed_ms().max(1)),
                 kicked: kicked.clone(),
                 last_heard_ms: Arc::clone(&last_heard_ms),
             },
@@ -524,14 +543,26 @@ mod tests {
     #[test]
     fn last_seen_writes_fall_due_once_per_period_and_again_at_once_when_skipped() {
         let hub = Hub::new();
-        let _one = hub.register_device("tab-1");
-        let _two = hub.register_device("tab-2");
+        let one = hub.register_device("tab-1");
+        let two = hub.register_device("tab-2");
         let ids = |due: Vec<(String, Duration)>| {
             let mut ids: Vec<String> = due.into_iter().map(|(id, _)| id).collect();
             ids.sort();
             ids
         };
         let every = Duration::from_secs(3600);
+        assert!(
+            hub.device_silences_due(every).is_empty(),
+            "a new session's arrival writes its last-seen time"
+        );
+        assert_eq!(
+            ids(hub.device_silences_due(Duration::ZERO)),
+            ["tab-1", "tab-2"],
+            "due once the period has passed"
+        );
+        // Neither arrival's write went through: both are due at the next pass.
+        one.last_seen_unwritten();
+        two.last_seen_unwritten();
         assert_eq!(ids(hub.device_silences_due(every)), ["tab-1", "tab-2"]);
         assert!(
             hub.device_silences_due(every).is_empty(),

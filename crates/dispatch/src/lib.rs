@@ -52,7 +52,8 @@ pub async fn run_listener(
 }
 
 /// Writes the durable last-seen times of the devices this node holds: every `interval` it
-/// writes, in one statement, the devices not written for `write_every` (a new device at once),
+/// writes, in one statement, the devices not written for `write_every` (a new session's device
+/// counts as written by its arrival, unless that failed),
 /// each as "silent for so long" applied to the database's clock. Offline supervision reads
 /// these times, so it holds across nodes and without Redis; `write_every` must stay well under
 /// the offline threshold.

@@ -207,6 +207,8 @@ impl Store {
         &self,
         device_ids: &[String],
     ) -> Result<std::collections::HashMap<String, Arrival>> {
+        // Only the last-seen time is written: its commit need not wait for the disk.
+        let mut tx = self.begin_unflushed().await?;
         let rows = sqlx::query(
             "WITH ids AS (SELECT DISTINCT unnest($1::text[]) AS id),
              seen AS (
@@ -223,8 +225,9 @@ impl Store {
              FROM seen",
         )
         .bind(device_ids)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         rows.iter()
             .map(|row| {
                 Ok((
@@ -277,7 +280,8 @@ impl Store {
     }
 
     /// Writes last-seen times, locking the rows in id order (waiting for busy ones, or skipping
-    /// them); returns the ids written.
+    /// them); returns the ids written. The commit does not wait for the disk
+    /// ([`Store::begin_unflushed`]).
     async fn write_last_seen(
         &self,
         silences: &[(String, std::time::Duration)],
@@ -288,7 +292,8 @@ impl Store {
             .iter()
             .map(|(_, silent)| i64::try_from(silent.as_millis()).unwrap_or(i64::MAX))
             .collect();
-        Ok(sqlx::query_scalar(&format!(
+        let mut tx = self.begin_unflushed().await?;
+        let written = sqlx::query_scalar(&format!(
             "UPDATE devices d
              SET last_seen_at = greatest(coalesce(d.last_seen_at, '-infinity'),
                                          clock_timestamp() - make_interval(secs => v.silent_ms / 1000.0))
@@ -301,8 +306,10 @@ impl Store {
         ))
         .bind(&ids)
         .bind(&silent_ms)
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(written)
     }
 }
 

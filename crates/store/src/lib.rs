@@ -213,6 +213,24 @@ impl Store {
         &self.pool
     }
 
+    /// A transaction whose commit does not wait for its WAL to reach the disk
+    /// (`SET LOCAL synchronous_commit = off`; the setting ends with the transaction).
+    ///
+    /// Only for writes that are rewritten within seconds and whose loss errs towards alarm:
+    /// devices' last-seen times. If PostgreSQL crashes, at most its last few hundred
+    /// milliseconds of such commits are lost (`wal_writer_delay` three times over); a device
+    /// then looks silent for longer than it was, never shorter, so supervision may report it
+    /// offline early but never misses one (rule 7). Alarms, calls and events never use this.
+    /// In a reconnect storm half of the arrivals' time in PostgreSQL was waiting for the WAL
+    /// flush, holding the few batch slots a process has.
+    pub async fn begin_unflushed(&self) -> Result<Transaction<'static, Postgres>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
     /// Applies the migrations embedded in this crate; safe to run on every start and from
     /// several nodes at once (sqlx takes an advisory lock).
     pub async fn migrate(&self) -> Result<()> {

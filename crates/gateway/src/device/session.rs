@@ -200,6 +200,7 @@ pub(crate) async fn run<T: DeviceTransport>(
         }
         Err(error) => {
             tracing::warn!(parent: &span, %error, "could not record the arrival");
+            registration.last_seen_unwritten();
             true
         }
     };
