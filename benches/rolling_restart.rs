@@ -97,7 +97,7 @@ async fn main() {
         prefix: "fleet".to_owned(),
         first: 0,
         count: tablets,
-        source_ip: Some("127.0.0.4".parse().expect("address")),
+        source_ips: vec!["127.0.0.4".parse().expect("address")],
         alarm_rate_per_tablet: rate / tablets as f64,
         connect_rate: 1000,
         run_for,

@@ -55,8 +55,10 @@ pub struct FleetConfig {
     pub prefix: String,
     pub first: u64,
     pub count: u64,
-    /// Local address to connect from (127.0.0.0/8 gives each process its own ephemeral ports).
-    pub source_ip: Option<IpAddr>,
+    /// Local addresses to connect from, tablet `k` from the `k % len`th (127.0.0.0/8 gives
+    /// each address its own ephemeral ports); none: the system picks. See
+    /// [`TABLETS_PER_SOURCE_ADDRESS`].
+    pub source_ips: Vec<IpAddr>,
     /// Alarms per second per tablet (0: none).
     pub alarm_rate_per_tablet: f64,
     /// New connections per second while ramping up (0: all at once).
@@ -116,6 +118,57 @@ pub struct FleetStats {
 
 /// A heartbeat sent this long after its time is counted as late.
 pub const LATE: Duration = Duration::from_secs(5);
+
+/// Tablets per source address at most, when a launcher spreads a process's tablets over
+/// several (`tablet-fleet launch`).
+///
+/// Linux hands `connect` the even half of the ephemeral range first (14,116 ports of the
+/// default 32768-60999) and, for each candidate, checks that the 4-tuple is unused. Past about
+/// 14,000 links from one address to one server those checks walk the whole range for every
+/// new link: a 100,000 ramp from six addresses put 16% of the machine's CPU in
+/// `__inet_check_established` at 85,000, the fleet's heartbeats fell behind, and the gateways
+/// cut 27,818 links for silence. At 4,000 an address, under a third of the even ports are in
+/// use, TIME_WAIT included.
+pub const TABLETS_PER_SOURCE_ADDRESS: u64 = 4_000;
+
+/// The source addresses of each of `processes` processes of `per_process` tablets, in the
+/// network `net` (the first three parts of a 127.0.0.0/8 address): process 0 from
+/// `net.2`, `net.3`, ..., enough for [`TABLETS_PER_SOURCE_ADDRESS`] each, then process 1 from
+/// the next ones. An error names what does not fit.
+pub fn launch_source_addresses(
+    net: &str,
+    processes: u64,
+    per_process: u64,
+) -> Result<Vec<Vec<IpAddr>>, String> {
+    let parts: Vec<&str> = net.split('.').collect();
+    if parts.len() != 3 || parts[0] != "127" || parts[1..].iter().any(|p| p.parse::<u8>().is_err())
+    {
+        return Err(format!(
+            "the source net must be three parts of a 127.0.0.0/8 address, like 127.0.3, not {net:?}"
+        ));
+    }
+    let each = per_process.div_ceil(TABLETS_PER_SOURCE_ADDRESS).max(1);
+    let needed = processes.saturating_mul(each);
+    if processes == 0 || needed > 253 {
+        return Err(format!(
+            "{processes} processes of {per_process} tablets need {needed} source addresses \
+             ({TABLETS_PER_SOURCE_ADDRESS} tablets each), and {net}.2 to {net}.254 has 253: \
+             use 1 to {} processes",
+            (253 / each).max(1)
+        ));
+    }
+    Ok((0..processes)
+        .map(|process| {
+            (0..each)
+                .map(|k| {
+                    format!("{net}.{}", 2 + process * each + k)
+                        .parse()
+                        .expect("a 127.x.y.z address")
+                })
+                .collect()
+        })
+        .collect())
+}
 
 impl FleetStats {
     fn record_heartbeat_lateness(&self, late: Duration) {
@@ -343,8 +396,11 @@ async fn tablet(shared: Arc<Shared>, offset: u64) {
     let mut attempt: u32 = 0;
     let mut pending = VecDeque::new();
     let tls = tablet_tls(&shared);
+    let sources = &shared.config.source_ips;
+    let source = (!sources.is_empty())
+        .then(|| sources[usize::try_from(offset).unwrap_or(0) % sources.len()]);
     while Instant::now() < shared.deadline {
-        match session(&shared, &tls, &key, &device_id, &mut pending).await {
+        match session(&shared, &tls, source, &key, &device_id, &mut pending).await {
             Outcome::Done => break,
             Outcome::Failed => {
                 shared.stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -426,6 +482,7 @@ fn envelope(seq: u64, ack: u64, body: Option<Body>) -> Message {
 async fn session(
     shared: &Shared,
     tls: &tokio_rustls::TlsConnector,
+    source: Option<IpAddr>,
     key: &SigningKey,
     device_id: &str,
     pending: &mut VecDeque<Pending>,
@@ -435,7 +492,7 @@ async fn session(
         Ok(socket) => socket,
         Err(_) => return Outcome::Failed,
     };
-    if let Some(ip) = config.source_ip {
+    if let Some(ip) = source {
         if bind_source(&socket, ip).is_err() {
             return Outcome::Failed;
         }
@@ -682,6 +739,37 @@ mod tests {
         let local = stream.local_addr().unwrap();
         assert_eq!(local.ip(), "127.0.0.7".parse::<IpAddr>().unwrap());
         assert_ne!(local.port(), 0, "connect picked the port");
+    }
+
+    #[test]
+    fn a_launch_gives_each_process_its_own_addresses_enough_for_its_tablets() {
+        let ips =
+            |text: &[&str]| -> Vec<IpAddr> { text.iter().map(|t| t.parse().unwrap()).collect() };
+        let plan = launch_source_addresses("127.9.3", 3, 16_667).unwrap();
+        assert_eq!(plan.len(), 3);
+        assert_eq!(
+            plan[0],
+            ips(&[
+                "127.9.3.2",
+                "127.9.3.3",
+                "127.9.3.4",
+                "127.9.3.5",
+                "127.9.3.6"
+            ])
+        );
+        assert_eq!(plan[2][4], "127.9.3.16".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            launch_source_addresses("127.0.0", 2, 10).unwrap(),
+            vec![ips(&["127.0.0.2"]), ips(&["127.0.0.3"])]
+        );
+        // 51 processes of 16,667 need 255 addresses: more than a net has.
+        let refused = launch_source_addresses("127.0.0", 51, 16_667).unwrap_err();
+        assert!(refused.contains("need 255 source addresses"), "{refused}");
+        assert!(refused.contains("use 1 to 50 processes"), "{refused}");
+        for bad in ["10.0.0", "127.0", "127.0.300", "127.a.0"] {
+            assert!(launch_source_addresses(bad, 1, 1).is_err(), "{bad}");
+        }
+        assert!(launch_source_addresses("127.0.0", 0, 1).is_err());
     }
 
     #[test]

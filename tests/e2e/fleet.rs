@@ -32,7 +32,7 @@ fn config(node: &TestNode, server: SocketAddr, count: u64, alarms_per_second: f6
         prefix: "fleet".to_owned(),
         first: 0,
         count,
-        source_ip: Some("127.0.0.2".parse().expect("address")),
+        source_ips: vec!["127.0.0.2".parse().expect("address")],
         alarm_rate_per_tablet: alarms_per_second / count as f64,
         connect_rate: 0,
         run_for: Duration::from_secs(6),

@@ -148,7 +148,7 @@ fn fleet_config(node: &TestNode) -> FleetConfig {
         prefix: "restore".to_owned(),
         first: 0,
         count: N_TABLETS,
-        source_ip: None,
+        source_ips: Vec::new(),
         alarm_rate_per_tablet: 2.0,
         connect_rate: 0,
         run_for: Duration::from_secs(600),

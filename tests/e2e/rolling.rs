@@ -54,7 +54,7 @@ async fn a_rolling_restart_under_load_loses_no_alarm_and_every_tablet_comes_back
         prefix: "roll".to_owned(),
         first: 0,
         count: TABLETS,
-        source_ip: Some("127.0.0.3".parse().unwrap()),
+        source_ips: vec!["127.0.0.3".parse().unwrap()],
         // About 20 alarms a second across the fleet, all through both restarts.
         alarm_rate_per_tablet: 20.0 / TABLETS as f64,
         connect_rate: 0,

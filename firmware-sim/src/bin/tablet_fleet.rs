@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, Context};
 use clap::{Args, Parser, Subcommand};
 use firmware_sim::fleet::{run_fleet, FleetConfig, FleetReport, FleetStats};
 use serde::{Deserialize, Serialize};
@@ -29,14 +29,15 @@ enum Command {
     /// Run `--count` tablets in this process.
     Run(RunArgs),
     /// Run `--processes` processes of `--per-process` tablets each, from NET.2, NET.3, ...
+    /// (each process from enough addresses of its own for 4,000 tablets an address)
     Launch {
         #[arg(long)]
         processes: u64,
         #[arg(long)]
         per_process: u64,
-        /// The first three parts of the source addresses (each process connects from its own
-        /// address, with its own ephemeral ports; a separate net per run avoids the ports still
-        /// in TIME_WAIT from an earlier one).
+        /// The first three parts of the source addresses (each process connects from
+        /// addresses of its own, each with its own ephemeral ports; a separate net per run
+        /// avoids the ports still in TIME_WAIT from an earlier one).
         #[arg(long, default_value = "127.0.0")]
         source_net: String,
         #[command(flatten)]
@@ -103,9 +104,9 @@ fn parse_heartbeat(text: &str) -> Result<Duration, String> {
 struct RunArgs {
     #[arg(long)]
     count: u64,
-    /// Local address to connect from.
-    #[arg(long)]
-    source_ip: Option<IpAddr>,
+    /// Local address to connect from; repeated, the tablets take them in turn.
+    #[arg(long = "source-ip")]
+    source_ips: Vec<IpAddr>,
     /// Alarms per second for all tablets of the whole fleet (this process's share is
     /// `--count / --fleet-size`).
     #[arg(long)]
@@ -162,7 +163,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         prefix: common.prefix,
         first: common.first,
         count: args.count,
-        source_ip: args.source_ip,
+        source_ips: args.source_ips,
         alarm_rate_per_tablet: common.rate / fleet_size as f64,
         connect_rate: common.connect_rate,
         run_for: common.duration,
@@ -212,12 +213,9 @@ async fn launch(
     source_net: &str,
     common: CommonArgs,
 ) -> anyhow::Result<()> {
-    if source_net.split('.').count() != 3 || !source_net.starts_with("127.") {
-        bail!("--source-net must be three parts of a 127.0.0.0/8 address, like 127.0.3");
-    }
-    if processes == 0 || processes > 250 {
-        bail!("--processes must be 1 to 250 (one 127.0.0.x source address each)");
-    }
+    let addresses =
+        firmware_sim::fleet::launch_source_addresses(source_net, processes, per_process)
+            .map_err(|problem| anyhow!("--source-net and --processes: {problem}"))?;
     let exe = std::env::current_exe().context("cannot find this program")?;
     let fleet_size = processes * per_process;
     let latest: Arc<std::sync::Mutex<Vec<(FleetReport, bool)>>> =
@@ -236,8 +234,11 @@ async fn launch(
             .arg(per_process.to_string())
             .arg("--fleet-size")
             .arg(fleet_size.to_string())
-            .arg("--source-ip")
-            .arg(format!("{source_net}.{}", process + 2))
+            .args(
+                addresses[usize::try_from(process).unwrap_or(0)]
+                    .iter()
+                    .flat_map(|ip| ["--source-ip".to_owned(), ip.to_string()]),
+            )
             .arg("--server")
             .arg(common.server.to_string())
             .arg("--server-name")
