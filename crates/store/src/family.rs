@@ -189,11 +189,11 @@ impl Store {
         // offline alarms are read by age from `alarms_offline_due` (its condition includes
         // `call_id IS NOT NULL`), the due ones only: a district outage leaves tens of thousands
         // open, none due for half an hour. Their calls are then found by `= ANY (ARRAY(...))`,
-        // an index condition on the calls' key whatever the planner guesses: as a join, during
-        // a 100,000-tablet reconnect storm (tens of thousands of offline items opened within a
+        // an index condition on the calls' key whatever the planner guesses. As a join, in one
+        // 100,000-tablet reconnect storm (tens of thousands of offline items opened within a
         // minute, on statistics from before), this statement took from 1 s to 20 s a pass,
-        // returning nothing, on every node four times a second, and PostgreSQL had no time
-        // left for the arrivals.
+        // returning nothing, on every node four times a second; its plan then was not caught
+        // (on the statistics after, the join's plan was the right one).
         let offline = sqlx::query(
             "SELECT k.id FROM calls k
              WHERE k.id = ANY (ARRAY(
