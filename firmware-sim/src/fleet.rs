@@ -140,13 +140,12 @@ pub fn launch_source_addresses(
     processes: u64,
     per_process: u64,
 ) -> Result<Vec<Vec<IpAddr>>, String> {
-    let parts: Vec<&str> = net.split('.').collect();
-    if parts.len() != 3 || parts[0] != "127" || parts[1..].iter().any(|p| p.parse::<u8>().is_err())
-    {
+    let octets: Vec<Option<u8>> = net.split('.').map(|part| part.parse().ok()).collect();
+    let [Some(127), Some(second), Some(third)] = octets[..] else {
         return Err(format!(
             "the source net must be three parts of a 127.0.0.0/8 address, like 127.0.3, not {net:?}"
         ));
-    }
+    };
     let each = per_process.div_ceil(TABLETS_PER_SOURCE_ADDRESS).max(1);
     let needed = processes.saturating_mul(each);
     if processes == 0 || needed > 253 {
@@ -157,16 +156,10 @@ pub fn launch_source_addresses(
             (253 / each).max(1)
         ));
     }
+    // At most 253 addresses, so every last part is 2 to 254.
+    let address = |n: u64| IpAddr::from([127, second, third, (2 + n) as u8]);
     Ok((0..processes)
-        .map(|process| {
-            (0..each)
-                .map(|k| {
-                    format!("{net}.{}", 2 + process * each + k)
-                        .parse()
-                        .expect("a 127.x.y.z address")
-                })
-                .collect()
-        })
+        .map(|process| (0..each).map(|k| address(process * each + k)).collect())
         .collect())
 }
 

@@ -197,13 +197,8 @@ impl DeviceRegistration {
     /// The arrival did not write the device's last-seen time: the refresher writes it at its
     /// next pass (and clears an offline alarm left open).
     pub fn last_seen_unwritten(&self) {
-        let devices = lock(&self.hub.devices);
-        if let Some(slot) = devices
-            .get(&self.device_id)
-            .filter(|slot| slot.session == self.session)
-        {
-            slot.written_ms.store(0, Ordering::Relaxed);
-        }
+        self.hub
+            .device_silences_due_again(std::slice::from_ref(&self.device_id));
     }
 
     /// How long the device has been silent.

@@ -225,7 +225,7 @@ async fn launch(
                 .unwrap_or(0)
         ]));
     let mut children = Vec::new();
-    for process in 0..processes {
+    for (process, sources) in (0..processes).zip(&addresses) {
         let mut command = tokio::process::Command::new(&exe);
         command
             .arg("run")
@@ -235,7 +235,7 @@ async fn launch(
             .arg("--fleet-size")
             .arg(fleet_size.to_string())
             .args(
-                addresses[usize::try_from(process).unwrap_or(0)]
+                sources
                     .iter()
                     .flat_map(|ip| ["--source-ip".to_owned(), ip.to_string()]),
             )
