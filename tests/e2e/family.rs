@@ -384,3 +384,182 @@ async fn an_operator_who_notifies_the_family_starts_the_cascade_at_once() {
     member.acknowledge(alert.alert_id).await.unwrap();
     tablet.close().await;
 }
+
+/// Emergencies that reach their family step together start their cascades in one sweep pass
+/// (a few statements, whatever their number): each call's events in the order one call's
+/// cascade has, each contact's notification in its right state, deliveries for the contacts
+/// reached by SMS or webhook only.
+#[tokio::test]
+async fn emergencies_unanswered_together_start_each_cascade_in_its_own_order() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let rules = carebell_domain::routing::DEFAULT_RULES
+        .replace("family_after_secs = 60", "family_after_secs = 1");
+    node.store.load_routing_rules(&rules, "test").await.unwrap();
+    // A: a parallel contact and two ordered ones, by SMS but the last; B: one parallel contact
+    // on the app; C: nobody.
+    let (resident_a, config_a) = node.tablet_config("周奶奶", TransportKind::WebSocket).await;
+    let (resident_b, config_b) = node.tablet_config("吴爷爷", TransportKind::WebSocket).await;
+    let (resident_c, config_c) = node.tablet_config("郑婆婆", TransportKind::WebSocket).await;
+    let contact = |resident_id, name: &str, position, channel: &str| NewContact {
+        resident_id,
+        name: name.to_owned(),
+        phone: "+8613800000000".to_owned(),
+        position,
+        channels: vec![channel.to_owned()],
+        ..NewContact::default()
+    };
+    let station = node
+        .store
+        .add_contact(&contact(resident_a, "社区站", None, "sms"))
+        .await
+        .unwrap();
+    let son = node
+        .store
+        .add_contact(&contact(resident_a, "儿子", Some(1), "sms"))
+        .await
+        .unwrap();
+    let daughter = node
+        .store
+        .add_contact(&contact(resident_a, "女儿", Some(2), "app"))
+        .await
+        .unwrap();
+    let neighbour = node
+        .store
+        .add_contact(&contact(resident_b, "邻居", None, "app"))
+        .await
+        .unwrap();
+    // Nobody answers: no operator is on duty.
+    let mut tablets = Vec::new();
+    for config in [&config_a, &config_b, &config_c] {
+        let tablet = Tablet::connect(config).await.unwrap();
+        tablet.long_press().await.unwrap();
+        tablets.push(tablet);
+    }
+    let call_of = |resident: Uuid| {
+        let pool = node.store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, Uuid>("SELECT id FROM calls WHERE resident_id = $1")
+                .bind(resident)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let calls = [
+        call_of(resident_a).await,
+        call_of(resident_b).await,
+        call_of(resident_c).await,
+    ];
+    let steps = |call_id: Uuid| {
+        let node = &node;
+        async move {
+            node.store
+                .call_events(call_id)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|event| {
+                    event.kind.starts_with("family.")
+                        || event.kind == "supervisor.alert"
+                        || event.kind == "emergency.unanswered"
+                })
+                .map(|event| (event.kind, event.detail))
+                .collect::<Vec<_>>()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut started = 0;
+        for call_id in calls {
+            if steps(call_id)
+                .await
+                .iter()
+                .any(|(kind, _)| kind == "family.cascade_started")
+            {
+                started += 1;
+            }
+        }
+        if started == calls.len() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{started} of 3 cascades started"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let kinds = |steps: &[(String, serde_json::Value)]| {
+        steps
+            .iter()
+            .map(|(kind, _)| kind.clone())
+            .collect::<Vec<_>>()
+    };
+    let a = steps(calls[0]).await;
+    assert_eq!(
+        kinds(&a),
+        [
+            "emergency.unanswered",
+            "family.notified",
+            "family.cascade_started",
+            "family.notified"
+        ]
+    );
+    assert_eq!(a[1].1["contact_id"], station.to_string());
+    assert_eq!(a[1].1["parallel"], true);
+    assert_eq!(a[2].1["contacts"], 3);
+    assert_eq!(a[3].1["contact_id"], son.to_string(), "the first in turn");
+    assert_eq!(a[3].1["parallel"], false);
+    assert_eq!(
+        kinds(&steps(calls[1]).await),
+        [
+            "emergency.unanswered",
+            "family.notified",
+            "family.cascade_started",
+            "supervisor.alert"
+        ]
+    );
+    assert_eq!(
+        kinds(&steps(calls[2]).await),
+        [
+            "emergency.unanswered",
+            "family.cascade_started",
+            "supervisor.alert"
+        ]
+    );
+    // Each notification's state: the parallel ones and the first in turn sent (only the one in
+    // turn with a deadline), the next in turn waiting.
+    let notifications: Vec<(Uuid, String, bool, bool)> = sqlx::query_as(
+        "SELECT contact_id, state, sent_at IS NOT NULL, deadline_at IS NOT NULL
+         FROM family_notifications WHERE call_id = ANY($1) ORDER BY id",
+    )
+    .bind(&calls[..])
+    .fetch_all(node.store.pool())
+    .await
+    .unwrap();
+    let state_of = |contact: Uuid| {
+        notifications
+            .iter()
+            .find(|(id, ..)| *id == contact)
+            .map(|(_, state, sent, deadline)| (state.as_str(), *sent, *deadline))
+    };
+    assert_eq!(notifications.len(), 4, "{notifications:?}");
+    assert_eq!(state_of(station), Some(("sent", true, false)));
+    assert_eq!(state_of(son), Some(("sent", true, true)));
+    assert_eq!(state_of(daughter), Some(("waiting", false, false)));
+    assert_eq!(state_of(neighbour), Some(("sent", true, false)));
+    // Deliveries for the SMS contacts told now: the station and the son, not the daughter
+    // (not yet asked) nor the neighbour (on the app).
+    let delivered: Vec<String> = sqlx::query_scalar(
+        "SELECT w.body->>'contact' FROM webhook_deliveries w
+         JOIN family_notifications n ON n.id = w.notification_id
+         WHERE n.call_id = ANY($1) ORDER BY w.notification_id",
+    )
+    .bind(&calls[..])
+    .fetch_all(node.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(delivered, ["社区站", "儿子"]);
+    for tablet in tablets {
+        tablet.close().await;
+    }
+}

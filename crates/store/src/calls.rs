@@ -1326,7 +1326,15 @@ impl Store {
                         .rules()
                         .cascade_step_secs,
                 );
-                crate::family::start_cascade(&mut tx, call_id, step_secs).await?;
+                crate::family::start_cascades(
+                    &mut tx,
+                    &[crate::family::CascadeStart {
+                        call_id,
+                        unanswered: None,
+                    }],
+                    step_secs,
+                )
+                .await?;
             }
         }
         append_event(

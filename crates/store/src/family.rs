@@ -10,7 +10,11 @@ use sqlx::{Postgres, Row, Transaction};
 use std::time::Duration;
 use uuid::Uuid;
 
-use crate::{append_event, notify, Notification, Result, Store, StoreError};
+use std::collections::{HashMap, HashSet};
+
+use crate::{
+    append_event, append_events, notify, notify_all, Notification, Result, Store, StoreError,
+};
 
 /// A contact to add to a resident.
 #[derive(Debug, Clone, Default)]
@@ -162,29 +166,19 @@ impl Store {
         .bind(f64::from(rules.rules().family_after_secs))
         .fetch_all(&mut *tx)
         .await?;
-        for row in due {
-            let call_id: Uuid = row.try_get("id")?;
-            let reason = format!(
-                "emergency unanswered for {} s: the family is being told",
-                rules.rules().family_after_secs
-            );
-            append_event(
-                &mut tx,
-                "emergency.unanswered",
-                Some(call_id),
-                None,
-                None,
-                None,
-                json!({ "reason": reason }),
-            )
-            .await?;
-            notify(
-                &mut tx,
-                &Notification::EmergencyUnanswered { call_id, reason },
-            )
-            .await?;
-            start_cascade(&mut tx, call_id, step_secs).await?;
-        }
+        let reason = format!(
+            "emergency unanswered for {} s: the family is being told",
+            rules.rules().family_after_secs
+        );
+        let mut starts = due
+            .iter()
+            .map(|row| {
+                Ok(CascadeStart {
+                    call_id: row.try_get("id")?,
+                    unanswered: Some(reason.clone()),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         // A device offline for long: its technical item's cascade tells the family. The open
         // offline alarms are read by age from `alarms_offline_due` (its condition includes
         // `call_id IS NOT NULL`), the due ones only: a district outage leaves tens of thousands
@@ -213,8 +207,15 @@ impl Store {
         .await?;
         for row in offline {
             let call_id: Uuid = row.try_get("id")?;
-            start_cascade(&mut tx, call_id, step_secs).await?;
+            // A call this pass already starts (as an unanswered emergency) starts once.
+            if !starts.iter().any(|start| start.call_id == call_id) {
+                starts.push(CascadeStart {
+                    call_id,
+                    unanswered: None,
+                });
+            }
         }
+        start_cascades(&mut tx, &starts, step_secs).await?;
         // Ordered contacts who did not acknowledge in time: the next one is asked.
         let lapsed = sqlx::query(
             "SELECT n.id, n.call_id FROM family_notifications n JOIN calls c ON c.id = n.call_id
@@ -373,62 +374,170 @@ impl Store {
     }
 }
 
-/// Tells every parallel contact at once and asks the first ordered one.
-pub(crate) async fn start_cascade(
+/// A cascade to start: its call, and why the emergency counts as unanswered (an event and a
+/// notification first), if that is why it starts.
+pub(crate) struct CascadeStart {
+    pub(crate) call_id: Uuid,
+    pub(crate) unanswered: Option<String>,
+}
+
+/// Starts these calls' cascades: tells every parallel contact at once and asks the first
+/// ordered one; a call with no ordered contact (and no acknowledgement) alerts the
+/// supervisors. A few statements whatever the number of calls: a flood of unanswered
+/// emergencies reaches its family step together, 60 s after the flood, and one by one that was
+/// about ten statements a call (three single-row event inserts, each running the statistics
+/// triggers), competing with the alarms still arriving. The events and notifications are
+/// each call's in turn, in the order one call's cascade has always had.
+pub(crate) async fn start_cascades(
     tx: &mut Transaction<'_, Postgres>,
-    call_id: Uuid,
+    starts: &[CascadeStart],
     step_secs: f64,
 ) -> Result<()> {
-    sqlx::query("UPDATE calls SET cascade_started_at = clock_timestamp() WHERE id = $1")
-        .bind(call_id)
+    if starts.is_empty() {
+        return Ok(());
+    }
+    let call_ids: Vec<Uuid> = starts.iter().map(|start| start.call_id).collect();
+    sqlx::query("UPDATE calls SET cascade_started_at = clock_timestamp() WHERE id = ANY($1)")
+        .bind(&call_ids)
         .execute(&mut **tx)
         .await?;
-    let contacts = sqlx::query(
-        "SELECT c.id, c.position FROM contacts c JOIN calls k ON k.resident_id = c.resident_id
-         WHERE k.id = $1 ORDER BY c.position NULLS FIRST, c.created_at",
+    // Each call's contacts: the parallel ones first, then the ordered ones in turn.
+    let mut contacts: HashMap<Uuid, Vec<(Uuid, bool)>> = HashMap::new();
+    for row in sqlx::query(
+        "SELECT k.id AS call_id, c.id, c.position FROM calls k
+         JOIN contacts c ON c.resident_id = k.resident_id
+         WHERE k.id = ANY($1) ORDER BY k.id, c.position NULLS FIRST, c.created_at",
     )
-    .bind(call_id)
+    .bind(&call_ids)
     .fetch_all(&mut **tx)
-    .await?;
-    for contact in &contacts {
-        let contact_id: Uuid = contact.try_get("id")?;
-        let parallel = contact.try_get::<Option<i32>, _>("position")?.is_none();
-        let notification_id: i64 = sqlx::query_scalar(
-            "INSERT INTO family_notifications (call_id, contact_id, state, parallel, sent_at)
-             VALUES ($1, $2, CASE WHEN $3 THEN 'sent' ELSE 'waiting' END, $3,
-                     CASE WHEN $3 THEN clock_timestamp() END)
-             RETURNING id",
-        )
-        .bind(call_id)
-        .bind(contact_id)
-        .bind(parallel)
-        .fetch_one(&mut **tx)
-        .await?;
-        if parallel {
-            append_event(
-                tx,
+    .await?
+    {
+        contacts.entry(row.try_get("call_id")?).or_default().push((
+            row.try_get("id")?,
+            row.try_get::<Option<i32>, _>("position")?.is_none(),
+        ));
+    }
+    let acknowledged: HashSet<Uuid> = sqlx::query_scalar(
+        "SELECT DISTINCT call_id FROM family_notifications
+         WHERE call_id = ANY($1) AND state = 'acknowledged'",
+    )
+    .bind(&call_ids)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect();
+    // Every contact's notification: the parallel ones and each call's first ordered one sent
+    // now, the other ordered ones waiting their turn.
+    let (mut rows_call, mut rows_contact, mut rows_parallel, mut rows_sent) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for start in starts {
+        let mut asked = false;
+        for &(contact_id, parallel) in contacts.get(&start.call_id).into_iter().flatten() {
+            let sent = parallel || !std::mem::replace(&mut asked, true);
+            rows_call.push(start.call_id);
+            rows_contact.push(contact_id);
+            rows_parallel.push(parallel);
+            rows_sent.push(sent);
+        }
+    }
+    let mut notification_ids: HashMap<(Uuid, Uuid), i64> = HashMap::new();
+    for row in sqlx::query(
+        "INSERT INTO family_notifications (call_id, contact_id, state, parallel, sent_at, deadline_at)
+         SELECT r.call_id, r.contact_id, CASE WHEN r.sent THEN 'sent' ELSE 'waiting' END,
+                r.parallel, CASE WHEN r.sent THEN clock_timestamp() END,
+                CASE WHEN r.sent AND NOT r.parallel
+                     THEN clock_timestamp() + make_interval(secs => $5) END
+         FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::bool[])
+              WITH ORDINALITY AS r(call_id, contact_id, parallel, sent, n)
+         ORDER BY r.n
+         RETURNING id, call_id, contact_id",
+    )
+    .bind(&rows_call)
+    .bind(&rows_contact)
+    .bind(&rows_parallel)
+    .bind(&rows_sent)
+    .bind(step_secs)
+    .fetch_all(&mut **tx)
+    .await?
+    {
+        notification_ids.insert(
+            (row.try_get("call_id")?, row.try_get("contact_id")?),
+            row.try_get("id")?,
+        );
+    }
+    let notification_of = |call_id: Uuid, contact_id: Uuid| -> Result<i64> {
+        notification_ids
+            .get(&(call_id, contact_id))
+            .copied()
+            .ok_or_else(|| {
+                StoreError::Refused(format!(
+                    "no family notification was made for contact {contact_id} of call {call_id}"
+                ))
+            })
+    };
+    let nobody = "nobody in the family cascade acknowledged";
+    let (mut events, mut notifications, mut deliveries) = (Vec::new(), Vec::new(), Vec::new());
+    for start in starts {
+        let call_id = start.call_id;
+        if let Some(reason) = &start.unanswered {
+            events.push((
+                "emergency.unanswered",
+                Some(call_id),
+                None,
+                json!({ "reason": reason }),
+            ));
+            notifications.push(Notification::EmergencyUnanswered {
+                call_id,
+                reason: reason.clone(),
+            });
+        }
+        let call_contacts = contacts
+            .get(&call_id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for &(contact_id, _) in call_contacts.iter().filter(|(_, parallel)| *parallel) {
+            events.push((
                 "family.notified",
                 Some(call_id),
                 None,
-                None,
-                None,
                 json!({ "contact_id": contact_id, "parallel": true }),
-            )
-            .await?;
-            enqueue_delivery(tx, notification_id).await?;
+            ));
+            deliveries.push(notification_of(call_id, contact_id)?);
+        }
+        events.push((
+            "family.cascade_started",
+            Some(call_id),
+            None,
+            json!({ "contacts": call_contacts.len() }),
+        ));
+        match call_contacts.iter().find(|(_, parallel)| !*parallel) {
+            Some(&(contact_id, _)) => {
+                events.push((
+                    "family.notified",
+                    Some(call_id),
+                    None,
+                    json!({ "contact_id": contact_id, "parallel": false }),
+                ));
+                deliveries.push(notification_of(call_id, contact_id)?);
+            }
+            None if acknowledged.contains(&call_id) => {}
+            None => {
+                events.push((
+                    "supervisor.alert",
+                    Some(call_id),
+                    None,
+                    json!({ "reason": nobody }),
+                ));
+                notifications.push(Notification::SupervisorAlert {
+                    call_id,
+                    reason: nobody.to_owned(),
+                });
+            }
         }
     }
-    append_event(
-        tx,
-        "family.cascade_started",
-        Some(call_id),
-        None,
-        None,
-        None,
-        json!({ "contacts": contacts.len() }),
-    )
-    .await?;
-    ask_next(tx, call_id, step_secs).await
+    append_events(tx, &events).await?;
+    enqueue_deliveries(tx, &deliveries).await?;
+    notify_all(tx, &notifications).await
 }
 
 /// Asks the next waiting ordered contact; with none left (and nobody acknowledged), alerts
@@ -500,6 +609,17 @@ async fn ask_next(tx: &mut Transaction<'_, Postgres>, call_id: Uuid, step_secs: 
 /// For a contact reached by SMS or webhook, queues the outbound delivery in the same
 /// transaction as the notification (so neither exists without the other).
 async fn enqueue_delivery(tx: &mut Transaction<'_, Postgres>, notification_id: i64) -> Result<()> {
+    enqueue_deliveries(tx, &[notification_id]).await
+}
+
+/// [`enqueue_delivery`] for several notifications, in one statement, in their order.
+async fn enqueue_deliveries(
+    tx: &mut Transaction<'_, Postgres>,
+    notification_ids: &[i64],
+) -> Result<()> {
+    if notification_ids.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO webhook_deliveries (notification_id, body)
          SELECT n.id, jsonb_build_object(
@@ -508,13 +628,15 @@ async fn enqueue_delivery(tx: &mut Transaction<'_, Postgres>, notification_id: i
                     'contact', c.name, 'relationship', c.relationship, 'phone', c.phone,
                     'holds_keys', c.holds_keys,
                     'text', r.full_name || ': ' || k.kind || ' alarm, please respond')
-         FROM family_notifications n
+         FROM unnest($1::bigint[]) WITH ORDINALITY AS w(id, n)
+         JOIN family_notifications n ON n.id = w.id
          JOIN contacts c ON c.id = n.contact_id
          JOIN calls k ON k.id = n.call_id
          JOIN residents r ON r.id = k.resident_id
-         WHERE n.id = $1 AND c.channels && ARRAY['sms', 'webhook']",
+         WHERE c.channels && ARRAY['sms', 'webhook']
+         ORDER BY w.n",
     )
-    .bind(notification_id)
+    .bind(notification_ids)
     .execute(&mut **tx)
     .await?;
     Ok(())
