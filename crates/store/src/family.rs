@@ -155,11 +155,16 @@ impl Store {
         let rules = crate::routing::active_rules(&mut tx).await?;
         let step_secs = f64::from(rules.rules().cascade_step_secs);
         // `now()`, stable, so that `calls_cascade_due` is bounded by it (`clock_timestamp()`
-        // would be a filter over every waiting emergency).
+        // would be a filter over every waiting emergency). Oldest first, in the index's order:
+        // without the order, once a flood's statistics said thousands were waiting, the plan
+        // was a sequential scan of `calls` that stopped at its hundredth match, past every
+        // call whose cascade had already started (18-77 ms a pass at 60,000 calls, four times
+        // a second on every node).
         let due = sqlx::query(
             "SELECT id FROM calls
              WHERE kind = 'emergency' AND state IN ('queued', 'offered') AND cascade_started_at IS NULL
                AND created_at <= now() - make_interval(secs => $1)
+             ORDER BY created_at
              LIMIT 100
              FOR UPDATE SKIP LOCKED",
         )
