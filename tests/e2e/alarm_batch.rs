@@ -698,27 +698,31 @@ async fn the_refresher_skips_a_device_row_another_transaction_holds_and_names_it
 }
 
 #[tokio::test]
-async fn last_seen_writes_commit_without_waiting_for_the_disk_and_leave_the_connection_as_it_was() {
-    // One connection: what a transaction sets is seen by whatever uses the pool after it.
+async fn last_seen_writes_and_outbox_acks_commit_without_waiting_for_the_disk_and_leave_the_connection_as_it_was(
+) {
+    // One connection: what a statement sets is seen by whatever uses the pool after it.
     let store = Store::connect(&carebell_tests::fresh_database().await, 1)
         .await
         .unwrap();
     store.migrate().await.unwrap();
     let devices = carebell_tests::register_tablets(&store, "unflushed", "tab-unflushed", 2).await;
     let setting = "SELECT current_setting('synchronous_commit')";
-    let mut tx = store.begin_unflushed().await.unwrap();
-    let inside: String = sqlx::query_scalar(setting)
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
+    // In force for the statement (and so at its commit, which ends it), and gone after it.
+    let inside: String = sqlx::query_scalar(&format!(
+        "SELECT current_setting('synchronous_commit') FROM {}",
+        carebell_store::UNFLUSHED
+    ))
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
     assert_eq!(inside, "off");
-    tx.commit().await.unwrap();
     let after: String = sqlx::query_scalar(setting)
         .fetch_one(store.pool())
         .await
         .unwrap();
-    assert_eq!(after, "on", "the setting ends with its transaction");
-    // The last-seen writes, through that one connection, still write and leave it as it was.
+    assert_eq!(after, "on", "the setting ends with its statement");
+    // The last-seen writes and an acknowledgement, through that one connection, still write
+    // and leave it as it was.
     let arrived = store.devices_arrived(&devices).await.unwrap();
     assert_eq!(arrived.len(), 2);
     let silences: Vec<(String, Duration)> = devices
@@ -731,6 +735,20 @@ async fn last_seen_writes_commit_without_waiting_for_the_disk_and_leave_the_conn
         .await
         .unwrap()
         .is_empty());
+    let message: i64 = sqlx::query_scalar(
+        "INSERT INTO device_outbox (device_id, kind, payload) VALUES ($1, 'call_update', '{}')
+         RETURNING id",
+    )
+    .bind(&devices[0])
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(store.ack_outbox(&devices[0], &[message]).await.unwrap(), 1);
+    assert_eq!(
+        store.ack_outbox(&devices[1], &[message]).await.unwrap(),
+        0,
+        "not another device's"
+    );
     let after: String = sqlx::query_scalar(setting)
         .fetch_one(store.pool())
         .await
@@ -744,6 +762,13 @@ async fn last_seen_writes_commit_without_waiting_for_the_disk_and_leave_the_conn
     .await
     .unwrap();
     assert_eq!(written, 2);
+    let acked: bool =
+        sqlx::query_scalar("SELECT acked_at IS NOT NULL FROM device_outbox WHERE id = $1")
+            .bind(message)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert!(acked);
 }
 
 /// Rules that put emergencies in a queue the built-in rules do not have.

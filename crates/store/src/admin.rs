@@ -3,7 +3,7 @@
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::{Result, Store, StoreError};
+use crate::{Result, Store, StoreError, UNFLUSHED};
 
 /// A resident to enrol. Text is stored exactly as given (Chinese names and addresses included).
 #[derive(Debug, Clone, Default)]
@@ -208,26 +208,24 @@ impl Store {
         device_ids: &[String],
     ) -> Result<std::collections::HashMap<String, Arrival>> {
         // Only the last-seen time is written: its commit need not wait for the disk.
-        let mut tx = self.begin_unflushed().await?;
-        let rows = sqlx::query(
+        let rows = sqlx::query(&format!(
             "WITH ids AS (SELECT DISTINCT unnest($1::text[]) AS id),
              seen AS (
                  UPDATE devices d SET last_seen_at = greatest(coalesce(d.last_seen_at, '-infinity'),
                                                               clock_timestamp())
                  FROM (SELECT l.id FROM devices l JOIN ids ON ids.id = l.id
-                       ORDER BY l.id FOR NO KEY UPDATE OF l) AS ordered
+                       ORDER BY l.id FOR NO KEY UPDATE OF l) AS ordered, {UNFLUSHED}
                  WHERE d.id = ordered.id RETURNING d.id)
              SELECT seen.id,
                     EXISTS (SELECT 1 FROM alarms a WHERE a.device_id = seen.id
                             AND a.kind = 'DEVICE_OFFLINE' AND a.cleared_at IS NULL) AS offline,
                     EXISTS (SELECT 1 FROM device_outbox o WHERE o.device_id = seen.id
                             AND o.acked_at IS NULL) AS pending
-             FROM seen",
-        )
+             FROM seen"
+        ))
         .bind(device_ids)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
-        tx.commit().await?;
         rows.iter()
             .map(|row| {
                 Ok((
@@ -281,7 +279,7 @@ impl Store {
 
     /// Writes last-seen times, locking the rows in id order (waiting for busy ones, or skipping
     /// them); returns the ids written. The commit does not wait for the disk
-    /// ([`Store::begin_unflushed`]).
+    /// ([`crate::UNFLUSHED`]).
     async fn write_last_seen(
         &self,
         silences: &[(String, std::time::Duration)],
@@ -292,23 +290,21 @@ impl Store {
             .iter()
             .map(|(_, silent)| i64::try_from(silent.as_millis()).unwrap_or(i64::MAX))
             .collect();
-        let mut tx = self.begin_unflushed().await?;
         let written = sqlx::query_scalar(&format!(
             "UPDATE devices d
              SET last_seen_at = greatest(coalesce(d.last_seen_at, '-infinity'),
                                          clock_timestamp() - make_interval(secs => v.silent_ms / 1000.0))
              FROM (SELECT l.id, v.silent_ms
                    FROM devices l JOIN unnest($1::text[], $2::bigint[]) AS v(id, silent_ms) ON v.id = l.id
-                   ORDER BY l.id FOR NO KEY UPDATE OF l{}) AS v
+                   ORDER BY l.id FOR NO KEY UPDATE OF l{}) AS v, {UNFLUSHED}
              WHERE d.id = v.id
              RETURNING d.id",
             if skip_busy { " SKIP LOCKED" } else { "" }
         ))
         .bind(&ids)
         .bind(&silent_ms)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
-        tx.commit().await?;
         Ok(written)
     }
 }

@@ -213,24 +213,6 @@ impl Store {
         &self.pool
     }
 
-    /// A transaction whose commit does not wait for its WAL to reach the disk
-    /// (`SET LOCAL synchronous_commit = off`; the setting ends with the transaction).
-    ///
-    /// Only for writes that are rewritten within seconds and whose loss errs towards alarm:
-    /// devices' last-seen times. If PostgreSQL crashes, at most its last few hundred
-    /// milliseconds of such commits are lost (`wal_writer_delay` three times over); a device
-    /// then looks silent for longer than it was, never shorter, so supervision may report it
-    /// offline early but never misses one (rule 7). Alarms, calls and events never use this.
-    /// In a reconnect storm half of the arrivals' time in PostgreSQL was waiting for the WAL
-    /// flush, holding the few batch slots a process has.
-    pub async fn begin_unflushed(&self) -> Result<Transaction<'static, Postgres>> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
-        Ok(tx)
-    }
-
     /// Applies the migrations embedded in this crate; safe to run on every start and from
     /// several nodes at once (sqlx takes an advisory lock).
     pub async fn migrate(&self) -> Result<()> {
@@ -261,6 +243,25 @@ impl Store {
         )
     }
 }
+
+/// A one-row subquery to join into a statement sent on its own: the statement's commit then
+/// does not wait for its WAL to reach the disk. `set_config(.., true)` lasts until the
+/// transaction ends, and a statement on its own commits as it ends, reading the setting then;
+/// one round trip, where `BEGIN`, `SET LOCAL synchronous_commit = off`, the statement and
+/// `COMMIT` took four.
+///
+/// Only for writes whose loss in a PostgreSQL crash (at most its last few hundred
+/// milliseconds, `wal_writer_delay` three times over) errs towards alarm or repeats a message:
+/// - devices' last-seen times, rewritten within seconds: a device then looks silent for longer
+///   than it was, never shorter, so supervision may report it offline early but never misses
+///   one (rule 7). In a reconnect storm half of the arrivals' time in PostgreSQL was waiting
+///   for the flush, holding the few batch slots a process has;
+/// - tablets' acknowledgements of outbox messages: a lost one delivers its message again, as
+///   a link that drops between a delivery and its acknowledgement already does. At a thousand
+///   alarms a second they were the third busiest statement, mostly waiting for the flush.
+///
+/// Alarms, calls and events never use this.
+pub const UNFLUSHED: &str = "(SELECT set_config('synchronous_commit', 'off', true)) AS unflushed";
 
 /// Appends one event to the log inside the caller's transaction.
 pub(crate) async fn append_event(

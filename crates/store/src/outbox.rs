@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use crate::{notify, Notification, Result, Store, StoreError};
+use crate::{notify, Notification, Result, Store, StoreError, UNFLUSHED};
 
 /// A call update for the tablet, as stored in the outbox.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -297,12 +297,15 @@ impl Store {
         if ids.is_empty() {
             return Ok(vec![0; acks.len()]);
         }
-        let rows = sqlx::query(
+        // The commit does not wait for the disk ([`crate::UNFLUSHED`]): an acknowledgement
+        // lost in a database crash delivers its message again.
+        let rows = sqlx::query(&format!(
             "UPDATE device_outbox o SET acked_at = now()
-             FROM (SELECT DISTINCT device_id, id FROM unnest($1::text[], $2::int8[]) AS a(device_id, id)) a
+             FROM (SELECT DISTINCT device_id, id FROM unnest($1::text[], $2::int8[]) AS a(device_id, id)) a,
+                  {UNFLUSHED}
              WHERE o.device_id = a.device_id AND o.id = a.id AND o.acked_at IS NULL
-             RETURNING o.device_id, o.id",
-        )
+             RETURNING o.device_id, o.id"
+        ))
         .bind(&devices)
         .bind(&ids)
         .fetch_all(&self.pool)
