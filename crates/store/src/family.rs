@@ -379,6 +379,9 @@ impl Store {
     }
 }
 
+/// Why the supervisors are alerted when a cascade has nobody left to ask.
+const NOBODY_ACKNOWLEDGED: &str = "nobody in the family cascade acknowledged";
+
 /// A cascade to start: its call, and why the emergency counts as unanswered (an event and a
 /// notification first), if that is why it starts.
 pub(crate) struct CascadeStart {
@@ -480,7 +483,6 @@ pub(crate) async fn start_cascades(
                 ))
             })
     };
-    let nobody = "nobody in the family cascade acknowledged";
     let (mut events, mut notifications, mut deliveries) = (Vec::new(), Vec::new(), Vec::new());
     for start in starts {
         let call_id = start.call_id;
@@ -531,11 +533,11 @@ pub(crate) async fn start_cascades(
                     "supervisor.alert",
                     Some(call_id),
                     None,
-                    json!({ "reason": nobody }),
+                    json!({ "reason": NOBODY_ACKNOWLEDGED }),
                 ));
                 notifications.push(Notification::SupervisorAlert {
                     call_id,
-                    reason: nobody.to_owned(),
+                    reason: NOBODY_ACKNOWLEDGED.to_owned(),
                 });
             }
         }
@@ -588,7 +590,7 @@ async fn ask_next(tx: &mut Transaction<'_, Postgres>, call_id: Uuid, step_secs: 
             if acknowledged {
                 return Ok(());
             }
-            let reason = "nobody in the family cascade acknowledged";
+            let reason = NOBODY_ACKNOWLEDGED;
             append_event(
                 tx,
                 "supervisor.alert",
