@@ -7,10 +7,9 @@
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::{Postgres, Row, Transaction};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use uuid::Uuid;
-
-use std::collections::{HashMap, HashSet};
 
 use crate::{
     append_event, append_events, notify, notify_all, Notification, Result, Store, StoreError,
