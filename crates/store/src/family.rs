@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::{Postgres, Row, Transaction};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -389,7 +389,7 @@ pub(crate) struct CascadeStart {
 }
 
 /// Starts these calls' cascades: tells every parallel contact at once and asks the first
-/// ordered one; a call with no ordered contact (and no acknowledgement) alerts the
+/// ordered one; a call with no ordered contact alerts the
 /// supervisors. A few statements whatever the number of calls: a flood of unanswered
 /// emergencies reaches its family step together, 60 s after the flood, and one by one that was
 /// about ten statements a call (three single-row event inserts, each running the statistics
@@ -424,27 +424,25 @@ pub(crate) async fn start_cascades(
             row.try_get::<Option<i32>, _>("position")?.is_none(),
         ));
     }
-    let acknowledged: HashSet<Uuid> = sqlx::query_scalar(
-        "SELECT DISTINCT call_id FROM family_notifications
-         WHERE call_id = ANY($1) AND state = 'acknowledged'",
-    )
-    .bind(&call_ids)
-    .fetch_all(&mut **tx)
-    .await?
-    .into_iter()
-    .collect();
+    // Each call's first ordered contact, asked now. (Nobody can have acknowledged yet: a
+    // call's notifications are made only here, once, as its cascade starts.)
+    let first_in_turn = |call_id: &Uuid| {
+        contacts
+            .get(call_id)
+            .and_then(|contacts| contacts.iter().find(|(_, parallel)| !*parallel))
+            .map(|&(contact_id, _)| contact_id)
+    };
     // Every contact's notification: the parallel ones and each call's first ordered one sent
     // now, the other ordered ones waiting their turn.
     let (mut rows_call, mut rows_contact, mut rows_parallel, mut rows_sent) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for start in starts {
-        let mut asked = false;
+        let asked = first_in_turn(&start.call_id);
         for &(contact_id, parallel) in contacts.get(&start.call_id).into_iter().flatten() {
-            let sent = parallel || !std::mem::replace(&mut asked, true);
             rows_call.push(start.call_id);
             rows_contact.push(contact_id);
             rows_parallel.push(parallel);
-            rows_sent.push(sent);
+            rows_sent.push(parallel || asked == Some(contact_id));
         }
     }
     let mut notification_ids: HashMap<(Uuid, Uuid), i64> = HashMap::new();
@@ -516,8 +514,8 @@ pub(crate) async fn start_cascades(
             None,
             json!({ "contacts": call_contacts.len() }),
         ));
-        match call_contacts.iter().find(|(_, parallel)| !*parallel) {
-            Some(&(contact_id, _)) => {
+        match first_in_turn(&call_id) {
+            Some(contact_id) => {
                 events.push((
                     "family.notified",
                     Some(call_id),
@@ -526,7 +524,6 @@ pub(crate) async fn start_cascades(
                 ));
                 deliveries.push(notification_of(call_id, contact_id)?);
             }
-            None if acknowledged.contains(&call_id) => {}
             None => {
                 events.push((
                     "supervisor.alert",
