@@ -290,6 +290,71 @@ async fn a_batch_writes_and_answers_exactly_what_one_transaction_per_alarm_does(
     assert_eq!(batch_heard.1.len(), DEVICES, "every tablet is told");
 }
 
+/// A batch of one (what a quiet moment gives the batcher) goes through the batch statement as
+/// well, and must answer and write what the one-by-one path does in every case it meets.
+#[tokio::test]
+async fn alarms_batched_alone_answer_and_write_what_one_transaction_each_does() {
+    let batched = fresh_store().await;
+    let single = fresh_store().await;
+    let alone = [
+        alarm(0, "l-sos", "SOS", "pressed", Some(CallKind::Emergency)),
+        alarm(1, "l-note", "UNSPECIFIED", "", None),
+        // Its resend, then the same id with different content.
+        alarm(0, "l-sos", "SOS", "pressed", Some(CallKind::Emergency)),
+        alarm(0, "l-sos", "FALL", "pressed", Some(CallKind::Emergency)),
+        alarm(9, "l-ghost", "SOS", "", Some(CallKind::Emergency)),
+        alarm(
+            2,
+            "l-battery",
+            "LOW_BATTERY",
+            "9%",
+            Some(CallKind::Technical),
+        ),
+    ];
+    for store in [&batched, &single] {
+        district(store).await;
+    }
+    let mut batched_listener = batched.listen().await.unwrap();
+    let mut single_listener = single.listen().await.unwrap();
+    let mut batch_shapes = Vec::new();
+    let mut single_shapes = Vec::new();
+    for one in &alone {
+        let answers = batched.record_alarms(std::slice::from_ref(one)).await;
+        assert_eq!(answers.len(), 1);
+        batch_shapes.push(shape(&answers[0]));
+        single_shapes.push(shape(&single.record_new_alarm(one).await));
+    }
+    assert_eq!(batch_shapes, single_shapes);
+    assert_eq!(batch_shapes[0], "stored created=true call=true");
+    assert_eq!(batch_shapes[1], "stored created=true call=false");
+    assert_eq!(batch_shapes[2], "stored created=false call=true");
+    assert!(
+        batch_shapes[3].starts_with("refused: "),
+        "{}",
+        batch_shapes[3]
+    );
+    assert_eq!(batch_shapes[4], "not found: device tab-batch-9");
+    assert_eq!(batch_shapes[5], "stored created=true call=true");
+    let batch_rows = snapshot(&batched).await;
+    assert_eq!(batch_rows, snapshot(&single).await);
+    assert_eq!(
+        batch_rows
+            .iter()
+            .filter(|row| row.starts_with("alarm "))
+            .count(),
+        3,
+        "{batch_rows:#?}"
+    );
+    let batch_heard = heard(&mut batched_listener).await;
+    assert_eq!(batch_heard, heard(&mut single_listener).await);
+    assert!(batch_heard.0, "dispatchers are woken");
+    assert_eq!(
+        batch_heard.1,
+        BTreeSet::from(["tab-batch-0".to_owned(), "tab-batch-2".to_owned()]),
+        "the tablets whose alarms raised an item are told"
+    );
+}
+
 #[tokio::test]
 async fn concurrent_alarms_through_the_batcher_are_stored_once_each_and_together() {
     let store = fresh_store().await;
