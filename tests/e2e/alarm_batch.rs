@@ -11,7 +11,7 @@ use carebell_gateway::AlarmBatcher;
 use carebell_store::{
     AlarmOutcome, Heard, NewAlarm, Notification, OutboxAck, OutboxRead, Source, Store, StoreError,
 };
-use carebell_tests::{fresh_store, metric_value};
+use carebell_tests::{fresh_database, fresh_store, metric_value};
 use chrono::{Days, TimeZone, Utc};
 
 const DEVICES: usize = 4;
@@ -353,6 +353,76 @@ async fn alarms_batched_alone_answer_and_write_what_one_transaction_each_does() 
         BTreeSet::from(["tab-batch-0".to_owned(), "tab-batch-2".to_owned()]),
         "the tablets whose alarms raised an item are told"
     );
+}
+
+/// How the alarm batch statement was planned on the connection of a one-connection store:
+/// (executions, generic plans, custom plans).
+async fn batch_plans(store: &Store) -> (i64, i64, i64) {
+    let (generic, custom): (i64, i64) = sqlx::query_as(
+        "SELECT coalesce(sum(generic_plans), 0)::int8, coalesce(sum(custom_plans), 0)::int8
+         FROM pg_prepared_statements WHERE statement LIKE 'WITH rules_in_force AS%'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    (generic + custom, generic, custom)
+}
+
+/// The batch connections plan the alarm batch once and keep the plan; the main pool's
+/// connections leave it to PostgreSQL, which re-plans every execution of a small batch.
+#[tokio::test]
+async fn batch_connections_run_the_alarm_batch_on_one_generic_plan_and_store_alike() {
+    let url = fresh_database().await;
+    let main = Store::connect(&url, 1).await.unwrap();
+    main.migrate().await.unwrap();
+    district(&main).await;
+    let batches = Store::connect_for_batches(&url, 1, None).await.unwrap();
+    let mode = |store: Store| async move {
+        sqlx::query_scalar::<_, String>("SHOW plan_cache_mode")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    };
+    assert_eq!(mode(batches.clone()).await, "force_generic_plan");
+    assert_eq!(mode(main.clone()).await, "auto");
+
+    // Eight batches on each, alone and in pairs, every one stored.
+    for (store, prefix) in [(&batches, "g"), (&main, "m")] {
+        for round in 0..8 {
+            let size = 1 + round % 2;
+            let alarms: Vec<NewAlarm> = (0..size)
+                .map(|n| {
+                    alarm(
+                        n,
+                        &format!("{prefix}-{round}-{n}"),
+                        "SOS",
+                        "",
+                        Some(CallKind::Emergency),
+                    )
+                })
+                .collect();
+            for answer in store.record_alarms(&alarms).await {
+                assert!(answer.unwrap().created);
+            }
+        }
+    }
+    assert_eq!(batch_plans(&batches).await, (8, 8, 0));
+    let (executions, _, custom) = batch_plans(&main).await;
+    assert_eq!(
+        executions, 8,
+        "alone or not, every alarm went through the batch statement"
+    );
+    assert!(
+        custom >= 5,
+        "PostgreSQL re-planned small batches: {custom} custom plans"
+    );
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM alarms a JOIN calls c ON c.id = a.call_id WHERE c.state = 'queued'",
+    )
+    .fetch_one(main.pool())
+    .await
+    .unwrap();
+    assert_eq!(stored, 24);
 }
 
 #[tokio::test]

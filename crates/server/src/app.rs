@@ -38,6 +38,8 @@ const HEALTH_SERVICES: [&str; 6] = [
 pub struct Application {
     settings: Settings,
     store: Store,
+    /// The device sessions' batches and the last-seen writes (generic plans; may be `store`).
+    session_store: Store,
     hub: Arc<Hub>,
     presence: Presence,
     certificates: Option<Arc<CertificateStore>>,
@@ -161,17 +163,27 @@ impl Application {
         );
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        // Alarms have connections of their own, so a storm's arrivals never hold them up.
-        let alarm_store = match settings.device.alarm_connections {
-            0 => store.clone(),
-            connections => Store::connect_as(
-                settings.database_url.expose(),
-                connections,
-                Some(settings.database_app_role.as_str()),
-            )
-            .await
-            .context("failed to connect the alarms' PostgreSQL connections")?,
+        // Alarms have connections of their own, so a storm's arrivals never hold them up; the
+        // sessions' batches (and the last-seen refresher) have theirs. Both run generic plans
+        // (`Store::connect_for_batches`); 0 shares the main pool.
+        let batch_store = |connections: u32, what: &'static str| {
+            let store = store.clone();
+            let url = settings.database_url.expose().to_owned();
+            let role = settings.database_app_role.clone();
+            async move {
+                match connections {
+                    0 => Ok(store),
+                    connections => Store::connect_for_batches(&url, connections, Some(&role))
+                        .await
+                        .with_context(|| {
+                            format!("failed to connect the {what}' PostgreSQL connections")
+                        }),
+                }
+            }
         };
+        let alarm_store = batch_store(settings.device.alarm_connections, "alarms").await?;
+        let session_store =
+            batch_store(settings.device.session_connections, "device sessions").await?;
         let device_context = DeviceContext {
             store: store.clone(),
             alarms: AlarmBatcher::spawn(
@@ -180,7 +192,7 @@ impl Application {
                 settings.device.batches_in_flight,
             ),
             sessions: SessionBatchers::spawn(
-                store.clone(),
+                session_store.clone(),
                 settings.device.batch_max,
                 settings.device.batches_in_flight,
             ),
@@ -268,6 +280,7 @@ impl Application {
         Ok(Self {
             settings,
             store,
+            session_store,
             hub,
             presence,
             certificates,
@@ -319,6 +332,7 @@ impl Application {
         let Application {
             settings,
             store,
+            session_store,
             hub,
             presence,
             certificates,
@@ -387,7 +401,7 @@ impl Application {
         // thousand row updates a second instead of tens of thousands.
         let write_every = (settings.offline_after() / 4).max(last_seen_interval);
         tracker.spawn(carebell_dispatch::run_last_seen_refresher(
-            store.clone(),
+            session_store.clone(),
             Arc::clone(&hub),
             last_seen_interval,
             write_every,

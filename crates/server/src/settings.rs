@@ -158,6 +158,10 @@ pub struct DeviceSection {
     /// so an alarm never queues for a connection behind a reconnect storm's arrivals (0:
     /// alarms share the pool).
     pub alarm_connections: u32,
+    /// PostgreSQL connections kept for the device sessions' batches (key lookups, arrivals,
+    /// outbox reads and acknowledgements) and the last-seen writes, beside the others (0: they
+    /// share the pool).
+    pub session_connections: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -232,6 +236,7 @@ require_client_certificate = false
 batch_max = 256
 batches_in_flight = 2
 alarm_connections = 2
+session_connections = 4
 
 [dispatch]
 ring_timeout_ms = 20000
@@ -390,6 +395,9 @@ impl Settings {
         if self.device.alarm_connections > 64 {
             return invalid("device.alarm_connections must be at most 64".to_owned());
         }
+        if self.device.session_connections > 64 {
+            return invalid("device.session_connections must be at most 64".to_owned());
+        }
         if self.dispatch.ring_timeout_ms < 500 {
             return invalid("dispatch.ring_timeout_ms must be at least 500".to_owned());
         }
@@ -503,7 +511,7 @@ mod tests {
     }
 
     #[test]
-    fn device_batching_and_alarm_connections_out_of_range_are_refused_by_name() {
+    fn device_batching_and_batch_connections_out_of_range_are_refused_by_name() {
         let valid = || {
             let mut settings = Settings::defaults().unwrap();
             settings.insecure = true;
@@ -513,6 +521,9 @@ mod tests {
         let mut settings = valid();
         settings.device.alarm_connections = 65;
         assert!(refused(settings).contains("device.alarm_connections"));
+        let mut settings = valid();
+        settings.device.session_connections = 65;
+        assert!(refused(settings).contains("device.session_connections"));
         let mut settings = valid();
         settings.device.batch_max = 0;
         assert!(refused(settings).contains("device.batch_max"));
@@ -526,6 +537,7 @@ mod tests {
         // No connections of their own: alarms share the pool.
         let mut settings = valid();
         settings.device.alarm_connections = 0;
+        settings.device.session_connections = 0;
         settings.validate().unwrap();
     }
 }
