@@ -425,6 +425,55 @@ async fn batch_connections_run_the_alarm_batch_on_one_generic_plan_and_store_ali
     assert_eq!(stored, 24);
 }
 
+/// Sessions that end together write their last-seen times together, each as "last heard so
+/// long ago", never moving a time backwards; a device that has gone is no error.
+#[tokio::test]
+async fn ended_sessions_last_seen_times_are_written_together_and_never_backwards() {
+    let store = fresh_store().await;
+    district(&store).await;
+    let batchers = carebell_gateway::SessionBatchers::spawn(store.clone(), 256, 1);
+    let departures = [
+        ("tab-batch-0", 60),
+        ("tab-batch-1", 600),
+        ("tab-batch-2", 5),
+        // Heard 5 s ago by one session, then an older session ends: the later time stands.
+        ("tab-batch-2", 900),
+        ("tab-batch-9", 1),
+    ];
+    let answers = futures_util::future::join_all(
+        departures
+            .iter()
+            .map(|(device, silent)| batchers.departed(device, Duration::from_secs(*silent))),
+    )
+    .await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    let ages: Vec<(String, Option<i64>)> = sqlx::query_as(
+        "SELECT id, extract(epoch FROM clock_timestamp() - last_seen_at)::int8 FROM devices ORDER BY id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    let expected = [60, 600, 5];
+    for ((device, age), want) in ages.iter().zip(expected) {
+        let age = age.unwrap_or_else(|| panic!("{device} has no last-seen time"));
+        assert!(
+            (want..want + 5).contains(&age),
+            "{device}: {age} s, want {want}"
+        );
+    }
+    assert_eq!(ages[3], ("tab-batch-3".to_owned(), None), "untouched");
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT xmin::text) FROM devices WHERE last_seen_at IS NOT NULL",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert!(
+        transactions < 3,
+        "{transactions} transactions for 3 devices"
+    );
+}
+
 #[tokio::test]
 async fn concurrent_alarms_through_the_batcher_are_stored_once_each_and_together() {
     let store = fresh_store().await;

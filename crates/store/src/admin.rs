@@ -278,7 +278,8 @@ impl Store {
     }
 
     /// Writes last-seen times, locking the rows in id order (waiting for busy ones, or skipping
-    /// them); returns the ids written. The commit does not wait for the disk
+    /// them); returns the ids written. A device named twice (two sessions that ended together)
+    /// is written once, with its latest time. The commit does not wait for the disk
     /// ([`crate::UNFLUSHED`]).
     async fn write_last_seen(
         &self,
@@ -295,7 +296,10 @@ impl Store {
              SET last_seen_at = greatest(coalesce(d.last_seen_at, '-infinity'),
                                          clock_timestamp() - make_interval(secs => v.silent_ms / 1000.0))
              FROM (SELECT l.id, v.silent_ms
-                   FROM devices l JOIN unnest($1::text[], $2::bigint[]) AS v(id, silent_ms) ON v.id = l.id
+                   FROM devices l
+                   JOIN (SELECT u.id, min(u.silent_ms) AS silent_ms
+                         FROM unnest($1::text[], $2::bigint[]) AS u(id, silent_ms)
+                         GROUP BY u.id) AS v ON v.id = l.id
                    ORDER BY l.id FOR NO KEY UPDATE OF l{}) AS v, {UNFLUSHED}
              WHERE d.id = v.id
              RETURNING d.id",

@@ -142,7 +142,8 @@ impl AlarmBatcher {
 pub type DeviceKey = ([u8; 32], Option<[u8; 32]>);
 
 /// The process's batchers for device sessions: new connections' key lookups and arrivals, the
-/// clearing of returning devices' offline alarms, and outbox reads and acknowledgements, each one
+/// clearing of returning devices' offline alarms, outbox reads and acknowledgements, and the
+/// last-seen times of sessions that ended, each one
 /// statement (or one short transaction) for many devices. A batch that fails
 /// as a whole is done one device at a time, so one bad moment never answers a whole batch with
 /// an error the one-by-one path would not give.
@@ -153,6 +154,7 @@ pub struct SessionBatchers {
     reads: Batcher<OutboxRead, Result<Vec<OutboxItem>, StoreError>>,
     acks: Batcher<OutboxAck, Result<u64, StoreError>>,
     backs: Batcher<String, Result<bool, StoreError>>,
+    departures: Batcher<(String, std::time::Duration), Result<(), StoreError>>,
 }
 
 impl SessionBatchers {
@@ -224,6 +226,24 @@ impl SessionBatchers {
                 }
             }
         });
+        let departures_store = store.clone();
+        let departures = Batcher::spawn(
+            max_batch,
+            in_flight,
+            move |departures: Vec<(String, std::time::Duration)>| {
+                let store = departures_store.clone();
+                async move {
+                    match store.devices_seen(&departures).await {
+                        Ok(()) => departures.iter().map(|_| Ok(())).collect(),
+                        Err(error) => {
+                            tracing::warn!(%error, "a batch of last-seen times at session ends failed; one by one");
+                            one_by_one(&departures, |(id, silent)| store.device_seen(id, *silent))
+                                .await
+                        }
+                    }
+                }
+            },
+        );
         let acks = Batcher::spawn(max_batch, in_flight, move |acks: Vec<OutboxAck>| {
             let store = store.clone();
             async move {
@@ -242,7 +262,19 @@ impl SessionBatchers {
             reads,
             acks,
             backs,
+            departures,
         }
+    }
+
+    /// `Store::device_seen` for a session that ended, batched.
+    pub async fn departed(
+        &self,
+        device_id: &str,
+        silent_for: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        self.departures
+            .request((device_id.to_owned(), silent_for))
+            .await
     }
 
     /// `Store::device_back`, batched: whether this device's offline alarm was cleared.
