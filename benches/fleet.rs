@@ -90,7 +90,7 @@ impl AlarmHistograms {
 
 /// A fleet's running counters, from its progress line ("fleet: 5 connected, …, 3 drops, …,
 /// 2 resumed").
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Progress {
     /// Tablets connected now.
     connected: u64,
@@ -101,6 +101,8 @@ struct Progress {
     /// Heartbeats sent 5 s or more behind their time, and the latest one's delay (ms).
     late: u64,
     latest_ms: u64,
+    /// The drops by how they ended ("3 drops:read-error").
+    drop_kinds: std::collections::BTreeMap<String, u64>,
 }
 
 impl Progress {
@@ -118,7 +120,11 @@ impl Progress {
                 "resumed" => progress.resumed = n,
                 "late" => progress.late = n,
                 "ms-latest" => progress.latest_ms = n,
-                _ => {}
+                other => {
+                    if let Some(kind) = other.strip_prefix("drops:") {
+                        progress.drop_kinds.insert(kind.to_owned(), n);
+                    }
+                }
             }
         }
         progress
@@ -134,7 +140,7 @@ impl Bench {
     /// The fleet on `net`'s counters, as it last reported them.
     fn progress(&self, net: u8) -> Progress {
         let progress = self.progress.lock().unwrap_or_else(|e| e.into_inner());
-        progress.get(&net).copied().unwrap_or_default()
+        progress.get(&net).cloned().unwrap_or_default()
     }
 
     fn gateway(&self, index: u64, port: u16, heartbeat_ms: u64) -> Child {
@@ -683,6 +689,17 @@ async fn main() {
         value: dropped_in_hold as f64,
         unit: "links",
     });
+    // How the fleet's links ended before the storm (ramp and hold), by kind.
+    for kind in firmware_sim::fleet::DropKind::ALL {
+        figures.push(Figure {
+            name: format!(
+                "held fleet: links lost before the storm, {}",
+                kind.name().replace('-', " ")
+            ),
+            value: before.drop_kinds.get(kind.name()).copied().unwrap_or(0) as f64,
+            unit: "links",
+        });
+    }
     for gateway in &mut gateways {
         let _ = gateway.kill().await;
     }

@@ -85,9 +85,59 @@ pub struct FleetConfig {
 fn next(
     ws_message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
 ) -> Option<Envelope> {
+    received(ws_message).ok().flatten()
+}
+
+/// The envelope a WebSocket message holds (none for a ping or pong, which tungstenite
+/// answers itself), or how the link ended instead.
+fn received(
+    ws_message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+) -> Result<Option<Envelope>, DropKind> {
     match ws_message {
-        Some(Ok(Message::Binary(bytes))) => decode_envelope(&bytes, 64 * 1024).ok(),
-        _ => None,
+        Some(Ok(Message::Binary(bytes))) => decode_envelope(&bytes, 64 * 1024)
+            .map(Some)
+            .map_err(|_| DropKind::Undecodable),
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(None),
+        Some(Ok(Message::Close(_))) => Err(DropKind::ClosedByServer),
+        Some(Ok(_)) => Err(DropKind::Undecodable),
+        Some(Err(_)) => Err(DropKind::ReadError),
+        None => Err(DropKind::EndedWithoutClose),
+    }
+}
+
+/// How a link the tablet did not end came to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropKind {
+    /// The server sent a WebSocket close.
+    ClosedByServer,
+    /// The stream ended with no close (the peer's socket closed, or a TLS close).
+    EndedWithoutClose,
+    /// Reading failed (a reset, a TLS or protocol error).
+    ReadError,
+    /// Sending failed.
+    SendError,
+    /// The server sent something that is not an envelope.
+    Undecodable,
+}
+
+impl DropKind {
+    pub const ALL: [DropKind; 5] = [
+        DropKind::ClosedByServer,
+        DropKind::EndedWithoutClose,
+        DropKind::ReadError,
+        DropKind::SendError,
+        DropKind::Undecodable,
+    ];
+
+    /// Its name in reports and progress lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropKind::ClosedByServer => "closed-by-server",
+            DropKind::EndedWithoutClose => "ended-without-close",
+            DropKind::ReadError => "read-error",
+            DropKind::SendError => "send-error",
+            DropKind::Undecodable => "undecodable",
+        }
     }
 }
 
@@ -98,6 +148,8 @@ pub struct FleetStats {
     pub connects: AtomicU64,
     pub failures: AtomicU64,
     pub drops: AtomicU64,
+    /// The drops by how they ended, in [`DropKind::ALL`]'s order.
+    pub drop_kinds: [AtomicU64; 5],
     pub heartbeats: AtomicU64,
     pub alarms_sent: AtomicU64,
     pub alarms_acked: AtomicU64,
@@ -197,6 +249,12 @@ impl FleetStats {
             connects: self.connects.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             drops: self.drops.load(Ordering::Relaxed),
+            drop_kinds: DropKind::ALL
+                .iter()
+                .zip(&self.drop_kinds)
+                .map(|(kind, n)| (kind.name().to_owned(), n.load(Ordering::Relaxed)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
             heartbeats: self.heartbeats.load(Ordering::Relaxed),
             alarms_sent: self.alarms_sent.load(Ordering::Relaxed),
             alarms_acked: self.alarms_acked.load(Ordering::Relaxed),
@@ -228,6 +286,9 @@ pub struct FleetReport {
     pub failures: u64,
     /// Links lost after Welcome.
     pub drops: u64,
+    /// The drops by how they ended ([`DropKind::name`]), those that happened.
+    #[serde(default)]
+    pub drop_kinds: std::collections::BTreeMap<String, u64>,
     pub heartbeats: u64,
     /// Alarms raised (each counted once, however often it was sent).
     pub alarms_sent: u64,
@@ -270,6 +331,13 @@ impl FleetReport {
             connects: reports.iter().map(|r| r.connects).sum(),
             failures: reports.iter().map(|r| r.failures).sum(),
             drops: reports.iter().map(|r| r.drops).sum(),
+            drop_kinds: reports.iter().flat_map(|r| &r.drop_kinds).fold(
+                std::collections::BTreeMap::new(),
+                |mut sum, (kind, n)| {
+                    *sum.entry(kind.clone()).or_insert(0) += n;
+                    sum
+                },
+            ),
             heartbeats: reports.iter().map(|r| r.heartbeats).sum(),
             alarms_sent: reports.iter().map(|r| r.alarms_sent).sum(),
             alarms_acked: reports.iter().map(|r| r.alarms_acked).sum(),
@@ -399,8 +467,9 @@ async fn tablet(shared: Arc<Shared>, offset: u64) {
                 shared.stats.failures.fetch_add(1, Ordering::Relaxed);
                 attempt = attempt.saturating_add(1);
             }
-            Outcome::Dropped => {
+            Outcome::Dropped(kind) => {
                 shared.stats.drops.fetch_add(1, Ordering::Relaxed);
+                shared.stats.drop_kinds[kind as usize].fetch_add(1, Ordering::Relaxed);
                 attempt = 1;
             }
             Outcome::GoAway(after) => {
@@ -445,7 +514,7 @@ enum Outcome {
     /// Could not connect or authenticate.
     Failed,
     /// Was connected, then lost the link.
-    Dropped,
+    Dropped(DropKind),
     /// The server is draining: come back after this.
     GoAway(Duration),
 }
@@ -542,8 +611,10 @@ async fn session(
             tokio::select! {
                 _ = tokio::time::sleep_until(shared.deadline) => break Outcome::Done,
                 incoming = ws.next() => match incoming {
+                    Some(Ok(Message::Close(_))) => break Outcome::Dropped(DropKind::ClosedByServer),
                     Some(Ok(_)) => {}
-                    _ => break Outcome::Dropped,
+                    Some(Err(_)) => break Outcome::Dropped(DropKind::ReadError),
+                    None => break Outcome::Dropped(DropKind::EndedWithoutClose),
                 },
             }
         };
@@ -628,7 +699,7 @@ async fn session(
             .is_err()
         {
             shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
-            return Outcome::Dropped;
+            return Outcome::Dropped(DropKind::SendError);
         }
         in_flight.push_back(seq);
         shared.stats.alarms_resent.fetch_add(1, Ordering::Relaxed);
@@ -643,7 +714,7 @@ async fn session(
                 seq += 1;
                 let body = Body::Heartbeat(Heartbeat { battery_percent: 90 });
                 if ws.send(envelope(seq, last_received, Some(body))).await.is_err() {
-                    break Outcome::Dropped;
+                    break Outcome::Dropped(DropKind::SendError);
                 }
                 shared.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
                 next_heartbeat += heartbeat;
@@ -666,12 +737,16 @@ async fn session(
                 shared.stats.alarms_sent.fetch_add(1, Ordering::Relaxed);
                 alarm_at = next_alarm(config.alarm_rate_per_tablet);
                 if ws.send(envelope(seq, last_received, Some(body))).await.is_err() {
-                    break Outcome::Dropped;
+                    break Outcome::Dropped(DropKind::SendError);
                 }
                 in_flight.push_back(seq);
             }
             incoming = ws.next() => {
-                let Some(envelope_in) = next(incoming) else { break Outcome::Dropped };
+                let envelope_in = match received(incoming) {
+                    Ok(Some(envelope_in)) => envelope_in,
+                    Ok(None) => continue,
+                    Err(kind) => break Outcome::Dropped(kind),
+                };
                 while in_flight.front().is_some_and(|sent| *sent <= envelope_in.ack) {
                     in_flight.pop_front();
                     if let Some(entry) = pending.pop_front() {
@@ -686,7 +761,7 @@ async fn session(
                     last_received = last_received.max(envelope_in.seq);
                     // A pure acknowledgement of what the server sent (call updates).
                     if ws.send(envelope(0, last_received, None)).await.is_err() {
-                        break Outcome::Dropped;
+                        break Outcome::Dropped(DropKind::SendError);
                     }
                 }
             }
@@ -775,9 +850,38 @@ mod tests {
     }
 
     #[test]
+    fn a_link_that_ends_says_how_and_a_ping_is_not_an_end() {
+        use tokio_tungstenite::tungstenite::Error;
+        let ended = |message| received(message).err();
+        assert_eq!(received(Some(Ok(Message::Ping(vec![1].into())))), Ok(None));
+        assert_eq!(
+            ended(Some(Ok(Message::Close(None)))),
+            Some(DropKind::ClosedByServer)
+        );
+        assert_eq!(ended(None), Some(DropKind::EndedWithoutClose));
+        assert_eq!(
+            ended(Some(Err(Error::ConnectionClosed))),
+            Some(DropKind::ReadError)
+        );
+        assert_eq!(
+            ended(Some(Ok(Message::Binary(vec![0xff, 0xff].into())))),
+            Some(DropKind::Undecodable)
+        );
+        let stats = FleetStats::default();
+        stats.drop_kinds[DropKind::ReadError as usize].fetch_add(2, Ordering::Relaxed);
+        assert_eq!(
+            stats.report().drop_kinds,
+            [("read-error".to_owned(), 2)].into(),
+            "only the kinds that happened are reported"
+        );
+    }
+
+    #[test]
     fn reports_combine_by_summing_counts_and_keeping_the_worst_latency() {
         let one = FleetReport {
             connected: 3,
+            drops: 3,
+            drop_kinds: [("read-error".to_owned(), 2), ("send-error".to_owned(), 1)].into(),
             alarms_acked: 5,
             late_heartbeats: 2,
             latest_heartbeat_ms: 7_000,
@@ -786,6 +890,8 @@ mod tests {
         };
         let two = FleetReport {
             connected: 4,
+            drops: 1,
+            drop_kinds: [("read-error".to_owned(), 1)].into(),
             alarms_acked: 1,
             late_heartbeats: 1,
             latest_heartbeat_ms: 9_000,
@@ -794,6 +900,11 @@ mod tests {
         };
         let both = FleetReport::combine(&[one, two]);
         assert_eq!((both.connected, both.alarms_acked), (7, 6));
+        assert_eq!(both.drops, 4);
+        assert_eq!(
+            both.drop_kinds,
+            [("read-error".to_owned(), 3), ("send-error".to_owned(), 1)].into()
+        );
         assert_eq!((both.late_heartbeats, both.latest_heartbeat_ms), (3, 9_000));
         assert_eq!(both.alarm_ack_ms_p99, Some(9.0));
         assert_eq!(both.alarm_ack_ms_p50, None);

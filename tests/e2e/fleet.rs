@@ -216,6 +216,12 @@ async fn replace_the_gateway(
     );
     // Told to go away by the stopping gateway (or, for a tablet caught mid-handshake, dropped).
     assert!(report.go_aways + report.drops >= 30, "{report:?}");
+    // Every drop says how it ended.
+    assert_eq!(
+        report.drop_kinds.values().sum::<u64>(),
+        report.drops,
+        "{report:?}"
+    );
     // The first connections had no ticket to offer.
     assert_eq!(before.resumed, 0, "{before:?}");
     report

@@ -308,8 +308,14 @@ async fn launch(
                 .map(|(report, _)| report.clone())
                 .collect();
             let sum = FleetReport::combine(&reports);
+            // The drops by how they ended, as "2 drops:read-error", only those that happened.
+            let drop_kinds: String = sum
+                .drop_kinds
+                .iter()
+                .map(|(kind, n)| format!(", {n} drops:{kind}"))
+                .collect();
             eprintln!(
-                "fleet: {} connected, {} connects, {} failures, {} drops, {} heartbeats, {}/{} acknowledged, {} resumed, {} late (heartbeats 5 s or more behind), {} ms-latest",
+                "fleet: {} connected, {} connects, {} failures, {} drops, {} heartbeats, {}/{} acknowledged, {} resumed, {} late (heartbeats 5 s or more behind), {} ms-latest{drop_kinds}",
                 sum.connected, sum.connects, sum.failures, sum.drops, sum.heartbeats, sum.alarms_acked, sum.alarms_sent, sum.resumed, sum.late_heartbeats, sum.latest_heartbeat_ms
             );
         }
