@@ -39,6 +39,12 @@ use tokio::process::{Child, Command};
 /// Connections per process, under the 20,000 open files one process may hold here.
 const PER_PROCESS: u64 = 18_000;
 
+/// How many tablets a fleet of `count` launches: whole processes of equal size.
+fn launched(count: u64) -> u64 {
+    let processes = count.div_ceil(PER_PROCESS).max(1);
+    processes * count.div_ceil(processes)
+}
+
 struct Bench {
     setup: Setup,
     tablets: u64,
@@ -304,10 +310,14 @@ async fn main() {
     let tablets = env_u64("CAREBELL_BENCH_TABLETS", 20_000);
     let rate = env_u64("CAREBELL_BENCH_RATE", 1000) as f64;
     let hold = Duration::from_secs(env_u64("CAREBELL_BENCH_HOLD_SECS", 30));
-    // The held fleet, and a second small fleet that raises the alarms.
+    // The held fleet, and a second small fleet that raises the alarms, with identities of its
+    // own: it starts where the held fleet's (rounded up to whole processes) end. When it
+    // started at `tablets`, at 100,000 it shared two devices with the held fleet, whose links
+    // its connections replaced: the "links lost in the hold" of earlier runs.
     let alarm_tablets = 2000;
+    let alarm_first = launched(tablets);
     let bench = Bench {
-        setup: Setup::new("bench", tablets + alarm_tablets),
+        setup: Setup::new("bench", alarm_first + alarm_tablets),
         tablets,
         progress: Arc::default(),
         metrics_ports: Mutex::default(),
@@ -552,7 +562,7 @@ async fn main() {
         let (fleet, _) = bench.fleet(
             5,
             port,
-            tablets,
+            alarm_first,
             alarm_tablets,
             lower,
             Duration::from_secs(20) + warm_up,
@@ -581,7 +591,7 @@ async fn main() {
     let (alarm_fleet, _) = bench.fleet(
         4,
         port,
-        tablets,
+        alarm_first,
         alarm_tablets,
         rate,
         alarm_window + warm_up,
@@ -710,7 +720,7 @@ async fn main() {
     let (storm_alarms, _) = bench.fleet(
         6,
         port,
-        tablets,
+        alarm_first,
         alarm_tablets,
         rate.min(200.0),
         Duration::from_secs(45),
