@@ -191,8 +191,8 @@ impl Store {
     ///
     /// Those statements take their rows as arrays. Planned for each execution's arrays (a
     /// custom plan), a batch of a few rows always looks cheaper than the generic plan, so
-    /// PostgreSQL re-planned every execution: 1.4 ms for each alarm batch, a fifth of the
-    /// database's statement time under a flood of alarms. Their generic plans are the same
+    /// PostgreSQL re-planned every execution: 1.4 ms for each alarm batch, and planning was a
+    /// fifth of the database's statement time under a flood of alarms. Their generic plans are the same
     /// index lookups. The other pools keep PostgreSQL's choice: some of their queries bind a
     /// value that a partial index's predicate names, which only a custom plan can use.
     pub async fn connect_for_batches(
