@@ -93,15 +93,27 @@ fn next(
 fn received(
     ws_message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
 ) -> Result<Option<Envelope>, DropKind> {
+    if let Some(kind) = link_end(&ws_message) {
+        return Err(kind);
+    }
     match ws_message {
         Some(Ok(Message::Binary(bytes))) => decode_envelope(&bytes, 64 * 1024)
             .map(Some)
             .map_err(|_| DropKind::Undecodable),
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(None),
-        Some(Ok(Message::Close(_))) => Err(DropKind::ClosedByServer),
-        Some(Ok(_)) => Err(DropKind::Undecodable),
-        Some(Err(_)) => Err(DropKind::ReadError),
-        None => Err(DropKind::EndedWithoutClose),
+        _ => Err(DropKind::Undecodable),
+    }
+}
+
+/// How the link ended, if this is its end (a close, a failed read, the end of the stream).
+fn link_end(
+    ws_message: &Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+) -> Option<DropKind> {
+    match ws_message {
+        Some(Ok(Message::Close(_))) => Some(DropKind::ClosedByServer),
+        Some(Ok(_)) => None,
+        Some(Err(_)) => Some(DropKind::ReadError),
+        None => Some(DropKind::EndedWithoutClose),
     }
 }
 
@@ -610,11 +622,8 @@ async fn session(
         let outcome = loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(shared.deadline) => break Outcome::Done,
-                incoming = ws.next() => match incoming {
-                    Some(Ok(Message::Close(_))) => break Outcome::Dropped(DropKind::ClosedByServer),
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) => break Outcome::Dropped(DropKind::ReadError),
-                    None => break Outcome::Dropped(DropKind::EndedWithoutClose),
+                incoming = ws.next() => if let Some(kind) = link_end(&incoming) {
+                    break Outcome::Dropped(kind);
                 },
             }
         };

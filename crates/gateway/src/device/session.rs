@@ -229,11 +229,7 @@ pub(crate) async fn run<T: DeviceTransport>(
     context
         .presence
         .disconnected(Kind::Device, device_id.as_str());
-    if let Err(error) = context
-        .sessions
-        .departed(device_id.as_str(), silent_for)
-        .await
-    {
+    if let Err(error) = Box::pin(context.sessions.departed(device_id.as_str(), silent_for)).await {
         tracing::warn!(parent: &span, %error, "could not record last-seen");
     }
 }
