@@ -442,3 +442,83 @@ async fn tablets_over_grpc_hold_their_links_and_are_heard() {
     }
     node.stop().await;
 }
+
+/// A tablet's connection attempts that send their ClientHello and go no further (the gateway
+/// saturated, the tablet's timeout first) each spend one TLS ticket. The gateway sends eight
+/// after every handshake, so a tablet still resumes after seven such attempts; with rustls's
+/// default of two, the third attempt made a full handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tablet_resumes_its_session_after_seven_attempts_that_went_unserved() {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let node = TestNode::start(fleet_node()).await;
+    let port: u16 = node
+        .websocket_url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(node.ca_pem.as_bytes()) {
+        roots.add(certificate.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    // As a tablet keeps them: tickets for this one server.
+    config.resumption = rustls::client::Resumption::store(Arc::new(
+        rustls::client::ClientSessionMemoryCache::new(8),
+    ));
+    let config = Arc::new(config);
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        tokio_rustls::TlsConnector::from(Arc::clone(&config))
+            .connect(name.clone(), tcp)
+            .await
+            .unwrap()
+    };
+
+    // A full handshake; the tickets come after it, read with what the gateway does with a
+    // request that is not a WebSocket upgrade (it closes the link).
+    let mut first = connect().await;
+    assert_eq!(
+        first.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    first
+        .write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), first.read_to_end(&mut answer)).await;
+    drop(first);
+
+    // Seven attempts whose ClientHello reaches the gateway, and nothing more.
+    for _ in 0..7 {
+        let mut attempt = rustls::ClientConnection::new(Arc::clone(&config), name.clone()).unwrap();
+        let mut hello = Vec::new();
+        attempt.write_tls(&mut hello).unwrap();
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        tcp.write_all(&hello).await.unwrap();
+    }
+
+    let resumed = connect().await;
+    assert_eq!(
+        resumed.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the eighth attempt still had a ticket"
+    );
+    drop(resumed);
+    node.stop().await;
+}

@@ -203,9 +203,116 @@ impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
     }
 }
 
+/// A process's handshake slots (TLS and the WebSocket upgrade), given to the **newest**
+/// waiting connection first.
+///
+/// In a reconnect storm more connections arrive than the CPU can take through TLS, and each
+/// tablet gives up on its handshake after some seconds (the fleet's and the firmware's 10 s).
+/// First come, first served then serves only connections that have waited nearly as long as
+/// their tablet will: the server does the handshake's work, and the tablet gives up half-way
+/// and tries again, with a new key share and one TLS ticket fewer. At 100,000 the first minute
+/// of every storm went that way, 8,000 tablets back in 60 s. Newest first serves tablets that
+/// are still waiting; the oldest wait out their timeout unserved, which costs the server only
+/// the open socket, and their tablets back off. Below saturation nobody waits, and the order
+/// does not matter.
+pub struct HandshakeSlots {
+    inner: Mutex<Slots>,
+}
+
+struct Slots {
+    free: usize,
+    /// Waiting connections, oldest first; one whose wait ended (timed out) is skipped when
+    /// reached, and swept out when the stack has doubled since the last sweep.
+    waiting: Vec<tokio::sync::oneshot::Sender<HandshakeSlot>>,
+    swept_at: usize,
+}
+
+/// One handshake slot; released (to the newest waiter, or as free) when dropped.
+pub struct HandshakeSlot {
+    slots: Option<Arc<HandshakeSlots>>,
+}
+
+impl HandshakeSlots {
+    /// `count` slots (at least one).
+    pub fn new(count: usize) -> Arc<Self> {
+        Arc::new(HandshakeSlots {
+            inner: Mutex::new(Slots {
+                free: count.max(1),
+                waiting: Vec::new(),
+                swept_at: 0,
+            }),
+        })
+    }
+
+    /// A slot: at once if one is free, otherwise when one is released and this is the newest
+    /// connection still waiting. Bound the wait with a timeout; a wait that is dropped gives up
+    /// its place.
+    pub async fn acquire(self: &Arc<Self>) -> HandshakeSlot {
+        loop {
+            let waiting = {
+                let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                if inner.free > 0 {
+                    inner.free -= 1;
+                    return HandshakeSlot {
+                        slots: Some(Arc::clone(self)),
+                    };
+                }
+                if inner.waiting.len() >= 64 && inner.waiting.len() >= inner.swept_at * 2 {
+                    inner.waiting.retain(|waiter| !waiter.is_closed());
+                    inner.swept_at = inner.waiting.len();
+                }
+                let (sender, receiver) = tokio::sync::oneshot::channel();
+                inner.waiting.push(sender);
+                receiver
+            };
+            // A sender is dropped unsent only by a sweep, and a sweep drops only the senders
+            // of waits that ended; so this returns, but should it not, the wait starts again.
+            if let Ok(slot) = waiting.await {
+                return slot;
+            }
+        }
+    }
+
+    /// Connections waiting for a slot now (including ones whose wait has ended and that have
+    /// not been skipped yet).
+    pub fn waiting(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiting
+            .len()
+    }
+
+    fn release(self: Arc<Self>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(waiter) = inner.waiting.pop() {
+            let slot = HandshakeSlot {
+                slots: Some(Arc::clone(&self)),
+            };
+            match waiter.send(slot) {
+                Ok(()) => return,
+                // That connection stopped waiting: disarm the slot (no release from its drop,
+                // under this lock) and try the next newest.
+                Err(mut unsent) => unsent.slots = None,
+            }
+        }
+        inner.free += 1;
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        if let Some(slots) = self.slots.take() {
+            slots.release();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
+    use std::time::Duration;
 
     fn ip(last: u8) -> IpAddr {
         IpAddr::from([127, 0, 0, last])
@@ -240,5 +347,77 @@ mod tests {
         drop(one);
         assert!(admission.admit(ip(3)).is_ok());
         drop(two);
+    }
+
+    type Order = Arc<Mutex<Vec<&'static str>>>;
+
+    /// Starts a connection's wait for a slot (it records its name when served, then releases
+    /// the slot), and returns once the wait is in line.
+    async fn wait_in_line(
+        slots: &Arc<HandshakeSlots>,
+        name: &'static str,
+        order: &Order,
+    ) -> tokio::task::JoinHandle<()> {
+        let before = slots.waiting();
+        let (slots_for_wait, order) = (Arc::clone(slots), Arc::clone(order));
+        let wait = tokio::spawn(async move {
+            let slot = slots_for_wait.acquire().await;
+            order.lock().unwrap().push(name);
+            drop(slot);
+        });
+        while slots.waiting() == before {
+            tokio::task::yield_now().await;
+        }
+        wait
+    }
+
+    #[tokio::test]
+    async fn the_newest_waiting_connection_gets_the_next_slot() {
+        let slots = HandshakeSlots::new(1);
+        let held = slots.acquire().await;
+        let order = Order::default();
+        let mut waits = Vec::new();
+        for name in ["first", "second", "third"] {
+            waits.push(wait_in_line(&slots, name, &order).await);
+        }
+        assert!(order.lock().unwrap().is_empty(), "nobody is served while the slot is held");
+        drop(held);
+        for wait in waits {
+            wait.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), ["third", "second", "first"]);
+        assert_eq!(slots.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_stopped_waiting_is_skipped_and_no_slot_is_lost() {
+        let slots = HandshakeSlots::new(2);
+        let (one, two) = (slots.acquire().await, slots.acquire().await);
+        let order = Order::default();
+        let patient = wait_in_line(&slots, "patient", &order).await;
+        // The newest waiter gives up (its handshake timeout) before a slot is released.
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), slots.acquire()).await;
+        assert!(gave_up.is_err());
+        drop(one);
+        patient.await.unwrap();
+        assert_eq!(*order.lock().unwrap(), ["patient"]);
+        drop(two);
+        // Both slots are free again: two are served at once, a third would wait.
+        let (again_one, again_two) = (
+            slots.acquire().now_or_never(),
+            slots.acquire().now_or_never(),
+        );
+        assert!(again_one.is_some() && again_two.is_some());
+        assert!(slots.acquire().now_or_never().is_none());
+    }
+
+    #[tokio::test]
+    async fn waits_that_ended_are_swept_out_of_the_line() {
+        let slots = HandshakeSlots::new(1);
+        let _held = slots.acquire().await;
+        for _ in 0..1_000 {
+            assert!(slots.acquire().now_or_never().is_none());
+        }
+        assert!(slots.waiting() <= 64, "{} left in line", slots.waiting());
     }
 }
