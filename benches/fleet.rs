@@ -52,6 +52,8 @@ struct Bench {
     progress: Arc<Mutex<HashMap<u8, Progress>>>,
     /// Each gateway process's (by its index) metrics port.
     metrics_ports: Mutex<HashMap<u64, u16>>,
+    /// When the run started: the fleets' progress logs count from it.
+    started: Instant,
 }
 
 /// The gateways' alarm histograms, added over their processes (`carebell_alarm_*`).
@@ -109,6 +111,8 @@ struct Progress {
     latest_ms: u64,
     /// The drops by how they ended ("3 drops:read-error").
     drop_kinds: std::collections::BTreeMap<String, u64>,
+    /// The failed attempts by where they failed ("5 failures:tls").
+    fail_stages: std::collections::BTreeMap<String, u64>,
 }
 
 impl Progress {
@@ -129,6 +133,8 @@ impl Progress {
                 other => {
                     if let Some(kind) = other.strip_prefix("drops:") {
                         progress.drop_kinds.insert(kind.to_owned(), n);
+                    } else if let Some(stage) = other.strip_prefix("failures:") {
+                        progress.fail_stages.insert(stage.to_owned(), n);
                     }
                 }
             }
@@ -258,9 +264,22 @@ impl Bench {
         let (tx, rx) = tokio::sync::watch::channel(0u64);
         let stderr = child.stderr.take().expect("stderr");
         let progress = Arc::clone(&self.progress);
+        // Every progress line, with the seconds since the bench started, is kept with the
+        // gateways' logs (`bench-logs/<database>/fleet-<net>.log`): how a storm went, second
+        // by second.
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.setup.dir.join(format!("fleet-{net}.log")))
+            .ok();
+        let started = self.started;
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(log) = log.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(log, "{:.1} {line}", started.elapsed().as_secs_f64());
+                }
                 if let Some(rest) = line.strip_prefix("fleet: ") {
                     let now = Progress::parse(rest);
                     let _ = tx.send(now.connected);
@@ -321,6 +340,7 @@ async fn main() {
         tablets,
         progress: Arc::default(),
         metrics_ports: Mutex::default(),
+        started: Instant::now(),
     };
     let dir = bench.setup.dir.clone();
     let database_url = bench.setup.database_url.clone();
@@ -714,6 +734,11 @@ async fn main() {
         let _ = gateway.kill().await;
     }
     let storm_start = Instant::now();
+    // Where the storm begins in the fleets' progress logs.
+    details.insert(
+        "storm_started_at_s".into(),
+        json!(bench.started.elapsed().as_secs_f64()),
+    );
     let gateways: Vec<Child> = (0..processes)
         .map(|i| bench.gateway(i, port, heartbeat_ms))
         .collect();
@@ -744,6 +769,18 @@ async fn main() {
     let storm_time = storm_start.elapsed();
     let back = *connected.borrow();
     details.insert("storm_samples".into(), json!(storm_samples));
+    // Where the held fleet's attempts failed during the storm.
+    let after = bench.progress(3);
+    for stage in firmware_sim::fleet::FailStage::ALL {
+        let count = |progress: &Progress| progress.fail_stages.get(stage.name()).copied();
+        figures.push(Figure {
+            name: format!("storm: held fleet's failed attempts, {}", stage.name()),
+            value: count(&after)
+                .unwrap_or(0)
+                .saturating_sub(count(&before).unwrap_or(0)) as f64,
+            unit: "attempts",
+        });
+    }
     figures.push(Figure {
         name: "storm: tablets back".into(),
         value: back as f64,

@@ -153,12 +153,54 @@ impl DropKind {
     }
 }
 
+/// Where a connection attempt failed, before `Welcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailStage {
+    /// No socket, or the source address could not be bound.
+    Socket,
+    /// TCP `connect` failed (refused, reset) or took over 10 s.
+    Connect,
+    /// The TLS handshake failed or took over 10 s.
+    Tls,
+    /// The WebSocket upgrade failed or took over 10 s.
+    Upgrade,
+    /// No `Challenge` within 15 s of `Hello`, or something else instead.
+    Challenge,
+    /// No `Welcome` within 15 s of `Proof`, or something else instead (a rejection).
+    Welcome,
+}
+
+impl FailStage {
+    pub const ALL: [FailStage; 6] = [
+        FailStage::Socket,
+        FailStage::Connect,
+        FailStage::Tls,
+        FailStage::Upgrade,
+        FailStage::Challenge,
+        FailStage::Welcome,
+    ];
+
+    /// Its name in reports and progress lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailStage::Socket => "socket",
+            FailStage::Connect => "connect",
+            FailStage::Tls => "tls",
+            FailStage::Upgrade => "upgrade",
+            FailStage::Challenge => "challenge",
+            FailStage::Welcome => "welcome",
+        }
+    }
+}
+
 /// Live figures, shared by the fleet's tablets.
 #[derive(Default)]
 pub struct FleetStats {
     pub connected: AtomicU64,
     pub connects: AtomicU64,
     pub failures: AtomicU64,
+    /// The failures by where they happened, in [`FailStage::ALL`]'s order.
+    pub fail_stages: [AtomicU64; 6],
     pub drops: AtomicU64,
     /// The drops by how they ended, in [`DropKind::ALL`]'s order.
     pub drop_kinds: [AtomicU64; 5],
@@ -260,6 +302,12 @@ impl FleetStats {
             connected: self.connected.load(Ordering::Relaxed),
             connects: self.connects.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
+            fail_stages: FailStage::ALL
+                .iter()
+                .zip(&self.fail_stages)
+                .map(|(stage, n)| (stage.name().to_owned(), n.load(Ordering::Relaxed)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
             drops: self.drops.load(Ordering::Relaxed),
             drop_kinds: DropKind::ALL
                 .iter()
@@ -296,6 +344,9 @@ pub struct FleetReport {
     pub connects: u64,
     /// Connection attempts that failed before Welcome.
     pub failures: u64,
+    /// The failures by where they happened ([`FailStage::name`]), those that happened.
+    #[serde(default)]
+    pub fail_stages: std::collections::BTreeMap<String, u64>,
     /// Links lost after Welcome.
     pub drops: u64,
     /// The drops by how they ended ([`DropKind::name`]), those that happened.
@@ -326,6 +377,16 @@ pub struct FleetReport {
     pub alarm_ack_ms_max: Option<f64>,
 }
 
+/// Counts by name, summed.
+fn sum_by_name<'a>(
+    counts: impl Iterator<Item = (&'a String, &'a u64)>,
+) -> std::collections::BTreeMap<String, u64> {
+    counts.fold(std::collections::BTreeMap::new(), |mut sum, (name, n)| {
+        *sum.entry(name.clone()).or_insert(0) += n;
+        sum
+    })
+}
+
 impl FleetReport {
     /// Sums the counters of several fleets (latency quantiles cannot be summed: the launcher
     /// reports the worst of each).
@@ -342,14 +403,9 @@ impl FleetReport {
             connected: reports.iter().map(|r| r.connected).sum(),
             connects: reports.iter().map(|r| r.connects).sum(),
             failures: reports.iter().map(|r| r.failures).sum(),
+            fail_stages: sum_by_name(reports.iter().flat_map(|r| &r.fail_stages)),
             drops: reports.iter().map(|r| r.drops).sum(),
-            drop_kinds: reports.iter().flat_map(|r| &r.drop_kinds).fold(
-                std::collections::BTreeMap::new(),
-                |mut sum, (kind, n)| {
-                    *sum.entry(kind.clone()).or_insert(0) += n;
-                    sum
-                },
-            ),
+            drop_kinds: sum_by_name(reports.iter().flat_map(|r| &r.drop_kinds)),
             heartbeats: reports.iter().map(|r| r.heartbeats).sum(),
             alarms_sent: reports.iter().map(|r| r.alarms_sent).sum(),
             alarms_acked: reports.iter().map(|r| r.alarms_acked).sum(),
@@ -475,8 +531,9 @@ async fn tablet(shared: Arc<Shared>, offset: u64) {
     while Instant::now() < shared.deadline {
         match session(&shared, &tls, source, &key, &device_id, &mut pending).await {
             Outcome::Done => break,
-            Outcome::Failed => {
+            Outcome::Failed(stage) => {
                 shared.stats.failures.fetch_add(1, Ordering::Relaxed);
+                shared.stats.fail_stages[stage as usize].fetch_add(1, Ordering::Relaxed);
                 attempt = attempt.saturating_add(1);
             }
             Outcome::Dropped(kind) => {
@@ -524,7 +581,7 @@ enum Outcome {
     /// The run is over.
     Done,
     /// Could not connect or authenticate.
-    Failed,
+    Failed(FailStage),
     /// Was connected, then lost the link.
     Dropped(DropKind),
     /// The server is draining: come back after this.
@@ -564,17 +621,17 @@ async fn session(
     let config = &shared.config;
     let socket = match TcpSocket::new_v4() {
         Ok(socket) => socket,
-        Err(_) => return Outcome::Failed,
+        Err(_) => return Outcome::Failed(FailStage::Socket),
     };
     if let Some(ip) = source {
         if bind_source(&socket, ip).is_err() {
-            return Outcome::Failed;
+            return Outcome::Failed(FailStage::Socket);
         }
     }
     let tcp =
         match tokio::time::timeout(Duration::from_secs(10), socket.connect(config.server)).await {
             Ok(Ok(tcp)) => tcp,
-            _ => return Outcome::Failed,
+            _ => return Outcome::Failed(FailStage::Connect),
         };
     let _ = tcp.set_nodelay(true);
     let tls = match tokio::time::timeout(
@@ -584,7 +641,7 @@ async fn session(
     .await
     {
         Ok(Ok(tls)) => tls,
-        _ => return Outcome::Failed,
+        _ => return Outcome::Failed(FailStage::Tls),
     };
     if matches!(
         tls.get_ref().1.handshake_kind(),
@@ -593,7 +650,7 @@ async fn session(
         shared.stats.resumed.fetch_add(1, Ordering::Relaxed);
     }
     let Ok(mut request) = format!("wss://{}/", config.server_name).into_client_request() else {
-        return Outcome::Failed;
+        return Outcome::Failed(FailStage::Upgrade);
     };
     if !config.raw {
         request.headers_mut().insert(
@@ -613,7 +670,7 @@ async fn session(
     .await
     {
         Ok(Ok((ws, _))) => ws,
-        _ => return Outcome::Failed,
+        _ => return Outcome::Failed(FailStage::Upgrade),
     };
 
     if config.raw {
@@ -639,7 +696,7 @@ async fn session(
         firmware_version: "fleet".to_owned(),
     });
     if ws.send(envelope(1, 0, Some(hello))).await.is_err() {
-        return Outcome::Failed;
+        return Outcome::Failed(FailStage::Challenge);
     }
     let mut last_received = 0;
     let challenge = match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
@@ -652,7 +709,7 @@ async fn session(
         ..
     }) = challenge
     else {
-        return Outcome::Failed;
+        return Outcome::Failed(FailStage::Challenge);
     };
     last_received = last_received.max(seq);
     let signature = key.sign(&auth_message(device_id, &challenge.nonce));
@@ -664,7 +721,7 @@ async fn session(
         .await
         .is_err()
     {
-        return Outcome::Failed;
+        return Outcome::Failed(FailStage::Welcome);
     }
     let welcome = match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
         Ok(message) => next(message),
@@ -676,7 +733,7 @@ async fn session(
         ..
     }) = welcome
     else {
-        return Outcome::Failed;
+        return Outcome::Failed(FailStage::Welcome);
     };
     last_received = last_received.max(seq);
     shared.stats.connects.fetch_add(1, Ordering::Relaxed);
@@ -883,6 +940,12 @@ mod tests {
             [("read-error".to_owned(), 2)].into(),
             "only the kinds that happened are reported"
         );
+        stats.fail_stages[FailStage::Tls as usize].fetch_add(3, Ordering::Relaxed);
+        assert_eq!(
+            stats.report().fail_stages,
+            [("tls".to_owned(), 3)].into(),
+            "only the stages that happened are reported"
+        );
     }
 
     #[test]
@@ -891,6 +954,8 @@ mod tests {
             connected: 3,
             drops: 3,
             drop_kinds: [("read-error".to_owned(), 2), ("send-error".to_owned(), 1)].into(),
+            failures: 2,
+            fail_stages: [("tls".to_owned(), 2)].into(),
             alarms_acked: 5,
             late_heartbeats: 2,
             latest_heartbeat_ms: 7_000,
@@ -901,6 +966,8 @@ mod tests {
             connected: 4,
             drops: 1,
             drop_kinds: [("read-error".to_owned(), 1)].into(),
+            failures: 4,
+            fail_stages: [("tls".to_owned(), 1), ("welcome".to_owned(), 3)].into(),
             alarms_acked: 1,
             late_heartbeats: 1,
             latest_heartbeat_ms: 9_000,
@@ -913,6 +980,11 @@ mod tests {
         assert_eq!(
             both.drop_kinds,
             [("read-error".to_owned(), 3), ("send-error".to_owned(), 1)].into()
+        );
+        assert_eq!(both.failures, 6);
+        assert_eq!(
+            both.fail_stages,
+            [("tls".to_owned(), 3), ("welcome".to_owned(), 3)].into()
         );
         assert_eq!((both.late_heartbeats, both.latest_heartbeat_ms), (3, 9_000));
         assert_eq!(both.alarm_ack_ms_p99, Some(9.0));

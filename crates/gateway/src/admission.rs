@@ -380,7 +380,10 @@ mod tests {
         for name in ["first", "second", "third"] {
             waits.push(wait_in_line(&slots, name, &order).await);
         }
-        assert!(order.lock().unwrap().is_empty(), "nobody is served while the slot is held");
+        assert!(
+            order.lock().unwrap().is_empty(),
+            "nobody is served while the slot is held"
+        );
         drop(held);
         for wait in waits {
             wait.await.unwrap();

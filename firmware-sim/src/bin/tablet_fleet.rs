@@ -314,8 +314,14 @@ async fn launch(
                 .iter()
                 .map(|(kind, n)| format!(", {n} drops:{kind}"))
                 .collect();
+            // Likewise where attempts failed, as "5 failures:tls".
+            let fail_stages: String = sum
+                .fail_stages
+                .iter()
+                .map(|(stage, n)| format!(", {n} failures:{stage}"))
+                .collect();
             eprintln!(
-                "fleet: {} connected, {} connects, {} failures, {} drops, {} heartbeats, {}/{} acknowledged, {} resumed, {} late (heartbeats 5 s or more behind), {} ms-latest{drop_kinds}",
+                "fleet: {} connected, {} connects, {} failures, {} drops, {} heartbeats, {}/{} acknowledged, {} resumed, {} late (heartbeats 5 s or more behind), {} ms-latest{drop_kinds}{fail_stages}",
                 sum.connected, sum.connects, sum.failures, sum.drops, sum.heartbeats, sum.alarms_acked, sum.alarms_sent, sum.resumed, sum.late_heartbeats, sum.latest_heartbeat_ms
             );
         }
