@@ -216,10 +216,15 @@ async fn replace_the_gateway(
     );
     // Told to go away by the stopping gateway (or, for a tablet caught mid-handshake, dropped).
     assert!(report.go_aways + report.drops >= 30, "{report:?}");
-    // Every drop says how it ended.
+    // Every drop says how it ended, and every failed attempt where it failed.
     assert_eq!(
         report.drop_kinds.values().sum::<u64>(),
         report.drops,
+        "{report:?}"
+    );
+    assert_eq!(
+        report.fail_stages.values().sum::<u64>(),
+        report.failures,
         "{report:?}"
     );
     // The first connections had no ticket to offer.

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::session::{self, DeviceTransport, Incoming, TransportClosed};
 use super::{DeviceContext, DeviceSettings};
-use crate::admission::{Admission, Admitted, HandshakeSlot, HandshakeSlots, Handshaking};
+use crate::admission::{Admission, Admitted, Handshaking};
 
 /// Per-connection read buffer. tungstenite's default is 128 KiB allocated up front, which is
 /// the whole memory budget of thousands of idle tablets; envelopes are small.
@@ -30,13 +30,13 @@ pub struct WsListener {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     context: DeviceContext,
-    handshakes: Arc<HandshakeSlots>,
+    handshakes: Arc<tokio::sync::Semaphore>,
     admission: Arc<Admission>,
 }
 
 /// What a connection holds while it handshakes: a process-wide slot and its address's.
 struct HandshakePermit {
-    _slot: HandshakeSlot,
+    _slot: tokio::sync::OwnedSemaphorePermit,
     _address: Handshaking,
 }
 
@@ -49,7 +49,9 @@ impl WsListener {
         context: DeviceContext,
         admission: Arc<Admission>,
     ) -> Self {
-        let handshakes = HandshakeSlots::new(context.settings.max_concurrent_handshakes);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(
+            context.settings.max_concurrent_handshakes.max(1),
+        ));
         Self {
             listener,
             tls: tls.map(TlsAcceptor::from),
@@ -83,12 +85,11 @@ impl WsListener {
             let handshakes = Arc::clone(&self.handshakes);
             tracker.spawn(async move {
                 let _live = live;
-                // Admission: wait for a handshake slot, at most the handshake timeout. Under
-                // saturation the newest connection is served first (`HandshakeSlots`).
+                // Admission: wait for a handshake slot, at most the handshake timeout.
                 let timeout = context.settings.handshake_timeout;
-                let slot = match tokio::time::timeout(timeout, handshakes.acquire()).await {
-                    Ok(slot) => slot,
-                    Err(_) => {
+                let slot = match tokio::time::timeout(timeout, handshakes.acquire_owned()).await {
+                    Ok(Ok(slot)) => slot,
+                    _ => {
                         tracing::debug!(%peer, "no handshake slot in time; closing");
                         return;
                     }
