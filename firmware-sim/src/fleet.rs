@@ -302,19 +302,9 @@ impl FleetStats {
             connected: self.connected.load(Ordering::Relaxed),
             connects: self.connects.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
-            fail_stages: FailStage::ALL
-                .iter()
-                .zip(&self.fail_stages)
-                .map(|(stage, n)| (stage.name().to_owned(), n.load(Ordering::Relaxed)))
-                .filter(|(_, n)| *n > 0)
-                .collect(),
+            fail_stages: named_counts(FailStage::ALL.map(FailStage::name), &self.fail_stages),
             drops: self.drops.load(Ordering::Relaxed),
-            drop_kinds: DropKind::ALL
-                .iter()
-                .zip(&self.drop_kinds)
-                .map(|(kind, n)| (kind.name().to_owned(), n.load(Ordering::Relaxed)))
-                .filter(|(_, n)| *n > 0)
-                .collect(),
+            drop_kinds: named_counts(DropKind::ALL.map(DropKind::name), &self.drop_kinds),
             heartbeats: self.heartbeats.load(Ordering::Relaxed),
             alarms_sent: self.alarms_sent.load(Ordering::Relaxed),
             alarms_acked: self.alarms_acked.load(Ordering::Relaxed),
@@ -375,6 +365,19 @@ pub struct FleetReport {
     pub alarm_ack_ms_p99: Option<f64>,
     pub alarm_ack_ms_p999: Option<f64>,
     pub alarm_ack_ms_max: Option<f64>,
+}
+
+/// The counts that are not zero, by name (`names[i]` names `counts[i]`).
+fn named_counts<const N: usize>(
+    names: [&str; N],
+    counts: &[AtomicU64; N],
+) -> std::collections::BTreeMap<String, u64> {
+    names
+        .iter()
+        .zip(counts)
+        .map(|(name, n)| ((*name).to_owned(), n.load(Ordering::Relaxed)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
 
 /// Counts by name, summed.
