@@ -27,7 +27,8 @@ pub enum TlsError {
 /// one handshake, and a client spends one on every attempt that gets as far as its
 /// ClientHello, served or not: in a reconnect storm a tablet that tried twice and was not served
 /// then paid for a full handshake, and both sides for a certificate signature and its checks.
-/// At 100,000, 22,458 of the storm's reconnections resumed. A client keeps at most 8 (rustls's
+/// At 100,000, 22,458 of the storm's reconnections resumed with two, and every one with eight
+/// (though the storm was no faster: `docs/benchmarks.md`). A client keeps at most 8 (rustls's
 /// `ClientSessionMemoryCache`); each costs the server one sealing and about 150 bytes on the
 /// wire, and nothing held.
 pub const TLS13_TICKETS_PER_HANDSHAKE: usize = 8;
