@@ -783,12 +783,11 @@ async fn main() {
     // Where the held fleet's attempts failed during the storm.
     let after = bench.progress(3);
     for stage in firmware_sim::fleet::FailStage::ALL {
-        let count = |progress: &Progress| progress.fail_stages.get(stage.name()).copied();
+        let count =
+            |progress: &Progress| progress.fail_stages.get(stage.name()).copied().unwrap_or(0);
         figures.push(Figure {
             name: format!("storm: held fleet's failed attempts, {}", stage.name()),
-            value: count(&after)
-                .unwrap_or(0)
-                .saturating_sub(count(&before).unwrap_or(0)) as f64,
+            value: count(&after).saturating_sub(count(&before)) as f64,
             unit: "attempts",
         });
     }

@@ -454,28 +454,11 @@ async fn tablets_over_grpc_hold_their_links_and_are_heard() {
 /// default of two, the third attempt made a full handshake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tablet_resumes_its_session_after_seven_attempts_that_went_unserved() {
-    use rustls::pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let node = TestNode::start(fleet_node()).await;
-    let port: u16 = node
-        .websocket_url
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .and_then(|port| port.parse().ok())
-        .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(node.ca_pem.as_bytes()) {
-        roots.add(certificate.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let address = node.websocket_addr();
+    let mut config = node.tls_client_config();
     // As a tablet keeps them: tickets for this one server.
     config.resumption = rustls::client::Resumption::store(Arc::new(
         rustls::client::ClientSessionMemoryCache::new(8),
@@ -483,9 +466,7 @@ async fn a_tablet_resumes_its_session_after_seven_attempts_that_went_unserved() 
     let config = Arc::new(config);
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let connect = || async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
+        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
         tokio_rustls::TlsConnector::from(Arc::clone(&config))
             .connect(name.clone(), tcp)
             .await
@@ -512,9 +493,7 @@ async fn a_tablet_resumes_its_session_after_seven_attempts_that_went_unserved() 
         let mut attempt = rustls::ClientConnection::new(Arc::clone(&config), name.clone()).unwrap();
         let mut hello = Vec::new();
         attempt.write_tls(&mut hello).unwrap();
-        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
+        let mut tcp = tokio::net::TcpStream::connect(address).await.unwrap();
         tcp.write_all(&hello).await.unwrap();
     }
 

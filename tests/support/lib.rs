@@ -458,6 +458,24 @@ impl TestNode {
         account
     }
 
+    /// A TLS client configuration trusting this node's CA (no client certificate; rustls's
+    /// default session cache).
+    pub fn tls_client_config(&self) -> rustls::ClientConfig {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(self.ca_pem.as_bytes())
+        {
+            roots.add(certificate.unwrap()).unwrap();
+        }
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+    }
+
     /// The address the device WebSocket listens on.
     pub fn websocket_addr(&self) -> std::net::SocketAddr {
         let port: u16 = self
@@ -588,19 +606,7 @@ pub type Answer = Result<serde_json::Value, Refusal>;
 
 impl Bridge {
     pub fn new(node: &TestNode) -> Self {
-        use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(node.ca_pem.as_bytes())
-        {
-            roots.add(certificate.unwrap()).unwrap();
-        }
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let config = node.tls_client_config();
         let port = node
             .web_url
             .rsplit(':')

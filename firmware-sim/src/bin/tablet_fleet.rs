@@ -308,18 +308,16 @@ async fn launch(
                 .map(|(report, _)| report.clone())
                 .collect();
             let sum = FleetReport::combine(&reports);
-            // The drops by how they ended, as "2 drops:read-error", only those that happened.
-            let drop_kinds: String = sum
-                .drop_kinds
-                .iter()
-                .map(|(kind, n)| format!(", {n} drops:{kind}"))
-                .collect();
-            // Likewise where attempts failed, as "5 failures:tls".
-            let fail_stages: String = sum
-                .fail_stages
-                .iter()
-                .map(|(stage, n)| format!(", {n} failures:{stage}"))
-                .collect();
+            // The drops by how they ended and the failures by where, as "2 drops:read-error"
+            // and "5 failures:tls", only those that happened.
+            let by_name = |counts: &std::collections::BTreeMap<String, u64>, what: &str| {
+                counts
+                    .iter()
+                    .map(|(name, n)| format!(", {n} {what}:{name}"))
+                    .collect::<String>()
+            };
+            let drop_kinds = by_name(&sum.drop_kinds, "drops");
+            let fail_stages = by_name(&sum.fail_stages, "failures");
             eprintln!(
                 "fleet: {} connected, {} connects, {} failures, {} drops, {} heartbeats, {}/{} acknowledged, {} resumed, {} late (heartbeats 5 s or more behind), {} ms-latest{drop_kinds}{fail_stages}",
                 sum.connected, sum.connects, sum.failures, sum.drops, sum.heartbeats, sum.alarms_acked, sum.alarms_sent, sum.resumed, sum.late_heartbeats, sum.latest_heartbeat_ms
