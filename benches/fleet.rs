@@ -27,8 +27,8 @@ use carebell_benches::harness::{
     binary, cpu_seconds, env_u64, per_connection, release_dir, rss_bytes, wait_for_port, Setup,
 };
 use carebell_benches::{
-    add_buckets, bucket_quantile, histogram_buckets, report, report_goals, sessions_ended, Figure,
-    Goal,
+    add_buckets, bucket_quantile, counter_by_label, histogram_buckets, report, report_goals,
+    sessions_ended, Figure, Goal,
 };
 use carebell_tests::{free_port, http_get};
 use firmware_sim::fleet::FleetReport;
@@ -38,6 +38,8 @@ use tokio::process::{Child, Command};
 
 /// Connections per process, under the 20,000 open files one process may hold here.
 const PER_PROCESS: u64 = 18_000;
+/// The firmware's own wait for a handshake it has started (`tablet-fleet --handshake-timeout`).
+const FLEET_HANDSHAKE_TIMEOUT_MS: u64 = firmware_sim::fleet::HANDSHAKE_TIMEOUT.as_millis() as u64;
 
 /// How many tablets a fleet of `count` launches: whole processes of equal size.
 fn launched(count: u64) -> u64 {
@@ -155,19 +157,47 @@ impl Bench {
         progress.get(&net).cloned().unwrap_or_default()
     }
 
+    /// `processes` gateways on `port`, each with a metrics port of its own. A port found free
+    /// can be taken before the gateway binds it (the restarted gateways' own database
+    /// connections take ports from the same range): a gateway that exits within its first
+    /// second is started again on another, twice at most. In one storm a gateway was lost so,
+    /// and its 5,000 tablets never got back.
+    async fn gateways(&self, processes: u64, port: u16, heartbeat_ms: u64) -> Vec<Child> {
+        let mut gateways: Vec<Child> = (0..processes)
+            .map(|i| self.gateway(i, port, heartbeat_ms))
+            .collect();
+        for _ in 0..2 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let mut restarted = false;
+            for (index, gateway) in (0..).zip(gateways.iter_mut()) {
+                if let Ok(Some(status)) = gateway.try_wait() {
+                    eprintln!("gateway {index} exited at start ({status}); starting it again");
+                    *gateway = self.gateway(index, port, heartbeat_ms);
+                    restarted = true;
+                }
+            }
+            if !restarted {
+                break;
+            }
+        }
+        gateways
+    }
+
     fn gateway(&self, index: u64, port: u16, heartbeat_ms: u64) -> Child {
         let metrics = free_port();
         self.metrics_ports
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(index, metrics.port());
-        self.setup.gateway_with(
-            index,
-            port,
-            0,
-            heartbeat_ms,
-            &[("CAREBELL_LISTEN__METRICS", metrics.to_string())],
-        )
+        // How long a connection may wait for a handshake slot (the shipped default unless
+        // asked).
+        let mut settings = vec![("CAREBELL_LISTEN__METRICS", metrics.to_string())];
+        if std::env::var_os("CAREBELL_BENCH_HANDSHAKE_QUEUE_MS").is_some() {
+            let queue = env_u64("CAREBELL_BENCH_HANDSHAKE_QUEUE_MS", 0);
+            settings.push(("CAREBELL_DEVICE__HANDSHAKE_QUEUE_MS", queue.to_string()));
+        }
+        self.setup
+            .gateway_with(index, port, 0, heartbeat_ms, &settings)
     }
 
     /// Every gateway process's metrics now (a process that does not answer is left out).
@@ -215,6 +245,27 @@ impl Bench {
         ended
     }
 
+    /// The gateways' device connections closed before their session, by stage, and their
+    /// waits for a handshake slot, summed over the processes that answer.
+    async fn abandoned(&self) -> (std::collections::BTreeMap<String, f64>, Vec<(f64, f64)>) {
+        let (mut abandoned, mut waits) = (std::collections::BTreeMap::new(), Vec::new());
+        for body in self.scrapes().await {
+            let stages = counter_by_label(
+                &body,
+                "carebell_device_connections_abandoned_total",
+                "stage",
+            );
+            for (stage, count) in stages {
+                *abandoned.entry(stage).or_insert(0.0) += count;
+            }
+            waits.push(histogram_buckets(
+                &body,
+                "carebell_device_handshake_wait_seconds",
+            ));
+        }
+        (abandoned, add_buckets(&waits))
+    }
+
     /// Starts a fleet (through `tablet-fleet launch`); its live "connected" count is sent on the
     /// returned channel.
     #[allow(clippy::too_many_arguments)]
@@ -255,6 +306,16 @@ impl Bench {
             )
             .arg("--duration")
             .arg(format!("{}s", duration.as_secs()))
+            // How long a tablet waits for a handshake it has started (the firmware's default
+            // unless asked).
+            .arg("--handshake-timeout")
+            .arg(format!(
+                "{}ms",
+                env_u64(
+                    "CAREBELL_BENCH_FLEET_HANDSHAKE_TIMEOUT_MS",
+                    FLEET_HANDSHAKE_TIMEOUT_MS
+                )
+            ))
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -468,9 +529,7 @@ async fn main() {
     let processes = tablets.div_ceil(PER_PROCESS).max(1);
     // The gateways check it as they check their other settings, and refuse one below 1000.
     let heartbeat_ms = env_u64("CAREBELL_BENCH_HEARTBEAT_MS", 10_000);
-    let mut gateways: Vec<Child> = (0..processes)
-        .map(|i| bench.gateway(i, port, heartbeat_ms))
-        .collect();
+    let mut gateways = bench.gateways(processes, port, heartbeat_ms).await;
     bench.setup.wait_for_gateways(port, &mut gateways).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pids: Vec<u32> = gateways.iter().filter_map(Child::id).collect();
@@ -750,9 +809,7 @@ async fn main() {
         "storm_started_at_s".into(),
         json!(bench.started.elapsed().as_secs_f64()),
     );
-    let gateways: Vec<Child> = (0..processes)
-        .map(|i| bench.gateway(i, port, heartbeat_ms))
-        .collect();
+    let gateways = bench.gateways(processes, port, heartbeat_ms).await;
     let (storm_alarms, _) = bench.fleet(
         6,
         port,
@@ -809,6 +866,30 @@ async fn main() {
         value: bench.resumed(3).saturating_sub(before.resumed) as f64,
         unit: "handshakes",
     });
+    // What the restarted gateways made of the attempts: those they closed unserved, by stage,
+    // and how long the served ones waited for a handshake slot.
+    let (abandoned, waits) = bench.abandoned().await;
+    for stage in [
+        "at_capacity",
+        "per_address",
+        "slot",
+        "tls",
+        "tls_timeout",
+        "upgrade",
+    ] {
+        figures.push(Figure {
+            name: format!("storm: gateways' connections closed before the session, {stage}"),
+            value: abandoned.get(stage).copied().unwrap_or(0.0),
+            unit: "connections",
+        });
+    }
+    for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
+        figures.push(Figure {
+            name: format!("storm: wait for a handshake slot {label}, bucket bound"),
+            value: bucket_quantile(&[], &waits, q).map_or(f64::NAN, |s| s * 1000.0),
+            unit: "ms",
+        });
+    }
     let storm_report = final_report(storm_alarms).await;
     details.insert("storm_alarms".into(), json!(storm_report));
     // The restarted processes' histograms began empty.

@@ -554,30 +554,38 @@ pub fn histogram_buckets(scrape: &str, name: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// The device sessions ended in a metrics scrape, by reason: `(reason, count)`, summed over
-/// transports.
-pub fn sessions_ended(scrape: &str) -> Vec<(String, f64)> {
-    let mut ended: Vec<(String, f64)> = Vec::new();
+/// A counter's series in a metrics scrape, by the value of one label: `(value, count)`, summed
+/// over the other labels (`carebell_device_sessions_ended_total` by `reason`, say).
+pub fn counter_by_label(scrape: &str, name: &str, label: &str) -> Vec<(String, f64)> {
+    let prefix = format!("{name}{{");
+    let key = format!("{label}=\"");
+    let mut counts: Vec<(String, f64)> = Vec::new();
     for line in scrape.lines() {
-        let Some(rest) = line.strip_prefix("carebell_device_sessions_ended_total{") else {
+        let Some(rest) = line.strip_prefix(&prefix) else {
             continue;
         };
         let Some((labels, count)) = rest.rsplit_once("} ") else {
             continue;
         };
-        let reason = labels
-            .split_once("reason=\"")
+        let value = labels
+            .split_once(&key)
             .and_then(|(_, rest)| rest.split_once('"'))
-            .map(|(reason, _)| reason.to_owned());
-        let (Some(reason), Ok(count)) = (reason, count.trim().parse::<f64>()) else {
+            .map(|(value, _)| value.to_owned());
+        let (Some(value), Ok(count)) = (value, count.trim().parse::<f64>()) else {
             continue;
         };
-        match ended.iter_mut().find(|(seen, _)| *seen == reason) {
+        match counts.iter_mut().find(|(seen, _)| *seen == value) {
             Some((_, total)) => *total += count,
-            None => ended.push((reason, count)),
+            None => counts.push((value, count)),
         }
     }
-    ended
+    counts
+}
+
+/// The device sessions ended in a metrics scrape, by reason: `(reason, count)`, summed over
+/// transports.
+pub fn sessions_ended(scrape: &str) -> Vec<(String, f64)> {
+    counter_by_label(scrape, "carebell_device_sessions_ended_total", "reason")
 }
 
 /// Several processes' histograms (the same buckets) added together.
@@ -703,6 +711,10 @@ carebell_device_handshakes_total{transport=\"websocket\",outcome=\"accepted\"} 1
             ]
         );
         assert!(sessions_ended("carebell_draining 0").is_empty());
+        assert_eq!(
+            counter_by_label(scrape, "carebell_device_handshakes_total", "outcome"),
+            [("accepted".to_owned(), 12.0)]
+        );
     }
 
     #[test]

@@ -108,6 +108,7 @@ async fn main() {
         brief_mix: false,
         heartbeat: None,
         alarms_after: Duration::ZERO,
+        handshake_timeout: firmware_sim::fleet::HANDSHAKE_TIMEOUT,
     };
     let running = tokio::spawn(run_fleet(fleet, Arc::clone(&stats)));
     let started = Instant::now();

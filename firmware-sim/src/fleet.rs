@@ -45,6 +45,12 @@ pub fn fleet_device_id(prefix: &str, index: u64) -> String {
 /// emergencies; the rest are mostly accidental presses).
 pub const EMERGENCY_SHARE: f64 = 0.006;
 
+/// The firmware's wait for each phase of a connection the server has accepted (TLS, upgrade,
+/// its answers), [`FleetConfig::handshake_timeout`]: longer than the gateway's queue for a
+/// handshake slot (`device.handshake_queue_ms`, 50 s), so that a tablet in that queue is
+/// served rather than retrying.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
     /// The gateway, e.g. 127.0.0.1:8443.
@@ -80,6 +86,12 @@ pub struct FleetConfig {
     /// No alarm before this long after the fleet starts, so that the measured alarms come
     /// from a fleet that has finished connecting rather than from its own ramp.
     pub alarms_after: Duration,
+    /// How long a tablet waits for its TLS handshake, then its WebSocket upgrade, then each of
+    /// the server's answers (Challenge, Welcome; at least 15 s for those), before it gives up
+    /// on the attempt. A server that has accepted the connection is up: a
+    /// tablet that waits is served in turn, one that gives up early comes back as a new
+    /// attempt, and in a reconnect storm those retries are most of the work.
+    pub handshake_timeout: Duration,
 }
 
 fn next(
@@ -638,7 +650,7 @@ async fn session(
         };
     let _ = tcp.set_nodelay(true);
     let tls = match tokio::time::timeout(
-        Duration::from_secs(10),
+        config.handshake_timeout,
         tls.connect(shared.server_name.clone(), tcp),
     )
     .await
@@ -667,7 +679,7 @@ async fn session(
         .write_buffer_size(0)
         .max_message_size(Some(64 * 1024));
     let mut ws = match tokio::time::timeout(
-        Duration::from_secs(10),
+        config.handshake_timeout,
         tokio_tungstenite::client_async_with_config(request, tls, Some(ws_config)),
     )
     .await
@@ -702,7 +714,9 @@ async fn session(
         return Outcome::Failed(FailStage::Challenge);
     }
     let mut last_received = 0;
-    let challenge = match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
+    // The answers to Hello and Proof wait on the server's database: at least 15 s each.
+    let answer_timeout = config.handshake_timeout.max(Duration::from_secs(15));
+    let challenge = match tokio::time::timeout(answer_timeout, ws.next()).await {
         Ok(message) => next(message),
         Err(_) => None,
     };
@@ -726,7 +740,7 @@ async fn session(
     {
         return Outcome::Failed(FailStage::Welcome);
     }
-    let welcome = match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
+    let welcome = match tokio::time::timeout(answer_timeout, ws.next()).await {
         Ok(message) => next(message),
         Err(_) => None,
     };

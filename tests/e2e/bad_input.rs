@@ -442,6 +442,76 @@ async fn one_address_gets_its_share_of_handshakes(listener: &str, transport: Tra
     tablet.close().await;
 }
 
+/// A node with one handshake slot, held by silent connections for `timeout` each: the first
+/// silent one holds it, `waiting` more queue behind it, and then a tablet asks. Returns whether
+/// the tablet got through and the node's count of connections closed for want of a slot.
+async fn a_tablet_behind_silent_connections(
+    queue: Duration,
+    timeout: Duration,
+    waiting: usize,
+) -> (bool, f64) {
+    let node = TestNode::start(NodeOptions {
+        max_concurrent_handshakes: 1,
+        handshake_queue: queue,
+        handshake_timeout: timeout,
+        max_handshakes_per_address: 0,
+        ..NodeOptions::default()
+    })
+    .await;
+    let (_, config) = node.tablet_config("排队", TransportKind::WebSocket).await;
+    let mut silent = Vec::new();
+    for _ in 0..=waiting {
+        silent.push(
+            tokio::net::TcpStream::connect(node.websocket_addr())
+                .await
+                .unwrap(),
+        );
+        // Accepted in this order: the queue is first come, first served.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let served = tokio::time::timeout(queue + timeout * 2, Tablet::connect(&config))
+        .await
+        .is_ok_and(|tablet| tablet.is_ok());
+    let (_, scrape) = carebell_tests::http_get(&format!("{}/metrics", node.metrics_url))
+        .await
+        .unwrap();
+    let closed = counter_value(
+        &scrape,
+        "carebell_device_connections_abandoned_total{stage=\"slot\"}",
+    );
+    drop(silent);
+    (served, closed)
+}
+
+/// A counter's value in a scrape (0 when absent).
+fn counter_value(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Admission control queues: a tablet that finds every handshake slot taken waits its turn,
+/// longer than the handshake timeout if need be (two silent connections ahead of it hold the
+/// one slot for 1.5 s each), as long as the queue's wait allows; past that wait it is closed
+/// unserved and counted, and never while it could still be served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_waits_its_turn_for_a_handshake_slot_within_the_queues_wait() {
+    let timeout = Duration::from_millis(1500);
+    let (served, closed) =
+        a_tablet_behind_silent_connections(Duration::from_secs(8), timeout, 1).await;
+    assert!(served, "the tablet was served after about 3 s in the queue");
+    assert_eq!(closed, 0.0, "nobody was closed for want of a slot");
+    let (served, closed) =
+        a_tablet_behind_silent_connections(Duration::from_millis(700), timeout, 0).await;
+    assert!(
+        !served,
+        "past the queue's wait the tablet is closed unserved"
+    );
+    assert!(closed >= 1.0, "and counted: {closed}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_cannot_hold_every_handshake_slot() {
     one_address_gets_its_share_of_handshakes("websocket", TransportKind::WebSocket).await;

@@ -43,6 +43,7 @@ fn config(node: &TestNode, server: SocketAddr, count: u64, alarms_per_second: f6
         brief_mix: false,
         heartbeat: None,
         alarms_after: Duration::ZERO,
+        handshake_timeout: firmware_sim::fleet::HANDSHAKE_TIMEOUT,
     }
 }
 

@@ -159,6 +159,7 @@ fn fleet_config(node: &TestNode) -> FleetConfig {
         brief_mix: false,
         heartbeat: None,
         alarms_after: Duration::ZERO,
+        handshake_timeout: firmware_sim::fleet::HANDSHAKE_TIMEOUT,
     }
 }
 

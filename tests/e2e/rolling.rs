@@ -66,6 +66,7 @@ async fn a_rolling_restart_under_load_loses_no_alarm_and_every_tablet_comes_back
         brief_mix: false,
         heartbeat: None,
         alarms_after: Duration::ZERO,
+        handshake_timeout: firmware_sim::fleet::HANDSHAKE_TIMEOUT,
     };
     let running = tokio::spawn(run_fleet(fleet, Arc::clone(&stats)));
     let all_connected = || {

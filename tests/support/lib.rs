@@ -78,6 +78,9 @@ pub struct NodeOptions {
     pub require_client_certificate: bool,
     pub heartbeat_interval: Duration,
     pub handshake_timeout: Duration,
+    /// Device handshakes at once, and how long an accepted connection may wait for one.
+    pub max_concurrent_handshakes: usize,
+    pub handshake_queue: Duration,
     /// Presence entries live three times this.
     pub presence_refresh: Duration,
     /// Added to two heartbeat intervals before a silent device is reported offline.
@@ -113,6 +116,8 @@ impl Default for NodeOptions {
             require_client_certificate: false,
             heartbeat_interval: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
+            max_concurrent_handshakes: 256,
+            handshake_queue: Duration::from_secs(50),
             presence_refresh: Duration::from_millis(200),
             offline_grace: Duration::from_secs(15),
             session_ttl: Duration::from_secs(3600),
@@ -287,6 +292,9 @@ impl TestNode {
         settings.device.max_connections = options.max_connections;
         settings.device.handshake_timeout_ms =
             u64::try_from(options.handshake_timeout.as_millis()).expect("handshake timeout");
+        settings.device.max_concurrent_handshakes = options.max_concurrent_handshakes;
+        settings.device.handshake_queue_ms =
+            u64::try_from(options.handshake_queue.as_millis()).expect("handshake queue");
         if let Some(url) = &options.webhook_url {
             settings.webhook.url = Some(url.clone());
             settings.webhook.secret = Some(Secret::new(WEBHOOK_SECRET));

@@ -93,7 +93,13 @@ impl Admission {
                         handshaking,
                     })
                 }
-                Err(refused) => tracing::debug!(%peer, ?refused, "connection refused; closing"),
+                Err(refused) => {
+                    tracing::debug!(%peer, ?refused, "connection refused; closing");
+                    carebell_metrics::connection_abandoned(match refused {
+                        Refused::AtCapacity => "at_capacity",
+                        Refused::TooManyHandshakes => "per_address",
+                    });
+                }
             }
         }
     }

@@ -52,6 +52,13 @@ pub struct Metrics {
     /// Device sessions ended, by transport and reason (a fixed phrase such as `heartbeat
     /// supervision timed out` or `closed by the device`): who ends links when tablets churn.
     pub device_sessions_ended: Family<Labels, Counter>,
+    /// Device connections closed before their session began, by stage: `at_capacity` and
+    /// `per_address` (refused at accept by admission control, on the gRPC listener too), `slot`
+    /// (no handshake slot within the queue's wait), `tls`, `tls_timeout`, `upgrade`. Why
+    /// tablets are not coming back.
+    pub device_connections_abandoned: Family<Labels, Counter>,
+    /// From a device connection's accept to its handshake slot (admission control's queue).
+    pub device_handshake_wait_seconds: Histogram,
     /// Alarms received from devices, by kind and whether they were new or a resend.
     pub alarms_received: Family<Labels, Counter>,
     /// Alarms not yet resolved or cleared, by kind and the state of their call (set at scrape).
@@ -90,6 +97,8 @@ impl Metrics {
             device_connections: Family::default(),
             device_handshakes: Family::default(),
             device_sessions_ended: Family::default(),
+            device_connections_abandoned: Family::default(),
+            device_handshake_wait_seconds: latency_histogram(),
             alarms_received: Family::default(),
             alarms_open: Family::default(),
             queue_waiting: Family::default(),
@@ -120,6 +129,16 @@ impl Metrics {
             "device_sessions_ended",
             "Device sessions ended, by transport and reason",
             metrics.device_sessions_ended.clone(),
+        );
+        registry.register(
+            "device_connections_abandoned",
+            "Device connections closed before their session began, by stage",
+            metrics.device_connections_abandoned.clone(),
+        );
+        registry.register(
+            "device_handshake_wait_seconds",
+            "From a device connection's accept to its handshake slot",
+            metrics.device_handshake_wait_seconds.clone(),
         );
         registry.register(
             "alarms_received",
@@ -229,6 +248,14 @@ pub fn observe(histogram: &Family<Labels, Histogram>, labels: &Labels, elapsed: 
     histogram
         .get_or_create(labels)
         .observe(elapsed.as_secs_f64());
+}
+
+/// Counts a device connection closed before its session began, at `stage`.
+pub fn connection_abandoned(stage: &'static str) {
+    metrics()
+        .device_connections_abandoned
+        .get_or_create(&label("stage", stage))
+        .inc();
 }
 
 /// Counts a device link for as long as it lives.

@@ -205,6 +205,7 @@ impl Application {
                 handshake_timeout: Settings::ms(settings.device.handshake_timeout_ms),
                 go_away_window: Settings::ms(settings.device.go_away_window_ms),
                 max_concurrent_handshakes: settings.device.max_concurrent_handshakes,
+                handshake_queue: Settings::ms(settings.device.handshake_queue_ms),
                 max_handshakes_per_address: settings.device.max_handshakes_per_address,
                 max_messages_per_second: settings.device.max_messages_per_second,
                 message_burst: settings.device.message_burst,

@@ -140,6 +140,8 @@ pub struct DeviceSection {
     pub offline_grace_ms: u64,
     /// TLS handshakes and WebSocket upgrades in progress at once (admission control).
     pub max_concurrent_handshakes: usize,
+    /// How long an accepted connection may wait for one of those slots.
+    pub handshake_queue_ms: u64,
     /// Of those, at most this many from one source address (0: no limit).
     pub max_handshakes_per_address: usize,
     /// A device's message rate (average per second, and burst) before it is cut off.
@@ -228,6 +230,7 @@ handshake_timeout_ms = 10000
 go_away_window_ms = 30000
 offline_grace_ms = 15000
 max_concurrent_handshakes = 256
+handshake_queue_ms = 50000
 max_handshakes_per_address = 32
 max_messages_per_second = 20.0
 message_burst = 60.0
@@ -351,6 +354,9 @@ impl Settings {
         }
         if !(1024..=1024 * 1024).contains(&self.device.max_frame_bytes) {
             return invalid("device.max_frame_bytes must be between 1024 and 1048576".to_owned());
+        }
+        if !(100..=600_000).contains(&self.device.handshake_queue_ms) {
+            return invalid("device.handshake_queue_ms must be between 100 and 600000".to_owned());
         }
         if self.device.heartbeat_interval_ms < 1000 {
             return invalid("device.heartbeat_interval_ms must be at least 1000".to_owned());
@@ -534,6 +540,11 @@ mod tests {
             message.contains("below database_max_connections"),
             "{message}"
         );
+        for queue in [0, 600_001] {
+            let mut settings = valid();
+            settings.device.handshake_queue_ms = queue;
+            assert!(refused(settings).contains("device.handshake_queue_ms"));
+        }
         // No connections of their own: alarms share the pool.
         let mut settings = valid();
         settings.device.alarm_connections = 0;

@@ -90,6 +90,11 @@ struct CommonArgs {
     /// fleet that has finished connecting.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     alarms_after: Duration,
+    /// How long a tablet waits for its TLS handshake, then its WebSocket upgrade, then each of
+    /// the server's answers (Challenge, Welcome: at least 15 s), before giving up on the
+    /// attempt (the default is `fleet::HANDSHAKE_TIMEOUT`).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    handshake_timeout: Duration,
 }
 
 fn parse_heartbeat(text: &str) -> Result<Duration, String> {
@@ -174,6 +179,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         brief_mix: common.brief_mix,
         heartbeat: common.heartbeat,
         alarms_after: common.alarms_after,
+        handshake_timeout: common.handshake_timeout,
     };
     if args.exit_with_parent {
         let parent = std::os::unix::process::parent_id();
@@ -266,7 +272,9 @@ async fn launch(
         }
         command
             .arg("--alarms-after")
-            .arg(humantime::format_duration(common.alarms_after).to_string());
+            .arg(humantime::format_duration(common.alarms_after).to_string())
+            .arg("--handshake-timeout")
+            .arg(humantime::format_duration(common.handshake_timeout).to_string());
         if let Some(every) = common.heartbeat {
             command
                 .arg("--heartbeat")
@@ -378,5 +386,26 @@ mod tests {
             .expect_err("an unreadable duration is refused")
             .to_string();
         assert!(error.contains("--alarms-after"), "{error}");
+    }
+
+    #[test]
+    fn the_handshake_timeout_defaults_to_the_firmwares_and_refuses_nonsense() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["tablet-fleet", "run", "--count", "1"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args).map(|cli| match cli.command {
+                Command::Run(run) => run.common.handshake_timeout,
+                Command::Launch { .. } => unreachable!("parsed as run"),
+            })
+        };
+        assert_eq!(parse(&[]).unwrap(), firmware_sim::fleet::HANDSHAKE_TIMEOUT);
+        assert_eq!(
+            parse(&["--handshake-timeout", "10s"]).unwrap(),
+            Duration::from_secs(10)
+        );
+        let error = parse(&["--handshake-timeout", "patiently"])
+            .expect_err("an unreadable duration is refused")
+            .to_string();
+        assert!(error.contains("--handshake-timeout"), "{error}");
     }
 }

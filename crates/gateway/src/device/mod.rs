@@ -36,9 +36,13 @@ pub struct DeviceSettings {
     /// On shutdown, devices are told to reconnect after a random delay in this window.
     pub go_away_window: Duration,
     /// Connections in their TLS handshake and WebSocket upgrade at once, per process. The rest
-    /// wait (at most the handshake timeout): a reconnect storm is absorbed at the rate the CPU
+    /// wait (at most `handshake_queue`): a reconnect storm is absorbed at the rate the CPU
     /// allows while connected tablets' alarms keep flowing.
     pub max_concurrent_handshakes: usize,
+    /// How long an accepted connection may wait for a handshake slot before it is closed
+    /// unserved. A waiting connection costs a socket and a small task, no CPU; it should not
+    /// outlast the tablets' own patience, or its slot goes to a tablet that has given up.
+    pub handshake_queue: Duration,
     /// Of those, at most this many from one source address (0: no per-address limit), so that
     /// one address cannot hold every slot (slow-loris).
     pub max_handshakes_per_address: usize,
@@ -62,6 +66,7 @@ impl Default for DeviceSettings {
             handshake_timeout: Duration::from_secs(10),
             go_away_window: Duration::from_secs(30),
             max_concurrent_handshakes: 256,
+            handshake_queue: Duration::from_secs(50),
             max_handshakes_per_address: 32,
             max_messages_per_second: 20.0,
             message_burst: 60.0,

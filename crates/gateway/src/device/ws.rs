@@ -85,15 +85,20 @@ impl WsListener {
             let handshakes = Arc::clone(&self.handshakes);
             tracker.spawn(async move {
                 let _live = live;
-                // Admission: wait for a handshake slot, at most the handshake timeout.
-                let timeout = context.settings.handshake_timeout;
+                // Admission: wait for a handshake slot, at most the queue's limit.
+                let timeout = context.settings.handshake_queue;
+                let accepted = std::time::Instant::now();
                 let slot = match tokio::time::timeout(timeout, handshakes.acquire_owned()).await {
                     Ok(Ok(slot)) => slot,
                     _ => {
                         tracing::debug!(%peer, "no handshake slot in time; closing");
+                        carebell_metrics::connection_abandoned("slot");
                         return;
                     }
                 };
+                carebell_metrics::metrics()
+                    .device_handshake_wait_seconds
+                    .observe(accepted.elapsed().as_secs_f64());
                 let permit = HandshakePermit {
                     _slot: slot,
                     _address: address,
@@ -161,10 +166,12 @@ async fn establish_tls(
         }
         Ok(Err(error)) => {
             tracing::debug!(%peer, %error, "TLS handshake failed");
+            carebell_metrics::connection_abandoned("tls");
             None
         }
         Err(_) => {
             tracing::debug!(%peer, "TLS handshake timed out");
+            carebell_metrics::connection_abandoned("tls_timeout");
             None
         }
     }
@@ -254,10 +261,12 @@ where
         Ok(Ok(websocket)) => websocket,
         Ok(Err(error)) => {
             tracing::debug!(%peer, %error, "WebSocket upgrade refused");
+            carebell_metrics::connection_abandoned("upgrade");
             return None;
         }
         Err(_) => {
             tracing::debug!(%peer, "WebSocket upgrade timed out");
+            carebell_metrics::connection_abandoned("upgrade");
             return None;
         }
     };
