@@ -172,6 +172,34 @@ async fn a_scrape_during_a_run_shows_every_listed_series() {
         "{body}"
     );
 
+    // A connection that does not speak TLS is closed before any session, counted by stage.
+    let mut plain = tokio::net::TcpStream::connect(node.websocket_addr())
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut plain, b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut plain, &mut answer),
+    )
+    .await;
+    let body = scrape_until(
+        &node,
+        "carebell_device_connections_abandoned_total{stage=\"tls\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric_value(
+            &body,
+            "carebell_device_connections_abandoned_total{stage=\"slot\"}"
+        ),
+        None,
+        "nobody waited past the queue: {body}"
+    );
+
     // The family cascade's SMS goes to the failing webhook: three attempts, then dead.
     let body = scrape_until(
         &node,
