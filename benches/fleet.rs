@@ -236,34 +236,26 @@ impl Bench {
     /// The gateways' device sessions ended so far, by reason, summed over the processes that
     /// answer (`carebell_device_sessions_ended_total`).
     async fn sessions_ended(&self) -> std::collections::BTreeMap<String, f64> {
-        let mut ended = std::collections::BTreeMap::new();
-        for body in self.scrapes().await {
-            for (reason, count) in sessions_ended(&body) {
-                *ended.entry(reason).or_insert(0.0) += count;
-            }
-        }
-        ended
+        // The counters sum over the series of one text as over the processes' texts.
+        sessions_ended(&self.scrapes().await.concat())
+            .into_iter()
+            .collect()
     }
 
     /// The gateways' device connections closed before their session, by stage, and their
     /// waits for a handshake slot, summed over the processes that answer.
     async fn abandoned(&self) -> (std::collections::BTreeMap<String, f64>, Vec<(f64, f64)>) {
-        let (mut abandoned, mut waits) = (std::collections::BTreeMap::new(), Vec::new());
-        for body in self.scrapes().await {
-            let stages = counter_by_label(
-                &body,
-                "carebell_device_connections_abandoned_total",
-                "stage",
-            );
-            for (stage, count) in stages {
-                *abandoned.entry(stage).or_insert(0.0) += count;
-            }
-            waits.push(histogram_buckets(
-                &body,
-                "carebell_device_handshake_wait_seconds",
-            ));
-        }
-        (abandoned, add_buckets(&waits))
+        let scrapes = self.scrapes().await;
+        let abandoned = counter_by_label(
+            &scrapes.concat(),
+            "carebell_device_connections_abandoned_total",
+            "stage",
+        );
+        let waits: Vec<_> = scrapes
+            .iter()
+            .map(|body| histogram_buckets(body, "carebell_device_handshake_wait_seconds"))
+            .collect();
+        (abandoned.into_iter().collect(), add_buckets(&waits))
     }
 
     /// Starts a fleet (through `tablet-fleet launch`); its live "connected" count is sent on the

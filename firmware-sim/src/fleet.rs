@@ -172,13 +172,14 @@ pub enum FailStage {
     Socket,
     /// TCP `connect` failed (refused, reset) or took over 10 s.
     Connect,
-    /// The TLS handshake failed or took over 10 s.
+    /// The TLS handshake failed or outlasted [`FleetConfig::handshake_timeout`].
     Tls,
-    /// The WebSocket upgrade failed or took over 10 s.
+    /// The WebSocket upgrade failed or outlasted the handshake timeout.
     Upgrade,
-    /// No `Challenge` within 15 s of `Hello`, or something else instead.
+    /// No `Challenge` in time after `Hello` (the handshake timeout, at least 15 s), or
+    /// something else instead.
     Challenge,
-    /// No `Welcome` within 15 s of `Proof`, or something else instead (a rejection).
+    /// No `Welcome` in time after `Proof`, or something else instead (a rejection).
     Welcome,
 }
 

@@ -475,21 +475,13 @@ async fn a_tablet_behind_silent_connections(
     let (_, scrape) = carebell_tests::http_get(&format!("{}/metrics", node.metrics_url))
         .await
         .unwrap();
-    let closed = counter_value(
+    let closed = carebell_tests::metric_value(
         &scrape,
         "carebell_device_connections_abandoned_total{stage=\"slot\"}",
-    );
+    )
+    .unwrap_or(0.0);
     drop(silent);
     (served, closed)
-}
-
-/// A counter's value in a scrape (0 when absent).
-fn counter_value(scrape: &str, series: &str) -> f64 {
-    scrape
-        .lines()
-        .find_map(|line| line.strip_prefix(series))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Admission control queues: a tablet that finds every handshake slot taken waits its turn,
